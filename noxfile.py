@@ -1,0 +1,55 @@
+"""Task runner: `nox -s tests`, `nox -s lint`, `nox -s mypy`, `nox -s build`, `nox -s bench`."""
+
+from __future__ import annotations
+
+import shutil
+
+import nox
+
+
+nox.options.default_venv_backend = "uv|virtualenv" if shutil.which("uv") else "virtualenv"
+nox.options.sessions = ["tests", "lint", "mypy"]
+nox.options.reuse_existing_virtualenvs = True
+
+PYPROJECT = nox.project.load_toml("pyproject.toml")
+
+
+def _group(name: str) -> list[str]:
+    return list(nox.project.dependency_groups(PYPROJECT, name))
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """Run the test suite (pytest exit 5, 'no tests ran', fails the session)."""
+    session.install("-e", ".[cli]", *_group("tests"))
+    session.run("pytest", *(session.posargs or ["-q", "-p", "no:cacheprovider"]))
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff format --check and ruff check."""
+    session.install(*_group("lint"))
+    session.run("ruff", "format", "--check", ".")
+    session.run("ruff", "check", ".")
+
+
+@nox.session
+def mypy(session: nox.Session) -> None:
+    """mypy --strict on the package and tests/typing."""
+    session.install("-e", ".[cli]", *_group("typing"))
+    session.run("mypy", "--strict")
+
+
+@nox.session
+def build(session: nox.Session) -> None:
+    """Build sdist and wheel."""
+    session.install("build")
+    session.run("python", "-m", "build", "--outdir", "dist")
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Run the benchmark scripts in bench/ (ratios measured side by side)."""
+    session.install("-e", ".")
+    for script in sorted(__import__("pathlib").Path("bench").glob("bench_*.py")):
+        session.run("python", str(script), *session.posargs)

@@ -1,0 +1,131 @@
+"""
+pixelbyte_async: the asyncio-first SDK for the PixelByte generation API.
+
+Submit paid, slow generation jobs and get their results back safely::
+
+    async with PixelByte() as pb:
+        job = await pb.submit(KlingO1StartEndFrame(
+            image_url="https://example.com/a.jpg",
+            end_image_url="https://example.com/b.jpg",
+            prompt="sunrise to starry night",
+            duration=5,
+        ))
+        done = await job.wait()
+        await done.download("out.mp4")
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ._client import PixelByte as PixelByte
+from ._clock import Clock as Clock
+from ._clock import SystemClock as SystemClock
+from ._clock import VirtualClock as VirtualClock
+from ._config import ClientConfig as ClientConfig
+from ._errors import AmbiguousSubmitError as AmbiguousSubmitError
+from ._errors import APIError as APIError
+from ._errors import AuthenticationError as AuthenticationError
+from ._errors import ClientClosedError as ClientClosedError
+from ._errors import DownloadError as DownloadError
+from ._errors import InsufficientBalance as InsufficientBalance
+from ._errors import InvalidRequestError as InvalidRequestError
+from ._errors import JobCancelled as JobCancelled
+from ._errors import JobError as JobError
+from ._errors import JobFailed as JobFailed
+from ._errors import MissingOutputError as MissingOutputError
+from ._errors import NotFound as NotFound
+from ._errors import PermissionDenied as PermissionDenied
+from ._errors import PixelByteError as PixelByteError
+from ._errors import RateLimited as RateLimited
+from ._errors import ReconcileError as ReconcileError
+from ._errors import RequestTimeout as RequestTimeout
+from ._errors import ResponseDecodeError as ResponseDecodeError
+from ._errors import ServerError as ServerError
+from ._errors import TransportError as TransportError
+from ._errors import ValidationError as ValidationError
+from ._errors import WaitTimeout as WaitTimeout
+from ._errors import WebhookVerificationError as WebhookVerificationError
+from ._inputs import KLING_O1_PRO_SEF as KLING_O1_PRO_SEF
+from ._inputs import KLING_O1_STANDARD_SEF as KLING_O1_STANDARD_SEF
+from ._inputs import PRICES as PRICES
+from ._inputs import KlingO1StartEndFrame as KlingO1StartEndFrame
+from ._inputs import ModelInput as ModelInput
+from ._inputs import Price as Price
+from ._job import Job as Job
+from ._models import CatalogModel as CatalogModel
+from ._models import Estimate as Estimate
+from ._models import EstimateLine as EstimateLine
+from ._models import JobErrorInfo as JobErrorInfo
+from ._models import JobInfo as JobInfo
+from ._models import JobOutput as JobOutput
+from ._models import JobStatus as JobStatus
+from ._models import Upload as Upload
+from ._polling import PollPolicy as PollPolicy
+from ._retry import RetryPolicy as RetryPolicy
+from ._transport import MockTransport as MockTransport
+from ._transport import Request as Request
+from ._transport import Response as Response
+from ._transport import json_response as json_response
+
+
+__all__ = [
+    "KLING_O1_PRO_SEF",
+    "KLING_O1_STANDARD_SEF",
+    "PRICES",
+    "APIError",
+    "AmbiguousSubmitError",
+    "AuthenticationError",
+    "CatalogModel",
+    "ClientClosedError",
+    "ClientConfig",
+    "Clock",
+    "DownloadError",
+    "Estimate",
+    "EstimateLine",
+    "InsufficientBalance",
+    "InvalidRequestError",
+    "Job",
+    "JobCancelled",
+    "JobError",
+    "JobErrorInfo",
+    "JobFailed",
+    "JobInfo",
+    "JobOutput",
+    "JobStatus",
+    "KlingO1StartEndFrame",
+    "MissingOutputError",
+    "MockTransport",
+    "ModelInput",
+    "NotFound",
+    "PermissionDenied",
+    "PixelByte",
+    "PixelByteError",
+    "PollPolicy",
+    "Price",
+    "RateLimited",
+    "ReconcileError",
+    "Request",
+    "RequestTimeout",
+    "Response",
+    "ResponseDecodeError",
+    "RetryPolicy",
+    "ServerError",
+    "SystemClock",
+    "TransportError",
+    "Upload",
+    "ValidationError",
+    "VirtualClock",
+    "WaitTimeout",
+    "WebhookVerificationError",
+    "json_response",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "__version__":
+        from importlib.metadata import version  # noqa: PLC0415 -- lazy, as stamina does
+
+        return version("pixelbyte-async")
+    msg = f"module {__name__!r} has no attribute {name!r}"
+    raise AttributeError(msg)

@@ -1,0 +1,390 @@
+"""
+The exception tree of `pixelbyte_async`.
+
+Every exception the SDK raises derives from `PixelByteError`; aiohttp's exceptions never
+escape.  Classes are grouped by what the caller should *do*::
+
+    PixelByteError                      root; never raised directly
+    ├── ValidationError (ValueError)    bad input caught locally; nothing was sent
+    ├── ClientClosedError (RuntimeError) the client was used after aclose()
+    ├── TransportError                  could not talk to the API (connect/read); retryable
+    │   └── RequestTimeout (TimeoutError) the call's deadline passed
+    ├── AmbiguousSubmitError            a submit's fate is unknown: it may have created (and
+    │                                   charged) a job; never re-sent; see PixelByte.reconcile
+    ├── ReconcileError                  reconcile found several candidate jobs
+    ├── APIError                        the server answered with an error
+    │   ├── InvalidRequestError   400   INVALID_INPUT, INVALID_MODEL_SLUG, JOB_CANNOT_BE_CANCELLED …
+    │   ├── AuthenticationError   401   UNAUTHORIZED, INVALID_API_KEY, API_KEY_EXPIRED …
+    │   ├── InsufficientBalance   402   INSUFFICIENT_BALANCE: top up
+    │   ├── PermissionDenied      403   OPERATION_NOT_ALLOWED, MODEL_ACCESS_DENIED …
+    │   ├── NotFound              404   JOB_NOT_FOUND, MODEL_NOT_FOUND …
+    │   ├── RateLimited           429   CONCURRENT_JOBS_EXCEEDED; .retry_after; retryable
+    │   └── ServerError           5xx   INTERNAL_ERROR, PUBSUB_PUBLISH_FAILED; retryable
+    ├── ResponseDecodeError             a body did not have the expected shape
+    ├── JobError                        a job ended without success; carries the Job
+    │   ├── JobFailed                   status "failed" (the API refunds it)
+    │   └── JobCancelled                status "cancelled"
+    ├── WaitTimeout (TimeoutError)      wait() passed its deadline; carries the last Job seen
+    ├── MissingOutputError              a completed job has no usable output URL
+    ├── DownloadError                   an output could not be downloaded or failed a check
+    └── WebhookVerificationError        a webhook delivery failed verification; .reason
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+
+if TYPE_CHECKING:
+    from ._job import Job
+
+
+__all__ = [
+    "APIError",
+    "AmbiguousSubmitError",
+    "AuthenticationError",
+    "ClientClosedError",
+    "DownloadError",
+    "InsufficientBalance",
+    "InvalidRequestError",
+    "JobCancelled",
+    "JobError",
+    "JobFailed",
+    "MissingOutputError",
+    "NotFound",
+    "PermissionDenied",
+    "PixelByteError",
+    "RateLimited",
+    "ReconcileError",
+    "RequestTimeout",
+    "ResponseDecodeError",
+    "ServerError",
+    "TransportError",
+    "ValidationError",
+    "WaitTimeout",
+    "WebhookVerificationError",
+    "error_class_for",
+]
+
+
+class PixelByteError(Exception):
+    """
+    Root of every exception raised by `pixelbyte_async`.
+
+    Attributes:
+        retryable: Whether trying the same call again later may succeed.
+        retry_after: Seconds the server asked us to wait, if it said so.
+
+    """
+
+    retryable: bool = False
+    retry_after: float | None = None
+
+
+class ValidationError(PixelByteError, ValueError):
+    """
+    Input was rejected locally, before any request was sent (so nothing was charged).
+
+    Attributes:
+        field: The offending field (``"duration"``, ``"image_url"`` …) or ``None``.
+
+    """
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class ClientClosedError(PixelByteError, RuntimeError):
+    """The client was used after `PixelByte.aclose` (or outside its ``async with``)."""
+
+
+class TransportError(PixelByteError):
+    """
+    The API could not be reached or the connection broke.
+
+    Attributes:
+        request_sent: ``False`` when the failure happened before the request left this
+            process (a connect error), so the server cannot have acted on it.
+
+    """
+
+    retryable = True
+
+    def __init__(self, message: str, *, request_sent: bool = True) -> None:
+        super().__init__(message)
+        self.request_sent = request_sent
+
+
+class RequestTimeout(TransportError, TimeoutError):
+    """A call did not finish within its deadline (retries included)."""
+
+
+class APIError(PixelByteError):
+    """
+    The API answered with an error.
+
+    Attributes:
+        status: HTTP status code.
+        code: The API's machine-readable code (``"INSUFFICIENT_BALANCE"``) or ``None``.
+        message: The API's human-readable message.
+        details: ``error.details`` from the body (may be empty).
+        request_id: The API's ``requestId``: quote it to support.
+
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int,
+        code: str | None = None,
+        details: Mapping[str, Any] | None = None,
+        request_id: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.code = code
+        self.details: Mapping[str, Any] = dict(details or {})
+        self.request_id = request_id
+        self.retry_after = retry_after
+
+    def __str__(self) -> str:
+        code = f" {self.code}" if self.code else ""
+        rid = f" (request_id={self.request_id})" if self.request_id else ""
+        return f"HTTP {self.status}{code}: {self.message}{rid}"
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(status={self.status!r}, code={self.code!r}, "
+            f"message={self.message!r}, request_id={self.request_id!r})"
+        )
+
+
+class InvalidRequestError(APIError):
+    """400: the request was malformed or not allowed in the job's state; fix it."""
+
+
+class AuthenticationError(APIError):
+    """401: the API key is missing, unknown, inactive or expired."""
+
+
+class InsufficientBalance(APIError):
+    """402: the account balance does not cover the job; top up."""
+
+
+class PermissionDenied(APIError):
+    """403: the key lacks a scope, the IP is not allowed, or the model is off-limits."""
+
+
+class NotFound(APIError):
+    """404: unknown job, model, version or upload."""
+
+
+class RateLimited(APIError):
+    """429: too many concurrent jobs for the plan; wait `retry_after` and try again."""
+
+    retryable = True
+
+
+class ServerError(APIError):
+    """5xx: the API failed; retrying (a limited number of times) may help."""
+
+    retryable = True
+
+
+class ResponseDecodeError(PixelByteError):
+    """
+    A response body was not what the API contract describes.
+
+    Attributes:
+        status: HTTP status of the response.
+        body_excerpt: The first bytes of the body, for debugging.
+
+    """
+
+    def __init__(
+        self, message: str, *, status: int = 0, body_excerpt: str = ""
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.body_excerpt = body_excerpt
+
+
+class AmbiguousSubmitError(PixelByteError):
+    """
+    A submit may or may not have created a job: it was **not** re-sent.
+
+    Raised on read timeouts, connections dropped after sending, and 5xx answers other
+    than ``PUBSUB_PUBLISH_FAILED``.  Pass it to `PixelByte.reconcile` to find the job.
+
+    Attributes:
+        model: The model slug that was submitted.
+        input: The input that was sent.
+        webhook_url: The webhook URL that was sent, if any.
+        started_at: Wall-clock time (Unix seconds) when the attempt began.
+
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        model: str,
+        input: Mapping[str, Any],  # noqa: A002 -- mirrors the API's field name
+        webhook_url: str | None,
+        started_at: float,
+    ) -> None:
+        super().__init__(message)
+        self.model = model
+        self.input: Mapping[str, Any] = dict(input)
+        self.webhook_url = webhook_url
+        self.started_at = started_at
+
+
+class ReconcileError(PixelByteError):
+    """
+    Reconciling an ambiguous submit found more than one candidate job.
+
+    Attributes:
+        candidates: The jobs that could be the one; decide yourself.
+
+    """
+
+    def __init__(self, message: str, *, candidates: list[Job]) -> None:
+        super().__init__(message)
+        self.candidates = candidates
+
+
+class JobError(PixelByteError):
+    """
+    A job reached a terminal state other than ``completed``.
+
+    Attributes:
+        job: The job as last seen.
+        code: The job's error code (``GENERATION_FAILED`` …) or ``None``.
+
+    """
+
+    def __init__(self, message: str, *, job: Job, code: str | None = None) -> None:
+        super().__init__(message)
+        self.job = job
+        self.code = code
+
+
+class JobFailed(JobError):
+    """The job failed (the API refunds failed jobs)."""
+
+
+class JobCancelled(JobError):
+    """The job was cancelled."""
+
+
+class WaitTimeout(PixelByteError, TimeoutError):
+    """
+    `Job.wait` passed its deadline; the job may still be running (and charged).
+
+    Attributes:
+        job: The job as last seen.
+        cancel_attempted: Whether ``cancel_on_timeout`` tried to cancel it.
+        cancelled: Whether that cancel succeeded.
+        refunded_micro_cents: What the cancel refunded, if it succeeded.
+
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        job: Job,
+        cancel_attempted: bool = False,
+        cancelled: bool = False,
+        refunded_micro_cents: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.job = job
+        self.cancel_attempted = cancel_attempted
+        self.cancelled = cancelled
+        self.refunded_micro_cents = refunded_micro_cents
+
+
+class MissingOutputError(PixelByteError):
+    """A job completed but none of the documented output shapes held a URL."""
+
+
+class DownloadError(PixelByteError):
+    """Downloading an output failed (HTTP error, size mismatch or limit exceeded)."""
+
+
+class WebhookVerificationError(PixelByteError):
+    """
+    A webhook delivery failed verification.
+
+    Attributes:
+        reason: Machine-readable: ``missing_header``, ``malformed``, ``stale``,
+            ``future``, ``mismatch``, ``too_large`` or ``not_json``.
+
+    """
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+_BY_STATUS: dict[int, type[APIError]] = {
+    400: InvalidRequestError,
+    401: AuthenticationError,
+    402: InsufficientBalance,
+    403: PermissionDenied,
+    404: NotFound,
+    409: InvalidRequestError,
+    413: InvalidRequestError,
+    422: InvalidRequestError,
+    429: RateLimited,
+}
+
+# Codes whose class does not follow from the status alone (the docs leave some statuses
+# unstated, e.g. the upload validation codes).
+_BY_CODE: dict[str, type[APIError]] = {
+    "INVALID_INPUT": InvalidRequestError,
+    "VALIDATION_ERROR": InvalidRequestError,
+    "INVALID_CONTENT_TYPE": InvalidRequestError,
+    "INVALID_MODEL_SLUG": InvalidRequestError,
+    "INVALID_WEBHOOK_URL": InvalidRequestError,
+    "MODEL_VERSION_NOT_ACTIVE": InvalidRequestError,
+    "JOB_CANNOT_BE_CANCELLED": InvalidRequestError,
+    "UNAUTHORIZED": AuthenticationError,
+    "INVALID_API_KEY": AuthenticationError,
+    "API_KEY_INACTIVE": AuthenticationError,
+    "API_KEY_EXPIRED": AuthenticationError,
+    "INSUFFICIENT_BALANCE": InsufficientBalance,
+    "IP_NOT_WHITELISTED": PermissionDenied,
+    "OPERATION_NOT_ALLOWED": PermissionDenied,
+    "MODEL_ACCESS_DENIED": PermissionDenied,
+    "UNAUTHORIZED_ACCESS": PermissionDenied,
+    "MODEL_NOT_FOUND": NotFound,
+    "MODEL_VERSION_NOT_FOUND": NotFound,
+    "JOB_NOT_FOUND": NotFound,
+    "NOT_FOUND": NotFound,
+    "CONCURRENT_JOBS_EXCEEDED": RateLimited,
+    "INTERNAL_ERROR": ServerError,
+    "CONFIG_ERROR": ServerError,
+    "PUBSUB_PUBLISH_FAILED": ServerError,
+}
+
+
+def error_class_for(status: int, code: str | None) -> type[APIError]:
+    """
+    Return the exception class for an error answer: the one table of the SDK.
+
+    A 5xx status always maps to `ServerError`; otherwise a known *code* wins over the
+    status, then the status decides, and anything else is a plain `APIError`.
+    """
+    if status >= 500:  # noqa: PLR2004 -- HTTP's server-error class
+        return ServerError
+    if code is not None and code in _BY_CODE:
+        return _BY_CODE[code]
+    return _BY_STATUS.get(status, APIError)

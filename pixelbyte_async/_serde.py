@@ -1,0 +1,360 @@
+"""
+The one cattrs converter, and the tolerant readers for every body shape the docs show.
+
+Rules (contract §2, §4, §13): a body with an object-valued ``data`` key is unwrapped;
+ids come as ``jobId``/``job_id``/``id``; cost as ``costMicroCents``/``estimatedCost``/
+``cost``; the video URL is found in ``output`` (str) → ``output.url`` →
+``output.videoUrl`` → ``output.imageUrl`` → ``outputs[0].url``; unknown statuses and
+extra keys never crash; wrong types in required places raise `ResponseDecodeError`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import attrs
+import cattrs
+from cattrs.gen import make_dict_structure_fn, override
+
+from ._errors import ResponseDecodeError
+from ._models import (
+    CatalogModel,
+    Estimate,
+    EstimateLine,
+    JobErrorInfo,
+    JobInfo,
+    JobOutput,
+    JobStatus,
+    Upload,
+)
+
+
+__all__ = [
+    "decode_estimate",
+    "decode_job",
+    "decode_json",
+    "decode_upload",
+    "error_fields",
+    "parse_datetime",
+    "unwrap",
+]
+
+T = TypeVar("T")
+
+
+def _to_camel(name: str) -> str:
+    first, *rest = name.split("_")
+    return first + "".join(part.capitalize() for part in rest)
+
+
+def parse_datetime(value: object) -> datetime | None:
+    """Parse an ISO 8601 timestamp (``Z`` allowed) or Unix seconds; else ``None``."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        if math.isnan(value) or math.isinf(value):
+            return None
+        try:
+            return datetime.fromtimestamp(float(value), tz=UTC)
+        except (OverflowError, OSError, ValueError):
+            return None
+    if not isinstance(value, str) or not value:
+        return None
+    text = value.strip()
+    if text.endswith(("Z", "z")):
+        text = text[:-1] + "+00:00"
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _lenient_int(value: object) -> int | None:
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and math.isfinite(value):
+        return round(value)
+    if isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            return None
+        return round(number) if math.isfinite(number) else None
+    return None
+
+
+def _lenient_float(value: object) -> float | None:
+    number = _lenient_int(value) if not isinstance(value, float) else value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, str):
+        try:
+            parsed = float(value)
+        except ValueError:
+            return None
+        return parsed if math.isfinite(parsed) else None
+    return None if number is None else float(number)
+
+
+def _opt_str(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _make_converter() -> cattrs.Converter:
+    conv = cattrs.Converter(forbid_extra_keys=False)
+    conv.register_structure_hook(datetime, lambda v, _: parse_datetime(v))
+    conv.register_structure_hook_func(
+        lambda t: t == (datetime | None), lambda v, _: parse_datetime(v)
+    )
+    conv.register_structure_hook_func(
+        lambda t: t == (int | None), lambda v, _: _lenient_int(v)
+    )
+    conv.register_structure_hook_func(
+        lambda t: t == (float | None), lambda v, _: _lenient_float(v)
+    )
+    conv.register_structure_hook_func(
+        lambda t: t == (str | None), lambda v, _: _opt_str(v)
+    )
+    for cls in (EstimateLine, JobOutput, Upload, CatalogModel, JobErrorInfo):
+        overrides = {
+            f.name: override(rename=_to_camel(f.name)) for f in attrs.fields(cls)
+        }
+        hook = make_dict_structure_fn(cls, conv, **overrides)  # type: ignore[arg-type]  # overrides are per-field kwargs
+        conv.register_structure_hook(cls, hook)
+    return conv
+
+
+_CONVERTER = _make_converter()
+
+
+def _structure(data: Any, cls: type[T]) -> T:
+    try:
+        return _CONVERTER.structure(data, cls)
+    except (cattrs.BaseValidationError, ValueError, TypeError, KeyError) as exc:
+        detail = (
+            "; ".join(cattrs.transform_error(exc))
+            if isinstance(exc, cattrs.BaseValidationError)
+            else str(exc)
+        )
+        raise ResponseDecodeError(f"unexpected {cls.__name__} shape: {detail}") from exc
+
+
+def decode_json(content: bytes, *, status: int) -> Any:
+    """Parse a JSON body or raise `ResponseDecodeError` with an excerpt."""
+    try:
+        return json.loads(content)
+    except (ValueError, UnicodeDecodeError) as exc:
+        excerpt = content[:200].decode("utf-8", "replace")
+        raise ResponseDecodeError(
+            f"HTTP {status}: response is not JSON: {excerpt!r}",
+            status=status,
+            body_excerpt=excerpt,
+        ) from exc
+
+
+def unwrap(body: Any) -> tuple[Any, str | None]:
+    """Return ``(payload, request_id)``: ``body["data"]`` when it is an object."""
+    if isinstance(body, dict):
+        rid = _opt_str(body.get("requestId") or body.get("request_id"))
+        data = body.get("data")
+        if isinstance(data, dict) or (isinstance(data, list) and "success" in body):
+            return data, rid
+        return body, rid
+    return body, None
+
+
+def error_fields(
+    body: Any,
+) -> tuple[str | None, str | None, dict[str, Any], str | None]:
+    """
+    Read ``(code, message, details, request_id)`` from any error body.
+
+    Tolerates ``error`` as an object or a string and ``message``/``code`` at the top.
+    """
+    if not isinstance(body, dict):
+        return None, None, {}, None
+    rid = _opt_str(body.get("requestId") or body.get("request_id"))
+    err = body.get("error")
+    code: str | None = None
+    message: str | None = None
+    details: dict[str, Any] = {}
+    if isinstance(err, dict):
+        code = _opt_str(err.get("code"))
+        message = _opt_str(err.get("message"))
+        raw_details = err.get("details")
+        if isinstance(raw_details, dict):
+            details = raw_details
+    elif isinstance(err, str):
+        message = err
+    code = code or _opt_str(body.get("code"))
+    message = message or _opt_str(body.get("message"))
+    return code, message, details, rid
+
+
+def _require_object(data: Any, what: str) -> Mapping[str, Any]:
+    if not isinstance(data, Mapping):
+        raise ResponseDecodeError(
+            f"expected a JSON object for {what}, got {type(data).__name__}"
+        )
+    return data
+
+
+def _job_id(data: Mapping[str, Any]) -> str:
+    for key in ("jobId", "job_id", "id"):
+        value = data.get(key)
+        if isinstance(value, str) and value:
+            return value
+    raise ResponseDecodeError("job body has no jobId/job_id/id string")
+
+
+def _outputs(data: Mapping[str, Any]) -> tuple[JobOutput, ...]:
+    raw = data.get("outputs")
+    found: list[JobOutput] = []
+    if isinstance(raw, list):
+        for item in raw:
+            if isinstance(item, str) and item:
+                found.append(JobOutput(url=item))
+            elif isinstance(item, dict) and isinstance(item.get("url"), str):
+                found.append(_structure(item, JobOutput))
+    output = data.get("output")
+    if not found and isinstance(output, dict):
+        url = resolve_output_url(output)
+        if url:
+            found.append(
+                JobOutput(
+                    url=url,
+                    type="video" if "videoUrl" in output else None,
+                    content_type=_opt_str(output.get("contentType")),
+                    duration_seconds=_lenient_float(output.get("durationSeconds")),
+                )
+            )
+    return tuple(found)
+
+
+def resolve_output_url(output: object) -> str | None:
+    """Find the URL in ``output`` as a string or an object with url/videoUrl/imageUrl."""
+    if isinstance(output, str) and output:
+        return output
+    if isinstance(output, dict):
+        for key in ("url", "videoUrl", "video_url", "imageUrl", "image_url"):
+            value = output.get(key)
+            if isinstance(value, str) and value:
+                return value
+    return None
+
+
+def decode_job(data: Any, request_id: str | None = None) -> JobInfo:
+    """Decode any documented job body (submit, get, list item, cancel, webhook)."""
+    obj = _require_object(data, "a job")
+    raw_status = obj.get("status")
+    url = resolve_output_url(obj.get("output"))
+    outputs = _outputs(obj)
+    if url is None and outputs:
+        url = outputs[0].url
+    err = obj.get("error")
+    error: JobErrorInfo | None = None
+    if isinstance(err, dict):
+        error = JobErrorInfo(
+            code=_opt_str(err.get("code")), message=_opt_str(err.get("message")) or ""
+        )
+    elif isinstance(err, str) and err:
+        error = JobErrorInfo(message=err)
+    cost = None
+    for key in ("costMicroCents", "estimatedCost", "cost", "cost_micro_cents"):
+        cost = _lenient_int(obj.get(key))
+        if cost is not None:
+            break
+    return JobInfo(
+        id=_job_id(obj),
+        status=JobStatus.parse(raw_status),
+        raw_status=_opt_str(raw_status),
+        progress=_lenient_float(obj.get("progress")),
+        model=_opt_str(obj.get("model") or obj.get("modelSlug")),
+        video_url=url,
+        outputs=outputs,
+        error=error,
+        cost_micro_cents=cost,
+        refunded_micro_cents=_lenient_int(obj.get("refundedMicroCents")),
+        estimated_completion_time=parse_datetime(obj.get("estimatedCompletionTime")),
+        created_at=parse_datetime(obj.get("createdAt")),
+        completed_at=parse_datetime(obj.get("completedAt")),
+        request_id=request_id or _opt_str(obj.get("requestId")),
+    )
+
+
+def decode_estimate(data: Any) -> Estimate:
+    """Decode either documented estimate shape (§4.2 reference or pricing page)."""
+    obj = _require_object(data, "an estimate")
+    estimated = _lenient_int(obj.get("estimatedCostMicroCents"))
+    if estimated is None:
+        estimated = _lenient_int(obj.get("estimatedCost"))
+    if estimated is None:
+        raise ResponseDecodeError("estimate body has no estimatedCostMicroCents")
+    base = _lenient_int(obj.get("baseCostMicroCents"))
+    if base is None:
+        base = _lenient_int(obj.get("baseCost"))
+    lines: list[EstimateLine] = []
+    breakdown = obj.get("breakdown")
+    if isinstance(breakdown, list):
+        for item in breakdown:
+            if isinstance(item, dict):
+                cost = _lenient_int(item.get("costMicroCents"))
+                if cost is not None:
+                    lines.append(
+                        EstimateLine(
+                            component=str(item.get("component", "")),
+                            cost_micro_cents=cost,
+                        )
+                    )
+    discount = obj.get("discounted")
+    return Estimate(
+        estimated_cost_micro_cents=estimated,
+        base_cost_micro_cents=base,
+        breakdown=tuple(lines),
+        has_discount=bool(obj.get("hasDiscount", False)),
+        discount=discount if isinstance(discount, dict) else None,
+    )
+
+
+def decode_upload(data: Any) -> Upload:
+    """Decode a presign or upload-status body."""
+    obj = dict(_require_object(data, "an upload"))
+    if "id" not in obj and "fileId" in obj:
+        obj["id"] = obj["fileId"]
+    if not isinstance(obj.get("id"), str) or not isinstance(obj.get("fileUrl"), str):
+        raise ResponseDecodeError("upload body lacks id/fileId or fileUrl")
+    return _structure(obj, Upload)
+
+
+def decode_catalog_model(data: Any) -> CatalogModel:
+    """Decode one catalogue model."""
+    obj = dict(_require_object(data, "a catalog model"))
+    if not isinstance(obj.get("slug"), str):
+        raise ResponseDecodeError("catalog model has no slug")
+    provider = obj.get("provider")
+    if isinstance(provider, dict):
+        obj["provider"] = _opt_str(provider.get("name") or provider.get("id"))
+    tags = obj.get("tags")
+    obj["tags"] = (
+        [t for t in tags if isinstance(t, str)] if isinstance(tags, list) else []
+    )
+    for key in ("pricing", "inputSchema"):
+        if not isinstance(obj.get(key), dict):
+            obj.pop(key, None)
+    return _structure(obj, CatalogModel)
+
+
+def items_of(data: Any, key: str) -> list[Any]:
+    """Return a list from a bare array or from ``data[key]`` (catalogue quirk §4.7)."""
+    if isinstance(data, list):
+        return data
+    if isinstance(data, dict) and isinstance(data.get(key), list):
+        return list(data[key])
+    raise ResponseDecodeError(f"expected a list or an object with {key!r}")

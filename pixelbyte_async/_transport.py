@@ -1,0 +1,305 @@
+"""
+The transport seam: the only code that touches aiohttp's client.
+
+`AiohttpTransport` owns (or borrows) one `aiohttp.ClientSession` with a bounded
+connector.  `MockTransport` answers requests from a Python function, with no socket,
+for unit tests (the httpx pattern).  Both turn every failure into `TransportError` /
+`RequestTimeout`, telling whether the request may have reached the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
+from typing import Any, Protocol, runtime_checkable
+
+import aiohttp
+import attrs
+
+from ._errors import RequestTimeout, TransportError
+
+
+__all__ = [
+    "AiohttpTransport",
+    "MockTransport",
+    "Request",
+    "Response",
+    "StreamResponse",
+    "Transport",
+]
+
+_MAX_BODY = 16 * 1024 * 1024
+
+
+@attrs.frozen(kw_only=True)
+class Request:
+    """
+    One HTTP request as the SDK builds it.
+
+    The ``Authorization`` header lives in *headers* but never in ``repr()``.
+    """
+
+    method: str
+    url: str
+    headers: Mapping[str, str] = attrs.field(factory=dict, repr=False)
+    params: Mapping[str, str] = attrs.field(factory=dict)
+    json: Any = None
+    content: bytes | None = attrs.field(default=None, repr=False)
+    timeout: float | None = None
+
+
+@attrs.frozen(kw_only=True)
+class Response:
+    """A fully read HTTP response."""
+
+    status: int
+    headers: Mapping[str, str] = attrs.field(repr=False)
+    content: bytes = attrs.field(repr=False)
+
+
+@attrs.define
+class StreamResponse:
+    """A streamed HTTP response (for downloads)."""
+
+    status: int
+    headers: Mapping[str, str]
+    _chunks: Callable[[int], AsyncIterator[bytes]] = attrs.field(alias="chunks")
+
+    def iter_chunks(self, size: int = 64 * 1024) -> AsyncIterator[bytes]:
+        """Yield the body in chunks of at most *size* bytes."""
+        return self._chunks(size)
+
+
+@runtime_checkable
+class Transport(Protocol):
+    """What the client needs from a transport."""
+
+    async def send(self, request: Request) -> Response:
+        """Send *request* and return the whole response (or raise TransportError)."""
+        ...
+
+    def stream(self, request: Request) -> Any:
+        """Return an async context manager yielding a `StreamResponse`."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release resources (idempotent)."""
+        ...
+
+
+def _lower(headers: Mapping[str, str]) -> dict[str, str]:
+    return {k.lower(): v for k, v in headers.items()}
+
+
+def _map_aiohttp_error(exc: BaseException, request: Request) -> TransportError:
+    what = f"{request.method} {request.url.split('?', 1)[0]}"
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return RequestTimeout(f"{what}: connect timed out", request_sent=False)
+    if isinstance(exc, asyncio.TimeoutError | aiohttp.ServerTimeoutError):
+        return RequestTimeout(f"{what}: timed out")
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return TransportError(
+            f"{what}: cannot connect: {exc.os_error}", request_sent=False
+        )
+    return TransportError(f"{what}: {type(exc).__name__}: {exc}")
+
+
+class AiohttpTransport:
+    """
+    The real transport: one `aiohttp.ClientSession` for the whole client.
+
+    Args:
+        session: An existing session to borrow (it is never closed by us).
+        max_connections: Connector limit when we make the session ourselves.
+        connect_timeout: Seconds to establish a connection.
+        max_body: Largest non-streamed response body accepted.
+
+    """
+
+    def __init__(
+        self,
+        *,
+        session: aiohttp.ClientSession | None = None,
+        max_connections: int = 20,
+        connect_timeout: float = 10.0,
+        max_body: int = _MAX_BODY,
+    ) -> None:
+        self._session = session
+        self._owns_session = session is None
+        self._max_connections = max_connections
+        self._connect_timeout = connect_timeout
+        self._max_body = max_body
+        self._closed = False
+
+    @property
+    def max_connections(self) -> int:
+        """The connector's limit on open connections."""
+        if self._session is not None and not self._owns_session:
+            return self._session.connector.limit if self._session.connector else 0
+        return self._max_connections
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        if self._closed:
+            msg = "transport is closed"
+            raise RuntimeError(msg)
+        if self._session is None:
+            connector = aiohttp.TCPConnector(
+                limit=self._max_connections, ttl_dns_cache=300
+            )
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                timeout=aiohttp.ClientTimeout(total=None),
+                auto_decompress=True,
+                raise_for_status=False,
+            )
+        return self._session
+
+    def _timeout(self, request: Request) -> aiohttp.ClientTimeout:
+        connect = self._connect_timeout
+        if request.timeout is not None:
+            connect = min(connect, request.timeout)
+        return aiohttp.ClientTimeout(total=request.timeout, sock_connect=connect)
+
+    async def send(self, request: Request) -> Response:
+        """Send *request* and read the body (at most *max_body* bytes)."""
+        session = self._get_session()
+        try:
+            async with session.request(
+                request.method,
+                request.url,
+                headers=dict(request.headers),
+                params=dict(request.params) or None,
+                json=request.json if request.content is None else None,
+                data=request.content,
+                timeout=self._timeout(request),
+                allow_redirects=False,
+            ) as resp:
+                body = await self._read_limited(resp)
+                return Response(
+                    status=resp.status, headers=_lower(resp.headers), content=body
+                )
+        except TransportError:
+            raise
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise _map_aiohttp_error(exc, request) from exc
+
+    async def _read_limited(self, resp: aiohttp.ClientResponse) -> bytes:
+        declared = resp.content_length
+        if declared is not None and declared > self._max_body:
+            resp.release()
+            raise TransportError(
+                f"response body of {declared} bytes exceeds the {self._max_body} limit"
+            )
+        buf = bytearray()
+        async for chunk in resp.content.iter_chunked(64 * 1024):
+            buf += chunk
+            if len(buf) > self._max_body:
+                resp.close()
+                raise TransportError(
+                    f"response body exceeds the {self._max_body} byte limit"
+                )
+        return bytes(buf)
+
+    @asynccontextmanager
+    async def stream(self, request: Request) -> AsyncIterator[StreamResponse]:
+        """Send *request* and stream the body."""
+        session = self._get_session()
+        try:
+            async with session.request(
+                request.method,
+                request.url,
+                headers=dict(request.headers),
+                timeout=self._timeout(request),
+                allow_redirects=True,
+            ) as resp:
+
+                async def chunks(size: int) -> AsyncIterator[bytes]:
+                    try:
+                        async for chunk in resp.content.iter_chunked(size):
+                            yield chunk
+                    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+                        raise _map_aiohttp_error(exc, request) from exc
+
+                yield StreamResponse(
+                    status=resp.status, headers=_lower(resp.headers), chunks=chunks
+                )
+        except TransportError:
+            raise
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise _map_aiohttp_error(exc, request) from exc
+
+    async def aclose(self) -> None:
+        """Close the session if we made it; a borrowed session is left open."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._session is not None and self._owns_session:
+            await self._session.close()
+        self._session = None
+
+
+Handler = Callable[[Request], "Response | Awaitable[Response]"]
+
+
+class MockTransport:
+    """
+    A transport that answers from a function: no sockets, for unit tests.
+
+    *handler* receives each `Request` and returns a `Response` (or an awaitable of
+    one), or raises `TransportError` to simulate a network failure.  Every request is
+    kept in `requests`.
+
+    .. versionadded:: 0.1.0
+
+    """
+
+    def __init__(self, handler: Handler) -> None:
+        self._handler = handler
+        self.requests: list[Request] = []
+        self.closed = False
+
+    async def _answer(self, request: Request) -> Response:
+        if self.closed:
+            msg = "transport is closed"
+            raise RuntimeError(msg)
+        self.requests.append(request)
+        result = self._handler(request)
+        if inspect.isawaitable(result):
+            result = await result
+        return result
+
+    async def send(self, request: Request) -> Response:
+        """Answer *request* with the handler."""
+        return await self._answer(request)
+
+    @asynccontextmanager
+    async def stream(self, request: Request) -> AsyncIterator[StreamResponse]:
+        """Answer *request* with the handler, streaming its content."""
+        response = await self._answer(request)
+
+        async def chunks(size: int) -> AsyncIterator[bytes]:
+            for i in range(0, len(response.content), size):
+                yield response.content[i : i + size]
+
+        yield StreamResponse(
+            status=response.status, headers=_lower(response.headers), chunks=chunks
+        )
+
+    async def aclose(self) -> None:
+        """Mark the transport closed."""
+        self.closed = True
+
+
+def json_response(
+    body: Any, status: int = 200, headers: Mapping[str, str] | None = None
+) -> Response:
+    """Build a JSON `Response` (for `MockTransport` handlers)."""
+    import json  # noqa: PLC0415 -- only handlers in tests need it
+
+    return Response(
+        status=status,
+        headers={"content-type": "application/json", **_lower(headers or {})},
+        content=json.dumps(body).encode(),
+    )
