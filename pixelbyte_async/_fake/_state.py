@@ -1,0 +1,178 @@
+"""
+The fake's whole state, free of HTTP: jobs, uploads, money, records and faults.
+
+`FakePixelByte` owns one `FakeState`; the API and CDN handlers read and change it.
+"""
+
+from __future__ import annotations
+
+import collections
+from typing import Any, Literal, TypeAlias
+
+import attrs
+
+from pixelbyte_async._clock import VirtualClock
+
+from ._catalog import ModelSpec
+from ._faults import FaultQueue
+from ._jobs import TERMINAL, FakeJob, FakeUpload, JobScript
+from ._records import CdnRequest, LedgerEntry, RecordedRequest, WebhookDelivery
+from ._util import floor_ms
+
+
+__all__ = ["Envelope", "FakeState"]
+
+Envelope: TypeAlias = Literal["mixed", "flat", "wrapped"]
+
+
+@attrs.define(kw_only=True)
+class FakeState:
+    """Everything the fake knows; see `FakePixelByte` for the meaning of the knobs."""
+
+    clock: VirtualClock
+    api_key: str
+    envelope: Envelope = "mixed"
+    require_auth: bool = True
+    allow_http_webhooks: bool = False
+    concurrent_job_limit: int | None = None
+    concurrency_retry_after: int = 30
+    initial_balance: int | None = None
+    webhook_secret: str = "whsec_test_sandbox"  # noqa: S105 -- a public sandbox value
+    cdn_url: str = ""
+    jobs: dict[str, FakeJob] = attrs.field(factory=dict)
+    uploads: dict[str, FakeUpload] = attrs.field(factory=dict)
+    ledger_entries: list[LedgerEntry] = attrs.field(factory=list)
+    unsettled_failures: set[str] = attrs.field(factory=set)
+    requests: list[RecordedRequest] = attrs.field(factory=list)
+    cdn_requests: list[CdnRequest] = attrs.field(factory=list)
+    webhook_deliveries: list[WebhookDelivery] = attrs.field(factory=list)
+    faults: FaultQueue = attrs.field(factory=FaultQueue)
+    default_script: JobScript = attrs.field(factory=JobScript)
+    scripted: collections.deque[JobScript] = attrs.field(factory=collections.deque)
+
+    def now(self) -> float:
+        """Return virtual wall-clock time."""
+        return self.clock.time()
+
+    def settle(self) -> None:
+        """Enter the refunds of jobs that have failed by now but are not refunded yet."""
+        if not self.unsettled_failures:
+            return
+        now = self.now()
+        for job_id in sorted(self.unsettled_failures):
+            job = self.jobs[job_id]
+            if job.status_at(now) == "failed":
+                self.unsettled_failures.discard(job_id)
+                self._refund(job, at=job.finished_at, reason="failed")
+
+    def net_charged(self) -> int:
+        """Return charges minus refunds, after settling."""
+        self.settle()
+        return sum(
+            e.micro_cents if e.kind == "charge" else -e.micro_cents
+            for e in self.ledger_entries
+        )
+
+    def balance(self) -> int | None:
+        """Return the remaining balance, or `None` when balance is not modelled."""
+        if self.initial_balance is None:
+            return None
+        return self.initial_balance - self.net_charged()
+
+    def active_jobs(self) -> int:
+        """Return how many jobs are pending or processing now."""
+        now = self.now()
+        return sum(1 for j in self.jobs.values() if j.status_at(now) not in TERMINAL)
+
+    def create_job(
+        self,
+        *,
+        model: ModelSpec,
+        version: str,
+        input: dict[str, Any],  # noqa: A002 -- the API's field name
+        webhook_url: str | None,
+        request_id: str,
+        job_id: str,
+    ) -> FakeJob:
+        """Create a job with the next script and charge for it."""
+        script = self.scripted.popleft() if self.scripted else self.default_script
+        if script.processing_seconds is None:
+            script = attrs.evolve(script, processing_seconds=model.typical_seconds)
+        job = FakeJob(
+            id=job_id,
+            model=model.slug,
+            version=version,
+            input=input,
+            webhook_url=webhook_url,
+            created_at=floor_ms(self.now()),
+            script=script,
+            cost=model.cost(input),
+            request_id=request_id,
+            clock=self.clock,
+        )
+        self.jobs[job.id] = job
+        self.ledger_entries.append(
+            LedgerEntry(
+                job_id=job.id,
+                kind="charge",
+                micro_cents=job.cost,
+                input_fingerprint=job.fingerprint,
+                time=job.created_at,
+                reason="submit",
+            )
+        )
+        if script.outcome == "failed":
+            self.unsettled_failures.add(job.id)
+        return job
+
+    def cancel(self, job: FakeJob) -> int:
+        """Cancel a pending *job* now and refund it; return the refund."""
+        job.cancelled_at = self.now()
+        self.unsettled_failures.discard(job.id)
+        self._refund(job, at=job.cancelled_at, reason="cancelled")
+        return job.cost
+
+    def force_terminal(
+        self,
+        job_id: str,
+        outcome: Literal["completed", "failed"],
+        *,
+        code: str | None = None,
+        message: str | None = None,
+    ) -> FakeJob:
+        """Make a running job end now with *outcome*."""
+        job = self.jobs[job_id]
+        now = self.now()
+        status = job.status_at(now)
+        if status in TERMINAL:
+            raise ValueError(f"job {job_id} is already {status}")
+        elapsed = max(0.0, now - job.created_at)
+        queue = min(job.script.queue_seconds, elapsed)
+        changes: dict[str, Any] = {
+            "queue_seconds": queue,
+            "processing_seconds": elapsed - queue,
+            "outcome": outcome,
+        }
+        if code is not None:
+            changes["error_code"] = code
+        if message is not None:
+            changes["error_message"] = message
+        job.script = attrs.evolve(job.script, **changes)
+        if outcome == "failed":
+            self.unsettled_failures.add(job_id)
+        else:
+            self.unsettled_failures.discard(job_id)
+        self.settle()
+        return job
+
+    def _refund(self, job: FakeJob, *, at: float, reason: str) -> None:
+        self.ledger_entries.append(
+            LedgerEntry(
+                job_id=job.id,
+                kind="refund",
+                micro_cents=job.cost,
+                input_fingerprint=job.fingerprint,
+                time=at,
+                reason=reason,
+            )
+        )
