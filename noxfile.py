@@ -7,7 +7,9 @@ import shutil
 import nox
 
 
-nox.options.default_venv_backend = "uv|virtualenv" if shutil.which("uv") else "virtualenv"
+nox.options.default_venv_backend = (
+    "uv|virtualenv" if shutil.which("uv") else "virtualenv"
+)
 nox.options.sessions = ["tests", "lint", "mypy"]
 nox.options.reuse_existing_virtualenvs = True
 

@@ -64,13 +64,14 @@ def parse_datetime(value: object) -> datetime | None:
             return None
     if not isinstance(value, str) or not value:
         return None
-    text = value.strip()
-    if text.endswith(("Z", "z")):
-        text = text[:-1] + "+00:00"
     try:
-        parsed = datetime.fromisoformat(text)
+        # Python 3.11's fromisoformat reads "Z" and fractional seconds itself.
+        parsed = datetime.fromisoformat(value)
     except ValueError:
-        return None
+        try:
+            parsed = datetime.fromisoformat(value.strip().replace("z", "Z"))
+        except ValueError:
+            return None
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 

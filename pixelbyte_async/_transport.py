@@ -169,8 +169,8 @@ class AiohttpTransport:
             async with session.request(
                 request.method,
                 request.url,
-                headers=dict(request.headers),
-                params=dict(request.params) or None,
+                headers=request.headers,
+                params=request.params or None,
                 json=request.json if request.content is None else None,
                 data=request.content,
                 timeout=self._timeout(request),
@@ -187,11 +187,15 @@ class AiohttpTransport:
 
     async def _read_limited(self, resp: aiohttp.ClientResponse) -> bytes:
         declared = resp.content_length
-        if declared is not None and declared > self._max_body:
-            resp.release()
-            raise TransportError(
-                f"response body of {declared} bytes exceeds the {self._max_body} limit"
-            )
+        if declared is not None:
+            if declared > self._max_body:
+                resp.release()
+                raise TransportError(
+                    f"response body of {declared} bytes exceeds the "
+                    f"{self._max_body} limit"
+                )
+            # Fast path: the size is known and bounded, so one read is safe.
+            return await resp.read()
         buf = bytearray()
         async for chunk in resp.content.iter_chunked(64 * 1024):
             buf += chunk

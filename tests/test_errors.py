@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from pixelbyte_async import (
     APIError,
     AuthenticationError,
@@ -54,11 +53,19 @@ def test_table(status, code, cls):
 def test_api_error_carries_everything():
     """APIError carries status, code, message, details, request_id and retry hints."""
     err = RateLimited(
-        "Too many", status=429, code="CONCURRENT_JOBS_EXCEEDED", details={"retryAfter": 30},
-        request_id="req_1", retry_after=30.0,
+        "Too many",
+        status=429,
+        code="CONCURRENT_JOBS_EXCEEDED",
+        details={"retryAfter": 30},
+        request_id="req_1",
+        retry_after=30.0,
     )
     assert (err.status, err.code, err.request_id, err.retry_after, err.retryable) == (
-        429, "CONCURRENT_JOBS_EXCEEDED", "req_1", 30.0, True,
+        429,
+        "CONCURRENT_JOBS_EXCEEDED",
+        "req_1",
+        30.0,
+        True,
     )
     assert "req_1" in str(err)
     assert "CONCURRENT_JOBS_EXCEEDED" in str(err)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from pixelbyte_async import (
     KLING_O1_PRO_SEF,
     KLING_O1_STANDARD_SEF,
@@ -22,16 +21,28 @@ PNG = b"\x89PNG\r\n\x1a\n" + b"\0" * 32
 def test_to_input_sends_duration_as_string():
     """The API's input: frames, prompt, and duration as the documented string."""
     kling = KlingO1StartEndFrame(image_url=A, end_image_url=B, prompt="p", duration=7)
-    assert kling.to_input() == {"image_url": A, "end_image_url": B, "prompt": "p", "duration": "7"}
+    assert kling.to_input() == {
+        "image_url": A,
+        "end_image_url": B,
+        "prompt": "p",
+        "duration": "7",
+    }
     assert kling.model_slug == KLING_O1_STANDARD_SEF
     assert isinstance(kling, ModelInput)
     assert "prompt" not in KlingO1StartEndFrame(image_url=A, end_image_url=B).to_input()
 
 
-@pytest.mark.parametrize(("duration", "expected"), [(3, 3), ("10", 10), (" 5 ", 5), (6.0, 6)])
+@pytest.mark.parametrize(
+    ("duration", "expected"), [(3, 3), ("10", 10), (" 5 ", 5), (6.0, 6)]
+)
 def test_duration_accepts_int_or_numeric_string(duration, expected):
     """duration is an int or a numeric string."""
-    assert expected == KlingO1StartEndFrame(image_url=A, end_image_url=B, duration=duration).duration
+    assert (
+        expected
+        == KlingO1StartEndFrame(
+            image_url=A, end_image_url=B, duration=duration
+        ).duration
+    )
 
 
 @pytest.mark.parametrize("duration", [2, 11, 0, -5, "3.5", "five", True, 5.5, None])
@@ -93,7 +104,9 @@ def test_prompt_limit():
 
 def test_sandbox_loopback_http_allowed():
     """http:// is accepted only for loopback hosts (the sandbox)."""
-    KlingO1StartEndFrame(image_url="http://127.0.0.1:9/a.png", end_image_url="http://localhost/b.png")
+    KlingO1StartEndFrame(
+        image_url="http://127.0.0.1:9/a.png", end_image_url="http://localhost/b.png"
+    )
     with pytest.raises(ValidationError):
         KlingO1StartEndFrame(image_url="http://10.0.0.1/a.png", end_image_url=B)
 
@@ -102,11 +115,16 @@ def test_sandbox_loopback_http_allowed():
 def test_local_price_table(duration):
     """Standard costs 50,000 and Pro 70,000 micro-cents per second."""
     std = KlingO1StartEndFrame(image_url=A, end_image_url=B, duration=duration)
-    pro = KlingO1StartEndFrame(image_url=A, end_image_url=B, duration=duration, pro=True)
+    pro = KlingO1StartEndFrame(
+        image_url=A, end_image_url=B, duration=duration, pro=True
+    )
     assert std.cost_micro_cents == 50_000 * duration
     assert pro.cost_micro_cents == 70_000 * duration
     assert pro.model_slug == KLING_O1_PRO_SEF
-    assert local_cost(KLING_O1_STANDARD_SEF, {"duration": str(duration)}) == 50_000 * duration
+    assert (
+        local_cost(KLING_O1_STANDARD_SEF, {"duration": str(duration)})
+        == 50_000 * duration
+    )
     assert local_cost(KLING_O1_STANDARD_SEF, {}) == 250_000
     assert local_cost("unknown/model", {}) is None
 

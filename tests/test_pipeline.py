@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 
 import pytest
-
 from pixelbyte_async import (
     AmbiguousSubmitError,
     AuthenticationError,
@@ -32,7 +31,9 @@ pytestmark = pytest.mark.anyio
 KEY = "pb_live_SECRET_value_123"
 SLUG = "kling-plus/kling-o1-standard/start-end-frame-to-video"
 KLING = KlingO1StartEndFrame(
-    image_url="https://example.com/a.jpg", end_image_url="https://example.com/b.jpg", prompt="p"
+    image_url="https://example.com/a.jpg",
+    end_image_url="https://example.com/b.jpg",
+    prompt="p",
 )
 SUBMITTED = {
     "jobId": "job_1",
@@ -45,7 +46,11 @@ SUBMITTED = {
 
 def err(status, code, message="m", details=None, headers=None):
     return json_response(
-        {"success": False, "error": {"code": code, "message": message, "details": details or {}}, "requestId": "req_e"},
+        {
+            "success": False,
+            "error": {"code": code, "message": message, "details": details or {}},
+            "requestId": "req_e",
+        },
         status,
         headers,
     )
@@ -67,7 +72,9 @@ class Script:
 def client(handler, **kwargs):
     clock = kwargs.pop("clock", VirtualClock())
     mock = MockTransport(handler)
-    pb = PixelByte(api_key=KEY, base_url="https://api.test", transport=mock, clock=clock, **kwargs)
+    pb = PixelByte(
+        api_key=KEY, base_url="https://api.test", transport=mock, clock=clock, **kwargs
+    )
     return pb, mock, clock
 
 
@@ -79,18 +86,32 @@ async def test_submit_success_sends_the_documented_body():
     req = mock.requests[0]
     assert (req.method, req.url) == ("POST", "https://api.test/v1/jobs/submit")
     assert req.headers["Authorization"] == f"Bearer {KEY}"
-    assert req.json == {"model": SLUG, "input": KLING.to_input(), "webhookUrl": "https://hooks.example/x"}
-    assert (job.id, job.status.value, job.cost_micro_cents) == ("job_1", "pending", 250000)
+    assert req.json == {
+        "model": SLUG,
+        "input": KLING.to_input(),
+        "webhookUrl": "https://hooks.example/x",
+    }
+    assert (job.id, job.status.value, job.cost_micro_cents) == (
+        "job_1",
+        "pending",
+        250000,
+    )
     assert job.estimated_completion_time.year == 2030
     assert job.model == SLUG
 
 
 async def test_enveloped_submit_response():
     """The quickstart's enveloped submit body with estimatedCost decodes too."""
-    body = {"success": True, "data": {"jobId": "job_2", "status": "pending", "estimatedCost": 500000}, "requestId": "r"}
+    body = {
+        "success": True,
+        "data": {"jobId": "job_2", "status": "pending", "estimatedCost": 500000},
+        "requestId": "r",
+    }
     pb, _, _ = client(Script(json_response(body)))
     async with pb:
-        job = await pb.submit(SLUG, {"image_url": "https://e/a", "end_image_url": "https://e/b"})
+        job = await pb.submit(
+            SLUG, {"image_url": "https://e/a", "end_image_url": "https://e/b"}
+        )
     assert (job.id, job.cost_micro_cents, job.info.request_id) == ("job_2", 500000, "r")
 
 
@@ -130,7 +151,9 @@ async def test_submit_with_unknown_fate_is_never_resent(failure):
 )
 async def test_submit_retried_when_no_job_was_created(refusal):
     """429, 503 PUBSUB_PUBLISH_FAILED and connect errors are retried safely."""
-    pb, mock, clock = client(Script(refusal, json_response(SUBMITTED)), retry=RetryPolicy(jitter=False))
+    pb, mock, clock = client(
+        Script(refusal, json_response(SUBMITTED)), retry=RetryPolicy(jitter=False)
+    )
     async with pb:
         job = await pb.submit(KLING)
     assert job.id == "job_1"
@@ -149,7 +172,9 @@ async def test_concurrency_429_waits_retry_after():
 
 async def test_concurrency_429_bounded_by_submit_deadline():
     """Endless 429s end at the submit deadline with RateLimited."""
-    pb, mock, clock = client(Script(err(429, "CONCURRENT_JOBS_EXCEEDED", details={"retryAfter": 30})))
+    pb, mock, clock = client(
+        Script(err(429, "CONCURRENT_JOBS_EXCEEDED", details={"retryAfter": 30}))
+    )
     async with pb:
         with pytest.raises(RateLimited) as info:
             await pb.submit(KLING, timeout=100)
@@ -159,7 +184,10 @@ async def test_concurrency_429_bounded_by_submit_deadline():
 
 @pytest.mark.parametrize(
     ("answer", "cls"),
-    [(err(402, "INSUFFICIENT_BALANCE"), InsufficientBalance), (err(401, "INVALID_API_KEY"), AuthenticationError)],
+    [
+        (err(402, "INSUFFICIENT_BALANCE"), InsufficientBalance),
+        (err(401, "INVALID_API_KEY"), AuthenticationError),
+    ],
 )
 async def test_definite_refusals_are_not_retried(answer, cls):
     """4xx answers raise their class at once."""
@@ -187,7 +215,11 @@ async def test_one_deadline_for_retried_gets():
 async def test_gets_retry_transport_errors_and_5xx():
     """GET survives a reset and a 500 and returns the job."""
     pb, mock, _ = client(
-        Script(TransportError("reset"), err(500, "INTERNAL_ERROR"), json_response({"jobId": "job_1", "status": "processing"}))
+        Script(
+            TransportError("reset"),
+            err(500, "INTERNAL_ERROR"),
+            json_response({"jobId": "job_1", "status": "processing"}),
+        )
     )
     async with pb:
         job = await pb.get_job("job_1")
@@ -207,7 +239,11 @@ async def test_retry_after_over_cap_is_not_waited():
 
 async def test_html_error_page_is_an_api_error():
     """A proxy's HTML 502 page becomes ServerError with an excerpt, retried then raised."""
-    page = Response(status=502, headers={"content-type": "text/html"}, content=b"<html>Bad Gateway</html>")
+    page = Response(
+        status=502,
+        headers={"content-type": "text/html"},
+        content=b"<html>Bad Gateway</html>",
+    )
     pb, mock, _ = client(Script(page), retry=RetryPolicy(attempts=2, jitter=False))
     async with pb:
         with pytest.raises(ServerError, match="Bad Gateway"):
@@ -217,7 +253,13 @@ async def test_html_error_page_is_an_api_error():
 
 async def test_success_false_in_200_is_an_error():
     """A 200 carrying success:false raises the mapped error."""
-    pb, _, _ = client(Script(json_response({"success": False, "error": {"code": "JOB_NOT_FOUND", "message": "no"}})))
+    pb, _, _ = client(
+        Script(
+            json_response(
+                {"success": False, "error": {"code": "JOB_NOT_FOUND", "message": "no"}}
+            )
+        )
+    )
     async with pb:
         with pytest.raises(Exception, match="JOB_NOT_FOUND"):
             await pb.get_job("job_x")
@@ -281,13 +323,21 @@ async def test_key_never_in_reprs_logs_or_errors(caplog):
     """The API key appears in no repr, log record or exception text."""
     caplog.set_level(logging.DEBUG, logger="pixelbyte_async")
     pb, mock, _ = client(
-        Script(err(500, "INTERNAL_ERROR"), json_response(SUBMITTED), err(401, "INVALID_API_KEY", message="bad key"))
+        Script(
+            err(500, "INTERNAL_ERROR"),
+            json_response(SUBMITTED),
+            err(401, "INVALID_API_KEY", message="bad key"),
+        )
     )
     texts = [repr(pb), repr(pb.config), str(pb.config)]
     async with pb:
         with pytest.raises(AmbiguousSubmitError) as ambiguous:
             await pb.submit(KLING)
-        texts += [str(ambiguous.value), repr(ambiguous.value), str(ambiguous.value.__cause__)]
+        texts += [
+            str(ambiguous.value),
+            repr(ambiguous.value),
+            str(ambiguous.value.__cause__),
+        ]
         job = await pb.submit(KLING)
         texts.append(repr(job))
         with pytest.raises(AuthenticationError) as auth:

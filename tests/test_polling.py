@@ -6,7 +6,6 @@ import asyncio
 from datetime import UTC, datetime
 
 import pytest
-
 from pixelbyte_async import (
     JobCancelled,
     JobFailed,
@@ -25,7 +24,9 @@ from pixelbyte_async import (
 
 pytestmark = pytest.mark.anyio
 
-KLING = KlingO1StartEndFrame(image_url="https://e.x/a.jpg", end_image_url="https://e.x/b.jpg")
+KLING = KlingO1StartEndFrame(
+    image_url="https://e.x/a.jpg", end_image_url="https://e.x/b.jpg"
+)
 
 
 def iso(t: float) -> str:
@@ -35,7 +36,16 @@ def iso(t: float) -> str:
 class SimJob:
     """A one-job server whose state follows the client's virtual clock."""
 
-    def __init__(self, clock, *, queue=5.0, processing=240.0, outcome="completed", eta=True, statuses=None):
+    def __init__(
+        self,
+        clock,
+        *,
+        queue=5.0,
+        processing=240.0,
+        outcome="completed",
+        eta=True,
+        statuses=None,
+    ):
         self.clock = clock
         self.t0 = clock.time()
         self.queue, self.processing, self.outcome = queue, processing, outcome
@@ -71,9 +81,21 @@ class SimJob:
         if request.url.endswith("/cancel"):
             self.cancels += 1
             if self.status() != "pending":
-                return json_response({"success": False, "error": {"code": "JOB_CANNOT_BE_CANCELLED", "message": "no"}}, 400)
+                return json_response(
+                    {
+                        "success": False,
+                        "error": {"code": "JOB_CANNOT_BE_CANCELLED", "message": "no"},
+                    },
+                    400,
+                )
             self.cancelled = True
-            return json_response({"jobId": "job_sim", "status": "cancelled", "refundedMicroCents": 250000})
+            return json_response(
+                {
+                    "jobId": "job_sim",
+                    "status": "cancelled",
+                    "refundedMicroCents": 250000,
+                }
+            )
         self.gets.append(self.clock.time())
         if self.transient_failures:
             self.transient_failures -= 1
@@ -83,15 +105,24 @@ class SimJob:
         if status == "completed":
             body["output"] = "https://cdn.example/o.mp4"
         if status == "failed":
-            body["error"] = {"code": "GENERATION_FAILED", "message": "Credits have been refunded."}
+            body["error"] = {
+                "code": "GENERATION_FAILED",
+                "message": "Credits have been refunded.",
+            }
         return json_response(body)
 
 
 def make(sim_kwargs=None, **client_kwargs):
     clock = VirtualClock(start=1_760_000_000)
     sim = SimJob(clock, **(sim_kwargs or {}))
-    pb = PixelByte(api_key="pb_k", base_url="https://api.test", transport=MockTransport(sim), clock=clock,
-                   rng=lambda a, b: b, **client_kwargs)
+    pb = PixelByte(
+        api_key="pb_k",
+        base_url="https://api.test",
+        transport=MockTransport(sim),
+        clock=clock,
+        rng=lambda a, b: b,
+        **client_kwargs,
+    )
     return pb, sim, clock
 
 
@@ -169,7 +200,9 @@ async def test_timeout_raises_wait_timeout_with_last_job():
 
 async def test_unknown_status_never_spins_forever():
     """An unknown status keeps polling only until the documented default deadline."""
-    pb, sim, clock = make({"statuses": "throttled"}, poll=PollPolicy(default_timeout=600))
+    pb, sim, clock = make(
+        {"statuses": "throttled"}, poll=PollPolicy(default_timeout=600)
+    )
     async with pb:
         job = await pb.submit(KLING)
         with pytest.raises(WaitTimeout):

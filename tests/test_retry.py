@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from pixelbyte_async import (
     InvalidRequestError,
     RateLimited,
@@ -65,8 +64,15 @@ def test_parse_retry_after(value, expected):
 
 @pytest.mark.parametrize(
     ("details", "expected"),
-    [({"retryAfter": 30}, 30.0), ({"retryAfter": "2.5"}, 2.5), ({"retryAfter": True}, None),
-     ({"retryAfter": -1}, None), ({"retryAfter": "x"}, None), ({}, None), ({"retry_after": 4}, 4.0)],
+    [
+        ({"retryAfter": 30}, 30.0),
+        ({"retryAfter": "2.5"}, 2.5),
+        ({"retryAfter": True}, None),
+        ({"retryAfter": -1}, None),
+        ({"retryAfter": "x"}, None),
+        ({}, None),
+        ({"retry_after": 4}, 4.0),
+    ],
 )
 def test_retry_after_from_details(details, expected):
     """details.retryAfter is read when it is a usable number."""

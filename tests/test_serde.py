@@ -5,7 +5,6 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
-
 from pixelbyte_async import JobStatus, ResponseDecodeError
 from pixelbyte_async._serde import (
     decode_catalog_model,
@@ -29,7 +28,10 @@ def test_unwrap_envelope_and_flat():
         {"jobId": "j"},
         "r",
     )
-    assert unwrap({"jobId": "j", "requestId": "r"}) == ({"jobId": "j", "requestId": "r"}, "r")
+    assert unwrap({"jobId": "j", "requestId": "r"}) == (
+        {"jobId": "j", "requestId": "r"},
+        "r",
+    )
     assert unwrap({"success": True, "data": [1, 2]}) == ([1, 2], None)
     assert unwrap([1]) == ([1], None)
 
@@ -46,7 +48,16 @@ def test_unwrap_envelope_and_flat():
         ({"output": None, "outputs": None}, None),
         ({"output": 5, "outputs": "x"}, None),
     ],
-    ids=["string", "object-url", "videoUrl", "imageUrl", "outputs", "outputs-str", "none", "garbage"],
+    ids=[
+        "string",
+        "object-url",
+        "videoUrl",
+        "imageUrl",
+        "outputs",
+        "outputs-str",
+        "none",
+        "garbage",
+    ],
 )
 def test_video_url_from_every_shape(body, expected):
     """The video URL is resolved from every documented output shape."""
@@ -111,7 +122,13 @@ def test_full_reference_body():
 
 def test_failed_error_shapes():
     """error may be an object or a string."""
-    info = decode_job({"jobId": "j", "status": "failed", "error": {"code": "GENERATION_FAILED", "message": "m"}})
+    info = decode_job(
+        {
+            "jobId": "j",
+            "status": "failed",
+            "error": {"code": "GENERATION_FAILED", "message": "m"},
+        }
+    )
     assert info.error is not None
     assert (info.error.code, info.error.message) == ("GENERATION_FAILED", "m")
     assert decode_job({"jobId": "j", "error": "boom"}).error.message == "boom"
@@ -130,7 +147,14 @@ def test_job_without_id_is_a_decode_error(body):
 def test_wrong_types_in_optional_fields_are_dropped():
     """Wrong types in optional fields do not crash decoding."""
     info = decode_job(
-        {"jobId": "j", "progress": "half", "createdAt": 12, "completedAt": "yesterday", "costMicroCents": True, "model": 3}
+        {
+            "jobId": "j",
+            "progress": "half",
+            "createdAt": 12,
+            "completedAt": "yesterday",
+            "costMicroCents": True,
+            "model": 3,
+        }
     )
     assert info.progress is None
     assert info.completed_at is None
@@ -151,7 +175,11 @@ def test_decode_json_errors_carry_excerpt():
 def test_error_fields_tolerant():
     """Error bodies are read from the envelope, a string error, or top-level keys."""
     assert error_fields(
-        {"success": False, "error": {"code": "C", "message": "m", "details": {"retryAfter": 3}}, "requestId": "r"}
+        {
+            "success": False,
+            "error": {"code": "C", "message": "m", "details": {"retryAfter": 3}},
+            "requestId": "r",
+        }
     ) == ("C", "m", {"retryAfter": 3}, "r")
     assert error_fields({"error": "bad"}) == (None, "bad", {}, None)
     assert error_fields({"code": "X", "message": "y"}) == ("X", "y", {}, None)
@@ -169,10 +197,15 @@ def test_estimate_both_shapes():
             "discounted": {"type": "volume", "percentage": 20},
         }
     )
-    assert (est.estimated_cost_micro_cents, est.base_cost_micro_cents) == (200000, 250000)
+    assert (est.estimated_cost_micro_cents, est.base_cost_micro_cents) == (
+        200000,
+        250000,
+    )
     assert est.breakdown[0].component == "base_generation"
     assert est.usd == 0.2
-    legacy = decode_estimate({"estimatedCost": 120000, "baseCost": 40000, "factors": {}})
+    legacy = decode_estimate(
+        {"estimatedCost": 120000, "baseCost": 40000, "factors": {}}
+    )
     assert legacy.estimated_cost_micro_cents == 120000
     with pytest.raises(ResponseDecodeError):
         decode_estimate({"foo": 1})
@@ -181,15 +214,30 @@ def test_estimate_both_shapes():
 def test_upload_and_catalog():
     """Uploads accept fileId for id; catalogue items accept nested providers."""
     up = decode_upload(
-        {"uploadUrl": "https://s/u", "fileUrl": "https://c/f", "fileId": "u1", "expiresAt": "2026-01-01T00:00:00Z", "maxSize": 10}
+        {
+            "uploadUrl": "https://s/u",
+            "fileUrl": "https://c/f",
+            "fileId": "u1",
+            "expiresAt": "2026-01-01T00:00:00Z",
+            "maxSize": 10,
+        }
     )
     assert (up.id, up.max_size, up.expires_at.year) == ("u1", 10, 2026)
     with pytest.raises(ResponseDecodeError):
         decode_upload({"fileUrl": "x"})
     model = decode_catalog_model(
-        {"slug": "a/b/c", "provider": {"id": "p", "name": "P"}, "tags": ["x", 1], "inputSchema": {"type": "object"}}
+        {
+            "slug": "a/b/c",
+            "provider": {"id": "p", "name": "P"},
+            "tags": ["x", 1],
+            "inputSchema": {"type": "object"},
+        }
     )
-    assert (model.provider, model.tags, model.input_schema) == ("P", ("x",), {"type": "object"})
+    assert (model.provider, model.tags, model.input_schema) == (
+        "P",
+        ("x",),
+        {"type": "object"},
+    )
     assert items_of([1], "models") == [1]
     assert items_of({"models": [2]}, "models") == [2]
     with pytest.raises(ResponseDecodeError):
@@ -198,7 +246,9 @@ def test_upload_and_catalog():
 
 def test_parse_datetime():
     """ISO with Z, offsets, naive (taken as UTC) and epoch seconds parse; junk is None."""
-    assert parse_datetime("2026-02-18T15:30:00Z") == datetime(2026, 2, 18, 15, 30, tzinfo=UTC)
+    assert parse_datetime("2026-02-18T15:30:00Z") == datetime(
+        2026, 2, 18, 15, 30, tzinfo=UTC
+    )
     assert parse_datetime("2026-02-18T15:30:00.000Z") is not None
     assert parse_datetime("2026-02-18T15:30:00").tzinfo is UTC
     assert parse_datetime(0) == datetime(1970, 1, 1, tzinfo=UTC)

@@ -1,0 +1,97 @@
+"""
+GET overhead: the SDK's get_job throughput vs a bare aiohttp loop, side by side.
+
+Both hit the same FakePixelByte job on 127.0.0.1 with the same concurrency; rounds are
+interleaved (bare, sdk, bare, sdk, ...) so machine noise hits both alike.  Prints the
+ratio sdk/bare (target >= 0.90) and writes bench/results/get_throughput.json.
+
+    python bench/bench_get_throughput.py [--requests 2000] [--concurrency 10] [--rounds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import time
+from pathlib import Path
+
+import aiohttp
+from pixelbyte_async import KlingO1StartEndFrame, PixelByte
+from pixelbyte_async.testing import FakePixelByte
+
+
+async def bare_loop(url: str, key: str, n: int, concurrency: int) -> float:
+    """What a user would hand-write: one session, Bearer header, json(), a semaphore."""
+    sem = asyncio.Semaphore(concurrency)
+    connector = aiohttp.TCPConnector(limit=20)
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def one() -> None:
+            async with (
+                sem,
+                session.get(url, headers={"Authorization": f"Bearer {key}"}) as r,
+            ):
+                body = await r.json()
+                assert body["jobId"]
+
+        start = time.perf_counter()
+        await asyncio.gather(*(one() for _ in range(n)))
+        return n / (time.perf_counter() - start)
+
+
+async def sdk_loop(pb: PixelByte, job_id: str, n: int, concurrency: int) -> float:
+    sem = asyncio.Semaphore(concurrency)
+
+    async def one() -> None:
+        async with sem:
+            job = await pb.get_job(job_id)
+            assert job.id
+
+    start = time.perf_counter()
+    await asyncio.gather(*(one() for _ in range(n)))
+    return n / (time.perf_counter() - start)
+
+
+async def main(requests: int, concurrency: int, rounds: int) -> dict[str, float]:
+    async with (
+        FakePixelByte() as fake,
+        PixelByte(api_key=fake.api_key, base_url=fake.url, clock=fake.clock) as pb,
+    ):
+        job = await pb.submit(
+            KlingO1StartEndFrame(
+                image_url="https://e.x/a.jpg", end_image_url="https://e.x/b.jpg"
+            )
+        )
+        url = f"{fake.url}/v1/jobs/{job.id}"
+        await bare_loop(url, fake.api_key, 200, concurrency)  # warm-up
+        await sdk_loop(pb, job.id, 200, concurrency)
+        bare, sdk = [], []
+        for _ in range(rounds):
+            bare.append(await bare_loop(url, fake.api_key, requests, concurrency))
+            sdk.append(await sdk_loop(pb, job.id, requests, concurrency))
+    return {
+        "bare_rps_median": statistics.median(bare),
+        "sdk_rps_median": statistics.median(sdk),
+        "ratio": statistics.median(sdk) / statistics.median(bare),
+        "requests_per_round": requests,
+        "concurrency": concurrency,
+        "rounds": rounds,
+    }
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--concurrency", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    res = asyncio.run(main(args.requests, args.concurrency, args.rounds))
+    out = Path(__file__).parent / "results" / "get_throughput.json"
+    out.write_text(json.dumps(res, indent=2) + "\n")
+    print(
+        f"bare aiohttp: {res['bare_rps_median']:.0f} req/s  sdk get_job: {res['sdk_rps_median']:.0f} req/s  "
+        f"ratio {res['ratio']:.3f}"
+    )
+    print("verdict:", "OK (>= 0.90)" if res["ratio"] >= 0.90 else "BELOW TARGET 0.90")

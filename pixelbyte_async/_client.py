@@ -1,0 +1,988 @@
+"""
+`PixelByte`: the async client.
+
+One request pipeline (build → send → unwrap envelope → map error → decode), one
+aiohttp session per client, one deadline per call, and a limit on jobs in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import mimetypes
+import os
+import random
+import time
+import warnings
+from collections.abc import AsyncIterator, Callable, Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal, Self
+from urllib.parse import quote, urlsplit
+
+import aiohttp
+import anyio
+import attrs
+
+from ._clock import Clock, SystemClock
+from ._config import ClientConfig, mask_key
+from ._errors import (
+    AmbiguousSubmitError,
+    APIError,
+    ClientClosedError,
+    PixelByteError,
+    ReconcileError,
+    RequestTimeout,
+    ResponseDecodeError,
+    ServerError,
+    TransportError,
+    ValidationError,
+    error_class_for,
+)
+from ._inputs import (
+    ModelInput,
+    check_url,
+    local_cost,
+    sniff_image_type,
+    validate_webhook_url,
+)
+from ._job import Job, stream_to_file
+from ._models import CatalogModel, Estimate, JobInfo, JobStatus, Upload
+from ._polling import PollPolicy
+from ._retry import (
+    RetryPolicy,
+    is_submit_safe_to_retry,
+    parse_retry_after,
+    retry_after_from_details,
+)
+from ._serde import (
+    decode_catalog_model,
+    decode_estimate,
+    decode_job,
+    decode_json,
+    decode_upload,
+    error_fields,
+    items_of,
+    unwrap,
+)
+from ._transport import AiohttpTransport, Request, Response, Transport
+
+
+__all__ = ["PixelByte"]
+
+log = logging.getLogger("pixelbyte_async")
+
+_UNSET: Any = object()
+
+_UPLOAD_TYPES: Mapping[str, int] = {
+    "image/jpeg": 10 * 1024**2,
+    "image/png": 10 * 1024**2,
+    "image/webp": 10 * 1024**2,
+    "image/gif": 10 * 1024**2,
+    "video/mp4": 100 * 1024**2,
+    "video/webm": 100 * 1024**2,
+    "audio/mpeg": 50 * 1024**2,
+    "audio/wav": 50 * 1024**2,
+}
+
+_Mode = Literal["safe", "submit"]
+
+
+class _JobSlots:
+    """
+    The client's limit on jobs in flight (submitted and not yet seen terminal).
+
+    A slot is taken before a submit and freed when the client sees the job reach a
+    terminal state, however it sees it (wait, watch, refresh, list, cancel).  A
+    submitter kept waiting for a slot refreshes in-flight jobs that nobody is
+    waiting on, so "submit everything, then wait for everything" cannot deadlock.
+    """
+
+    def __init__(self, limit: int | None) -> None:
+        self.limit = limit
+        self.used = 0
+        self.jobs: dict[str, Job] = {}
+        self._changed = asyncio.Event()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    def free(self) -> None:
+        self.used -= 1
+        self._notify()
+
+    def bind(self, job: Job) -> None:
+        self.jobs[job.id] = job
+
+    def finished(self, job_id: str) -> None:
+        if self.jobs.pop(job_id, None) is not None:
+            self.free()
+
+    def adopt(self, job: Job) -> None:
+        if job.id not in self.jobs and not job.done:
+            self.used += 1
+            self.jobs[job.id] = job
+
+    async def acquire(self, client: PixelByte, timeout: float | None) -> None:
+        if self.limit is None:
+            self.used += 1
+            return
+        clock = client.clock
+        deadline = clock.monotonic() + (timeout if timeout is not None else math.inf)
+        while self.used >= self.limit:
+            remaining = deadline - clock.monotonic()
+            if remaining <= 0:
+                raise RequestTimeout(
+                    f"no job slot freed within slot_timeout={timeout}s "
+                    f"({self.used} jobs in flight, max_concurrent_jobs={self.limit})"
+                )
+            await self._sweep(client, deadline)
+            if self.used < self.limit:
+                break
+            pause = min(remaining, client.config.poll.near_interval)
+            # A free slot wakes us at once; the pause only paces the sweeps.
+            changed = self._changed
+            sleeper = asyncio.ensure_future(clock.sleep(pause))
+            waiter = asyncio.ensure_future(changed.wait())
+            try:
+                await asyncio.wait(
+                    {sleeper, waiter}, return_when=asyncio.FIRST_COMPLETED
+                )
+            finally:
+                sleeper.cancel()
+                waiter.cancel()
+        self.used += 1
+
+    async def _sweep(self, client: PixelByte, deadline: float) -> None:
+        """Refresh unwatched in-flight jobs that are due, to notice finished ones."""
+        clock = client.clock
+        deadline = min(deadline, clock.monotonic() + client.config.timeout)
+        policy = client.config.poll
+        for job in list(self.jobs.values()):
+            if job._watchers or job.done:  # noqa: SLF001 -- slots and jobs cooperate
+                continue
+            due = job._last_checked + policy.next_delay(  # noqa: SLF001
+                now=clock.time(),
+                eta=job._eta(),  # noqa: SLF001
+                previous=None,
+                rng=lambda a, _b: a,
+            )
+            if clock.monotonic() < due:
+                continue
+            await job._poll_once(deadline)  # noqa: SLF001
+
+
+class PixelByte:
+    """
+    The asyncio client for the PixelByte API.
+
+    Use it as an async context manager (or call `aclose`)::
+
+        async with PixelByte() as pb:
+            job = await pb.submit(KlingO1StartEndFrame(...))
+            done = await job.wait()
+
+    Args:
+        api_key: API key; default ``$PIXELBYTE_API_KEY``.  Never logged or shown.
+        base_url: API base; default ``$PIXELBYTE_BASE_URL`` or https://api.muvi.video.
+        timeout: Overall deadline of one API call in seconds, retries included.
+        max_concurrent_jobs: Jobs in flight at once (``None``: no limit).
+        retry: Retry policy for safe calls (`RetryPolicy.disabled()` to opt out).
+        poll: Default polling policy of `Job.wait`.
+        config: A complete `ClientConfig` (the keyword arguments above override it).
+        session: An `aiohttp.ClientSession` to borrow; it is never closed by us.
+        transport: A custom transport (e.g. `MockTransport` in unit tests).
+        clock: Time source (`SystemClock`); tests pass `FakePixelByte.clock`.
+        rng: ``uniform(a, b)`` used for jitter; default `random.uniform`.
+
+    .. versionadded:: 0.1.0
+
+    """
+
+    def __init__(
+        self,
+        *,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        timeout: float | None = None,
+        max_concurrent_jobs: int | None = _UNSET,
+        retry: RetryPolicy | None = None,
+        poll: PollPolicy | None = None,
+        config: ClientConfig | None = None,
+        session: aiohttp.ClientSession | None = None,
+        transport: Transport | None = None,
+        clock: Clock | None = None,
+        rng: Callable[[float, float], float] | None = None,
+    ) -> None:
+        overrides: dict[str, Any] = {
+            k: v
+            for k, v in {
+                "api_key": api_key,
+                "base_url": base_url,
+                "timeout": timeout,
+                "retry": retry,
+                "poll": poll,
+            }.items()
+            if v is not None
+        }
+        if max_concurrent_jobs is not _UNSET:
+            overrides["max_concurrent_jobs"] = max_concurrent_jobs
+        if config is None:
+            config = ClientConfig.from_env(**overrides)
+        else:
+            config = attrs.evolve(config, **overrides)
+        self.config = config
+        self.clock: Clock = clock or SystemClock()
+        self._uniform = rng or random.uniform
+        self._transport: Transport = transport or AiohttpTransport(
+            session=session, max_connections=config.max_connections
+        )
+        self._owns_transport = transport is None
+        self._state: Literal["open", "closed"] = "open"
+        self._slots = _JobSlots(config.max_concurrent_jobs)
+        self._known_ids: set[str] = set()
+        self._api_origin = _origin(config.base_url)
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        self._check_open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the client and its session (a borrowed session stays open).  Idempotent."""
+        if self._state == "closed":
+            return
+        self._state = "closed"
+        if self._owns_transport:
+            await self._transport.aclose()
+        else:
+            # A user-supplied transport is theirs to close; we only stop using it.
+            pass
+
+    @property
+    def closed(self) -> bool:
+        """Whether `aclose` was called."""
+        return self._state == "closed"
+
+    def _check_open(self) -> None:
+        if self._state == "closed":
+            raise ClientClosedError(
+                "this PixelByte client is closed; create a new one "
+                "(use 'async with PixelByte() as pb:')"
+            )
+
+    def __del__(self, _warn: Callable[..., None] = warnings.warn) -> None:
+        # Warn only: scheduling I/O from __del__ is what causes "Event loop is closed".
+        if getattr(self, "_state", "closed") == "open" and getattr(
+            self, "_owns_transport", False
+        ):
+            transport = getattr(self, "_transport", None)
+            if (
+                isinstance(transport, AiohttpTransport)
+                and transport._session is not None  # noqa: SLF001 -- own transport
+            ):
+                _warn(
+                    f"unclosed {self!r}; use 'async with PixelByte()' or 'await pb.aclose()'",
+                    ResourceWarning,
+                    stacklevel=2,
+                )
+
+    def __repr__(self) -> str:
+        return (
+            f"PixelByte(base_url={self.config.base_url!r}, "
+            f"api_key={mask_key(self.config.api_key)!r}, state={self._state!r})"
+        )
+
+    # -- the request pipeline --------------------------------------------------------
+
+    def _headers(
+        self, auth: Literal["bearer", "both", "optional", "none"]
+    ) -> dict[str, str]:
+        headers = {"User-Agent": self.config.user_agent, "Accept": "application/json"}
+        key = self.config.api_key
+        if auth == "none":
+            return headers
+        if not key:
+            if auth == "optional":
+                return headers
+            raise ValidationError(
+                "no API key: pass PixelByte(api_key=...) or set PIXELBYTE_API_KEY",
+                field="api_key",
+            )
+        headers["Authorization"] = f"Bearer {key}"
+        if auth == "both":
+            # The models/providers pages show x-api-key instead of Bearer (§1).
+            headers["x-api-key"] = str(key)
+        return headers
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body: Any = None,
+        params: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+        deadline: float | None = None,
+        mode: _Mode = "safe",
+        auth: Literal["bearer", "both", "optional", "none"] = "bearer",
+    ) -> tuple[Any, str | None]:
+        """Send one API call under one deadline; return ``(payload, request_id)``."""
+        self._check_open()
+        clock = self.clock
+        if deadline is None:
+            deadline = clock.monotonic() + (timeout or self.config.timeout)
+        headers = self._headers(auth)
+        if json_body is not None:
+            headers["Content-Type"] = "application/json"
+        url = self.config.base_url + path
+        policy = self.config.retry
+        attempt = 0
+        while True:
+            attempt += 1
+            remaining = deadline - clock.monotonic()
+            if remaining <= 0:
+                raise RequestTimeout(
+                    f"{method} {path}: deadline passed before attempt {attempt}"
+                )
+            request = Request(
+                method=method,
+                url=url,
+                headers=headers,
+                params=dict(params or {}),
+                json=json_body,
+                timeout=remaining,
+            )
+            started = time.perf_counter()
+            try:
+                response = await self._transport.send(request)
+                result = self._handle(response, method, path)
+            except PixelByteError as exc:
+                log.debug(
+                    "%s %s attempt %d failed in %.3fs: %r",
+                    method,
+                    path,
+                    attempt,
+                    time.perf_counter() - started,
+                    exc,
+                )
+                if mode == "submit" and not is_submit_safe_to_retry(exc):
+                    raise
+                delay = policy.delay_for(exc, attempt, self._uniform)
+                if (
+                    delay is None
+                    and mode == "submit"
+                    and isinstance(exc, APIError)
+                    and exc.code == "CONCURRENT_JOBS_EXCEEDED"
+                    and exc.retry_after is not None
+                    and exc.retry_after <= policy.max_retry_after
+                ):
+                    # The plan's concurrency limit: waiting is the answer, bounded
+                    # by the submit deadline rather than by the attempt count.
+                    delay = exc.retry_after
+                if delay is None or delay >= deadline - clock.monotonic():
+                    raise
+                log.info(
+                    "%s %s: %s; retrying in %.2fs (attempt %d)",
+                    method,
+                    path,
+                    _short(exc),
+                    delay,
+                    attempt + 1,
+                )
+                await clock.sleep(delay)
+                continue
+            log.debug(
+                "%s %s -> %d in %.3fs request_id=%s",
+                method,
+                path,
+                response.status,
+                time.perf_counter() - started,
+                result[1],
+            )
+            return result
+
+    def _handle(
+        self, response: Response, method: str, path: str
+    ) -> tuple[Any, str | None]:
+        status = response.status
+        header_rid = response.headers.get("x-request-id")
+        if 200 <= status < 300:  # noqa: PLR2004 -- HTTP success class
+            if not response.content.strip():
+                return {}, header_rid
+            body = decode_json(response.content, status=status)
+            if isinstance(body, dict) and body.get("success") is False:
+                raise self._api_error(status, body, response, method, path)
+            data, rid = unwrap(body)
+            return data, rid or header_rid
+        try:
+            body = json.loads(response.content) if response.content else None
+        except (ValueError, UnicodeDecodeError):
+            body = None
+        raise self._api_error(status, body, response, method, path)
+
+    def _api_error(
+        self, status: int, body: Any, response: Response, method: str, path: str
+    ) -> APIError:
+        code, message, details, rid = error_fields(body)
+        if message is None:
+            excerpt = response.content[:200].decode("utf-8", "replace").strip()
+            message = excerpt or f"{method} {path} failed"
+        if status < 400:  # noqa: PLR2004 -- a 2xx carrying success:false
+            status = 400 if code is None else status
+        retry_after = parse_retry_after(
+            response.headers.get("retry-after"), now=self.clock.time()
+        )
+        if retry_after is None:
+            retry_after = retry_after_from_details(details)
+        if retry_after is None and code == "CONCURRENT_JOBS_EXCEEDED":
+            retry_after = 30.0  # the docs' sample default when retryAfter is absent
+        cls = error_class_for(status, code)
+        return cls(
+            message,
+            status=status,
+            code=code,
+            details=details,
+            request_id=rid or response.headers.get("x-request-id"),
+            retry_after=retry_after,
+        )
+
+    # -- jobs --------------------------------------------------------------------------
+
+    async def submit(  # noqa: C901, PLR0912 -- input forms, uploads, slots, ambiguity
+        self,
+        model: str | ModelInput,
+        input: Mapping[str, Any] | None = None,  # noqa: A002 -- the API's field name
+        *,
+        webhook_url: str | None = None,
+        version: str | None = None,
+        timeout: float | None = None,
+    ) -> Job:
+        """
+        Submit a job and return its `Job` handle (the job is charged now).
+
+        *model* is a typed input such as `KlingO1StartEndFrame` (local frames are
+        uploaded first) or a model slug with a raw *input* mapping (the escape hatch
+        for any model).  The submit waits for a slot when `max_concurrent_jobs` jobs
+        are in flight and waits out 429 ``CONCURRENT_JOBS_EXCEEDED``.
+
+        It is never re-sent when its fate is unknown: a read timeout, a dropped
+        connection or a 5xx raise `AmbiguousSubmitError`; see `reconcile`.
+
+        Args:
+            model: A typed input, or a model slug.
+            input: The raw ``input`` object (only with a slug).
+            webhook_url: https URL to notify when the job ends.
+            version: Model version (default: latest stable).
+            timeout: Deadline in seconds (default ``config.submit_timeout``).
+
+        Raises:
+            ValidationError: Bad input; nothing was sent.
+            AmbiguousSubmitError: The job may exist; nothing was re-sent.
+            InsufficientBalance, InvalidRequestError, NotFound, ...: As the API says.
+
+        """
+        self._check_open()
+        clock = self.clock
+        deadline = clock.monotonic() + (timeout or self.config.submit_timeout)
+        if isinstance(model, str):
+            if input is None:
+                raise ValidationError(
+                    "input is required with a model slug", field="input"
+                )
+            slug = _check_slug(model)
+            payload = _check_input_mapping(input)
+        elif isinstance(model, ModelInput):
+            if input is not None:
+                raise ValidationError(
+                    "pass either a typed input or a slug with input, not both",
+                    field="input",
+                )
+            slug = model.model_slug
+            model = await self._upload_frames(model, deadline)
+            payload = model.to_input()
+        else:
+            raise ValidationError(
+                f"model must be a slug or a typed input, not {type(model).__name__}",
+                field="model",
+            )
+        validate_webhook_url(webhook_url)
+        body: dict[str, Any] = {"model": slug, "input": payload}
+        if version is not None:
+            body["version"] = version
+        if webhook_url is not None:
+            body["webhookUrl"] = webhook_url
+
+        # Waiting for a slot is queueing, not the call: the submit deadline starts
+        # once this client may have another job in flight.
+        await self._slots.acquire(self, self.config.slot_timeout)
+        deadline = clock.monotonic() + (timeout or self.config.submit_timeout)
+        started_at = clock.time()
+        try:
+            data, rid = await self._request(
+                "POST",
+                "/v1/jobs/submit",
+                json_body=body,
+                deadline=deadline,
+                mode="submit",
+            )
+            info = decode_job(data, rid)
+        except PixelByteError as exc:
+            self._slots.free()
+            if _is_ambiguous(exc):
+                raise AmbiguousSubmitError(
+                    f"submit to {slug} may have created a job ({_short(exc)}); it was "
+                    "not re-sent. Use PixelByte.reconcile(error) to find it.",
+                    model=slug,
+                    input=payload,
+                    webhook_url=webhook_url,
+                    started_at=started_at,
+                ) from exc
+            raise
+        except BaseException:
+            # Cancelled mid-flight: the submit's fate is unknown to us now.
+            self._slots.free()
+            raise
+        if info.status is JobStatus.UNKNOWN and info.raw_status is None:
+            info = attrs.evolve(info, status=JobStatus.PENDING)
+        if info.model is None:
+            info = attrs.evolve(info, model=slug)
+        if info.cost_micro_cents is None:
+            log.debug("submit response for %s carried no cost", info.id)
+        job = Job(self, info, input=payload, submitted_at=started_at)
+        self._known_ids.add(job.id)
+        self._slots.bind(job)
+        log.info(
+            "submitted %s to %s cost=%s request_id=%s",
+            job.id,
+            slug,
+            info.cost_micro_cents,
+            info.request_id,
+        )
+        if job.done:
+            self._job_finished(job)
+        return job
+
+    async def run(
+        self,
+        model: str | ModelInput,
+        input: Mapping[str, Any] | None = None,  # noqa: A002 -- the API's field name
+        *,
+        timeout: float | None = None,
+        webhook_url: str | None = None,
+    ) -> Job:
+        """
+        Submit and wait: the one-liner for ``asyncio.gather`` over many inputs.
+
+        *timeout* bounds the wait (the submit has its own deadline).
+        """
+        job = await self.submit(model, input, webhook_url=webhook_url)
+        return await job.wait(timeout)
+
+    def _job_finished(self, job: Job) -> None:
+        self._slots.finished(job.id)
+
+    @property
+    def jobs_in_flight(self) -> int:
+        """How many of this client's job slots are taken."""
+        return self._slots.used
+
+    async def get_job(self, job_id: str, *, timeout: float | None = None) -> Job:
+        """
+        Fetch a job by id and return a handle on it (e.g. after a restart).
+
+        Raises:
+            NotFound: No such job (or not yours).
+
+        """
+        if not isinstance(job_id, str) or not job_id.strip():
+            raise ValidationError("job_id must be a non-empty string", field="job_id")
+        data, rid = await self._request(
+            "GET", f"/v1/jobs/{quote(job_id, safe='')}", timeout=timeout
+        )
+        return self._adopt(decode_job(data, rid))
+
+    def _adopt(self, info: JobInfo) -> Job:
+        existing = self._slots.jobs.get(info.id)
+        if existing is not None:
+            existing._observe(info)  # noqa: SLF001 -- same client
+            return existing
+        return Job(self, info)
+
+    async def list_jobs(
+        self,
+        *,
+        status: JobStatus | str | None = None,
+        model: str | None = None,
+        limit: int | None = None,
+        page_size: int = 100,
+    ) -> AsyncIterator[Job]:
+        """
+        Iterate over your jobs, newest first, following ``nextCursor`` pages.
+
+        Args:
+            status: Only jobs in this status.
+            model: Only jobs of this model slug.
+            limit: Stop after this many jobs (default: all).
+            page_size: Jobs per request (1..100).
+
+        """
+        if not 1 <= page_size <= 100:  # noqa: PLR2004 -- the API's maximum
+            raise ValidationError("page_size must be 1..100", field="page_size")
+        params: dict[str, str] = {}
+        if status is not None:
+            params["status"] = (
+                JobStatus(status).value if isinstance(status, str) else status.value
+            )
+        if model is not None:
+            params["modelId"] = model  # the API's name for the slug filter (§4.4)
+        count = 0
+        cursor: str | None = None
+        while True:
+            size = page_size if limit is None else min(page_size, limit - count)
+            if size <= 0:
+                return
+            page_params = {**params, "limit": str(size)}
+            if cursor:
+                page_params["cursor"] = cursor
+            data, _ = await self._request("GET", "/v1/jobs", params=page_params)
+            items = items_of(data, "jobs")
+            for item in items:
+                yield self._adopt(decode_job(item))
+                count += 1
+                if limit is not None and count >= limit:
+                    return
+            next_cursor = data.get("nextCursor") if isinstance(data, dict) else None
+            has_more = data.get("hasMore") if isinstance(data, dict) else False
+            if (
+                not items
+                or not next_cursor
+                or has_more is False
+                or next_cursor == cursor
+            ):
+                return
+            cursor = str(next_cursor)
+
+    async def reconcile(
+        self, error: AmbiguousSubmitError, *, clock_skew: float = 120.0
+    ) -> Job | None:
+        """
+        Find the job an ambiguous submit may have created, instead of paying twice.
+
+        Lists jobs of the same model created since the attempt (minus *clock_skew*)
+        that this client does not already know.
+
+        Returns:
+            The job, adopted into this client (it counts against the job limit), or
+            ``None`` when no job was created (re-submitting is then safe).
+
+        Raises:
+            ReconcileError: Several candidates; ``.candidates`` lists them.
+
+        """
+        since = error.started_at - clock_skew
+        candidates: list[Job] = []
+        async for job in self.list_jobs(model=error.model):
+            created = job.info.created_at
+            if created is not None and created.timestamp() < since:
+                break
+            if job.id in self._known_ids:
+                continue
+            if created is None or created.timestamp() >= since:
+                candidates.append(job)
+        if not candidates:
+            return None
+        if len(candidates) > 1:
+            raise ReconcileError(
+                f"{len(candidates)} unknown {error.model} jobs were created since the "
+                "ambiguous submit; pick the right one",
+                candidates=candidates,
+            )
+        job = candidates[0]
+        job.input = dict(error.input)
+        self._known_ids.add(job.id)
+        self._slots.adopt(job)
+        return job
+
+    # -- estimate, catalog -----------------------------------------------------------
+
+    async def estimate(
+        self,
+        model: str | ModelInput,
+        input: Mapping[str, Any] | None = None,  # noqa: A002 -- the API's field name
+        *,
+        version: str | None = None,
+        local: bool = False,
+        timeout: float | None = None,
+    ) -> Estimate:
+        """
+        Estimate a job's cost without creating it.
+
+        With ``local=True`` the SDK's price table answers offline (raises
+        `ValidationError` for models it does not know).
+        """
+        if isinstance(model, str):
+            slug = _check_slug(model)
+            payload = _check_input_mapping(input or {})
+        else:
+            slug = model.model_slug
+            payload = _estimate_input(model)
+        if local:
+            cost = local_cost(slug, payload)
+            if cost is None:
+                raise ValidationError(f"no local price for {slug}", field="model")
+            return Estimate(
+                estimated_cost_micro_cents=cost,
+                base_cost_micro_cents=cost,
+                source="local",
+            )
+        body: dict[str, Any] = {"model": slug, "input": payload}
+        if version is not None:
+            body["version"] = version
+        data, _ = await self._request(
+            "POST", "/v1/jobs/estimate", json_body=body, timeout=timeout
+        )
+        return decode_estimate(data)
+
+    async def models(self, *, timeout: float | None = None) -> list[CatalogModel]:
+        """List the public model catalogue."""
+        data, _ = await self._request(
+            "GET", "/v1/catalog/models", timeout=timeout, auth="optional"
+        )
+        return [decode_catalog_model(item) for item in items_of(data, "models")]
+
+    async def model(self, slug: str, *, timeout: float | None = None) -> CatalogModel:
+        """Fetch one catalogue model, including its ``inputSchema``."""
+        _check_slug(slug)
+        data, _ = await self._request(
+            "GET",
+            f"/v1/catalog/models/{quote(slug, safe='/')}",
+            timeout=timeout,
+            auth="optional",
+        )
+        return decode_catalog_model(data)
+
+    # -- uploads and downloads ---------------------------------------------------------
+
+    async def upload(
+        self,
+        source: str | os.PathLike[str] | bytes,
+        *,
+        filename: str | None = None,
+        content_type: str | None = None,
+        timeout: float | None = None,
+    ) -> str:
+        """
+        Upload a local file (or bytes) for use as a job input and return its URL.
+
+        Uses presign + PUT; the file is deleted by the API after 60 minutes.  The type
+        and size are checked before anything is sent.
+        """
+        info = await self.upload_file(
+            source, filename=filename, content_type=content_type, timeout=timeout
+        )
+        return info.file_url
+
+    async def upload_file(
+        self,
+        source: str | os.PathLike[str] | bytes,
+        *,
+        filename: str | None = None,
+        content_type: str | None = None,
+        timeout: float | None = None,
+    ) -> Upload:
+        """Like `upload`, but return the whole `Upload` (id, expiry …)."""
+        self._check_open()
+        if isinstance(source, bytes | bytearray | memoryview):
+            data = bytes(source)
+            name = filename or "upload"
+        else:
+            path = Path(source)
+            if not await anyio.Path(path).is_file():
+                raise ValidationError(f"no such file: {path}", field="source")
+            data = await anyio.Path(path).read_bytes()
+            name = filename or path.name
+        ctype = (
+            content_type
+            or sniff_image_type(data)
+            or mimetypes.guess_type(name)[0]
+            or ""
+        )
+        if ctype not in _UPLOAD_TYPES:
+            raise ValidationError(
+                f"cannot upload {name!r}: type {ctype or 'unknown'} is not one of "
+                f"{', '.join(_UPLOAD_TYPES)}",
+                field="content_type",
+            )
+        if not data:
+            raise ValidationError(f"{name!r} is empty", field="source")
+        if len(data) > _UPLOAD_TYPES[ctype]:
+            raise ValidationError(
+                f"{name!r} is {len(data)} bytes; {ctype} uploads may be at most "
+                f"{_UPLOAD_TYPES[ctype]}",
+                field="source",
+            )
+        if "." not in name:
+            name += mimetypes.guess_extension(ctype) or ""
+        deadline = self.clock.monotonic() + (timeout or self.config.timeout)
+        payload, rid = await self._request(
+            "POST",
+            "/v1/uploads/presign",
+            json_body={"filename": name, "contentType": ctype},
+            deadline=deadline,
+        )
+        upload = decode_upload(payload)
+        if upload.upload_url is None:
+            raise ResponseDecodeError("presign response has no uploadUrl")
+        if upload.max_size is not None and len(data) > upload.max_size:
+            raise ValidationError(
+                f"{name!r} is {len(data)} bytes; the API allows {upload.max_size}",
+                field="source",
+            )
+        await self._put_upload(upload.upload_url, data, ctype, deadline)
+        log.debug("uploaded %s (%d bytes) request_id=%s", name, len(data), rid)
+        return upload
+
+    async def _put_upload(
+        self, url: str, data: bytes, ctype: str, deadline: float
+    ) -> None:
+        headers = {"Content-Type": ctype, "User-Agent": self.config.user_agent}
+        if _origin(url) == self._api_origin:
+            headers.update(self._headers("bearer"))
+            headers["Content-Type"] = ctype
+        attempt = 0
+        while True:
+            attempt += 1
+            remaining = deadline - self.clock.monotonic()
+            if remaining <= 0:
+                raise RequestTimeout("upload PUT: deadline passed")
+            try:
+                resp = await self._transport.send(
+                    Request(
+                        method="PUT",
+                        url=url,
+                        headers=headers,
+                        content=data,
+                        timeout=remaining,
+                    )
+                )
+                if resp.status >= 300:  # noqa: PLR2004 -- HTTP non-success
+                    raise self._api_error(resp.status, None, resp, "PUT", "upload")
+            except PixelByteError as exc:
+                delay = self.config.retry.delay_for(exc, attempt, self._uniform)
+                if delay is None or delay >= deadline - self.clock.monotonic():
+                    raise
+                await self.clock.sleep(delay)
+                continue
+            return
+
+    async def _upload_frames(self, model: ModelInput, deadline: float) -> ModelInput:
+        fields = getattr(model, "frame_fields", ())
+        changes: dict[str, str] = {}
+        done: dict[object, str] = {}
+        for name in fields:
+            value = getattr(model, name)
+            if isinstance(value, str) and "://" in value[:16]:
+                continue
+            key: object = value if isinstance(value, bytes) else os.fspath(value)
+            if key not in done:
+                remaining = deadline - self.clock.monotonic()
+                done[key] = await self.upload(
+                    value, timeout=min(remaining, self.config.timeout)
+                )
+            changes[name] = done[key]
+        if not changes:
+            return model
+        for url in changes.values():
+            check_url(url, "upload")
+        evolved: ModelInput = attrs.evolve(model, **changes)  # type: ignore[misc]  # typed inputs are attrs classes
+        return evolved
+
+    async def _download(
+        self, url: str, path: Path, *, timeout: float | None, overwrite: bool
+    ) -> Path:
+        self._check_open()
+        headers = {"User-Agent": self.config.user_agent}
+        if _origin(url) == self._api_origin:
+            headers.update(self._headers("bearer"))
+        budget = timeout or self.config.download_timeout
+        deadline = self.clock.monotonic() + budget
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return await stream_to_file(
+                    self,
+                    url,
+                    path,
+                    headers=headers,
+                    timeout=max(0.001, deadline - self.clock.monotonic()),
+                    max_bytes=self.config.max_download_bytes,
+                    overwrite=overwrite,
+                )
+            except TransportError as exc:
+                delay = self.config.retry.delay_for(exc, attempt, self._uniform)
+                if delay is None or delay >= deadline - self.clock.monotonic():
+                    raise
+                await self.clock.sleep(delay)
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urlsplit(url)
+    port = parts.port or {"https": 443, "http": 80}.get(parts.scheme)
+    return (parts.scheme, (parts.hostname or "").lower(), port)
+
+
+def _short(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _is_ambiguous(exc: PixelByteError) -> bool:
+    """Whether a failed submit may nevertheless have created a job."""
+    if isinstance(exc, TransportError):
+        return exc.request_sent
+    if isinstance(exc, ServerError):
+        return exc.code != "PUBSUB_PUBLISH_FAILED"
+    # A 2xx we could not read: the job was most likely created.
+    return isinstance(exc, ResponseDecodeError)
+
+
+def _check_slug(slug: str) -> str:
+    if not isinstance(slug, str) or not slug.strip() or slug != slug.strip():
+        raise ValidationError(f"invalid model slug {slug!r}", field="model")
+    if any(ch.isspace() for ch in slug) or slug.startswith("/") or slug.endswith("/"):
+        raise ValidationError(f"invalid model slug {slug!r}", field="model")
+    return slug
+
+
+def _check_input_mapping(value: Mapping[str, Any]) -> dict[str, Any]:
+    if not isinstance(value, Mapping):
+        raise ValidationError("input must be a mapping", field="input")
+    payload = dict(value)
+    try:
+        json.dumps(payload, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ValidationError(
+            f"input is not JSON-serialisable: {exc}", field="input"
+        ) from exc
+    return payload
+
+
+def _estimate_input(model: ModelInput) -> dict[str, Any]:
+    try:
+        return model.to_input()
+    except ValidationError:
+        duration = getattr(model, "duration", None)
+        return {} if duration is None else {"duration": str(duration)}

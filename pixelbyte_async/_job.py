@@ -1,0 +1,426 @@
+"""
+The `Job` handle: refresh, wait, watch, cancel, download.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import secrets
+from collections.abc import AsyncIterator
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+import anyio
+import attrs
+
+from ._errors import (
+    DownloadError,
+    JobCancelled,
+    JobFailed,
+    MissingOutputError,
+    PixelByteError,
+    RequestTimeout,
+    WaitTimeout,
+)
+from ._inputs import PRICES
+from ._models import JobErrorInfo, JobInfo, JobOutput, JobStatus
+from ._polling import PollPolicy
+from ._serde import decode_job
+from ._transport import Request
+
+
+if TYPE_CHECKING:
+    from ._client import PixelByte
+
+
+__all__ = ["Job"]
+
+log = logging.getLogger("pixelbyte_async")
+
+
+class Job:
+    """
+    A handle on one job: its latest snapshot plus the calls that act on it.
+
+    You get one from `PixelByte.submit`, `PixelByte.get_job` or
+    `PixelByte.list_jobs`.  The handle updates itself in place (`refresh`, `wait`,
+    `watch`); `info` is the latest immutable `JobInfo` snapshot.
+
+    .. versionadded:: 0.1.0
+    """
+
+    def __init__(
+        self,
+        client: PixelByte,
+        info: JobInfo,
+        *,
+        input: dict[str, Any] | None = None,  # noqa: A002 -- the API's field name
+        submitted_at: float | None = None,
+    ) -> None:
+        self._client = client
+        self._info = info
+        self.input = input
+        self._submitted_at = (
+            submitted_at if submitted_at is not None else client.clock.time()
+        )
+        self._watchers = 0
+        self._last_checked = client.clock.monotonic()
+
+    # -- snapshot accessors ------------------------------------------------------
+
+    @property
+    def info(self) -> JobInfo:
+        """The latest snapshot."""
+        return self._info
+
+    @property
+    def id(self) -> str:
+        """The job id."""
+        return self._info.id
+
+    @property
+    def status(self) -> JobStatus:
+        """The status as last seen."""
+        return self._info.status
+
+    @property
+    def model(self) -> str | None:
+        """The model slug."""
+        return self._info.model
+
+    @property
+    def progress(self) -> float | None:
+        """The server's coarse progress (0, 50, 100)."""
+        return self._info.progress
+
+    @property
+    def cost_micro_cents(self) -> int | None:
+        """What the job was charged (1,000,000 = US$1), when known."""
+        return self._info.cost_micro_cents
+
+    @property
+    def estimated_completion_time(self) -> datetime | None:
+        """The server's ETA."""
+        return self._info.estimated_completion_time
+
+    @property
+    def video_url(self) -> str | None:
+        """The output URL (resolved from every documented output shape)."""
+        return self._info.video_url
+
+    @property
+    def outputs(self) -> tuple[JobOutput, ...]:
+        """All outputs."""
+        return self._info.outputs
+
+    @property
+    def error(self) -> JobErrorInfo | None:
+        """Why the job failed, when it did."""
+        return self._info.error
+
+    @property
+    def done(self) -> bool:
+        """Whether the job is in a terminal state."""
+        return self._info.status.is_terminal
+
+    def __repr__(self) -> str:
+        return (
+            f"Job(id={self.id!r}, status={self.status.value!r}, "
+            f"model={self.model!r}, cost_micro_cents={self.cost_micro_cents!r})"
+        )
+
+    # -- updates -----------------------------------------------------------------
+
+    def _observe(self, info: JobInfo) -> bool:
+        """Take a new snapshot; return whether the status or progress changed."""
+        old = self._info
+        self._info = info.merged_over(old)
+        self._last_checked = self._client.clock.monotonic()
+        if self._info.status.is_terminal:
+            self._client._job_finished(self)  # noqa: SLF001 -- the client owns the job slots
+        return (old.status, old.progress) != (self._info.status, self._info.progress)
+
+    async def refresh(self, *, timeout: float | None = None) -> Job:
+        """
+        Fetch the job's current state (GET /v1/jobs/{id}) and return this handle.
+
+        Raises:
+            NotFound: The job does not exist (or is not yours).
+
+        """
+        data, rid = await self._client._request(  # noqa: SLF001 -- one request pipeline
+            "GET", f"/v1/jobs/{self.id}", timeout=timeout
+        )
+        self._observe(decode_job(data, rid))
+        return self
+
+    def _eta(self) -> float | None:
+        info = self._info
+        if info.estimated_completion_time is not None:
+            return info.estimated_completion_time.timestamp()
+        price = PRICES.get(info.model or "")
+        if price is not None and price.typical_seconds is not None:
+            start = (
+                info.created_at.timestamp()
+                if info.created_at is not None
+                else self._submitted_at
+            )
+            return start + price.typical_seconds
+        return None
+
+    def raise_for_status(self) -> Job:
+        """
+        Raise `JobFailed` / `JobCancelled` if the job ended so; else return self.
+        """
+        status = self._info.status
+        if status is JobStatus.FAILED:
+            err = self._info.error or JobErrorInfo()
+            code = err.code or "UNKNOWN"
+            msg = f"job {self.id} failed: {code}: {err.message or 'no message'}"
+            raise JobFailed(msg, job=self, code=err.code)
+        if status is JobStatus.CANCELLED:
+            raise JobCancelled(f"job {self.id} was cancelled", job=self, code=None)
+        return self
+
+    async def _poll_once(self, deadline: float) -> bool:
+        """Refresh within *deadline*; return False on a transient error (logged)."""
+        clock = self._client.clock
+        budget = min(self._client.config.timeout, deadline - clock.monotonic())
+        if budget <= 0:
+            return False
+        try:
+            await self.refresh(timeout=budget)
+        except PixelByteError as exc:
+            if not exc.retryable:
+                raise
+            log.warning("polling job %s failed transiently: %s", self.id, exc)
+            return False
+        return True
+
+    async def _poll_until_change(
+        self, policy: PollPolicy, deadline: float, previous: float | None
+    ) -> tuple[bool, float]:
+        """Sleep per *policy*, then poll once.  Return (changed, delay used)."""
+        clock = self._client.clock
+        delay = policy.next_delay(
+            now=clock.time(),
+            eta=self._eta(),
+            previous=previous,
+            rng=self._client._uniform,  # noqa: SLF001 -- shared injectable RNG
+        )
+        remaining = deadline - clock.monotonic()
+        await clock.sleep(min(delay, max(0.0, remaining)))
+        if clock.monotonic() >= deadline:
+            return False, delay
+        before = (self._info.status, self._info.progress)
+        await self._poll_once(deadline)
+        return before != (self._info.status, self._info.progress), delay
+
+    async def wait(
+        self,
+        timeout: float | None = None,
+        *,
+        poll: PollPolicy | None = None,
+        cancel_on_timeout: bool = False,
+    ) -> Job:
+        """
+        Wait until the job succeeds and return this handle.
+
+        Polling is adaptive (see `PollPolicy`): a 240 s Kling job costs about six
+        GETs and its completion is noticed within ``near_interval`` seconds.
+        Cancelling the awaiting task stops polling; it never cancels the paid job.
+
+        Args:
+            timeout: Overall deadline in seconds; default the policy's
+                ``default_timeout`` (30 minutes), so a wait is never unbounded.
+            poll: Polling policy for this call; default the client's.
+            cancel_on_timeout: On timeout, try to cancel the job (only pending jobs
+                can be cancelled) and report on `WaitTimeout` whether it worked.
+
+        Raises:
+            JobFailed: The job failed (``.code``, ``.job.error``).
+            JobCancelled: The job was cancelled.
+            WaitTimeout: The deadline passed first (``.job`` is the last state).
+
+        """
+        policy = poll or self._client.config.poll
+        clock = self._client.clock
+        budget = policy.default_timeout if timeout is None else timeout
+        deadline = clock.monotonic() + budget
+        previous: float | None = None
+        self._watchers += 1
+        try:
+            while not self.done:
+                if clock.monotonic() >= deadline:
+                    break
+                _, previous = await self._poll_until_change(policy, deadline, previous)
+        finally:
+            self._watchers -= 1
+        if self.done:
+            return self.raise_for_status()
+        raise await self._timed_out(budget, cancel=cancel_on_timeout)
+
+    async def _timed_out(self, budget: float, *, cancel: bool) -> WaitTimeout:
+        msg = f"job {self.id} still {self.status.value} after {budget:g}s"
+        if not cancel:
+            return WaitTimeout(msg, job=self)
+        try:
+            refunded = await self.cancel()
+        except PixelByteError as exc:
+            log.info(
+                "cancel_on_timeout: job %s could not be cancelled: %s", self.id, exc
+            )
+            return WaitTimeout(
+                f"{msg}; cancelling failed ({exc})", job=self, cancel_attempted=True
+            )
+        return WaitTimeout(
+            f"{msg}; cancelled, refunded {refunded} micro-cents",
+            job=self,
+            cancel_attempted=True,
+            cancelled=True,
+            refunded_micro_cents=refunded,
+        )
+
+    async def watch(
+        self, *, timeout: float | None = None, poll: PollPolicy | None = None
+    ) -> AsyncIterator[JobInfo]:
+        """
+        Yield a snapshot now and at every status/progress change until terminal.
+
+        For progress displays.  A failed job is yielded, not raised; call
+        `raise_for_status` (or `wait`) afterwards.
+
+        Raises:
+            WaitTimeout: The deadline passed before a terminal state.
+
+        """
+        policy = poll or self._client.config.poll
+        clock = self._client.clock
+        budget = policy.default_timeout if timeout is None else timeout
+        deadline = clock.monotonic() + budget
+        previous: float | None = None
+        self._watchers += 1
+        try:
+            yield self._info
+            while not self.done:
+                if clock.monotonic() >= deadline:
+                    raise await self._timed_out(budget, cancel=False)
+                changed, previous = await self._poll_until_change(
+                    policy, deadline, previous
+                )
+                if changed:
+                    yield self._info
+        finally:
+            self._watchers -= 1
+
+    async def cancel(self, *, timeout: float | None = None) -> int | None:
+        """
+        Cancel the job (only ``pending`` jobs can be) and return the refund.
+
+        Returns:
+            ``refundedMicroCents`` from the API (``None`` if it did not say).
+
+        Raises:
+            InvalidRequestError: ``JOB_CANNOT_BE_CANCELLED`` (already processing/done).
+
+        """
+        data, rid = await self._client._request(  # noqa: SLF001 -- one request pipeline
+            "POST", f"/v1/jobs/{self.id}/cancel", timeout=timeout
+        )
+        info = decode_job(data, rid)
+        if info.status is JobStatus.UNKNOWN and info.raw_status is None:
+            info = attrs.evolve(info, status=JobStatus.CANCELLED)
+        self._observe(info)
+        return info.refunded_micro_cents
+
+    async def download(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        timeout: float | None = None,
+        overwrite: bool = True,
+    ) -> Path:
+        """
+        Stream the output to *path*: a temporary file, then an atomic rename.
+
+        The API key is only sent to the API's own origin, never to the CDN.  The size
+        is checked against ``Content-Length`` and the client's ``max_download_bytes``.
+
+        Raises:
+            MissingOutputError: The job has no output URL (not completed?).
+            DownloadError: HTTP error, size mismatch, limit exceeded or path exists.
+
+        """
+        url = self.video_url
+        if url is None:
+            raise MissingOutputError(
+                f"job {self.id} ({self.status.value}) has no output URL to download"
+            )
+        return await self._client._download(  # noqa: SLF001 -- one download pipeline
+            url, Path(path), timeout=timeout, overwrite=overwrite
+        )
+
+
+async def stream_to_file(
+    client: PixelByte,
+    url: str,
+    target: Path,
+    *,
+    headers: dict[str, str],
+    timeout: float,
+    max_bytes: int,
+    overwrite: bool,
+) -> Path:
+    """Download *url* into *target* atomically (used by `Job.download`)."""
+    if not overwrite and await anyio.Path(target).exists():
+        raise DownloadError(f"{target} exists and overwrite=False")
+    await anyio.Path(target.parent).mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".{target.name}.{secrets.token_hex(4)}.part"
+    host = urlsplit(url).hostname or "?"
+    try:
+        with anyio.fail_after(timeout):
+            await _stream_into(
+                client,
+                Request(method="GET", url=url, headers=headers, timeout=timeout),
+                tmp,
+                max_bytes=max_bytes,
+                host=host,
+            )
+        await anyio.Path(tmp).replace(target)
+    except BaseException as exc:
+        # Synchronous on purpose: the partial file must go even when cancelled.
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        if isinstance(exc, TimeoutError) and not isinstance(exc, RequestTimeout):
+            raise RequestTimeout(f"download from {host} timed out") from exc
+        raise
+    return target
+
+
+async def _stream_into(
+    client: PixelByte, request: Request, tmp: Path, *, max_bytes: int, host: str
+) -> None:
+    async with client._transport.stream(request) as resp:  # noqa: SLF001 -- the client's transport
+        if resp.status != 200:  # noqa: PLR2004 -- HTTP OK
+            raise DownloadError(f"GET {host}: HTTP {resp.status}")
+        raw = resp.headers.get("content-length", "")
+        declared = int(raw) if raw.isdigit() else None
+        if declared is not None and declared > max_bytes:
+            raise DownloadError(
+                f"output is {declared} bytes, over the {max_bytes} byte limit"
+            )
+        written = 0
+        async with await anyio.open_file(tmp, "wb") as fh:
+            async for chunk in resp.iter_chunks():
+                written += len(chunk)
+                if written > max_bytes:
+                    raise DownloadError(f"output exceeds the {max_bytes} byte limit")
+                await fh.write(chunk)
+        if declared is not None and written != declared:
+            raise DownloadError(f"output truncated: got {written} of {declared} bytes")
+        if written == 0:
+            raise DownloadError("output is empty")

@@ -1,0 +1,55 @@
+"""The public surface: __all__ matches, __version__ matches metadata, py.typed ships."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import types
+from pathlib import Path
+
+import pixelbyte_async
+import pytest
+
+
+def test_all_is_sorted_and_complete():
+    """__all__ lists exactly the public names the package defines, sorted."""
+    public = {
+        name
+        for name, value in vars(pixelbyte_async).items()
+        if not name.startswith("_") and not isinstance(value, types.ModuleType)
+    }
+    public -= {"annotations", "Any"}
+    assert sorted(public) == sorted(pixelbyte_async.__all__)
+    assert list(pixelbyte_async.__all__) == isort_order(pixelbyte_async.__all__)
+
+
+def isort_order(names):
+    """ruff's RUF022 order: CONSTANTS, then Classes, then functions."""
+    return sorted(names, key=lambda n: (not n.isupper(), not n[:1].isupper(), n))
+
+
+def test_every_public_name_is_documented():
+    """Every exported class and function has a docstring."""
+    for name in pixelbyte_async.__all__:
+        obj = getattr(pixelbyte_async, name)
+        if callable(obj):
+            assert obj.__doc__, name
+
+
+def test_version_matches_metadata():
+    """__version__ is read lazily from the installed metadata."""
+    assert importlib.metadata.version("pixelbyte-async") == pixelbyte_async.__version__
+    with pytest.raises(AttributeError):
+        pixelbyte_async.does_not_exist  # noqa: B018
+
+
+def test_py_typed_ships():
+    """The package is marked typed."""
+    assert (Path(pixelbyte_async.__file__).parent / "py.typed").exists()
+
+
+def test_testing_module_is_public():
+    """pixelbyte_async.testing exports FakePixelByte."""
+    from pixelbyte_async import testing
+
+    assert "FakePixelByte" in testing.__all__
+    assert isort_order(testing.__all__) == list(testing.__all__)
