@@ -16,10 +16,10 @@ import os
 import random
 import time
 import warnings
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal, Self
+from typing import Any, Literal, Self, TypeVar
 from urllib.parse import quote, urlsplit
 
 import aiohttp
@@ -75,6 +75,7 @@ __all__ = ["PixelByte"]
 log = logging.getLogger("pixelbyte_async")
 
 _UNSET: Any = object()
+_T = TypeVar("_T")
 
 _UPLOAD_TYPES: Mapping[str, int] = {
     "image/jpeg": 10 * 1024**2,
@@ -348,62 +349,21 @@ class PixelByte:
         if json_body is not None:
             headers["Content-Type"] = "application/json"
         url = self.config.base_url + path
-        policy = self.config.retry
-        attempt = 0
-        while True:
-            attempt += 1
-            remaining = deadline - clock.monotonic()
-            if remaining <= 0:
-                raise RequestTimeout(
-                    f"{method} {path}: deadline passed before attempt {attempt}"
-                )
-            request = Request(
-                method=method,
-                url=url,
-                headers=headers,
-                params=dict(params or {}),
-                json=json_body,
-                timeout=remaining,
-            )
+        query = dict(params or {})
+
+        async def attempt(remaining: float) -> tuple[Any, str | None]:
             started = time.perf_counter()
-            try:
-                response = await self._transport.send(request)
-                result = self._handle(response, method, path)
-            except PixelByteError as exc:
-                log.debug(
-                    "%s %s attempt %d failed in %.3fs: %r",
-                    method,
-                    path,
-                    attempt,
-                    time.perf_counter() - started,
-                    exc,
+            response = await self._transport.send(
+                Request(
+                    method=method,
+                    url=url,
+                    headers=headers,
+                    params=query,
+                    json=json_body,
+                    timeout=remaining,
                 )
-                if mode == "submit" and not is_submit_safe_to_retry(exc):
-                    raise
-                delay = policy.delay_for(exc, attempt, self._uniform)
-                if (
-                    delay is None
-                    and mode == "submit"
-                    and isinstance(exc, APIError)
-                    and exc.code == "CONCURRENT_JOBS_EXCEEDED"
-                    and exc.retry_after is not None
-                    and exc.retry_after <= policy.max_retry_after
-                ):
-                    # The plan's concurrency limit: waiting is the answer, bounded
-                    # by the submit deadline rather than by the attempt count.
-                    delay = exc.retry_after
-                if delay is None or delay >= deadline - clock.monotonic():
-                    raise
-                log.info(
-                    "%s %s: %s; retrying in %.2fs (attempt %d)",
-                    method,
-                    path,
-                    _short(exc),
-                    delay,
-                    attempt + 1,
-                )
-                await clock.sleep(delay)
-                continue
+            )
+            result = self._handle(response, method, path)
             log.debug(
                 "%s %s -> %d in %.3fs request_id=%s",
                 method,
@@ -413,6 +373,69 @@ class PixelByte:
                 result[1],
             )
             return result
+
+        decide = self._decide_submit if mode == "submit" else self._decide_safe
+        return await self._retrying(
+            attempt, deadline=deadline, decide=decide, what=f"{method} {path}"
+        )
+
+    def _decide_safe(self, exc: PixelByteError, attempt: int) -> float | None:
+        return self.config.retry.delay_for(exc, attempt, self._uniform)
+
+    def _decide_submit(self, exc: PixelByteError, attempt: int) -> float | None:
+        if not is_submit_safe_to_retry(exc):
+            return None
+        policy = self.config.retry
+        delay = policy.delay_for(exc, attempt, self._uniform)
+        if (
+            delay is None
+            and isinstance(exc, APIError)
+            and exc.code == "CONCURRENT_JOBS_EXCEEDED"
+            and exc.retry_after is not None
+            and exc.retry_after <= policy.max_retry_after
+        ):
+            # The plan's concurrency limit: waiting is the answer, bounded by the
+            # submit deadline rather than by the attempt count.
+            delay = exc.retry_after
+        return delay
+
+    async def _retrying(
+        self,
+        attempt_once: Callable[[float], Awaitable[_T]],
+        *,
+        deadline: float,
+        decide: Callable[[PixelByteError, int], float | None],
+        what: str,
+    ) -> _T:
+        """
+        Call *attempt_once(remaining)* until it succeeds or *decide* gives up.
+
+        The one retry loop of the client: one deadline covers every attempt and
+        every pause, so retries never multiply a timeout.
+        """
+        clock = self.clock
+        attempt = 0
+        while True:
+            attempt += 1
+            remaining = deadline - clock.monotonic()
+            if remaining <= 0:
+                raise RequestTimeout(
+                    f"{what}: deadline passed before attempt {attempt}"
+                )
+            try:
+                return await attempt_once(remaining)
+            except PixelByteError as exc:
+                delay = decide(exc, attempt)
+                if delay is None or delay >= deadline - clock.monotonic():
+                    raise
+                log.info(
+                    "%s: %s; retrying in %.2fs (attempt %d)",
+                    what,
+                    _short(exc),
+                    delay,
+                    attempt + 1,
+                )
+                await clock.sleep(delay)
 
     def _handle(
         self, response: Response, method: str, path: str
@@ -862,31 +885,23 @@ class PixelByte:
         if _origin(url) == self._api_origin:
             headers.update(self._headers("bearer"))
             headers["Content-Type"] = ctype
-        attempt = 0
-        while True:
-            attempt += 1
-            remaining = deadline - self.clock.monotonic()
-            if remaining <= 0:
-                raise RequestTimeout("upload PUT: deadline passed")
-            try:
-                resp = await self._transport.send(
-                    Request(
-                        method="PUT",
-                        url=url,
-                        headers=headers,
-                        content=data,
-                        timeout=remaining,
-                    )
+
+        async def put(remaining: float) -> None:
+            resp = await self._transport.send(
+                Request(
+                    method="PUT",
+                    url=url,
+                    headers=headers,
+                    content=data,
+                    timeout=remaining,
                 )
-                if resp.status >= 300:  # noqa: PLR2004 -- HTTP non-success
-                    raise self._api_error(resp.status, None, resp, "PUT", "upload")
-            except PixelByteError as exc:
-                delay = self.config.retry.delay_for(exc, attempt, self._uniform)
-                if delay is None or delay >= deadline - self.clock.monotonic():
-                    raise
-                await self.clock.sleep(delay)
-                continue
-            return
+            )
+            if resp.status >= 300:  # noqa: PLR2004 -- HTTP non-success
+                raise self._api_error(resp.status, None, resp, "PUT", "upload")
+
+        await self._retrying(
+            put, deadline=deadline, decide=self._decide_safe, what="PUT upload"
+        )
 
     async def _upload_frames(self, model: ModelInput, deadline: float) -> ModelInput:
         fields = getattr(model, "frame_fields", ())
@@ -919,24 +934,27 @@ class PixelByte:
             headers.update(self._headers("bearer"))
         budget = timeout or self.config.download_timeout
         deadline = self.clock.monotonic() + budget
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                return await stream_to_file(
-                    self,
-                    url,
-                    path,
-                    headers=headers,
-                    timeout=max(0.001, deadline - self.clock.monotonic()),
-                    max_bytes=self.config.max_download_bytes,
-                    overwrite=overwrite,
-                )
-            except TransportError as exc:
-                delay = self.config.retry.delay_for(exc, attempt, self._uniform)
-                if delay is None or delay >= deadline - self.clock.monotonic():
-                    raise
-                await self.clock.sleep(delay)
+
+        async def fetch(remaining: float) -> Path:
+            return await stream_to_file(
+                self,
+                url,
+                path,
+                headers=headers,
+                timeout=remaining,
+                max_bytes=self.config.max_download_bytes,
+                overwrite=overwrite,
+            )
+
+        def decide(exc: PixelByteError, attempt: int) -> float | None:
+            # Only transport trouble is worth another try; a bad size is final.
+            if not isinstance(exc, TransportError):
+                return None
+            return self._decide_safe(exc, attempt)
+
+        return await self._retrying(
+            fetch, deadline=deadline, decide=decide, what="download"
+        )
 
 
 def _origin(url: str) -> tuple[str, str, int | None]:
