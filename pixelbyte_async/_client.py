@@ -8,6 +8,7 @@ aiohttp session per client, one deadline per call, and a limit on jobs in flight
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import math
@@ -16,7 +17,13 @@ import os
 import random
 import time
 import warnings
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import (
+    AsyncGenerator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Mapping,
+)
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, Self, TypeVar
@@ -651,7 +658,7 @@ class PixelByte:
         model: str | None = None,
         limit: int | None = None,
         page_size: int = 100,
-    ) -> AsyncIterator[Job]:
+    ) -> AsyncGenerator[Job, None]:
         """
         Iterate over your jobs, newest first, following ``nextCursor`` pages.
 
@@ -699,13 +706,21 @@ class PixelByte:
             cursor = str(next_cursor)
 
     async def reconcile(
-        self, error: AmbiguousSubmitError, *, clock_skew: float = 120.0
+        self,
+        error: AmbiguousSubmitError,
+        *,
+        clock_skew: float = 120.0,
+        exclude: Iterable[str] = (),
     ) -> Job | None:
         """
         Find the job an ambiguous submit may have created, instead of paying twice.
 
         Lists jobs of the same model created since the attempt (minus *clock_skew*)
-        that this client does not already know.
+        that this client does not already know and that are not in *exclude* (ids a
+        journal already accounts for, for example).  Build the error yourself to
+        reconcile an attempt recorded by an earlier process:
+        ``AmbiguousSubmitError(msg, model=..., input=..., webhook_url=None,
+        started_at=...)``.
 
         Returns:
             The job, adopted into this client (it counts against the job limit), or
@@ -716,15 +731,17 @@ class PixelByte:
 
         """
         since = error.started_at - clock_skew
+        skip = self._known_ids | set(exclude)
         candidates: list[Job] = []
-        async for job in self.list_jobs(model=error.model):
-            created = job.info.created_at
-            if created is not None and created.timestamp() < since:
-                break
-            if job.id in self._known_ids:
-                continue
-            if created is None or created.timestamp() >= since:
-                candidates.append(job)
+        async with contextlib.aclosing(self.list_jobs(model=error.model)) as jobs:
+            async for job in jobs:
+                created = job.info.created_at
+                if created is not None and created.timestamp() < since:
+                    break
+                if job.id in skip:
+                    continue
+                if created is None or created.timestamp() >= since:
+                    candidates.append(job)
         if not candidates:
             return None
         if len(candidates) > 1:

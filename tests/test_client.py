@@ -17,6 +17,7 @@ from pixelbyte_async import (
     MissingOutputError,
     NotFound,
     PixelByte,
+    ReconcileError,
     RequestTimeout,
     ValidationError,
 )
@@ -327,3 +328,28 @@ async def test_one_session_bounded_connector(fake):
         session = pb._transport._session
         assert session.connector.limit == pb.config.max_connections == 20
     assert session.closed
+
+
+async def test_reconcile_from_a_journal_record(fake):
+    """A new process rebuilds the error from its journal and excludes ids it knows."""
+    async with bound_client(fake) as first:
+        known = await first.submit(kling(prompt="known"))
+        fake.inject(Fault.drop_after(), method="POST", path="/v1/jobs/submit")
+        started = fake.clock.time()
+        with pytest.raises(AmbiguousSubmitError):
+            await first.submit(kling(prompt="lost"))
+    record = AmbiguousSubmitError(
+        "from journal",
+        model=SLUG,
+        input=kling(prompt="lost").to_input(),
+        webhook_url=None,
+        started_at=started,
+    )
+    async with bound_client(fake) as second:
+        with pytest.raises(ReconcileError) as info:
+            await second.reconcile(record)
+        assert len(info.value.candidates) == 2
+        found = await second.reconcile(record, exclude={known.id})
+    assert found is not None
+    assert found.id != known.id
+    assert set(fake.jobs) == {known.id, found.id}
