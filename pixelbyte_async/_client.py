@@ -75,6 +75,7 @@ from ._serde import (
     unwrap,
 )
 from ._transport import AiohttpTransport, Request, Response, Transport
+from .webhooks import WebhookEvent, WebhookReceiver, WebhookServer
 
 
 __all__ = ["PixelByte"]
@@ -172,13 +173,7 @@ class _JobSlots:
         for job in list(self.jobs.values()):
             if job._watchers or job.done:  # noqa: SLF001 -- slots and jobs cooperate
                 continue
-            due = job._last_checked + policy.next_delay(  # noqa: SLF001
-                now=clock.time(),
-                eta=job._eta(),  # noqa: SLF001
-                previous=None,
-                rng=lambda a, _b: a,
-            )
-            if clock.monotonic() < due:
+            if clock.time() < job._sweep_due(policy):  # noqa: SLF001
                 continue
             await job._poll_once(deadline)  # noqa: SLF001
 
@@ -205,6 +200,10 @@ class PixelByte:
         transport: A custom transport (e.g. `MockTransport` in unit tests).
         clock: Time source (`SystemClock`); tests pass `FakePixelByte.clock`.
         rng: ``uniform(a, b)`` used for jitter; default `random.uniform`.
+        webhook: A `WebhookServer`: every submit gets its ``public_url`` as
+            ``webhookUrl`` and `Job.wait` awaits the delivery (see `use_webhooks`).
+            The client starts the server if it is not running, and then stops it
+            on `aclose`.
 
     .. versionadded:: 0.1.0
 
@@ -224,6 +223,7 @@ class PixelByte:
         transport: Transport | None = None,
         clock: Clock | None = None,
         rng: Callable[[float, float], float] | None = None,
+        webhook: WebhookServer | None = None,
     ) -> None:
         overrides: dict[str, Any] = {
             k: v
@@ -253,6 +253,12 @@ class PixelByte:
         self._slots = _JobSlots(config.max_concurrent_jobs)
         self._known_ids: set[str] = set()
         self._api_origin = _origin(config.base_url)
+        self._webhook_receiver: WebhookReceiver | None = None
+        self._webhook_url: str | None = None
+        self._webhook_server: WebhookServer | None = None
+        self._owns_webhook_server = False
+        if webhook is not None:
+            self.use_webhooks(webhook)
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -273,11 +279,13 @@ class PixelByte:
         if self._state == "closed":
             return
         self._state = "closed"
+        if self._webhook_receiver is not None:
+            self._webhook_receiver.detach(self)
+        if self._webhook_server is not None and self._owns_webhook_server:
+            await self._webhook_server.close()
+        # A user-supplied transport is theirs to close; we only stop using it.
         if self._owns_transport:
             await self._transport.aclose()
-        else:
-            # A user-supplied transport is theirs to close; we only stop using it.
-            pass
 
     @property
     def closed(self) -> bool:
@@ -312,6 +320,68 @@ class PixelByte:
             f"PixelByte(base_url={self.config.base_url!r}, "
             f"api_key={mask_key(self.config.api_key)!r}, state={self._state!r})"
         )
+
+    # -- webhooks ------------------------------------------------------------------------
+
+    def use_webhooks(
+        self,
+        receiver: WebhookReceiver | WebhookServer,
+        *,
+        public_url: str | None = None,
+    ) -> None:
+        """
+        Feed `Job.wait` from webhook deliveries instead of polling.
+
+        Every later `submit` without an explicit *webhook_url* sends *public_url*
+        (a `WebhookServer`'s own ``public_url`` by default), and waits for such jobs
+        resolve when the delivery arrives, with one safety GET after
+        ``PollPolicy.webhook_grace`` past the ETA in case the delivery is lost.
+        Deliveries for this client's jobs also free their job slots at once.
+
+        Args:
+            receiver: A `WebhookReceiver` mounted in your app, or a `WebhookServer`
+                (started by the client when needed, and then stopped on `aclose`).
+            public_url: The https URL the API should call; required with a bare
+                receiver.
+
+        """
+        if isinstance(receiver, WebhookServer):
+            self._webhook_server = receiver
+            self._owns_webhook_server = not receiver.running
+            self._webhook_receiver = receiver.receiver
+            self._webhook_url = public_url
+        else:
+            if public_url is None:
+                raise ValidationError(
+                    "public_url is required with a WebhookReceiver", field="public_url"
+                )
+            self._webhook_receiver = receiver
+            self._webhook_url = public_url
+        if self._webhook_url is not None:
+            validate_webhook_url(self._webhook_url)
+        self._webhook_receiver.attach(self)
+
+    async def _our_webhook_url(self) -> str | None:
+        if self._webhook_receiver is None:
+            return None
+        if self._webhook_url is not None:
+            return self._webhook_url
+        server = self._webhook_server
+        if server is None:
+            return None
+        if not server.running:
+            await server.start()
+        return server.public_url
+
+    def _webhook_event(self, event: WebhookEvent) -> bool:
+        """Observe a delivery for one of our jobs; return whether we know the job."""
+        job = self._slots.jobs.get(event.job_id)
+        if job is not None:
+            job._observe(event.job, from_webhook=True)  # noqa: SLF001 -- same package
+        return event.job_id in self._known_ids
+
+    def _knows_job(self, job_id: str) -> bool:
+        return job_id in self._known_ids
 
     # -- the request pipeline --------------------------------------------------------
 
@@ -491,7 +561,7 @@ class PixelByte:
 
     # -- jobs --------------------------------------------------------------------------
 
-    async def submit(  # noqa: C901, PLR0912 -- input forms, uploads, slots, ambiguity
+    async def submit(
         self,
         model: str | ModelInput,
         input: Mapping[str, Any] | None = None,  # noqa: A002 -- the API's field name
@@ -527,28 +597,11 @@ class PixelByte:
         self._check_open()
         clock = self.clock
         deadline = clock.monotonic() + (timeout or self.config.submit_timeout)
-        if isinstance(model, str):
-            if input is None:
-                raise ValidationError(
-                    "input is required with a model slug", field="input"
-                )
-            slug = _check_slug(model)
-            payload = _check_input_mapping(input)
-        elif isinstance(model, ModelInput):
-            if input is not None:
-                raise ValidationError(
-                    "pass either a typed input or a slug with input, not both",
-                    field="input",
-                )
-            slug = model.model_slug
-            model = await self._upload_frames(model, deadline)
-            payload = model.to_input()
-        else:
-            raise ValidationError(
-                f"model must be a slug or a typed input, not {type(model).__name__}",
-                field="model",
-            )
+        slug, payload = await self._prepare_input(model, input, deadline)
         validate_webhook_url(webhook_url)
+        ours = await self._our_webhook_url()
+        if webhook_url is None:
+            webhook_url = ours
         body: dict[str, Any] = {"model": slug, "input": payload}
         if version is not None:
             body["version"] = version
@@ -585,6 +638,23 @@ class PixelByte:
             # Cancelled mid-flight: the submit's fate is unknown to us now.
             self._slots.free()
             raise
+        return self._track_submitted(
+            info,
+            slug,
+            payload,
+            started_at=started_at,
+            via_webhook=ours is not None and webhook_url == ours,
+        )
+
+    def _track_submitted(
+        self,
+        info: JobInfo,
+        slug: str,
+        payload: dict[str, Any],
+        *,
+        started_at: float,
+        via_webhook: bool,
+    ) -> Job:
         if info.status is JobStatus.UNKNOWN and info.raw_status is None:
             info = attrs.evolve(info, status=JobStatus.PENDING)
         if info.model is None:
@@ -592,8 +662,14 @@ class PixelByte:
         if info.cost_micro_cents is None:
             log.debug("submit response for %s carried no cost", info.id)
         job = Job(self, info, input=payload, submitted_at=started_at)
+        job.via_webhook = via_webhook
         self._known_ids.add(job.id)
         self._slots.bind(job)
+        if self._webhook_receiver is not None:
+            # A delivery may have raced the submit response: take it now.
+            event = self._webhook_receiver.event_for(job.id)
+            if event is not None:
+                job._observe(event.job, from_webhook=True)  # noqa: SLF001 -- same package
         log.info(
             "submitted %s to %s cost=%s request_id=%s",
             job.id,
@@ -604,6 +680,32 @@ class PixelByte:
         if job.done:
             self._job_finished(job)
         return job
+
+    async def _prepare_input(
+        self,
+        model: str | ModelInput,
+        input: Mapping[str, Any] | None,  # noqa: A002 -- the API's field name
+        deadline: float,
+    ) -> tuple[str, dict[str, Any]]:
+        """Validate a submit's input (uploading local frames); return (slug, input)."""
+        if isinstance(model, str):
+            if input is None:
+                raise ValidationError(
+                    "input is required with a model slug", field="input"
+                )
+            return _check_slug(model), _check_input_mapping(input)
+        if isinstance(model, ModelInput):
+            if input is not None:
+                raise ValidationError(
+                    "pass either a typed input or a slug with input, not both",
+                    field="input",
+                )
+            uploaded = await self._upload_frames(model, deadline)
+            return model.model_slug, uploaded.to_input()
+        raise ValidationError(
+            f"model must be a slug or a typed input, not {type(model).__name__}",
+            field="model",
+        )
 
     async def run(
         self,

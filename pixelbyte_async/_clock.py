@@ -10,11 +10,22 @@ finishes in milliseconds without a test ever really sleeping.
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 import time
+from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
 
-__all__ = ["Clock", "SystemClock", "VirtualClock"]
+__all__ = ["Clock", "SystemClock", "Timer", "VirtualClock"]
+
+
+class Timer(Protocol):
+    """A scheduled callback that can be cancelled (`asyncio.TimerHandle` is one)."""
+
+    def cancel(self) -> None:
+        """Do not run the callback (no-op if it already ran)."""
+        ...
 
 
 @runtime_checkable
@@ -38,6 +49,10 @@ class Clock(Protocol):
         """Wait *seconds*."""
         ...
 
+    def call_later(self, seconds: float, callback: Callable[[], None]) -> Timer:
+        """Run *callback* (on the running loop) after *seconds*; no task involved."""
+        ...
+
 
 class SystemClock:
     """The real clock: `time.time`, `time.monotonic` and `asyncio.sleep`."""
@@ -54,18 +69,35 @@ class SystemClock:
         """Sleep for real (cancellable)."""
         await asyncio.sleep(max(0.0, seconds))
 
+    def call_later(self, seconds: float, callback: Callable[[], None]) -> Timer:
+        """Schedule *callback* with the running loop's `call_later`."""
+        return asyncio.get_running_loop().call_later(max(0.0, seconds), callback)
+
     def __repr__(self) -> str:
         return "SystemClock()"
+
+
+class _VirtualTimer:
+    __slots__ = ("callback", "cancelled")
+
+    def __init__(self, callback: Callable[[], None]) -> None:
+        self.callback = callback
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
 
 
 class VirtualClock:
     """
     A clock for tests, sandboxes and benchmarks.
 
-    With ``time_scale=0`` (the default) time stands still until `advance` is called or
-    somebody sleeps: a sleep of *n* seconds moves the clock to at least *n* seconds
-    after the moment the sleep began and returns after one turn of the event loop.  Many
-    concurrent sleepers therefore jump time forward together, like trio's autojump clock.
+    With ``time_scale=0`` (the default) time stands still until `advance` is called or,
+    with *autojump* (the default), somebody sleeps: a sleep of *n* seconds moves the
+    clock to at least *n* seconds after the moment the sleep began and returns after
+    one turn of the event loop.  Many concurrent sleepers therefore jump time forward
+    together, like trio's autojump clock.  With ``autojump=False`` sleeps and timers
+    wait until `advance` moves time past their deadline: the test drives time.
 
     With ``time_scale=k > 0`` virtual time runs *k* times faster than real time and a
     sleep of *n* virtual seconds really sleeps ``n / k`` seconds.
@@ -73,16 +105,26 @@ class VirtualClock:
     Args:
         start: The wall-clock time (Unix seconds) the clock starts at; default: now.
         time_scale: How many virtual seconds pass per real second (0 = frozen).
+        autojump: With a frozen clock, let sleepers move time (see above).
 
     """
 
-    def __init__(self, *, start: float | None = None, time_scale: float = 0.0) -> None:
+    def __init__(
+        self,
+        *,
+        start: float | None = None,
+        time_scale: float = 0.0,
+        autojump: bool = True,
+    ) -> None:
         if time_scale < 0:
             raise ValueError("time_scale must be >= 0")
         self._start_wall = time.time() if start is None else float(start)
         self._real_origin = time.monotonic()
         self._offset = 0.0
         self.time_scale = float(time_scale)
+        self.autojump = autojump
+        self._timers: list[tuple[float, int, _VirtualTimer]] = []
+        self._seq = itertools.count()
 
     def _elapsed(self) -> float:
         real = (time.monotonic() - self._real_origin) * self.time_scale
@@ -97,10 +139,40 @@ class VirtualClock:
         return self._elapsed()
 
     def advance(self, seconds: float) -> None:
-        """Move time forward by *seconds* (never backwards)."""
+        """Move time forward by *seconds* (never backwards) and fire due timers."""
         if seconds < 0:
             raise ValueError("time only moves forward")
         self._offset += seconds
+        self._fire_due()
+
+    def _fire_due(self) -> None:
+        now = self._elapsed()
+        while self._timers and self._timers[0][0] <= now:
+            _, _, timer = heapq.heappop(self._timers)
+            if not timer.cancelled:
+                timer.cancelled = True
+                timer.callback()
+
+    def call_later(self, seconds: float, callback: Callable[[], None]) -> Timer:
+        """Run *callback* after *seconds* of virtual time (no task involved)."""
+        seconds = max(0.0, seconds)
+        loop = asyncio.get_running_loop()
+        if self.time_scale > 0:
+            return loop.call_later(seconds / self.time_scale, callback)
+        timer = _VirtualTimer(callback)
+        target = self._elapsed() + seconds
+        heapq.heappush(self._timers, (target, next(self._seq), timer))
+        if self.autojump:
+
+            def jump() -> None:
+                if not timer.cancelled and self._elapsed() < target:
+                    self._offset += target - self._elapsed()
+                self._fire_due()
+
+            loop.call_soon(jump)
+        elif seconds == 0:
+            loop.call_soon(self._fire_due)
+        return timer
 
     async def sleep(self, seconds: float) -> None:
         """Sleep *seconds* of virtual time."""
@@ -108,10 +180,24 @@ class VirtualClock:
         if self.time_scale > 0:
             await asyncio.sleep(seconds / self.time_scale)
             return
-        target = self._elapsed() + seconds
-        await asyncio.sleep(0)
-        if self._elapsed() < target:
-            self._offset += target - self._elapsed()
+        if self.autojump:
+            target = self._elapsed() + seconds
+            await asyncio.sleep(0)
+            if self._elapsed() < target:
+                self._offset += target - self._elapsed()
+            self._fire_due()
+            return
+        woken = asyncio.get_running_loop().create_future()
+
+        def wake() -> None:
+            if not woken.done():
+                woken.set_result(None)
+
+        timer = self.call_later(seconds, wake)
+        try:
+            await woken
+        finally:
+            timer.cancel()
 
     def __repr__(self) -> str:
         return (

@@ -4,6 +4,7 @@ The `Job` handle: refresh, wait, watch, cancel, download.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -68,7 +69,10 @@ class Job:
             submitted_at if submitted_at is not None else client.clock.time()
         )
         self._watchers = 0
-        self._last_checked = client.clock.monotonic()
+        self._last_checked = client.clock.time()
+        #: Submitted with this client's webhook URL: wait for the delivery.
+        self.via_webhook = False
+        self._needs_fetch = False
 
     # -- snapshot accessors ------------------------------------------------------
 
@@ -135,11 +139,21 @@ class Job:
 
     # -- updates -----------------------------------------------------------------
 
-    def _observe(self, info: JobInfo) -> bool:
+    def _observe(self, info: JobInfo, *, from_webhook: bool = False) -> bool:
         """Take a new snapshot; return whether the status or progress changed."""
         old = self._info
+        if old.status.is_terminal and not info.status.is_terminal:
+            # Out-of-order news (a stale poll after a delivery) never undoes an end.
+            return False
         self._info = info.merged_over(old)
-        self._last_checked = self._client.clock.monotonic()
+        if not from_webhook:
+            self._last_checked = self._client.clock.time()
+        # A completed delivery without a usable URL: fetch the job once.
+        self._needs_fetch = (
+            from_webhook
+            and self._info.status is JobStatus.COMPLETED
+            and self._info.video_url is None
+        )
         if self._info.status.is_terminal:
             self._client._job_finished(self)  # noqa: SLF001 -- the client owns the job slots
         return (old.status, old.progress) != (self._info.status, self._info.progress)
@@ -201,24 +215,79 @@ class Job:
             return False
         return True
 
-    async def _poll_until_change(
-        self, policy: PollPolicy, deadline: float, previous: float | None
-    ) -> tuple[bool, float]:
-        """Sleep per *policy*, then poll once.  Return (changed, delay used)."""
+    def _next_delay(self, policy: PollPolicy, previous: float | None) -> float:
         clock = self._client.clock
-        delay = policy.next_delay(
+        if self.via_webhook and self._client._webhook_receiver is not None:  # noqa: SLF001
+            return policy.safety_delay(now=clock.time(), eta=self._eta())
+        return policy.next_delay(
             now=clock.time(),
             eta=self._eta(),
             previous=previous,
             rng=self._client._uniform,  # noqa: SLF001 -- shared injectable RNG
         )
-        remaining = deadline - clock.monotonic()
-        await clock.sleep(min(delay, max(0.0, remaining)))
-        if clock.monotonic() >= deadline:
-            return False, delay
+
+    def _sweep_due(self, policy: PollPolicy) -> float:
+        """Wall time at which an unwatched job should be checked (slot sweeps)."""
+        eta = self._eta()
+        if self.via_webhook and self._client._webhook_receiver is not None:  # noqa: SLF001
+            later = self._last_checked + policy.webhook_interval
+            return later if eta is None else max(eta + policy.webhook_grace, later)
+        return self._last_checked + policy.next_delay(
+            now=self._last_checked, eta=eta, previous=None, rng=lambda low, _: low
+        )
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep *seconds*, or less if this job's webhook delivery arrives."""
+        clock = self._client.clock
+        receiver = self._client._webhook_receiver  # noqa: SLF001
+        if receiver is None:
+            await clock.sleep(seconds)
+            return
+        future = receiver.future_for(self.id)
+        wake: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def on_wake(_: object = None) -> None:
+            if not wake.done():
+                wake.set_result(None)
+
+        future.add_done_callback(on_wake)
+        timer = clock.call_later(seconds, on_wake)
+        try:
+            await wake
+        finally:
+            timer.cancel()
+            future.remove_done_callback(on_wake)
+            receiver.release(self.id)
+
+    def _take_delivered(self) -> bool:
+        receiver = self._client._webhook_receiver  # noqa: SLF001
+        if receiver is None:
+            return False
+        event = receiver.event_for(self.id)
+        if event is None:
+            return False
+        self._observe(event.job, from_webhook=True)
+        return True
+
+    async def _step(
+        self, policy: PollPolicy, deadline: float, previous: float | None
+    ) -> tuple[bool, float | None]:
+        """Wait per *policy* for a delivery or the next GET.  Return (changed, delay)."""
+        clock = self._client.clock
         before = (self._info.status, self._info.progress)
-        await self._poll_once(deadline)
+        if self._take_delivered():
+            return before != (self._info.status, self._info.progress), previous
+        delay = self._next_delay(policy, previous)
+        remaining = deadline - clock.monotonic()
+        await self._pause(min(delay, max(0.0, remaining)))
+        if not self._take_delivered() and clock.monotonic() < deadline:
+            await self._poll_once(deadline)
         return before != (self._info.status, self._info.progress), delay
+
+    async def _fetch_if_needed(self, deadline: float) -> None:
+        if self._needs_fetch:
+            self._needs_fetch = False
+            await self._poll_once(max(deadline, self._client.clock.monotonic() + 1))
 
     async def wait(
         self,
@@ -254,10 +323,12 @@ class Job:
         previous: float | None = None
         self._watchers += 1
         try:
+            self._take_delivered()
             while not self.done:
                 if clock.monotonic() >= deadline:
                     break
-                _, previous = await self._poll_until_change(policy, deadline, previous)
+                _, previous = await self._step(policy, deadline, previous)
+            await self._fetch_if_needed(deadline)
         finally:
             self._watchers -= 1
         if self.done:
@@ -305,13 +376,14 @@ class Job:
         previous: float | None = None
         self._watchers += 1
         try:
+            self._take_delivered()
             yield self._info
             while not self.done:
                 if clock.monotonic() >= deadline:
                     raise await self._timed_out(budget, cancel=False)
-                changed, previous = await self._poll_until_change(
-                    policy, deadline, previous
-                )
+                changed, previous = await self._step(policy, deadline, previous)
+                if self._info.status.is_terminal:
+                    await self._fetch_if_needed(deadline)
                 if changed:
                     yield self._info
         finally:

@@ -42,6 +42,9 @@ class PollPolicy:
         jitter: Fraction of each pause randomised (± ``jitter``), to spread load.
         overdue_grace: Seconds after the ETA during which ``near_interval`` holds.
         overdue_backoff: Extra pause per second overdue, after the grace period.
+        webhook_grace: With webhooks, the one safety GET comes this long after the
+            ETA (the delivery normally arrives first, making it unnecessary).
+        webhook_interval: With webhooks, the pause between later safety GETs.
         default_timeout: Deadline of `Job.wait` when no *timeout* is given.
 
     .. versionadded:: 0.1.0
@@ -57,6 +60,10 @@ class PollPolicy:
     )
     overdue_grace: float = attrs.field(default=60.0, validator=attrs.validators.ge(0))
     overdue_backoff: float = attrs.field(default=0.25, validator=attrs.validators.ge(0))
+    webhook_grace: float = attrs.field(default=60.0, validator=attrs.validators.ge(0))
+    webhook_interval: float = attrs.field(
+        default=120.0, validator=attrs.validators.gt(0)
+    )
     default_timeout: float = attrs.field(
         default=1800.0, validator=attrs.validators.gt(0)
     )
@@ -114,6 +121,17 @@ class PollPolicy:
                 self.max_interval, max(self.min_interval, previous * self.backoff)
             )
         return self._jittered(base, rng, up=True)
+
+    def safety_delay(self, *, now: float, eta: float | None) -> float:
+        """
+        Return the pause before a safety GET when a webhook is expected.
+
+        One GET at ``eta + webhook_grace`` (for a lost delivery), then one every
+        ``webhook_interval``.
+        """
+        if eta is not None and now < eta + self.webhook_grace:
+            return max(self.min_interval, eta + self.webhook_grace - now)
+        return self.webhook_interval
 
     def _jittered(
         self,

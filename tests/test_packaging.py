@@ -53,3 +53,17 @@ def test_testing_module_is_public():
 
     assert "FakePixelByte" in testing.__all__
     assert isort_order(testing.__all__) == list(testing.__all__)
+
+
+def test_webhooks_module_is_public():
+    """pixelbyte_async.webhooks exports verify, sign and the receiver types."""
+    from pixelbyte_async import webhooks
+
+    assert {"verify", "sign", "WebhookReceiver", "WebhookServer"} <= set(
+        webhooks.__all__
+    )
+    assert isort_order(webhooks.__all__) == list(webhooks.__all__)
+    for name in webhooks.__all__:
+        obj = getattr(webhooks, name)
+        if callable(obj):
+            assert obj.__doc__, name

@@ -89,10 +89,12 @@ class _Api:
 
     def __init__(self, state: FakeState) -> None:
         self.state = state
+        #: Sends a job's webhook at once (set by the server; the "early" fault).
+        self.early_hook: Callable[[str], Awaitable[object]] | None = None
 
     # -- plumbing -------------------------------------------------------------------
 
-    def route(
+    def route(  # noqa: C901 -- one pipeline: record, fault, auth, render, fault
         self, fn: Callable[[Call], Reply], *, auth: Auth, group: Group
     ) -> Handler:
         """Wrap a handler with recording, faults, auth, envelopes and error mapping."""
@@ -144,6 +146,8 @@ class _Api:
                 response = error_response(
                     request_id, exc.status, exc.code, exc.message, exc.details
                 )
+            while state.early_pending and self.early_hook is not None:
+                await self.early_hook(state.early_pending.pop(0))
             if fault is not None and fault.kind == "drop_after":
                 drop_connection(request)
             elif fault is not None and fault.kind == "garbage":
@@ -367,6 +371,10 @@ class _Api:
             request_id=call.request_id,
             job_id=new_job_id(),
         )
+        if state.early_webhooks > 0 and webhook_url is not None:
+            state.early_webhooks -= 1
+            state.force_terminal(job.id, "completed")
+            state.early_pending.append(job.id)
         return Reply(
             payload={
                 "jobId": job.id,
@@ -679,6 +687,10 @@ def _decode_cursor(cursor: str) -> str:
     return job_id
 
 
-def build_api_app(state: FakeState) -> web.Application:
+def build_api_app(
+    state: FakeState, *, early_hook: Callable[[str], Awaitable[object]] | None = None
+) -> web.Application:
     """Return the aiohttp application serving the API origin over *state*."""
-    return _Api(state).build()
+    api = _Api(state)
+    api.early_hook = early_hook
+    return api.build()

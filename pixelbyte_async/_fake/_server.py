@@ -20,7 +20,7 @@ from ._faults import Fault, FaultHandle, Origin
 from ._jobs import FakeJob, FakeUpload, JobScript
 from ._records import CdnRequest, Ledger, RecordedRequest, WebhookDelivery
 from ._state import Envelope, FakeState
-from ._webhooks import WebhookSender
+from ._webhooks import WebhookFault, WebhookOrder, WebhookSender
 
 
 __all__ = ["SANDBOX_API_KEY", "FakePixelByte"]
@@ -145,7 +145,10 @@ class FakePixelByte:
             raise RuntimeError(f"FakePixelByte cannot start: it is {self._phase}")
         self._phase = "running"
         try:
-            self._url = await self._listen(build_api_app(self._state), self._port)
+            self._url = await self._listen(
+                build_api_app(self._state, early_hook=self._webhooks.deliver_now),
+                self._port,
+            )
             self._cdn_url = await self._listen(
                 build_cdn_app(self._state), self._cdn_port
             )
@@ -505,6 +508,43 @@ class FakePixelByte:
         4, 16, 64 and 256 virtual seconds, then abandoned.
         """
         return await self._webhooks.deliver_due()
+
+    def inject_webhook(self, kind: WebhookFault, *, times: int = 1) -> None:
+        """
+        Make the next *times* webhook deliveries go wrong in one way.
+
+        Kinds:
+
+        * ``"duplicate"``: the delivery is sent twice.
+        * ``"drop"``: the delivery is lost on the way; the API believes it was
+          delivered and never retries (a safety poll must notice the job).
+        * ``"bad_signature"``: a forged copy (wrong secret) is sent first.
+        * ``"stale_status"``: after the real delivery, a signed one with status
+          ``processing`` follows (out of order).
+        * ``"early"``: applies to the next *times* submits that carry a
+          ``webhookUrl``: the job ends at once and its delivery is sent **before**
+          the submit response.
+
+        Receiver outages need no fault: stop the receiver, and the fake retries
+        after 1, 4, 16, 64 and 256 virtual seconds.
+        """
+        if times < 1:
+            raise ValueError("times must be >= 1")
+        if kind == "early":
+            self._state.early_webhooks += times
+        else:
+            self._webhooks.faults.extend([kind] * times)
+
+    @property
+    def webhook_order(self) -> WebhookOrder:
+        """Order of due deliveries: ``"job"`` (default), ``"reverse"``, ``"shuffle"``."""
+        return self._webhooks.order
+
+    @webhook_order.setter
+    def webhook_order(self, value: WebhookOrder) -> None:
+        if value not in {"job", "reverse", "shuffle"}:
+            raise ValueError(f"unknown webhook order {value!r}")
+        self._webhooks.order = value
 
     async def _deliver_forever(self) -> None:
         while True:

@@ -49,6 +49,10 @@ class FakeState:
     faults: FaultQueue = attrs.field(factory=FaultQueue)
     default_script: JobScript = attrs.field(factory=JobScript)
     scripted: collections.deque[JobScript] = attrs.field(factory=collections.deque)
+    #: Submits left whose job ends at once and whose webhook goes out before the
+    #: submit response (the "early delivery" race).
+    early_webhooks: int = 0
+    early_pending: list[str] = attrs.field(factory=list)
 
     def now(self) -> float:
         """Return virtual wall-clock time."""

@@ -9,10 +9,12 @@ retried after 1, 4, 16, 64 and 256 *virtual* seconds, then given up.
 from __future__ import annotations
 
 import asyncio
+import collections
 import hashlib
 import hmac
 import json
-from typing import Any
+import random
+from typing import Any, Literal, TypeAlias
 
 import aiohttp
 
@@ -23,7 +25,14 @@ from ._state import FakeState
 from ._util import iso
 
 
-__all__ = ["RETRY_DELAYS", "WebhookSender", "sign"]
+__all__ = ["RETRY_DELAYS", "WebhookFault", "WebhookOrder", "WebhookSender", "sign"]
+
+#: What can go wrong with one delivery (see `FakePixelByte.inject_webhook`).
+WebhookFault: TypeAlias = Literal[
+    "duplicate", "drop", "bad_signature", "stale_status", "early"
+]
+#: In which order due deliveries go out.
+WebhookOrder: TypeAlias = Literal["job", "reverse", "shuffle"]
 
 #: Virtual seconds between attempts; one first attempt plus one retry per delay.
 RETRY_DELAYS = (1.0, 4.0, 16.0, 64.0, 256.0)
@@ -54,6 +63,9 @@ class WebhookSender:
         self.finished: set[str] = set()
         self._session: aiohttp.ClientSession | None = None
         self._lock = asyncio.Lock()
+        self.faults: collections.deque[WebhookFault] = collections.deque()
+        self.order: WebhookOrder = "job"
+        self._rng = random.Random(0)  # noqa: S311 -- test ordering, not security
 
     def payload(self, job: FakeJob, status: str) -> dict[str, Any]:
         """Return the webhook body of a terminal *job*."""
@@ -88,37 +100,62 @@ class WebhookSender:
         ]
 
     async def deliver_due(self) -> list[WebhookDelivery]:
-        """Attempt every due delivery once, in job order; return the attempts."""
+        """Attempt every due delivery once, in `order`; return the attempts."""
         async with self._lock:
-            return [await self._attempt(job) for job in self.due()]
+            jobs = self.due()
+            if self.order == "reverse":
+                jobs.reverse()
+            elif self.order == "shuffle":
+                self._rng.shuffle(jobs)
+            made: list[WebhookDelivery] = []
+            for job in jobs:
+                made.extend(await self._attempt(job))
+            return made
 
-    async def _attempt(self, job: FakeJob) -> WebhookDelivery:
-        state = self.state
-        assert job.webhook_url is not None  # noqa: S101 -- due() only returns jobs with a webhook
-        now = state.now()
-        status = job.status_at(now)
-        body = json.dumps(self.payload(job, status), separators=(",", ":")).encode()
+    async def deliver_now(self, job_id: str) -> list[WebhookDelivery]:
+        """Deliver *job_id*'s webhook at once (the ``early`` fault)."""
+        async with self._lock:
+            job = self.state.jobs[job_id]
+            if job.webhook_url is None or job.id in self.finished:
+                return []
+            return await self._attempt(job)
+
+    def _signed(
+        self, body: bytes, now: float, *, forged: bool = False
+    ) -> dict[str, str]:
         timestamp = str(int(now))
-        headers = {
+        secret = self.state.webhook_secret + ("-forged" if forged else "")
+        return {
             "Content-Type": "application/json",
             "User-Agent": "PixelByte-Webhooks/1.0 (FakePixelByte)",
             "X-PixelByte-Timestamp": timestamp,
-            "X-PixelByte-Signature": sign(state.webhook_secret, timestamp, body),
+            "X-PixelByte-Signature": sign(secret, timestamp, body),
         }
-        attempt = self.attempts.get(job.id, 0) + 1
-        self.attempts[job.id] = attempt
+
+    async def _post(
+        self,
+        job: FakeJob,
+        body: bytes,
+        headers: dict[str, str],
+        *,
+        attempt: int,
+        now: float,
+        note: str | None = None,
+    ) -> WebhookDelivery:
+        assert job.webhook_url is not None  # noqa: S101 -- only jobs with a webhook get here
         http_status: int | None = None
-        error: str | None = None
-        if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=_TIMEOUT)
-        try:
-            async with self._session.post(
-                job.webhook_url, data=body, headers=headers
-            ) as response:
-                http_status = response.status
-                await response.read()
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            error = f"{type(exc).__name__}: {exc}"
+        error: str | None = note
+        if note != "dropped (injected)":
+            if self._session is None:
+                self._session = aiohttp.ClientSession(timeout=_TIMEOUT)
+            try:
+                async with self._session.post(
+                    job.webhook_url, data=body, headers=headers
+                ) as response:
+                    http_status = response.status
+                    await response.read()
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                error = f"{type(exc).__name__}: {exc}"
         delivery = WebhookDelivery(
             job_id=job.id,
             url=job.webhook_url,
@@ -129,12 +166,70 @@ class WebhookSender:
             status=http_status,
             error=error,
         )
-        state.webhook_deliveries.append(delivery)
-        if delivery.ok or attempt > len(RETRY_DELAYS):
+        self.state.webhook_deliveries.append(delivery)
+        return delivery
+
+    def _encode(self, job: FakeJob, status: str) -> bytes:
+        payload = self.payload(job, status)
+        return json.dumps(payload, separators=(",", ":")).encode()
+
+    async def _attempt(self, job: FakeJob) -> list[WebhookDelivery]:
+        now = self.state.now()
+        status = job.status_at(now)
+        body = self._encode(job, status)
+        attempt = self.attempts.get(job.id, 0) + 1
+        self.attempts[job.id] = attempt
+        fault = self.faults.popleft() if self.faults else None
+        made: list[WebhookDelivery] = []
+        if fault == "drop":
+            # Lost on the way: the API believes it was delivered and never retries.
+            made.append(
+                await self._post(
+                    job,
+                    body,
+                    self._signed(body, now),
+                    attempt=attempt,
+                    now=now,
+                    note="dropped (injected)",
+                )
+            )
+            self.finished.add(job.id)
+            return made
+        if fault == "bad_signature":
+            made.append(
+                await self._post(
+                    job,
+                    body,
+                    self._signed(body, now, forged=True),
+                    attempt=attempt,
+                    now=now,
+                )
+            )
+        genuine = await self._post(
+            job, body, self._signed(body, now), attempt=attempt, now=now
+        )
+        made.append(genuine)
+        if fault == "duplicate":
+            made.append(
+                await self._post(
+                    job, body, self._signed(body, now), attempt=attempt, now=now
+                )
+            )
+        elif fault == "stale_status":
+            stale = json.dumps(
+                {"jobId": job.id, "requestId": job.request_id, "status": "processing"},
+                separators=(",", ":"),
+            ).encode()
+            made.append(
+                await self._post(
+                    job, stale, self._signed(stale, now), attempt=attempt, now=now
+                )
+            )
+        if genuine.ok or attempt > len(RETRY_DELAYS):
             self.finished.add(job.id)
         else:
             self.next_at[job.id] = now + RETRY_DELAYS[attempt - 1]
-        return delivery
+        return made
 
     async def close(self) -> None:
         """Close the HTTP session, if one was opened."""

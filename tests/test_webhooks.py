@@ -1,0 +1,536 @@
+"""Webhook signatures, the receiver, and webhook-fed Job.wait (contract §8)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import aiohttp
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from multidict import CIMultiDict
+from pixelbyte_async import (
+    JobFailed,
+    JobStatus,
+    KlingO1StartEndFrame,
+    PixelByte,
+    VirtualClock,
+    WaitTimeout,
+    WebhookVerificationError,
+)
+from pixelbyte_async.testing import FakePixelByte, JobScript
+from pixelbyte_async.webhooks import (
+    SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
+    WebhookReceiver,
+    WebhookServer,
+    sign,
+    signature_headers,
+    verify,
+)
+
+
+SECRET = "whsec_test"
+TS = 1760000000
+BODY = b'{"jobId":"job_abc123","status":"completed"}'
+VECTOR = "sha256=3808736d8de9872ff32cb085bd9851cbad6f089e4e55195bbec1450e5295989e"
+KLING = KlingO1StartEndFrame(
+    image_url="https://e.x/a.jpg", end_image_url="https://e.x/b.jpg"
+)
+
+
+def headers(body=BODY, secret=SECRET, ts=TS):
+    return {TIMESTAMP_HEADER: str(ts), SIGNATURE_HEADER: sign(body, secret, ts)}
+
+
+# -- verify ---------------------------------------------------------------------------
+
+
+def test_pinned_vector():
+    """The contract's test vector is reproduced and verifies."""
+    assert sign(BODY, SECRET, TS) == VECTOR
+    assert sign(BODY.decode(), SECRET.encode(), str(TS)) == VECTOR
+    event = verify(
+        BODY, {TIMESTAMP_HEADER: str(TS), SIGNATURE_HEADER: VECTOR}, SECRET, now=TS
+    )
+    assert (event.job_id, event.status, event.timestamp) == (
+        "job_abc123",
+        JobStatus.COMPLETED,
+        TS,
+    )
+
+
+def test_headers_any_case_and_multidict():
+    """Header names match case-insensitively, in plain dicts and CIMultiDicts."""
+    lower = {k.lower(): v for k, v in headers().items()}
+    assert verify(BODY, lower, SECRET, now=TS).job_id == "job_abc123"
+    assert verify(BODY, CIMultiDict(headers()), SECRET, now=TS).job_id == "job_abc123"
+    assert verify(BODY.decode(), headers(), SECRET, now=TS).job_id == "job_abc123"
+
+
+def test_secret_rotation():
+    """Any of several secrets may match."""
+    assert verify(BODY, headers(), ["whsec_new", SECRET], now=TS).job_id == "job_abc123"
+    with pytest.raises(WebhookVerificationError) as info:
+        verify(BODY, headers(), ["whsec_new", "whsec_other"], now=TS)
+    assert info.value.reason == "mismatch"
+    with pytest.raises(ValueError):
+        verify(BODY, headers(), [], now=TS)
+
+
+@pytest.mark.parametrize(
+    ("body", "hdrs", "now", "reason"),
+    [
+        (BODY, {SIGNATURE_HEADER: VECTOR}, TS, "missing_header"),
+        (BODY, {TIMESTAMP_HEADER: str(TS)}, TS, "missing_header"),
+        (BODY, {TIMESTAMP_HEADER: "soon", SIGNATURE_HEADER: VECTOR}, TS, "malformed"),
+        (
+            BODY,
+            {TIMESTAMP_HEADER: "-1760000000", SIGNATURE_HEADER: VECTOR},
+            TS,
+            "malformed",
+        ),
+        (
+            BODY,
+            {TIMESTAMP_HEADER: "1760000000.5", SIGNATURE_HEADER: VECTOR},
+            TS,
+            "malformed",
+        ),
+        (
+            BODY,
+            {TIMESTAMP_HEADER: "١٧٦٠٠٠٠٠٠٠", SIGNATURE_HEADER: VECTOR},
+            TS,
+            "malformed",
+        ),
+        (
+            BODY,
+            {TIMESTAMP_HEADER: str(TS), SIGNATURE_HEADER: "sha1=" + VECTOR[7:]},
+            TS,
+            "malformed",
+        ),
+        (
+            BODY,
+            {TIMESTAMP_HEADER: str(TS), SIGNATURE_HEADER: VECTOR[:-1]},
+            TS,
+            "malformed",
+        ),
+        (
+            BODY,
+            {TIMESTAMP_HEADER: str(TS), SIGNATURE_HEADER: VECTOR[:-1] + "é"},
+            TS,
+            "malformed",
+        ),
+        (BODY + b" ", headers(), TS, "mismatch"),
+        (
+            BODY,
+            {TIMESTAMP_HEADER: str(TS + 1), SIGNATURE_HEADER: VECTOR},
+            TS,
+            "mismatch",
+        ),
+        (BODY, headers(), TS + 301, "stale"),
+        (BODY, headers(), TS - 301, "future"),
+        (b"x" * 300_000, headers(b"x" * 300_000), TS, "too_large"),
+        (b"not json", headers(b"not json"), TS, "not_json"),
+        (b"[1, 2]", headers(b"[1, 2]"), TS, "not_json"),
+        (
+            b'{"status": "completed"}',
+            headers(b'{"status": "completed"}'),
+            TS,
+            "malformed",
+        ),
+    ],
+    ids=[
+        "no-signature",
+        "no-timestamp",
+        "ts-words",
+        "ts-negative",
+        "ts-fraction",
+        "ts-arabic-digits",
+        "sig-sha1",
+        "sig-short",
+        "sig-non-ascii",
+        "tampered-body",
+        "tampered-ts",
+        "stale",
+        "future",
+        "too-large",
+        "not-json",
+        "not-object",
+        "no-job-id",
+    ],
+)
+def test_every_reason(body, hdrs, now, reason):
+    """Each failure has its machine-readable reason, and never another exception type."""
+    with pytest.raises(WebhookVerificationError) as info:
+        verify(body, hdrs, SECRET, now=now)
+    assert reason == info.value.reason
+
+
+def test_tolerance_edges_and_clock():
+    """The window is inclusive both ways and the clock is injectable."""
+    assert verify(BODY, headers(), SECRET, now=TS + 300).job_id
+    assert verify(BODY, headers(), SECRET, now=TS - 300).job_id
+    assert verify(BODY, headers(), SECRET, now=TS + 3600, tolerance=3600).job_id
+
+
+def test_signature_headers_helper():
+    """signature_headers builds what the API sends."""
+    hdrs = signature_headers(BODY, SECRET, timestamp=TS)
+    assert hdrs[SIGNATURE_HEADER] == VECTOR
+    assert verify(BODY, hdrs, SECRET, now=TS).job_id == "job_abc123"
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    body=st.binary(max_size=512),
+    ts=st.text(max_size=20),
+    sig=st.text(max_size=80),
+    extra=st.dictionaries(st.text(max_size=20), st.text(max_size=20), max_size=3),
+)
+def test_arbitrary_input_is_never_accepted(body, ts, sig, extra):
+    """Arbitrary bodies and headers without the right signature are always rejected."""
+    hdrs = {**extra, TIMESTAMP_HEADER: ts, SIGNATURE_HEADER: sig}
+    try:
+        verify(body, hdrs, SECRET, now=TS)
+    except WebhookVerificationError:
+        return
+    assert sign(body, SECRET, ts.strip()) in sig
+
+
+# -- the receiver over HTTP -----------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_receiver_http_answers():
+    """200 for new and duplicate deliveries, 401 for bad signatures, 413 for oversize."""
+    clock = VirtualClock(start=TS)
+    events = []
+    receiver = WebhookReceiver(
+        SECRET, clock=clock, on_event=events.append, max_body=1024
+    )
+    async with (
+        WebhookServer(receiver=receiver) as server,
+        aiohttp.ClientSession() as http,
+    ):
+        async with http.post(server.url, data=BODY, headers=headers()) as r:
+            assert (r.status, (await r.json())["reason"]) == (200, "ok")
+        async with http.post(server.url, data=BODY, headers=headers()) as r:
+            assert (r.status, (await r.json())["reason"]) == (200, "duplicate")
+        async with http.post(
+            server.url, data=BODY, headers=headers(secret="nope")
+        ) as r:
+            assert (r.status, (await r.json())["reason"]) == (401, "mismatch")
+        big = b"{" + b" " * 4096 + b"}"
+        async with http.post(server.url, data=big, headers=headers(big)) as r:
+            assert r.status == 413
+
+        async def chunks():
+            for _ in range(10):
+                yield b" " * 512
+
+        async with http.post(server.url, data=chunks(), headers=headers()) as r:
+            assert r.status == 413
+    assert [e.job_id for e in events] == ["job_abc123"]
+    assert receiver.stats == {
+        "received": 5,
+        "accepted": 1,
+        "duplicates": 1,
+        "rejected": 3,
+        "unknown": 1,
+    }
+
+
+@pytest.mark.anyio
+async def test_mount_in_user_app():
+    """The receiver mounts as a sub-app in the user's own aiohttp application."""
+    from aiohttp import web
+    from aiohttp.test_utils import TestClient, TestServer
+
+    receiver = WebhookReceiver(SECRET, clock=VirtualClock(start=TS))
+    app = web.Application()
+    app.add_subapp("/hooks/", receiver.aiohttp_app())
+    async with TestClient(TestServer(app)) as client:
+        resp = await client.post("/hooks/", data=BODY, headers=headers())
+        assert resp.status == 200
+    assert receiver.event_for("job_abc123") is not None
+
+
+# -- webhook-fed waiting against FakePixelByte ----------------------------------------
+
+
+@pytest.fixture(name="rig")
+async def _rig():
+    """A fake whose time moves only when told, a receiver and a client using it."""
+    clock = VirtualClock(autojump=False)
+    async with FakePixelByte(clock=clock, allow_http_webhooks=True) as fake:
+        server = WebhookServer(fake.webhook_secret, clock=clock, unknown_grace=5)
+        async with PixelByte(
+            api_key=fake.api_key,
+            base_url=fake.url,
+            clock=clock,
+            webhook=server,
+            max_concurrent_jobs=None,
+        ) as pb:
+            yield fake, server, pb
+        assert not server.running
+
+
+def gets(fake):
+    return fake.count("GET", "/v1/jobs/*")
+
+
+async def settle():
+    for _ in range(20):
+        await asyncio.sleep(0)
+
+
+@pytest.mark.anyio
+async def test_wait_resolves_from_the_delivery(rig):
+    """Submit sends the receiver's URL; wait() returns on the delivery with no GET."""
+    fake, server, pb = rig
+    job = await pb.submit(KLING)
+    assert fake.jobs[job.id].webhook_url == server.public_url
+    waiter = asyncio.ensure_future(job.wait())
+    await settle()
+    fake.advance(245)
+    await fake.deliver_webhooks()
+    done = await waiter
+    assert done.status is JobStatus.COMPLETED
+    assert done.video_url is not None
+    assert gets(fake) == 0
+    assert server.receiver.waiting == 0
+
+
+@pytest.mark.anyio
+async def test_500_jobs_complete_via_webhooks(rig):
+    """500 concurrent waits finish from deliveries: at most one GET per job (here none)."""
+    fake, server, pb = rig
+    fake.webhook_order = "shuffle"
+    jobs = await asyncio.gather(
+        *(
+            pb.submit(
+                KlingO1StartEndFrame(
+                    image_url="https://e.x/a.jpg",
+                    end_image_url="https://e.x/b.jpg",
+                    prompt=str(i),
+                )
+            )
+            for i in range(500)
+        )
+    )
+    waits = asyncio.gather(*(job.wait() for job in jobs))
+    await settle()
+    fake.advance(245)
+    await fake.deliver_webhooks()
+    done = await waits
+    assert all(j.status is JobStatus.COMPLETED for j in done)
+    assert gets(fake) <= 500
+    assert gets(fake) == 0
+    assert server.receiver.waiting == 0
+    assert fake.ledger.double_charged() == []
+
+
+@pytest.mark.anyio
+async def test_early_delivery_before_submit_returns(rig):
+    """A delivery that beats the submit response is not lost."""
+    fake, server, pb = rig
+    fake.inject_webhook("early")
+    job = await pb.submit(KLING)
+    assert job.status is JobStatus.COMPLETED
+    await job.wait()
+    assert gets(fake) == 0
+    assert server.receiver.stats["unknown"] == 0
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("kind", ["duplicate", "stale_status", "bad_signature"])
+async def test_duplicate_stale_and_forged_deliveries(rig, kind):
+    """Duplicates are acknowledged once, stale statuses never undo the end, forgeries are refused."""
+    fake, server, pb = rig
+    fake.inject_webhook(kind)
+    job = await pb.submit(KLING)
+    waiter = asyncio.ensure_future(job.wait())
+    await settle()
+    fake.advance(245)
+    deliveries = await fake.deliver_webhooks()
+    await waiter
+    assert job.status is JobStatus.COMPLETED
+    assert gets(fake) == 0
+    statuses = [d.status for d in deliveries]
+    if kind == "bad_signature":
+        assert statuses == [401, 200]
+        assert server.receiver.stats["rejected"] == 1
+    else:
+        assert statuses == [200, 200]
+    if kind == "duplicate":
+        assert server.receiver.stats["duplicates"] == 1
+
+
+@pytest.mark.anyio
+async def test_lost_delivery_is_caught_by_one_safety_poll(rig):
+    """A dropped delivery costs one GET, made webhook_grace after the ETA."""
+    fake, server, pb = rig
+    fake.inject_webhook("drop")
+    job = await pb.submit(KLING)
+    waiter = asyncio.ensure_future(job.wait())
+    await settle()
+    fake.advance(245)
+    await fake.deliver_webhooks()
+    await settle()
+    assert not waiter.done()
+    fake.advance(60)
+    await waiter
+    assert job.status is JobStatus.COMPLETED
+    assert gets(fake) == 1
+
+
+@pytest.mark.anyio
+async def test_receiver_down_for_a_while(rig):
+    """Deliveries to a stopped receiver are retried by the API; the wait still ends."""
+    fake, server, pb = rig
+    job = await pb.submit(KLING)
+    port = server.port
+    await server.close()
+    waiter = asyncio.ensure_future(job.wait())
+    await settle()
+    fake.advance(245)
+    first = await fake.deliver_webhooks()
+    assert first[0].status is None
+    server.port = port
+    await server.start()
+    fake.advance(1)
+    second = await fake.deliver_webhooks()
+    assert second[0].status == 200
+    await waiter
+    assert gets(fake) == 0
+
+
+@pytest.mark.anyio
+async def test_failed_delivery_raises(rig):
+    """A failed delivery raises JobFailed with the code, without a GET."""
+    fake, server, pb = rig
+    fake.script_next(JobScript(outcome="failed", error_code="INTERNAL_ERROR"))
+    job = await pb.submit(KLING)
+    waiter = asyncio.ensure_future(job.wait())
+    await settle()
+    fake.advance(245)
+    await fake.deliver_webhooks()
+    with pytest.raises(JobFailed) as info:
+        await waiter
+    assert info.value.code == "INTERNAL_ERROR"
+    assert gets(fake) == 0
+
+
+@pytest.mark.anyio
+async def test_payload_without_url_fetches_once(rig):
+    """A completed delivery with no usable URL leads to exactly one GET."""
+    fake, server, pb = rig
+    fake.script_next(JobScript(output_shape="none"))
+    job = await pb.submit(KLING)
+    waiter = asyncio.ensure_future(job.wait())
+    await settle()
+    fake.advance(245)
+    await fake.deliver_webhooks()
+    await waiter
+    assert gets(fake) == 1
+
+
+@pytest.mark.anyio
+async def test_unknown_job_goes_to_the_hook(rig):
+    """A delivery for a job nobody here knows reaches on_unknown after the grace period."""
+    fake, server, pb = rig
+    unknown = []
+    server.receiver.on_unknown = unknown.append
+    await server.start()
+    body = json.dumps(
+        {
+            "jobId": "job_elsewhere",
+            "status": "completed",
+            "output": "https://cdn.example/o.mp4",
+        }
+    ).encode()
+    now = int(fake.clock.time())
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            server.url,
+            data=body,
+            headers=signature_headers(body, fake.webhook_secret, timestamp=now),
+        ) as r,
+    ):
+        assert r.status == 200
+    assert unknown == []
+    fake.advance(5)
+    await settle()
+    assert [e.job_id for e in unknown] == ["job_elsewhere"]
+    assert server.receiver.stats["unknown"] == 1
+
+
+@pytest.mark.anyio
+async def test_webhook_frees_slots_without_waiters(rig):
+    """Deliveries free job slots by themselves: no GETs, no deadlock."""
+    fake, server, pb = rig
+    pb._slots.limit = 2
+    await pb.submit(KLING)
+    await pb.submit(
+        KlingO1StartEndFrame(
+            image_url="https://e.x/a.jpg", end_image_url="https://e.x/c.jpg"
+        )
+    )
+    third = asyncio.ensure_future(
+        pb.submit(
+            KlingO1StartEndFrame(
+                image_url="https://e.x/a.jpg", end_image_url="https://e.x/d.jpg"
+            )
+        )
+    )
+    await settle()
+    assert not third.done()
+    fake.advance(245)
+    await fake.deliver_webhooks()
+    job = await asyncio.wait_for(third, 5)
+    assert job.status is JobStatus.PENDING
+    assert gets(fake) == 0
+
+
+@pytest.mark.anyio
+async def test_timeout_and_cancellation_in_webhook_mode(rig):
+    """Deadlines hold and cancelled waiters leave nothing behind."""
+    fake, server, pb = rig
+    job = await pb.submit(KLING)
+    waiter = asyncio.ensure_future(job.wait(timeout=100))
+    await settle()
+    fake.advance(100)
+    with pytest.raises(WaitTimeout):
+        await waiter
+    other = asyncio.ensure_future(job.wait())
+    await settle()
+    assert server.receiver.waiting == 1
+    other.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await other
+    assert server.receiver.waiting == 0
+
+
+@pytest.mark.anyio
+async def test_use_webhooks_with_a_mounted_receiver():
+    """use_webhooks(receiver, public_url=...) works with a receiver mounted elsewhere."""
+    clock = VirtualClock(autojump=False)
+    async with FakePixelByte(clock=clock, allow_http_webhooks=True) as fake:
+        receiver = WebhookReceiver(fake.webhook_secret, clock=clock)
+        async with (
+            WebhookServer(receiver=receiver, path="/mounted") as server,
+            PixelByte(api_key=fake.api_key, base_url=fake.url, clock=clock) as pb,
+        ):
+            pb.use_webhooks(receiver, public_url=server.url)
+            job = await pb.submit(KLING)
+            assert fake.jobs[job.id].webhook_url == server.url
+            waiter = asyncio.ensure_future(job.wait())
+            await settle()
+            fake.advance(245)
+            await fake.deliver_webhooks()
+            await waiter
+            assert gets(fake) == 0
+        with pytest.raises(Exception, match="public_url"):
+            PixelByte(api_key="pb_x").use_webhooks(receiver)
