@@ -51,3 +51,37 @@ async def test_quickstart_runs_against_the_fake(fake, tmp_path, monkeypatch):
     await namespace["main"]()  # type: ignore[operator]
     assert (tmp_path / "out.mp4").stat().st_size > 0
     assert pixelbyte_async.PixelByte is not namespace["PixelByte"]
+
+
+def test_every_python_block_compiles():
+    """Every Python example in the README is valid Python."""
+    assert len(BLOCKS) >= 3
+    for block in BLOCKS:
+        compile(block, "README.md", "exec")
+
+
+async def test_webhook_example_runs_against_the_fake(tmp_path, monkeypatch):
+    """The README's webhook example runs, pointed at a fake and a local port."""
+    from pixelbyte_async import KlingO1StartEndFrame, PixelByte
+    from pixelbyte_async.testing import FakePixelByte
+    from pixelbyte_async.webhooks import WebhookServer
+
+    block = next(b for b in BLOCKS if "WebhookServer(" in b)
+    monkeypatch.chdir(tmp_path)
+    async with FakePixelByte(
+        time_scale=2000, allow_http_webhooks=True, auto_webhooks=True
+    ) as fake:
+        namespace: dict[str, object] = {}
+        exec(compile(block, "README.md", "exec"), namespace)  # noqa: S102 -- our own README
+        namespace["WebhookServer"] = lambda *_a, **_k: WebhookServer(
+            fake.webhook_secret, port=0, clock=fake.clock
+        )
+        namespace["PixelByte"] = lambda **kw: PixelByte(
+            api_key=fake.api_key, base_url=fake.url, clock=fake.clock, **kw
+        )
+        request = KlingO1StartEndFrame(
+            image_url="https://e.x/a.jpg", end_image_url="https://e.x/b.jpg"
+        )
+        await namespace["main"](request)  # type: ignore[operator]
+        assert fake.count("GET", "/v1/jobs/*") <= 1
+    assert (tmp_path / "out.mp4").stat().st_size > 0
