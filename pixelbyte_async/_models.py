@@ -45,6 +45,9 @@ class JobStatus(enum.StrEnum):
     @classmethod
     def parse(cls, value: object) -> JobStatus:
         """Decode a wire status case-insensitively; anything unknown is `UNKNOWN`."""
+        exact = _EXACT.get(value) if isinstance(value, str) else None
+        if exact is not None:
+            return exact
         if isinstance(value, str):
             normalized = value.strip().lower()
             if normalized == "canceled":
@@ -54,6 +57,9 @@ class JobStatus(enum.StrEnum):
             except ValueError:
                 return cls.UNKNOWN
         return cls.UNKNOWN
+
+
+_EXACT: dict[str, JobStatus] = {status.value: status for status in JobStatus}
 
 
 @attrs.frozen(kw_only=True)

@@ -53,7 +53,7 @@ def _to_camel(name: str) -> str:
 
 def parse_datetime(value: object) -> datetime | None:
     """Parse an ISO 8601 timestamp (``Z`` allowed) or Unix seconds; else ``None``."""
-    if isinstance(value, bool):
+    if value is None or isinstance(value, bool):
         return None
     if isinstance(value, int | float):
         if math.isnan(value) or math.isinf(value):
@@ -92,6 +92,10 @@ def _lenient_int(value: object) -> int | None:
 
 
 def _lenient_float(value: object) -> float | None:
+    if value is None:
+        return None
+    if type(value) is int:
+        return float(value)
     number = _lenient_int(value) if not isinstance(value, float) else value
     if isinstance(value, float):
         return value if math.isfinite(value) else None
@@ -251,15 +255,20 @@ def resolve_output_url(output: object) -> str | None:
     return None
 
 
+_COST_KEYS = ("costMicroCents", "estimatedCost", "cost", "cost_micro_cents")
+
+
 def decode_job(data: Any, request_id: str | None = None) -> JobInfo:
     """Decode any documented job body (submit, get, list item, cancel, webhook)."""
     obj = _require_object(data, "a job")
-    raw_status = obj.get("status")
-    url = resolve_output_url(obj.get("output"))
-    outputs = _outputs(obj)
+    get = obj.get
+    raw_status = get("status")
+    output = get("output")
+    url = resolve_output_url(output) if output is not None else None
+    outputs = _outputs(obj) if (get("outputs") or isinstance(output, dict)) else ()
     if url is None and outputs:
         url = outputs[0].url
-    err = obj.get("error")
+    err = get("error")
     error: JobErrorInfo | None = None
     if isinstance(err, dict):
         error = JobErrorInfo(
@@ -268,25 +277,28 @@ def decode_job(data: Any, request_id: str | None = None) -> JobInfo:
     elif isinstance(err, str) and err:
         error = JobErrorInfo(message=err)
     cost = None
-    for key in ("costMicroCents", "estimatedCost", "cost", "cost_micro_cents"):
-        cost = _lenient_int(obj.get(key))
-        if cost is not None:
-            break
+    for key in _COST_KEYS:
+        raw = get(key)
+        if raw is not None:
+            cost = _lenient_int(raw)
+            if cost is not None:
+                break
+    refunded = get("refundedMicroCents")
     return JobInfo(
         id=_job_id(obj),
         status=JobStatus.parse(raw_status),
         raw_status=_opt_str(raw_status),
-        progress=_lenient_float(obj.get("progress")),
-        model=_opt_str(obj.get("model") or obj.get("modelSlug")),
+        progress=_lenient_float(get("progress")),
+        model=_opt_str(get("model") or get("modelSlug")),
         video_url=url,
         outputs=outputs,
         error=error,
         cost_micro_cents=cost,
-        refunded_micro_cents=_lenient_int(obj.get("refundedMicroCents")),
-        estimated_completion_time=parse_datetime(obj.get("estimatedCompletionTime")),
-        created_at=parse_datetime(obj.get("createdAt")),
-        completed_at=parse_datetime(obj.get("completedAt")),
-        request_id=request_id or _opt_str(obj.get("requestId")),
+        refunded_micro_cents=None if refunded is None else _lenient_int(refunded),
+        estimated_completion_time=parse_datetime(get("estimatedCompletionTime")),
+        created_at=parse_datetime(get("createdAt")),
+        completed_at=parse_datetime(get("completedAt")),
+        request_id=request_id or _opt_str(get("requestId")),
     )
 
 
