@@ -1,4 +1,4 @@
-"""Task runner: `nox -s tests`, `nox -s lint`, `nox -s mypy`, `nox -s build`, `nox -s bench`."""
+"""Task runner: `nox -s tests`, `lint`, `mypy`, `docs`, `build`, `bench`."""
 
 from __future__ import annotations
 
@@ -40,6 +40,18 @@ def mypy(session: nox.Session) -> None:
     """mypy --strict on the package and tests/typing."""
     session.install("-e", ".[cli]", *_group("typing"))
     session.run("mypy", "--strict")
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """Build the HTML docs in docs/_build/html; any warning fails (sphinx -W -n)."""
+    session.install("-e", ".[cli]", *_group("docs"))
+    session.run(
+        "sphinx-build",
+        *(session.posargs or ["-W", "-n", "--keep-going", "-b", "html"]),
+        "docs",
+        "docs/_build/html",
+    )
 
 
 @nox.session

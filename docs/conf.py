@@ -1,0 +1,136 @@
+"""Sphinx configuration: MyST Markdown pages, autodoc from docstrings, furo."""
+
+from __future__ import annotations
+
+import importlib.metadata
+from typing import TYPE_CHECKING
+
+
+if TYPE_CHECKING:
+    from docutils.nodes import Element
+    from sphinx.addnodes import pending_xref
+    from sphinx.application import Sphinx
+    from sphinx.environment import BuildEnvironment
+
+
+project = "pixelbyte_async"
+author = "pixelbyte_async developers"
+copyright = "the pixelbyte_async developers"  # noqa: A001 -- Sphinx's setting name
+release = importlib.metadata.version("pixelbyte-async")
+version = release
+
+extensions = [
+    "myst_parser",
+    "sphinx.ext.autodoc",
+    "sphinx.ext.napoleon",
+]
+
+source_suffix = {".md": "markdown"}
+exclude_patterns = ["_build", "**/.*"]
+templates_path: list[str] = []
+
+# -- MyST ------------------------------------------------------------------------------
+
+myst_enable_extensions = ["colon_fence"]
+myst_heading_anchors = 3
+
+# -- Docstrings ------------------------------------------------------------------------
+
+# `Name` in a docstring is a cross-reference (the house style writes them that way).
+default_role = "py:obj"
+autodoc_member_order = "bysource"
+autodoc_typehints = "signature"
+autodoc_typehints_format = "short"
+autodoc_preserve_defaults = True
+autodoc_default_options = {"members": True, "show-inheritance": True}
+napoleon_google_docstring = True
+napoleon_numpy_docstring = False
+napoleon_use_rtype = False
+napoleon_attr_annotations = True
+
+# -- Warnings --------------------------------------------------------------------------
+
+nitpicky = True
+# Names from the standard library and other projects: there is no intersphinx (the
+# build must work offline), so references to them cannot resolve.  Every reference to
+# our own public names must.
+_ELSEWHERE = [
+    *("aiohttp", "attrs", "anyio", "asyncio", "_asyncio", r"collections\.abc"),
+    *("datetime", "enum", "fnmatch", "os", "pathlib", "random", "time", "types"),
+    "typing",
+]
+nitpick_ignore_regex = [
+    (r"py:.*", rf"({'|'.join(_ELSEWHERE)})(\..*)?"),
+    (r"py:.*", r"(Any|Self|Path|Mapping|Callable|Awaitable|Iterable|Sequence)"),
+    (r"py:.*", r"(AsyncIterator|AsyncGenerator|TracebackType|Literal|PathLike)"),
+    (r"py:class", r"(int|float|str|bytes|bool|dict|list|tuple|None|object)"),
+]
+# Problems in the package's docstrings and signatures, reported for fixing there;
+# each entry goes when its fix lands (the file and line are where to fix it).
+nitpick_ignore = [
+    # Private types in public signatures.
+    ("py:class", "pixelbyte_async._transport.Transport"),  # _client.py:223
+    ("py:class", "pixelbyte_async._transport.StreamResponse"),  # _transport.py:282
+    ("py:class", "pixelbyte_async._clock.Timer"),  # _clock.py:52 (Clock.call_later)
+    # `name` (a cross-reference) where ``name`` (code) or a full path is meant.
+    ("py:obj", "max_concurrent_jobs"),  # _client.py:578
+    ("py:obj", "frame_fields"),  # _inputs.py:113
+    ("py:obj", "retry_after"),  # _errors.py:188
+    ("py:obj", "requests"),  # _transport.py:256
+    ("py:obj", "FaultHandle.hits"),  # _fake/_server.py:417
+    ("py:obj", "created_at"),  # _fake/_jobs.py:90 and :232
+    ("py:obj", "script"),  # _fake/_jobs.py:91
+    # napoleon reads "words: more words" on the first line of a property's (or an
+    # attribute's) docstring as "type: description".
+    ("py:class", "The price from the local table"),  # _inputs.py:306
+    ("py:class", "Return the net amount charged"),  # _fake/_records.py:111
+    ("py:class", "Return when the job ended"),  # _fake/_jobs.py:132
+    ("py:class", "will end"),  # (same)
+    ("py:class", "Submitted with this client's webhook URL"),  # _job.py:73
+    ("py:class", "Order"),  # _fake/_server.py:540
+    ("py:class", "due deliveries"),  # (same)
+]
+
+# Docstrings name public objects by their short names (`Job.wait` in the webhooks
+# module, `FakePixelByte` in the client): resolve those in the public modules, in
+# this order, and nowhere else (no fuzzy suffix matching that could link `requests`
+# to the wrong class).
+PUBLIC_MODULES = (
+    "pixelbyte_async",
+    "pixelbyte_async.testing",
+    "pixelbyte_async.webhooks",
+)
+
+
+def _resolve_public_name(
+    app: Sphinx, env: BuildEnvironment, node: pending_xref, contnode: Element
+) -> Element | None:
+    target = node.get("reftarget", "")
+    if node.get("refdomain") != "py" or target.startswith(PUBLIC_MODULES):
+        return None
+    domain = env.get_domain("py")
+    for module in PUBLIC_MODULES:
+        resolved = domain.resolve_xref(
+            env,
+            node["refdoc"],
+            app.builder,
+            node["reftype"],
+            f"{module}.{target.removeprefix('~')}",
+            node,
+            contnode,
+        )
+        if resolved is not None:
+            return resolved
+    return None
+
+
+def setup(app: Sphinx) -> None:
+    """Register the resolver of short public names."""
+    app.connect("missing-reference", _resolve_public_name)
+
+
+# -- HTML ------------------------------------------------------------------------------
+
+html_theme = "furo"
+html_title = f"pixelbyte_async {release}"
+html_theme_options = {"navigation_with_keys": True}
