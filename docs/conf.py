@@ -72,23 +72,6 @@ nitpick_ignore = [
     ("py:class", "pixelbyte_async._transport.Transport"),  # _client.py:223
     ("py:class", "pixelbyte_async._transport.StreamResponse"),  # _transport.py:282
     ("py:class", "pixelbyte_async._clock.Timer"),  # _clock.py:52 (Clock.call_later)
-    # `name` (a cross-reference) where ``name`` (code) or a full path is meant.
-    ("py:obj", "max_concurrent_jobs"),  # _client.py:578
-    ("py:obj", "frame_fields"),  # _inputs.py:113
-    ("py:obj", "retry_after"),  # _errors.py:188
-    ("py:obj", "requests"),  # _transport.py:256
-    ("py:obj", "FaultHandle.hits"),  # _fake/_server.py:417
-    ("py:obj", "created_at"),  # _fake/_jobs.py:90 and :232
-    ("py:obj", "script"),  # _fake/_jobs.py:91
-    # napoleon reads "words: more words" on the first line of a property's (or an
-    # attribute's) docstring as "type: description".
-    ("py:class", "The price from the local table"),  # _inputs.py:306
-    ("py:class", "Return the net amount charged"),  # _fake/_records.py:111
-    ("py:class", "Return when the job ended"),  # _fake/_jobs.py:132
-    ("py:class", "will end"),  # (same)
-    ("py:class", "Submitted with this client's webhook URL"),  # _job.py:73
-    ("py:class", "Order"),  # _fake/_server.py:540
-    ("py:class", "due deliveries"),  # (same)
 ]
 
 # Docstrings name public objects by their short names (`Job.wait` in the webhooks

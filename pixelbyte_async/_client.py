@@ -192,7 +192,7 @@ class PixelByte:
         api_key: API key; default ``$PIXELBYTE_API_KEY``.  Never logged or shown.
         base_url: API base; default ``$PIXELBYTE_BASE_URL`` or https://api.muvi.video.
         timeout: Overall deadline of one API call in seconds, retries included.
-        max_concurrent_jobs: Jobs in flight at once (``None``: no limit).
+        max_concurrent_jobs: Jobs in flight at once (default 10; ``None``: no limit).
         retry: Retry policy for safe calls (`RetryPolicy.disabled()` to opt out).
         poll: Default polling policy of `Job.wait`.
         config: A complete `ClientConfig` (the keyword arguments above override it).
@@ -575,7 +575,7 @@ class PixelByte:
 
         *model* is a typed input such as `KlingO1StartEndFrame` (local frames are
         uploaded first) or a model slug with a raw *input* mapping (the escape hatch
-        for any model).  The submit waits for a slot when `max_concurrent_jobs` jobs
+        for any model).  The submit waits for a slot when ``max_concurrent_jobs`` jobs
         are in flight and waits out 429 ``CONCURRENT_JOBS_EXCEEDED``.
 
         It is never re-sent when its fate is unknown: a read timeout, a dropped

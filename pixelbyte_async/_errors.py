@@ -185,7 +185,7 @@ class NotFound(APIError):
 
 
 class RateLimited(APIError):
-    """429: too many concurrent jobs for the plan; wait `retry_after` and try again."""
+    """429: too many concurrent jobs for the plan; wait ``retry_after`` seconds and try again."""
 
     retryable = True
 

@@ -110,7 +110,7 @@ class ModelInput(Protocol):
     """
     What `PixelByte.submit` accepts besides a slug and a raw mapping.
 
-    Implement `model_slug` and `to_input`; `frame_fields` names the fields that may
+    Implement `model_slug` and `to_input`; ``frame_fields`` names the fields that may
     hold local files to upload first.
     """
 
@@ -303,7 +303,7 @@ class KlingO1StartEndFrame:
 
     @property
     def cost_micro_cents(self) -> int:
-        """The price from the local table: per-second price × duration."""
+        """The price from the local table (per-second price × duration)."""
         price = PRICES[self.model_slug]
         assert price.per_second is not None  # noqa: S101 -- table invariant
         return price.per_second * self.duration

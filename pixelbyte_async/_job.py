@@ -70,7 +70,7 @@ class Job:
         )
         self._watchers = 0
         self._last_checked = client.clock.time()
-        #: Submitted with this client's webhook URL: wait for the delivery.
+        # Submitted with this client's webhook URL, so wait for the delivery.
         self.via_webhook = False
         self._needs_fetch = False
 

@@ -253,7 +253,7 @@ class MockTransport:
 
     *handler* receives each `Request` and returns a `Response` (or an awaitable of
     one), or raises `TransportError` to simulate a network failure.  Every request is
-    kept in `requests`.
+    kept in ``requests``.
 
     .. versionadded:: 0.1.0
 

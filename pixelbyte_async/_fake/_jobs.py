@@ -87,8 +87,8 @@ class FakeJob:
     """
     A job in the fake, as the server sees it.
 
-    Its `status` is not stored: it is computed from the clock, `created_at` and
-    `script` every time it is read.
+    Its `status` is not stored: it is computed from the clock, ``created_at`` and
+    ``script`` every time it is read.
 
     Args:
         id: The job id (``job_`` + 12 hex characters).
@@ -129,7 +129,7 @@ class FakeJob:
 
     @property
     def finished_at(self) -> float:
-        """Return when the job ended or will end: its cancellation, or the script's end."""
+        """Return when the job ended or will end (its cancellation, or its script's end)."""
         if self.cancelled_at is not None:
             return self.cancelled_at
         return self.estimated_completion_time
@@ -229,7 +229,7 @@ class FakeUpload:
     """
     A presigned upload slot and, once PUT, its bytes.
 
-    The slot accepts a PUT for 15 minutes after `created_at`; the file is served,
+    The slot accepts a PUT for 15 minutes after ``created_at``; the file is served,
     and reported ``pending`` (= available), until `expires_at` (60 minutes).
 
     Args:

@@ -108,7 +108,7 @@ class Ledger:
 
     @property
     def charged_micro_cents(self) -> int:
-        """Return the net amount charged: charges minus refunds."""
+        """Return the net amount charged (charges minus refunds)."""
         return sum(
             e.micro_cents if e.kind == "charge" else -e.micro_cents
             for e in self.entries

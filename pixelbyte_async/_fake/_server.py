@@ -414,7 +414,7 @@ class FakePixelByte:
             origin: ``"api"`` or ``"cdn"``.
 
         Returns:
-            A handle to watch (`FaultHandle.hits`) or `FaultHandle.cancel` it.
+            A handle to watch (``hits``) or `FaultHandle.cancel` it.
 
         """
         if times is not None and times < 1:
@@ -537,7 +537,7 @@ class FakePixelByte:
 
     @property
     def webhook_order(self) -> WebhookOrder:
-        """Order of due deliveries: ``"job"`` (default), ``"reverse"``, ``"shuffle"``."""
+        """The order of due deliveries (``"job"``, the default, ``"reverse"`` or ``"shuffle"``)."""
         return self._webhooks.order
 
     @webhook_order.setter
