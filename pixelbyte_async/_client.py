@@ -252,6 +252,8 @@ class PixelByte:
         self._state: Literal["open", "closed"] = "open"
         self._slots = _JobSlots(config.max_concurrent_jobs)
         self._known_ids: set[str] = set()
+        self._submits_in_flight: set[_SubmitInFlight] = set()
+        self._unresolved: list[AmbiguousSubmitError] = []
         self._api_origin = _origin(config.base_url)
         self._webhook_receiver: WebhookReceiver | None = None
         self._webhook_url: str | None = None
@@ -613,6 +615,8 @@ class PixelByte:
         await self._slots.acquire(self, self.config.slot_timeout)
         deadline = clock.monotonic() + (timeout or self.config.submit_timeout)
         started_at = clock.time()
+        tracker = _SubmitInFlight(slug)
+        self._submits_in_flight.add(tracker)
         try:
             data, rid = await self._request(
                 "POST",
@@ -625,19 +629,24 @@ class PixelByte:
         except PixelByteError as exc:
             self._slots.free()
             if _is_ambiguous(exc):
-                raise AmbiguousSubmitError(
+                ambiguous = AmbiguousSubmitError(
                     f"submit to {slug} may have created a job ({_short(exc)}); it was "
                     "not re-sent. Use PixelByte.reconcile(error) to find it.",
                     model=slug,
                     input=payload,
                     webhook_url=webhook_url,
                     started_at=started_at,
-                ) from exc
+                )
+                self._unresolved.append(ambiguous)
+                raise ambiguous from exc
             raise
         except BaseException:
             # Cancelled mid-flight: the submit's fate is unknown to us now.
             self._slots.free()
             raise
+        finally:
+            self._submits_in_flight.discard(tracker)
+            tracker.finish()
         return self._track_submitted(
             info,
             slug,
@@ -828,10 +837,21 @@ class PixelByte:
             The job, adopted into this client (it counts against the job limit), or
             ``None`` when no job was created (re-submitting is then safe).
 
+        Submits of the same model still in flight are waited for first, and other
+        unreconciled ambiguous submits of the same model are taken into account: when
+        more than one attempt could own a job, nothing is guessed.
+
         Raises:
-            ReconcileError: Several candidates; ``.candidates`` lists them.
+            ReconcileError: Several candidates, or competing ambiguous submits
+                (``.candidates``, ``.competing``): decide yourself; re-submitting
+                any of them may pay twice.
 
         """
+        # Submits of this model still in flight may be creating jobs right now:
+        # let them finish (each within its own deadline) so theirs become known.
+        pending = [f for f in self._submits_in_flight if f.model == error.model]
+        if pending:
+            await asyncio.wait([f.done for f in pending])
         since = error.started_at - clock_skew
         skip = self._known_ids | set(exclude)
         candidates: list[Job] = []
@@ -845,13 +865,28 @@ class PixelByte:
                 if created is None or created.timestamp() >= since:
                     candidates.append(job)
         if not candidates:
+            self._unresolved = [e for e in self._unresolved if e is not error]
             return None
-        if len(candidates) > 1:
-            raise ReconcileError(
-                f"{len(candidates)} unknown {error.model} jobs were created since the "
-                "ambiguous submit; pick the right one",
-                candidates=candidates,
+        competing = [
+            other
+            for other in self._unresolved
+            if other is not error
+            and other.model == error.model
+            and any(
+                c.info.created_at is None
+                or c.info.created_at.timestamp() >= other.started_at - clock_skew
+                for c in candidates
             )
+        ]
+        if len(candidates) > 1 or competing:
+            raise ReconcileError(
+                f"{len(candidates)} unknown {error.model} job(s) created since the "
+                f"ambiguous submit, {len(competing)} other ambiguous submit(s) that "
+                "could own them; the SDK will not guess which is whose",
+                candidates=candidates,
+                competing=competing,
+            )
+        self._unresolved = [e for e in self._unresolved if e is not error]
         job = candidates[0]
         job.input = dict(error.input)
         self._known_ids.add(job.id)
@@ -1074,6 +1109,20 @@ class PixelByte:
         return await self._retrying(
             fetch, deadline=deadline, decide=decide, what="download"
         )
+
+
+class _SubmitInFlight:
+    """A submit request on the wire (reconcile waits for those of its model)."""
+
+    __slots__ = ("done", "model")
+
+    def __init__(self, model: str) -> None:
+        self.model = model
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def finish(self) -> None:
+        if not self.done.done():
+            self.done.set_result(None)
 
 
 def _origin(url: str) -> tuple[str, str, int | None]:

@@ -247,16 +247,29 @@ class AmbiguousSubmitError(PixelByteError):
 
 class ReconcileError(PixelByteError):
     """
-    Reconciling an ambiguous submit found more than one candidate job.
+    Reconciling an ambiguous submit cannot tell which job is its own.
+
+    Either several unknown jobs were created since the attempt, or other ambiguous
+    submits of the same model (not yet reconciled) could own the one that was.  The
+    API has no idempotency key and does not echo inputs, so the SDK does not guess:
+    guessing wrong would give one input's video to another, or pay twice.
 
     Attributes:
-        candidates: The jobs that could be the one; decide yourself.
+        candidates: The jobs that could be the one.
+        competing: Other unreconciled ambiguous submits that could own them.
 
     """
 
-    def __init__(self, message: str, *, candidates: list[Job]) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        candidates: list[Job],
+        competing: list[AmbiguousSubmitError] | None = None,
+    ) -> None:
         super().__init__(message)
         self.candidates = candidates
+        self.competing = competing or []
 
 
 class JobError(PixelByteError):
