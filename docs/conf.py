@@ -67,12 +67,7 @@ nitpick_ignore_regex = [
 ]
 # Problems in the package's docstrings and signatures, reported for fixing there;
 # each entry goes when its fix lands (the file and line are where to fix it).
-nitpick_ignore = [
-    # Private types in public signatures.
-    ("py:class", "pixelbyte_async._transport.Transport"),  # _client.py:223
-    ("py:class", "pixelbyte_async._transport.StreamResponse"),  # _transport.py:282
-    ("py:class", "pixelbyte_async._clock.Timer"),  # _clock.py:52 (Clock.call_later)
-]
+nitpick_ignore = []
 
 # Docstrings name public objects by their short names (`Job.wait` in the webhooks
 # module, `FakePixelByte` in the client): resolve those in the public modules, in

@@ -18,9 +18,21 @@ from __future__ import annotations
 
 from typing import Any
 
+from ._batch import Batch as Batch
+from ._batch import BatchInput as BatchInput
+from ._batch import BatchInputError as BatchInputError
+from ._batch import BatchItem as BatchItem
+from ._batch import BatchItemStatus as BatchItemStatus
+from ._batch import BatchPlan as BatchPlan
+from ._batch import BatchSummary as BatchSummary
+from ._batch import BudgetExceeded as BudgetExceeded
+from ._batch import PlannedItem as PlannedItem
+from ._batch import read_batch_file as read_batch_file
+from ._batch import run_batch as run_batch
 from ._client import PixelByte as PixelByte
 from ._clock import Clock as Clock
 from ._clock import SystemClock as SystemClock
+from ._clock import Timer as Timer
 from ._clock import VirtualClock as VirtualClock
 from ._config import ClientConfig as ClientConfig
 from ._errors import AmbiguousSubmitError as AmbiguousSubmitError
@@ -53,6 +65,7 @@ from ._inputs import KlingO1StartEndFrame as KlingO1StartEndFrame
 from ._inputs import ModelInput as ModelInput
 from ._inputs import Price as Price
 from ._job import Job as Job
+from ._journal import JournalError as JournalError
 from ._models import CatalogModel as CatalogModel
 from ._models import Estimate as Estimate
 from ._models import EstimateLine as EstimateLine
@@ -66,6 +79,8 @@ from ._retry import RetryPolicy as RetryPolicy
 from ._transport import MockTransport as MockTransport
 from ._transport import Request as Request
 from ._transport import Response as Response
+from ._transport import StreamResponse as StreamResponse
+from ._transport import Transport as Transport
 from ._transport import json_response as json_response
 
 
@@ -76,6 +91,14 @@ __all__ = [
     "APIError",
     "AmbiguousSubmitError",
     "AuthenticationError",
+    "Batch",
+    "BatchInput",
+    "BatchInputError",
+    "BatchItem",
+    "BatchItemStatus",
+    "BatchPlan",
+    "BatchSummary",
+    "BudgetExceeded",
     "CatalogModel",
     "ClientClosedError",
     "ClientConfig",
@@ -93,6 +116,7 @@ __all__ = [
     "JobInfo",
     "JobOutput",
     "JobStatus",
+    "JournalError",
     "KlingO1StartEndFrame",
     "MissingOutputError",
     "MockTransport",
@@ -101,6 +125,7 @@ __all__ = [
     "PermissionDenied",
     "PixelByte",
     "PixelByteError",
+    "PlannedItem",
     "PollPolicy",
     "Price",
     "RateLimited",
@@ -111,7 +136,10 @@ __all__ = [
     "ResponseDecodeError",
     "RetryPolicy",
     "ServerError",
+    "StreamResponse",
     "SystemClock",
+    "Timer",
+    "Transport",
     "TransportError",
     "Upload",
     "ValidationError",
@@ -119,6 +147,8 @@ __all__ = [
     "WaitTimeout",
     "WebhookVerificationError",
     "json_response",
+    "read_batch_file",
+    "run_batch",
 ]
 
 

@@ -1,9 +1,12 @@
 """
 ``pixelbyte-async``: a thin command line over the public API.
 
-``transition`` turns two frames into a video, showing progress, and writes the .mp4.
-``--sandbox`` runs it against an in-process `FakePixelByte`, so it works with no key
-and no network.  It holds no logic the library lacks.
+``transition`` turns two frames into a video, showing progress, and writes the .mp4;
+``batch`` runs a JSONL/CSV file of transitions with a budget and a resumable
+journal (`run_batch`); ``status``, ``wait``, ``cancel``, ``estimate``, ``jobs`` and
+``models`` wrap one client call each; ``sandbox`` runs the fake API in the
+foreground.  ``--sandbox`` runs any command against an in-process `FakePixelByte`,
+so it works with no key and no network.  It holds no logic the library lacks.
 """
 
 from __future__ import annotations
@@ -11,20 +14,37 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import decimal
 import json
 import os
+import shlex
 import struct
 import sys
 import zlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from datetime import datetime
+from pathlib import Path
 from typing import Any, Self, TextIO
 
+from ._batch import (
+    Batch,
+    BatchInputError,
+    BatchItem,
+    BatchItemStatus,
+    BatchPlan,
+    BatchSummary,
+    BudgetExceeded,
+    read_batch_file,
+    run_batch,
+)
 from ._client import PixelByte
 from ._errors import (
     AmbiguousSubmitError,
     AuthenticationError,
     InsufficientBalance,
+    InvalidRequestError,
     JobError,
+    NotFound,
     PermissionDenied,
     PixelByteError,
     ServerError,
@@ -32,9 +52,11 @@ from ._errors import (
     ValidationError,
     WaitTimeout,
 )
-from ._inputs import KlingO1StartEndFrame
+from ._inputs import KLING_O1_PRO_SEF, KLING_O1_STANDARD_SEF, KlingO1StartEndFrame
 from ._job import Job
-from ._models import JobInfo
+from ._journal import JournalError
+from ._models import JobInfo, JobStatus
+from ._polling import PollPolicy
 
 
 __all__ = ["EXIT_CODES", "main"]
@@ -51,6 +73,10 @@ EXIT_CODES: dict[str, int] = {
     "timeout": 7,
     "unavailable": 8,
     "ambiguous_submit": 9,
+    "budget": 10,
+    "needs_attention": 11,
+    "not_found": 12,
+    "journal": 13,
     "interrupted": 130,
 }
 
@@ -58,9 +84,13 @@ EXIT_CODES: dict[str, int] = {
 def _exit_code(exc: BaseException) -> int:
     table: list[tuple[type[BaseException], str]] = [
         (ValidationError, "validation"),
+        (InvalidRequestError, "validation"),
         (AuthenticationError, "auth"),
         (PermissionDenied, "auth"),
         (InsufficientBalance, "balance"),
+        (BudgetExceeded, "budget"),
+        (JournalError, "journal"),
+        (NotFound, "not_found"),
         (JobError, "job_failed"),
         (WaitTimeout, "timeout"),
         (AmbiguousSubmitError, "ambiguous_submit"),
@@ -100,16 +130,96 @@ DEMO_START = ((255, 183, 94), (120, 60, 140))  # sunrise
 DEMO_END = ((8, 12, 40), (40, 40, 90))  # starry night
 
 
+# -- argument parsing -----------------------------------------------------------------
+
+
+def _positive(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
+    if not number > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value!r}")
+    return number
+
+
+def _count(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {value!r}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value!r}")
+    return number
+
+
+def _usd_to_micro_cents(value: str) -> int:
+    try:
+        amount = decimal.Decimal(value.strip().removeprefix("$"))
+    except decimal.InvalidOperation:
+        raise argparse.ArgumentTypeError(f"not an amount in US$: {value!r}") from None
+    if not amount.is_finite() or amount < 0:
+        raise argparse.ArgumentTypeError(f"must be a US$ amount >= 0, got {value!r}")
+    return int((amount * 1_000_000).to_integral_value(rounding=decimal.ROUND_FLOOR))
+
+
+def _common() -> argparse.ArgumentParser:
+    """The options every API command takes."""
+    common = argparse.ArgumentParser(add_help=False)
+    group = common.add_argument_group("connection and output")
+    group.add_argument(
+        "--sandbox",
+        action="store_true",
+        help="run against an in-process fake API (no key, no network, no charge); "
+        "it starts empty in every process, so 'status'/'jobs' only show what this "
+        "command created",
+    )
+    group.add_argument(
+        "--time-scale",
+        type=_positive,
+        default=60.0,
+        help="sandbox only: virtual seconds per real second (default 60)",
+    )
+    group.add_argument(
+        "--base-url",
+        default=None,
+        help="API base URL (default $PIXELBYTE_BASE_URL or https://api.muvi.video)",
+    )
+    group.add_argument(
+        "--api-key",
+        default=None,
+        help="API key; prefer $PIXELBYTE_API_KEY (arguments are visible to other "
+        "local users). It is never printed",
+    )
+    group.add_argument(
+        "--json", action="store_true", help="print machine-readable JSON on stdout"
+    )
+    group.add_argument("--quiet", action="store_true", help="no progress display")
+    group.add_argument(
+        "--poll-interval",
+        type=_positive,
+        default=None,
+        metavar="SECONDS",
+        help="testing knob: poll job status every SECONDS instead of adaptively "
+        "(e.g. against a time-scaled 'sandbox' process)",
+    )
+    return common
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pixelbyte-async",
         description="PixelByte generation API from the command line.",
         epilog="Exit codes: "
-        + ", ".join(f"{code} {name}" for name, code in EXIT_CODES.items()),
+        + ", ".join(f"{code} {name}" for name, code in EXIT_CODES.items())
+        + ". Ctrl-C stops waiting; it never cancels a paid job.",
     )
+    common = _common()
     sub = parser.add_subparsers(dest="command", required=True)
+
     tr = sub.add_parser(
         "transition",
+        parents=[common],
         help="Kling O1 start-end frame to video",
         description="Turn two frames into a video (Kling O1) and download it.",
     )
@@ -127,35 +237,224 @@ def _parser() -> argparse.ArgumentParser:
     tr.add_argument(
         "--timeout", type=float, default=None, help="wait at most this many seconds"
     )
-    tr.add_argument(
-        "--sandbox",
-        action="store_true",
-        help="run against an in-process fake API (no key, no network, no charge)",
+
+    ba = sub.add_parser(
+        "batch",
+        parents=[common],
+        help="run a JSONL/CSV file of jobs: budget, progress, resumable journal",
+        description="Run every row of FILE (JSON Lines {id,start,end,prompt,duration,"
+        "pro} or {id,model,input}; or CSV with the header id,start,end,prompt,"
+        "duration[,pro]; frame paths are relative to FILE) and download the outputs "
+        "to DIR/<id>.mp4. Every step is journaled: after a crash or Ctrl-C, run the "
+        "same command again to resume without paying twice.",
     )
-    tr.add_argument(
+    ba.add_argument("file", help="the .jsonl or .csv file")
+    ba.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    ba.add_argument(
+        "--concurrency",
+        type=_count,
+        default=None,
+        metavar="N",
+        help="jobs in flight at once (default 10)",
+    )
+    ba.add_argument(
+        "--max-cost",
+        type=_usd_to_micro_cents,
+        default=None,
+        metavar="USD",
+        help="refuse to start above this estimate, stop submitting before crossing it",
+    )
+    ba.add_argument(
+        "--dry-run", action="store_true", help="show the plan and cost; submit nothing"
+    )
+    ba.add_argument(
+        "--journal",
+        default=None,
+        metavar="PATH",
+        help="journal file (default FILE.journal.sqlite; with --sandbox: none)",
+    )
+    ba.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="submit rows whose job failed in an earlier run again (failed jobs are "
+        "refunded)",
+    )
+    ba.add_argument(
+        "--wait-timeout",
+        type=_positive,
+        default=None,
+        metavar="SECONDS",
+        help="longest wait per job; unfinished jobs are collected by the next run",
+    )
+
+    ba.add_argument(
+        "--reconcile-grace",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="testing knob: how long a submit of unknown fate may take to reach the "
+        "API before the journal is reconciled (default 5)",
+    )
+
+    st = sub.add_parser("status", parents=[common], help="show a job")
+    st.add_argument("job", help="job id")
+
+    wa = sub.add_parser(
+        "wait", parents=[common], help="wait for a job (and download its output)"
+    )
+    wa.add_argument("job", help="job id")
+    wa.add_argument("-o", "--output", default=None, help="where to write the output")
+    wa.add_argument(
+        "--timeout", type=_positive, default=None, help="wait at most this many seconds"
+    )
+
+    ca = sub.add_parser(
+        "cancel", parents=[common], help="cancel a pending job (refunded)"
+    )
+    ca.add_argument("job", help="job id")
+
+    es = sub.add_parser(
+        "estimate",
+        parents=[common],
+        help="what a job would cost",
+        description="Estimate a Kling O1 transition (--duration, --pro) or any model "
+        "(--model SLUG --input JSON). Asks the API unless --local.",
+    )
+    es.add_argument("--duration", default=None, help="seconds of video, 3..10")
+    es.add_argument("--pro", action="store_true", help="Kling O1 Pro")
+    es.add_argument("--model", default=None, metavar="SLUG", help="any model slug")
+    es.add_argument(
+        "--input", default=None, metavar="JSON", help="the model's input object"
+    )
+    es.add_argument(
+        "--local", action="store_true", help="use the SDK's price table (offline)"
+    )
+
+    jo = sub.add_parser("jobs", parents=[common], help="list your jobs, newest first")
+    jo.add_argument(
+        "--status", choices=[s.value for s in JobStatus if s is not JobStatus.UNKNOWN]
+    )
+    jo.add_argument("--model", default=None, metavar="SLUG", help="only this model")
+    jo.add_argument(
+        "--limit", type=_count, default=20, metavar="N", help="at most N (default 20)"
+    )
+
+    sub.add_parser("models", parents=[common], help="list the model catalogue")
+
+    sb = sub.add_parser(
+        "sandbox",
+        help="run the fake API in the foreground (Ctrl-C stops)",
+        description="Run FakePixelByte as a local server and print its "
+        "PIXELBYTE_BASE_URL and PIXELBYTE_API_KEY (same as python -m "
+        "pixelbyte_async.testing).",
+    )
+    sb.add_argument("--port", type=int, default=8765, help="API port (0: any)")
+    sb.add_argument(
         "--time-scale",
         type=float,
-        default=60.0,
-        help="sandbox only: virtual seconds per real second (default 60)",
+        default=1.0,
+        help="virtual seconds per real second (default 1)",
     )
-    tr.add_argument("--json", action="store_true", help="print the result as JSON")
-    tr.add_argument("--quiet", action="store_true", help="no progress display")
     return parser
 
 
+# -- shared helpers ---------------------------------------------------------------------
+
+
 @contextlib.asynccontextmanager
-async def _client(args: argparse.Namespace) -> AsyncIterator[PixelByte]:
+async def _client(
+    args: argparse.Namespace, *, max_concurrent_jobs: int | None = None
+) -> AsyncIterator[PixelByte]:
+    options: dict[str, Any] = {}
+    if args.poll_interval is not None:
+        options["poll"] = PollPolicy.fixed(args.poll_interval)
+    if max_concurrent_jobs is not None:
+        options["max_concurrent_jobs"] = max_concurrent_jobs
     if not args.sandbox:
-        async with PixelByte() as pb:
+        async with PixelByte(
+            api_key=args.api_key, base_url=args.base_url, **options
+        ) as pb:
             yield pb
         return
     from .testing import FakePixelByte  # noqa: PLC0415 -- only the sandbox needs it
 
     async with (
         FakePixelByte(time_scale=args.time_scale) as fake,
-        PixelByte(api_key=fake.api_key, base_url=fake.url, clock=fake.clock) as pb,
+        PixelByte(
+            api_key=fake.api_key, base_url=fake.url, clock=fake.clock, **options
+        ) as pb,
     ):
         yield pb
+
+
+def _usd(micro_cents: int | None) -> str:
+    return "?" if micro_cents is None else f"${micro_cents / 1_000_000:,.2f}"
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.isoformat().replace("+00:00", "Z")
+
+
+def _job_json(info: JobInfo) -> dict[str, Any]:
+    return {
+        "jobId": info.id,
+        "status": info.status.value,
+        "model": info.model,
+        "progress": info.progress,
+        "costMicroCents": info.cost_micro_cents,
+        "videoUrl": info.video_url,
+        "error": None
+        if info.error is None
+        else {"code": info.error.code, "message": info.error.message},
+        "createdAt": _iso(info.created_at),
+        "completedAt": _iso(info.completed_at),
+        "estimatedCompletionTime": _iso(info.estimated_completion_time),
+    }
+
+
+def _job_line(info: JobInfo) -> str:
+    parts = [info.id, f"{info.status.value:<10}", info.model or "?"]
+    if info.cost_micro_cents is not None:
+        parts.append(_usd(info.cost_micro_cents))
+    if info.created_at is not None:
+        parts.append(f"created {_iso(info.created_at)}")
+    if info.video_url:
+        parts.append(info.video_url)
+    if info.error is not None:
+        parts.append(f"error {info.error.code}: {info.error.message}")
+    return "  ".join(parts)
+
+
+def _print_json(value: Any, out: TextIO) -> None:
+    print(json.dumps(value, indent=None, sort_keys=False), file=out, flush=True)
+
+
+def _resume_command(argv: Sequence[str]) -> str:
+    """The command to run again, without the API key if one was passed."""
+    shown: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        if arg == "--api-key":
+            skip = True
+            continue
+        if arg.startswith("--api-key="):
+            continue
+        shown.append(arg)
+    return shlex.join(["pixelbyte-async", *shown])
+
+
+def _wants_rich(stream: TextIO) -> bool:
+    try:
+        import rich  # noqa: F401, PLC0415 -- optional 'cli' extra
+    except ImportError:
+        return False
+    return stream.isatty() or os.environ.get("PIXELBYTE_FORCE_RICH") == "1"
+
+
+# -- transition, wait -------------------------------------------------------------------
 
 
 class _Progress:
@@ -186,19 +485,10 @@ class _Progress:
         )
 
     def __enter__(self) -> Self:
-        if self._quiet:
+        if self._quiet or not _wants_rich(self._stream):
             return self
-        try:
-            from rich.progress import (  # noqa: PLC0415 -- optional 'cli' extra
-                BarColumn,
-                Progress,
-                TextColumn,
-            )
-        except ImportError:
-            return self
-        if not self._stream.isatty() and os.environ.get("PIXELBYTE_FORCE_RICH") != "1":
-            return self
-        from rich.console import Console  # noqa: PLC0415
+        from rich.console import Console  # noqa: PLC0415 -- optional 'cli' extra
+        from rich.progress import BarColumn, Progress, TextColumn  # noqa: PLC0415
 
         self._rich = Progress(
             TextColumn("{task.description}"),
@@ -236,6 +526,38 @@ class _Progress:
             self._rich.__exit__(None, None, None)
 
 
+async def _ticking(tick: Callable[[], None]) -> None:
+    while True:
+        tick()
+        await asyncio.sleep(0.1)
+
+
+async def _follow(
+    pb: PixelByte, job: Job, args: argparse.Namespace, err: TextIO, resume: str
+) -> None:
+    """Watch *job* with a progress display until it ends; raise if it failed."""
+    try:
+        with _Progress(pb, job, stream=err, quiet=args.quiet or args.json) as progress:
+            ticker = asyncio.ensure_future(_ticking(progress.tick))
+            try:
+                watch = job.watch(timeout=args.timeout)
+                async with contextlib.aclosing(
+                    watch  # type: ignore[type-var]  # Job.watch is an async generator
+                ) as snapshots:
+                    async for info in snapshots:
+                        progress.changed(info)
+            finally:
+                ticker.cancel()
+        job.raise_for_status()
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        print(
+            f"\nStopped waiting. Job {job.id} keeps running (and is paid for); "
+            f"it was not cancelled. Resume with: {resume}",
+            file=err,
+        )
+        raise
+
+
 async def _transition(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     start: Any = args.start
     end: Any = args.end
@@ -271,68 +593,513 @@ async def _transition(args: argparse.Namespace, out: TextIO, err: TextIO) -> int
                 file=err,
             )
         job = await pb.submit(request, webhook_url=args.webhook_url)
-        try:
-            with _Progress(
-                pb, job, stream=err, quiet=args.quiet or args.json
-            ) as progress:
-                ticker = asyncio.ensure_future(_tick(progress))
-                try:
-                    async for info in job.watch(timeout=args.timeout):
-                        progress.changed(info)
-                finally:
-                    ticker.cancel()
-            job.raise_for_status()
-        except (KeyboardInterrupt, asyncio.CancelledError):
-            print(
-                f"\nStopped waiting. Job {job.id} keeps running (and is paid for); "
-                f"it was not cancelled.",
-                file=err,
-            )
-            raise
+        resume = _resume_command(["wait", job.id, "-o", args.output])
+        await _follow(pb, job, args, err, resume)
         path = await job.download(args.output)
     size = path.stat().st_size
     if args.json:
-        print(
-            json.dumps(
-                {
-                    "jobId": job.id,
-                    "status": job.status.value,
-                    "videoUrl": job.video_url,
-                    "costMicroCents": job.cost_micro_cents,
-                    "output": str(path),
-                    "bytes": size,
-                    "sandbox": bool(args.sandbox),
-                }
-            ),
-            file=out,
+        _print_json(
+            {
+                "jobId": job.id,
+                "status": job.status.value,
+                "videoUrl": job.video_url,
+                "costMicroCents": job.cost_micro_cents,
+                "output": str(path),
+                "bytes": size,
+                "sandbox": bool(args.sandbox),
+            },
+            out,
         )
     elif not args.quiet:
         print(f"Wrote {path} ({size} bytes)", file=err)
     return 0
 
 
-async def _tick(progress: _Progress) -> None:
-    while True:
-        progress.tick()
-        await asyncio.sleep(0.1)
+async def _wait(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    async with _client(args) as pb:
+        job = await pb.get_job(args.job)
+        await _follow(pb, job, args, err, _resume_command(args.argv))
+        path = None if args.output is None else await job.download(args.output)
+    if args.json:
+        result = _job_json(job.info)
+        if path is not None:
+            result["output"] = str(path)
+        _print_json(result, out)
+    else:
+        print(_job_line(job.info), file=out)
+        if path is not None and not args.quiet:
+            print(f"Wrote {path} ({path.stat().st_size} bytes)", file=err)
+    return 0
+
+
+# -- status, cancel, estimate, jobs, models ------------------------------------------------
+
+
+async def _status(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    del err
+    async with _client(args) as pb:
+        job = await pb.get_job(args.job)
+    if args.json:
+        _print_json(_job_json(job.info), out)
+    else:
+        print(_job_line(job.info), file=out)
+    return 0
+
+
+async def _cancel(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    del err
+    async with _client(args) as pb:
+        job = await pb.get_job(args.job)
+        refunded = await job.cancel()
+    if args.json:
+        _print_json(
+            {
+                "jobId": job.id,
+                "status": job.status.value,
+                "refundedMicroCents": refunded,
+            },
+            out,
+        )
+    else:
+        print(f"{job.id} {job.status.value}, refunded {_usd(refunded)}", file=out)
+    return 0
+
+
+def _estimate_request(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
+    if args.model is not None:
+        if args.duration is not None or args.pro:
+            raise ValidationError("give --model/--input or --duration/--pro, not both")
+        try:
+            value = json.loads(args.input) if args.input else {}
+        except ValueError as exc:
+            raise ValidationError(f"--input is not JSON: {exc}", field="input") from exc
+        if not isinstance(value, dict):
+            raise ValidationError("--input must be a JSON object", field="input")
+        return args.model, value
+    if args.input is not None:
+        raise ValidationError("--input needs --model", field="input")
+    duration = args.duration or "5"
+    low, high = KlingO1StartEndFrame.MIN_DURATION, KlingO1StartEndFrame.MAX_DURATION
+    if not duration.isdigit() or not low <= int(duration) <= high:
+        raise ValidationError(
+            f"duration must be {low}..{high} seconds, got {duration!r}",
+            field="duration",
+        )
+    slug = KLING_O1_PRO_SEF if args.pro else KLING_O1_STANDARD_SEF
+    return slug, {"duration": str(int(duration))}
+
+
+async def _estimate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    del err
+    slug, value = _estimate_request(args)
+    async with _client(args) as pb:
+        estimate = await pb.estimate(slug, value, local=args.local)
+    cost = estimate.estimated_cost_micro_cents
+    if args.json:
+        _print_json(
+            {
+                "model": slug,
+                "input": value,
+                "estimatedCostMicroCents": cost,
+                "baseCostMicroCents": estimate.base_cost_micro_cents,
+                "hasDiscount": estimate.has_discount,
+                "source": estimate.source,
+            },
+            out,
+        )
+    else:
+        print(
+            f"{_usd(cost)} ({cost:,} micro-cents) for {slug} "
+            f"{json.dumps(value)} [{estimate.source}]",
+            file=out,
+        )
+    return 0
+
+
+async def _jobs(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    del err
+    found: list[JobInfo] = []
+    async with _client(args) as pb:
+        listing = pb.list_jobs(status=args.status, model=args.model, limit=args.limit)
+        async with contextlib.aclosing(listing) as jobs:
+            found.extend([job.info async for job in jobs])
+    if args.json:
+        _print_json([_job_json(info) for info in found], out)
+    else:
+        for info in found:
+            print(_job_line(info), file=out)
+    return 0
+
+
+async def _models(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    del err
+    async with _client(args) as pb:
+        models = await pb.models()
+    if args.json:
+        _print_json(
+            [
+                {
+                    "slug": m.slug,
+                    "name": m.name,
+                    "category": m.category,
+                    "capability": m.capability,
+                    "provider": m.provider,
+                    "pricing": m.pricing,
+                }
+                for m in models
+            ],
+            out,
+        )
+    else:
+        for m in models:
+            print(f"{m.slug}  {m.name or ''}  {json.dumps(m.pricing or {})}", file=out)
+    return 0
+
+
+# -- batch --------------------------------------------------------------------------------
+
+
+def _item_json(item: BatchItem) -> dict[str, Any]:
+    return {
+        "key": item.key,
+        "index": item.index,
+        "model": item.model,
+        "status": item.status.value,
+        "jobId": item.job_id,
+        "error": item.error,
+        "costMicroCents": item.cost_micro_cents,
+        "estimatedCostMicroCents": item.estimated_cost_micro_cents,
+        "outputUrl": item.output_url,
+        "path": None if item.path is None else str(item.path),
+        "skipReason": item.skip_reason,
+        "resumed": item.resumed,
+        "candidates": list(item.candidates),
+    }
+
+
+def _plan_json(plan: BatchPlan) -> dict[str, Any]:
+    return {
+        "estimatedCostMicroCents": plan.estimated_cost_micro_cents,
+        "chargedMicroCents": plan.charged_micro_cents,
+        "totalMicroCents": plan.total_micro_cents,
+        "maxCostMicroCents": plan.max_cost_micro_cents,
+        "withinBudget": plan.within_budget,
+        "items": [
+            {
+                "key": p.key,
+                "index": p.index,
+                "model": p.model,
+                "action": p.action,
+                "estimatedCostMicroCents": p.estimated_cost_micro_cents,
+                "jobId": p.job_id,
+            }
+            for p in plan.items
+        ],
+    }
+
+
+def _summary_json(summary: BatchSummary) -> dict[str, Any]:
+    return {
+        "ok": summary.ok,
+        "dryRun": summary.dry_run,
+        "completed": summary.completed,
+        "failed": summary.failed,
+        "cancelled": summary.cancelled,
+        "skipped": summary.skipped,
+        "needsAttention": summary.needs_attention,
+        "unfinished": summary.unfinished,
+        "costMicroCents": summary.cost_micro_cents,
+        "wallSeconds": round(summary.wall_seconds, 3),
+        "stopReason": summary.stop_reason,
+        "journal": None if summary.journal is None else str(summary.journal),
+        "plan": _plan_json(summary.plan),
+        "items": [_item_json(item) for item in summary.items],
+    }
+
+
+def _item_line(item: BatchItem, total: int) -> str:
+    detail = (
+        str(item.path)
+        if item.path is not None
+        else (item.error or item.skip_reason or item.output_url or "")
+    )
+    resumed = " (earlier run)" if item.resumed else ""
+    return (
+        f"[{item.index + 1}/{total}] {item.status.value:<15} {item.key}  "
+        f"{item.job_id or '-'}  {_usd(item.cost_micro_cents)}  {detail}{resumed}"
+    )
+
+
+class _BatchDisplay:
+    """A bar over the batch plus a line per finished input (plain lines without rich)."""
+
+    def __init__(self, batch: Batch, *, stream: TextIO, quiet: bool) -> None:
+        self._batch = batch
+        self._stream = stream
+        self._quiet = quiet
+        self._rich: Any = None
+        self._task: Any = None
+
+    def _describe(self) -> str:
+        batch = self._batch
+        return (
+            f"{batch.finished}/{batch.total} done, {batch.running} running, "
+            f"{_usd(batch.charged_micro_cents)} charged"
+        )
+
+    def __enter__(self) -> Self:
+        if self._quiet or not _wants_rich(self._stream):
+            return self
+        from rich.console import Console  # noqa: PLC0415 -- optional 'cli' extra
+        from rich.progress import (  # noqa: PLC0415
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
+        self._rich = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=Console(file=self._stream),
+        )
+        self._rich.__enter__()
+        self._task = self._rich.add_task(self._describe(), total=self._batch.total)
+        return self
+
+    def tick(self) -> None:
+        if self._rich is not None:
+            self._rich.update(
+                self._task, completed=self._batch.finished, description=self._describe()
+            )
+
+    def item(self, item: BatchItem) -> None:
+        if self._quiet:
+            return
+        line = _item_line(item, self._batch.total)
+        if self._rich is None:
+            print(line, file=self._stream, flush=True)
+        else:
+            self._rich.console.print(line, markup=False, highlight=False)
+            self.tick()
+
+    def __exit__(self, *exc: object) -> None:
+        if self._rich is not None:
+            self.tick()
+            self._rich.__exit__(None, None, None)
+
+
+def _print_plan(plan: BatchPlan, out: TextIO) -> None:
+    for p in plan.items:
+        print(
+            f"{p.index + 1:>4}  {p.key:<24} {p.action:<16} "
+            f"{_usd(p.estimated_cost_micro_cents) if p.estimated_cost_micro_cents is not None else '-':>10}"
+            f"  {p.model}",
+            file=out,
+        )
+    budget = (
+        ""
+        if plan.max_cost_micro_cents is None
+        else f" (limit {_usd(plan.max_cost_micro_cents)}: "
+        + ("within budget" if plan.within_budget else "OVER BUDGET")
+        + ")"
+    )
+    print(
+        f"Plan: {len(plan.items)} rows, {plan.count('submit') + plan.count('retry')} "
+        f"to submit, estimated {_usd(plan.estimated_cost_micro_cents)} to spend, "
+        f"{_usd(plan.charged_micro_cents)} already charged, total "
+        f"{_usd(plan.total_micro_cents)}{budget}. Nothing was submitted.",
+        file=out,
+    )
+
+
+def _print_summary(summary: BatchSummary, out: TextIO, resume: str) -> None:
+    rows = [
+        ("completed", summary.completed),
+        ("failed", summary.failed),
+        ("cancelled", summary.cancelled),
+        ("skipped", summary.skipped),
+        ("needs attention", summary.needs_attention),
+        ("unfinished", summary.unfinished),
+    ]
+    table = [(name, str(count)) for name, count in rows if count or name == "completed"]
+    table.append(("cost", _usd(summary.cost_micro_cents)))
+    table.append(("wall time", f"{summary.wall_seconds:.1f}s"))
+    if summary.journal is not None:
+        table.append(("journal", str(summary.journal)))
+    if _wants_rich(out):
+        from rich.console import Console  # noqa: PLC0415 -- optional 'cli' extra
+        from rich.table import Table  # noqa: PLC0415
+
+        grid = Table(title="Batch summary", show_header=False)
+        grid.add_column(style="bold")
+        grid.add_column(justify="right")
+        for name, value in table:
+            grid.add_row(name, value)
+        Console(file=out).print(grid)
+    else:
+        print("Batch summary", file=out)
+        for name, value in table:
+            print(f"  {name:<16} {value:>6}", file=out)
+    if summary.stop_reason:
+        print(f"Submitting stopped early: {summary.stop_reason}.", file=out)
+    for item in summary.items:
+        if item.status is BatchItemStatus.NEEDS_ATTENTION:
+            print(
+                f"NEEDS ATTENTION {item.key}: {item.error} Candidate jobs: "
+                f"{', '.join(item.candidates) or 'none'} (check them with "
+                "'pixelbyte-async status JOB'). This row is never re-sent "
+                "automatically.",
+                file=out,
+            )
+        elif item.status in {BatchItemStatus.FAILED, BatchItemStatus.CANCELLED}:
+            print(f"{item.status.value.upper()} {item.key}: {item.error}", file=out)
+    if summary.unfinished or summary.stop_reason == "unavailable":
+        print(f"Run the same command again to finish: {resume}", file=out)
+
+
+def _batch_exit(summary: BatchSummary) -> int:
+    if summary.dry_run:
+        return EXIT_CODES["ok" if summary.plan.within_budget else "budget"]
+    if summary.needs_attention:
+        return EXIT_CODES["needs_attention"]
+    checks = [
+        (summary.stop_reason == "balance", "balance"),
+        (summary.stop_reason == "budget", "budget"),
+        (bool(summary.failed or summary.cancelled), "job_failed"),
+        (summary.stop_reason == "unavailable", "unavailable"),
+        (bool(summary.unfinished), "timeout"),
+    ]
+    return next((EXIT_CODES[name] for hit, name in checks if hit), EXIT_CODES["ok"])
+
+
+async def _batch(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    source = Path(args.file)
+    inputs = read_batch_file(source)  # every invalid row, before any request
+    journal: Path | None
+    if args.journal is not None:
+        journal = Path(args.journal)
+    elif args.sandbox:
+        journal = None  # the sandbox forgets its jobs when this process ends
+    else:
+        journal = source.with_name(source.name + ".journal.sqlite")
+    resume = _resume_command(args.argv)
+    quiet = args.quiet or args.json
+    async with _client(args, max_concurrent_jobs=args.concurrency) as pb:
+        batch = run_batch(
+            pb,
+            inputs,
+            journal=journal,
+            out_dir=args.out,
+            max_cost_micro_cents=args.max_cost,
+            dry_run=args.dry_run,
+            retry_failed=args.retry_failed,
+            wait_timeout=args.wait_timeout,
+            reconcile_grace=args.reconcile_grace,
+        )
+        try:
+            async with batch:
+                plan = await batch.plan()
+                if not quiet and not args.dry_run:
+                    print(
+                        f"{len(plan.items)} rows: {plan.count('submit')} to submit, "
+                        f"{plan.count('attach') + plan.count('reconcile')} to resume, "
+                        f"{plan.count('done')} done earlier; estimated "
+                        f"{_usd(plan.estimated_cost_micro_cents)}"
+                        + (f"; journal {journal}" if journal else ""),
+                        file=err,
+                    )
+                with _BatchDisplay(batch, stream=err, quiet=quiet) as display:
+                    ticker = asyncio.ensure_future(_ticking(display.tick))
+                    try:
+                        async for item in batch:
+                            if not args.dry_run:
+                                display.item(item)
+                    finally:
+                        ticker.cancel()
+            summary = await batch.summary()
+        except (KeyboardInterrupt, asyncio.CancelledError):
+            print(
+                "\nStopped. Jobs in flight keep running (they are paid for and were "
+                "not cancelled); their ids are in the journal. Resume with: " + resume,
+                file=err,
+            )
+            raise
+    if args.json:
+        _print_json(_summary_json(summary), out)
+    elif args.dry_run:
+        _print_plan(summary.plan, out)
+    else:
+        _print_summary(summary, out, resume)
+    return _batch_exit(summary)
+
+
+# -- main ---------------------------------------------------------------------------------
+
+_Command = Callable[[argparse.Namespace, TextIO, TextIO], Coroutine[Any, Any, int]]
+
+_COMMANDS: dict[str, _Command] = {
+    "transition": _transition,
+    "batch": _batch,
+    "status": _status,
+    "wait": _wait,
+    "cancel": _cancel,
+    "estimate": _estimate,
+    "jobs": _jobs,
+    "models": _models,
+}
+
+
+def _report(
+    exc: PixelByteError, args: argparse.Namespace, out: TextIO, err: TextIO
+) -> int:
+    code = _exit_code(exc)
+    print(f"error: {exc}", file=err)
+    if isinstance(exc, AmbiguousSubmitError):
+        print(
+            "The job may exist and be charged; it was not re-submitted. "
+            "Check 'jobs' before trying again.",
+            file=err,
+        )
+    if getattr(args, "json", False):
+        error: dict[str, Any] = {
+            "type": type(exc).__name__,
+            "message": str(exc),
+            "exitCode": code,
+        }
+        for name in ("code", "request_id", "estimate_micro_cents", "limit_micro_cents"):
+            value = getattr(exc, name, None)
+            if value is not None:
+                error[name] = value
+        if isinstance(exc, BatchInputError):
+            error["problems"] = [
+                {"where": where, "message": what} for where, what in exc.problems
+            ]
+        _print_json({"error": error}, out)
+    return code
+
+
+def _sandbox(args: argparse.Namespace) -> int:
+    from .testing import main as serve  # noqa: PLC0415 -- only this command needs it
+
+    return serve(["--port", str(args.port), "--time-scale", str(args.time_scale)])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI and return its exit code."""
+    arguments = list(sys.argv[1:] if argv is None else argv)
     parser = _parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(arguments)
+    args.argv = arguments
+    if args.command == "sandbox":
+        return _sandbox(args)
     out, err = sys.stdout, sys.stderr
-    commands = {"transition": _transition}
     try:
-        return asyncio.run(commands[args.command](args, out, err))
+        return asyncio.run(_COMMANDS[args.command](args, out, err))
     except KeyboardInterrupt:
         return EXIT_CODES["interrupted"]
     except PixelByteError as exc:
-        print(f"error: {exc}", file=err)
-        if isinstance(exc, AmbiguousSubmitError):
-            print(
-                "The job may exist and be charged; it was not re-submitted. "
-                "Check 'jobs' before trying again.",
-                file=err,
-            )
-        return _exit_code(exc)
+        return _report(exc, args, out, err)

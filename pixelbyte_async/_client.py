@@ -15,10 +15,11 @@ import math
 import mimetypes
 import os
 import random
-import time
+import re
 import warnings
 from collections.abc import (
     AsyncGenerator,
+    AsyncIterable,
     Awaitable,
     Callable,
     Iterable,
@@ -26,7 +27,7 @@ from collections.abc import (
 )
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, Self, TypeVar
 from urllib.parse import quote, urlsplit
 
 import aiohttp
@@ -78,11 +79,16 @@ from ._transport import AiohttpTransport, Request, Response, Transport
 from .webhooks import WebhookEvent, WebhookReceiver, WebhookServer
 
 
+if TYPE_CHECKING:
+    from ._batch import Batch, BatchInput
+
+
 __all__ = ["PixelByte"]
 
 log = logging.getLogger("pixelbyte_async")
 
 _UNSET: Any = object()
+_SAFE_ID = re.compile(r"[A-Za-z0-9_.\-]+")
 _T = TypeVar("_T")
 
 _UPLOAD_TYPES: Mapping[str, int] = {
@@ -253,6 +259,7 @@ class PixelByte:
         self._slots = _JobSlots(config.max_concurrent_jobs)
         self._known_ids: set[str] = set()
         self._submits_in_flight: set[_SubmitInFlight] = set()
+        self._header_cache: dict[str, dict[str, str]] = {}
         self._unresolved: list[AmbiguousSubmitError] = []
         self._api_origin = _origin(config.base_url)
         self._webhook_receiver: WebhookReceiver | None = None
@@ -390,6 +397,14 @@ class PixelByte:
     def _headers(
         self, auth: Literal["bearer", "both", "optional", "none"]
     ) -> dict[str, str]:
+        cached = self._header_cache.get(auth)
+        if cached is None:
+            cached = self._header_cache[auth] = self._build_headers(auth)
+        return dict(cached)
+
+    def _build_headers(
+        self, auth: Literal["bearer", "both", "optional", "none"]
+    ) -> dict[str, str]:
         headers = {"User-Agent": self.config.user_agent, "Accept": "application/json"}
         key = self.config.api_key
         if auth == "none":
@@ -428,34 +443,47 @@ class PixelByte:
         if json_body is not None:
             headers["Content-Type"] = "application/json"
         url = self.config.base_url + path
-        query = dict(params or {})
+        query = dict(params) if params else {}
+        request = Request(
+            method=method,
+            url=url,
+            headers=headers,
+            params=query,
+            json=json_body,
+            timeout=deadline - clock.monotonic(),
+        )
+        # The first attempt inline: the common case pays for no retry machinery.
+        first_error: PixelByteError | None = None
+        if request.timeout is not None and request.timeout > 0:
+            try:
+                response = await self._transport.send(request)
+                result = self._handle(response, method, path)
+            except PixelByteError as exc:
+                first_error = exc
+            else:
+                if log.isEnabledFor(logging.DEBUG):
+                    log.debug(
+                        "%s %s -> %d request_id=%s",
+                        method,
+                        path,
+                        response.status,
+                        result[1],
+                    )
+                return result
 
         async def attempt(remaining: float) -> tuple[Any, str | None]:
-            started = time.perf_counter()
             response = await self._transport.send(
-                Request(
-                    method=method,
-                    url=url,
-                    headers=headers,
-                    params=query,
-                    json=json_body,
-                    timeout=remaining,
-                )
+                attrs.evolve(request, timeout=remaining)
             )
-            result = self._handle(response, method, path)
-            log.debug(
-                "%s %s -> %d in %.3fs request_id=%s",
-                method,
-                path,
-                response.status,
-                time.perf_counter() - started,
-                result[1],
-            )
-            return result
+            return self._handle(response, method, path)
 
         decide = self._decide_submit if mode == "submit" else self._decide_safe
         return await self._retrying(
-            attempt, deadline=deadline, decide=decide, what=f"{method} {path}"
+            attempt,
+            deadline=deadline,
+            decide=decide,
+            what=f"{method} {path}",
+            first_error=first_error,
         )
 
     def _decide_safe(self, exc: PixelByteError, attempt: int) -> float | None:
@@ -485,6 +513,7 @@ class PixelByte:
         deadline: float,
         decide: Callable[[PixelByteError, int], float | None],
         what: str,
+        first_error: PixelByteError | None = None,
     ) -> _T:
         """
         Call *attempt_once(remaining)* until it succeeds or *decide* gives up.
@@ -493,28 +522,32 @@ class PixelByte:
         every pause, so retries never multiply a timeout.
         """
         clock = self.clock
-        attempt = 0
+        error = first_error
+        attempt = 0 if error is None else 1
         while True:
-            attempt += 1
-            remaining = deadline - clock.monotonic()
-            if remaining <= 0:
-                raise RequestTimeout(
-                    f"{what}: deadline passed before attempt {attempt}"
-                )
-            try:
-                return await attempt_once(remaining)
-            except PixelByteError as exc:
-                delay = decide(exc, attempt)
-                if delay is None or delay >= deadline - clock.monotonic():
-                    raise
-                log.info(
-                    "%s: %s; retrying in %.2fs (attempt %d)",
-                    what,
-                    _short(exc),
-                    delay,
-                    attempt + 1,
-                )
-                await clock.sleep(delay)
+            if error is None:
+                attempt += 1
+                remaining = deadline - clock.monotonic()
+                if remaining <= 0:
+                    raise RequestTimeout(
+                        f"{what}: deadline passed before attempt {attempt}"
+                    )
+                try:
+                    return await attempt_once(remaining)
+                except PixelByteError as exc:
+                    error = exc
+            delay = decide(error, attempt)
+            if delay is None or delay >= deadline - clock.monotonic():
+                raise error
+            log.info(
+                "%s: %s; retrying in %.2fs (attempt %d)",
+                what,
+                _short(error),
+                delay,
+                attempt + 1,
+            )
+            error = None
+            await clock.sleep(delay)
 
     def _handle(
         self, response: Response, method: str, path: str
@@ -522,7 +555,7 @@ class PixelByte:
         status = response.status
         header_rid = response.headers.get("x-request-id")
         if 200 <= status < 300:  # noqa: PLR2004 -- HTTP success class
-            if not response.content.strip():
+            if not response.content or response.content.isspace():
                 return {}, header_rid
             body = decode_json(response.content, status=status)
             if isinstance(body, dict) and body.get("success") is False:
@@ -732,6 +765,21 @@ class PixelByte:
         job = await self.submit(model, input, webhook_url=webhook_url)
         return await job.wait(timeout)
 
+    def run_batch(
+        self,
+        inputs: Iterable[BatchInput] | AsyncIterable[BatchInput],
+        **options: Any,
+    ) -> Batch:
+        """
+        Run many inputs under this client's job limit: see `pixelbyte_async.run_batch`.
+
+        Options: *journal*, *out_dir*, *max_cost_micro_cents*, *dry_run*,
+        *retry_failed*, *wait_timeout*, *reconcile_grace*.
+        """
+        from ._batch import run_batch  # noqa: PLC0415 -- _batch imports this module
+
+        return run_batch(self, inputs, **options)
+
     def _job_finished(self, job: Job) -> None:
         self._slots.finished(job.id)
 
@@ -750,9 +798,8 @@ class PixelByte:
         """
         if not isinstance(job_id, str) or not job_id.strip():
             raise ValidationError("job_id must be a non-empty string", field="job_id")
-        data, rid = await self._request(
-            "GET", f"/v1/jobs/{quote(job_id, safe='')}", timeout=timeout
-        )
+        safe_id = job_id if _SAFE_ID.fullmatch(job_id) else quote(job_id, safe="")
+        data, rid = await self._request("GET", f"/v1/jobs/{safe_id}", timeout=timeout)
         return self._adopt(decode_job(data, rid))
 
     def _adopt(self, info: JobInfo) -> Job:

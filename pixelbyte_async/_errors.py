@@ -6,12 +6,15 @@ escape.  Classes are grouped by what the caller should *do*::
 
     PixelByteError                      root; never raised directly
     ├── ValidationError (ValueError)    bad input caught locally; nothing was sent
+    │   └── BatchInputError             bad batch rows, every one listed (_batch.py)
     ├── ClientClosedError (RuntimeError) the client was used after aclose()
     ├── TransportError                  could not talk to the API (connect/read); retryable
     │   └── RequestTimeout (TimeoutError) the call's deadline passed
     ├── AmbiguousSubmitError            a submit's fate is unknown: it may have created (and
     │                                   charged) a job; never re-sent; see PixelByte.reconcile
-    ├── ReconcileError                  reconcile found several candidate jobs
+    ├── ReconcileError                  reconcile cannot tell which job is whose
+    ├── BudgetExceeded                  a batch would cost more than allowed (_batch.py)
+    ├── JournalError                    a batch journal is in use or unreadable (_journal.py)
     ├── APIError                        the server answered with an error
     │   ├── InvalidRequestError   400   INVALID_INPUT, INVALID_MODEL_SLUG, JOB_CANNOT_BE_CANCELLED …
     │   ├── AuthenticationError   401   UNAUTHORIZED, INVALID_API_KEY, API_KEY_EXPIRED …

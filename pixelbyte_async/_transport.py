@@ -52,7 +52,7 @@ class Request:
 
 @attrs.frozen(kw_only=True)
 class Response:
-    """A fully read HTTP response."""
+    """A fully read HTTP response (*headers* look up names case-insensitively)."""
 
     status: int
     headers: Mapping[str, str] = attrs.field(repr=False)
@@ -178,7 +178,10 @@ class AiohttpTransport:
             ) as resp:
                 body = await self._read_limited(resp)
                 return Response(
-                    status=resp.status, headers=_lower(resp.headers), content=body
+                    # aiohttp's headers are already a case-insensitive mapping.
+                    status=resp.status,
+                    headers=resp.headers,
+                    content=body,
                 )
         except TransportError:
             raise
@@ -272,7 +275,9 @@ class MockTransport:
         result = self._handler(request)
         if inspect.isawaitable(result):
             result = await result
-        return result
+        # Hand-made responses may spell header names any way: look-ups are by
+        # lower-case name, as with aiohttp's case-insensitive headers.
+        return attrs.evolve(result, headers=_lower(result.headers))
 
     async def send(self, request: Request) -> Response:
         """Answer *request* with the handler."""

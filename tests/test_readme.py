@@ -85,3 +85,30 @@ async def test_webhook_example_runs_against_the_fake(tmp_path, monkeypatch):
         await namespace["main"](request)  # type: ignore[operator]
         assert fake.count("GET", "/v1/jobs/*") <= 1
     assert (tmp_path / "out.mp4").stat().st_size > 0
+
+
+async def test_batch_example_runs(fake, tmp_path, monkeypatch, capsys):
+    """The README's batch example runs against the fake and prints one line per input."""
+    from pixelbyte_async import KlingO1StartEndFrame, PixelByte
+
+    block = next(b for b in BLOCKS if "run_batch(" in b)
+    monkeypatch.chdir(tmp_path)
+    namespace: dict[str, object] = {
+        "PixelByte": PixelByte,
+        "KlingO1StartEndFrame": KlingO1StartEndFrame,
+    }
+    exec(compile(block, "README.md", "exec"), namespace)  # noqa: S102 -- our own README
+    inputs = [
+        KlingO1StartEndFrame(
+            image_url="https://e.x/a.jpg",
+            end_image_url="https://e.x/b.jpg",
+            prompt=str(i),
+        )
+        for i in range(3)
+    ]
+    async with bound_client(fake) as pb:
+        await namespace["render_all"](pb, inputs)  # type: ignore[operator]
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3
+    assert all(" completed " in line for line in lines)
+    assert len(list((tmp_path / "videos").iterdir())) == 3
