@@ -51,12 +51,14 @@ from ._errors import (
     TransportError,
     ValidationError,
     WaitTimeout,
+    WebhookVerificationError,
 )
 from ._inputs import KLING_O1_PRO_SEF, KLING_O1_STANDARD_SEF, KlingO1StartEndFrame
 from ._job import Job
 from ._journal import JournalError
 from ._models import JobInfo, JobStatus
 from ._polling import PollPolicy
+from .webhooks import WebhookEvent, WebhookReceiver, WebhookServer, verify
 
 
 __all__ = ["EXIT_CODES", "main"]
@@ -77,12 +79,14 @@ EXIT_CODES: dict[str, int] = {
     "needs_attention": 11,
     "not_found": 12,
     "journal": 13,
+    "webhook_invalid": 14,
     "interrupted": 130,
 }
 
 
 def _exit_code(exc: BaseException) -> int:
     table: list[tuple[type[BaseException], str]] = [
+        (WebhookVerificationError, "webhook_invalid"),
         (ValidationError, "validation"),
         (InvalidRequestError, "validation"),
         (AuthenticationError, "auth"),
@@ -206,6 +210,99 @@ def _common() -> argparse.ArgumentParser:
     return common
 
 
+def _secret_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--webhook-secret",
+        action="append",
+        default=None,
+        metavar="SECRET",
+        help="webhook secret (repeat during a rotation); default "
+        "$PIXELBYTE_WEBHOOK_SECRET. Never printed",
+    )
+
+
+def _secrets(args: argparse.Namespace, *, required: bool = True) -> list[str]:
+    secrets = list(args.webhook_secret or [])
+    if not secrets and os.environ.get("PIXELBYTE_WEBHOOK_SECRET"):
+        secrets = [os.environ["PIXELBYTE_WEBHOOK_SECRET"]]
+    if required and not secrets:
+        raise ValidationError(
+            "a webhook secret is required: --webhook-secret or "
+            "$PIXELBYTE_WEBHOOK_SECRET",
+            field="webhook_secret",
+        )
+    return secrets
+
+
+def _listen_address(value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    try:
+        number = int(port)
+    except ValueError:
+        raise ValidationError(
+            f"--listen takes [HOST:]PORT, got {value!r}", field="listen"
+        ) from None
+    return host or "127.0.0.1", number
+
+
+def _add_webhook_parser(sub: Any) -> None:
+    """The ``webhook verify`` and ``webhook listen`` commands."""
+    wh = sub.add_parser("webhook", help="verify or receive webhook deliveries")
+    whsub = wh.add_subparsers(dest="webhook_command", required=True)
+    wv = whsub.add_parser(
+        "verify",
+        help="verify a saved delivery (exit 0 if genuine, 14 if not)",
+        description="Verify a delivery saved to BODY (the raw request body; '-' for "
+        "stdin) with its headers, and print the event.",
+    )
+    wv.add_argument("body", help="file with the raw body ('-': stdin)")
+    wv.add_argument(
+        "-H",
+        "--header",
+        action="append",
+        default=[],
+        metavar="'NAME: VALUE'",
+        help="a request header (repeat for X-PixelByte-Timestamp and -Signature)",
+    )
+    wv.add_argument(
+        "--headers-file",
+        default=None,
+        help="a file of 'Name: value' lines (e.g. curl -D output)",
+    )
+    wv.add_argument(
+        "--now",
+        type=float,
+        default=None,
+        help="check the timestamp against this Unix time (default: now)",
+    )
+    wv.add_argument(
+        "--tolerance",
+        type=float,
+        default=300.0,
+        help="accepted timestamp skew in seconds (default 300)",
+    )
+    wv.add_argument("--json", action="store_true", help="print the event as JSON")
+    _secret_option(wv)
+    wl = whsub.add_parser(
+        "listen",
+        help="run a receiver that verifies and prints deliveries",
+        description="Run a webhook receiver on HOST:PORT/PATH and print every "
+        "verified delivery until Ctrl-C.",
+    )
+    wl.add_argument("--host", default="127.0.0.1")
+    wl.add_argument("--port", type=int, default=8080)
+    wl.add_argument("--path", default="/pixelbyte/webhook")
+    wl.add_argument("--json", action="store_true", help="print events as JSON lines")
+    wl.add_argument(
+        "--max-events",
+        type=_count,
+        default=None,
+        metavar="N",
+        help="stop after N events (scripts, tests)",
+    )
+    _secret_option(wl)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pixelbyte-async",
@@ -234,6 +331,19 @@ def _parser() -> argparse.ArgumentParser:
     )
     tr.add_argument("--pro", action="store_true", help="use Kling O1 Pro")
     tr.add_argument("--webhook-url", default=None, help="https URL notified when done")
+    tr.add_argument(
+        "--listen",
+        default=None,
+        metavar="[HOST:]PORT",
+        help="run a webhook receiver here and wait for the delivery instead of "
+        "polling (needs --public-url and the webhook secret, except with --sandbox)",
+    )
+    tr.add_argument(
+        "--public-url",
+        default=None,
+        help="with --listen: the https URL under which the API reaches the receiver",
+    )
+    _secret_option(tr)
     tr.add_argument(
         "--timeout", type=float, default=None, help="wait at most this many seconds"
     )
@@ -341,6 +451,8 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("models", parents=[common], help="list the model catalogue")
 
+    _add_webhook_parser(sub)
+
     sb = sub.add_parser(
         "sandbox",
         help="run the fake API in the foreground (Ctrl-C stops)",
@@ -370,7 +482,18 @@ async def _client(
         options["poll"] = PollPolicy.fixed(args.poll_interval)
     if max_concurrent_jobs is not None:
         options["max_concurrent_jobs"] = max_concurrent_jobs
+    listen = getattr(args, "listen", None)
     if not args.sandbox:
+        if listen is not None:
+            if not args.public_url:
+                raise ValidationError(
+                    "--listen needs --public-url (the https URL the API calls)",
+                    field="public_url",
+                )
+            host, port = _listen_address(listen)
+            options["webhook"] = WebhookServer(
+                _secrets(args), host=host, port=port, public_url=args.public_url
+            )
         async with PixelByte(
             api_key=args.api_key, base_url=args.base_url, **options
         ) as pb:
@@ -378,13 +501,20 @@ async def _client(
         return
     from .testing import FakePixelByte  # noqa: PLC0415 -- only the sandbox needs it
 
-    async with (
-        FakePixelByte(time_scale=args.time_scale) as fake,
-        PixelByte(
+    async with FakePixelByte(
+        time_scale=args.time_scale,
+        allow_http_webhooks=listen is not None,
+        auto_webhooks=listen is not None,
+    ) as fake:
+        if listen is not None:
+            host, port = _listen_address(listen)
+            options["webhook"] = WebhookServer(
+                fake.webhook_secret, host=host, port=port, clock=fake.clock
+            )
+        async with PixelByte(
             api_key=fake.api_key, base_url=fake.url, clock=fake.clock, **options
-        ) as pb,
-    ):
-        yield pb
+        ) as pb:
+            yield pb
 
 
 def _usd(micro_cents: int | None) -> str:
@@ -1041,6 +1171,76 @@ async def _batch(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 _Command = Callable[[argparse.Namespace, TextIO, TextIO], Coroutine[Any, Any, int]]
 
+
+async def _webhook(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    if args.webhook_command == "verify":
+        return _webhook_verify(args, out)
+    return await _webhook_listen(args, out, err)
+
+
+def _parse_header_lines(lines: Sequence[str]) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    for line in lines:
+        name, sep, value = line.partition(":")
+        if sep and name.strip() and not name.startswith(("HTTP/", " ")):
+            headers[name.strip()] = value.strip()
+    return headers
+
+
+def _webhook_verify(args: argparse.Namespace, out: TextIO) -> int:
+    secrets = _secrets(args)
+    body = sys.stdin.buffer.read() if args.body == "-" else Path(args.body).read_bytes()
+    lines = list(args.header)
+    if args.headers_file:
+        lines += Path(args.headers_file).read_text(encoding="utf-8").splitlines()
+    event = verify(
+        body,
+        _parse_header_lines(lines),
+        secrets,
+        tolerance=args.tolerance,
+        now=args.now,
+    )
+    _print_event(event, args, out)
+    return 0
+
+
+def _print_event(event: WebhookEvent, args: argparse.Namespace, out: TextIO) -> None:
+    if args.json:
+        _print_json(
+            {
+                "jobId": event.job_id,
+                "status": event.status.value,
+                "timestamp": event.timestamp,
+                "videoUrl": event.video_url,
+                "payload": dict(event.payload),
+            },
+            out,
+        )
+    else:
+        url = f" {event.video_url}" if event.video_url else ""
+        print(f"{event.job_id} {event.status.value}{url}", file=out, flush=True)
+
+
+async def _webhook_listen(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    done = asyncio.Event()
+    seen = 0
+
+    def on_event(event: WebhookEvent) -> None:
+        nonlocal seen
+        _print_event(event, args, out)
+        seen += 1
+        if args.max_events is not None and seen >= args.max_events:
+            done.set()
+
+    receiver = WebhookReceiver(_secrets(args), on_event=on_event)
+    async with WebhookServer(
+        receiver=receiver, host=args.host, port=args.port, path=args.path
+    ) as server:
+        print(f"Listening on {server.url} (Ctrl-C stops)", file=err, flush=True)
+        await done.wait()
+    return 0
+
+
 _COMMANDS: dict[str, _Command] = {
     "transition": _transition,
     "batch": _batch,
@@ -1050,6 +1250,7 @@ _COMMANDS: dict[str, _Command] = {
     "estimate": _estimate,
     "jobs": _jobs,
     "models": _models,
+    "webhook": _webhook,
 }
 
 

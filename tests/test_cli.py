@@ -414,3 +414,129 @@ async def test_ctrl_c_and_kill_9_then_resume_pay_once(tmp_path):
     assert known - downloaded <= looked_up
     # ... and the submit of unknown fate was reconciled (job list), not re-sent.
     assert any(r.path == "/v1/jobs" and "modelId" in r.query for r in resumed)
+
+
+# -- webhooks on the command line ---------------------------------------------------------
+
+VECTOR_BODY = b'{"jobId":"job_abc123","status":"completed"}'
+VECTOR_SIG = "sha256=3808736d8de9872ff32cb085bd9851cbad6f089e4e55195bbec1450e5295989e"
+
+
+def test_webhook_verify_saved_delivery(tmp_path, capsys):
+    """webhook verify accepts the pinned vector and says why a tampered one fails."""
+    body = tmp_path / "body.json"
+    body.write_bytes(VECTOR_BODY)
+    args = [
+        "webhook",
+        "verify",
+        str(body),
+        "--webhook-secret",
+        "whsec_test",
+        "--now",
+        "1760000000",
+    ]
+    headers = [
+        "-H",
+        "X-PixelByte-Timestamp: 1760000000",
+        "-H",
+        f"X-PixelByte-Signature: {VECTOR_SIG}",
+    ]
+    assert main([*args, *headers]) == 0
+    assert capsys.readouterr().out.strip() == "job_abc123 completed"
+    dump = tmp_path / "headers.txt"
+    dump.write_text(
+        f"HTTP/1.1 200 OK\nx-pixelbyte-timestamp: 1760000000\nx-pixelbyte-signature: {VECTOR_SIG}\n"
+    )
+    assert main([*args, "--headers-file", str(dump), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["jobId"] == "job_abc123"
+    body.write_bytes(VECTOR_BODY + b" ")
+    assert main([*args, *headers]) == EXIT_CODES["webhook_invalid"] == 14
+    assert "does not match" in capsys.readouterr().err
+    body.write_bytes(VECTOR_BODY)
+    assert (
+        main(
+            ["webhook", "verify", str(body), *headers, "--webhook-secret", "whsec_test"]
+        )
+        == 14
+    )
+    assert "old" in capsys.readouterr().err
+
+
+def test_webhook_secret_is_required(tmp_path, capsys, monkeypatch):
+    """Without a secret the command says how to give one."""
+    monkeypatch.delenv("PIXELBYTE_WEBHOOK_SECRET", raising=False)
+    body = tmp_path / "body.json"
+    body.write_bytes(VECTOR_BODY)
+    assert main(["webhook", "verify", str(body)]) == EXIT_CODES["validation"]
+    assert "PIXELBYTE_WEBHOOK_SECRET" in capsys.readouterr().err
+
+
+@pytest.mark.anyio
+async def test_webhook_listen_prints_verified_deliveries():
+    """webhook listen verifies deliveries, prints them and rejects forgeries."""
+    import argparse
+    import io
+
+    import aiohttp
+    from pixelbyte_async._cli import _webhook_listen
+    from pixelbyte_async.webhooks import signature_headers
+
+    out, err = io.StringIO(), io.StringIO()
+    args = argparse.Namespace(
+        host="127.0.0.1",
+        port=0,
+        path="/hook",
+        json=False,
+        max_events=1,
+        webhook_secret=["whsec_cli"],
+    )
+    task = asyncio.ensure_future(_webhook_listen(args, out, err))
+    for _ in range(200):
+        if "Listening on" in err.getvalue():
+            break
+        await asyncio.sleep(0.005)
+    url = err.getvalue().split("Listening on ")[1].split(" ")[0]
+    body = (
+        b'{"jobId":"job_cli","status":"completed","output":"https://cdn.example/v.mp4"}'
+    )
+    async with aiohttp.ClientSession() as http:
+        async with http.post(
+            url, data=body, headers=signature_headers(body, "whsec_forged")
+        ) as r:
+            assert r.status == 401
+        async with http.post(
+            url, data=body, headers=signature_headers(body, "whsec_cli")
+        ) as r:
+            assert r.status == 200
+    assert await asyncio.wait_for(task, 5) == 0
+    assert out.getvalue().strip() == "job_cli completed https://cdn.example/v.mp4"
+
+
+@pytest.mark.anyio
+async def test_transition_listen_on_the_sandbox(tmp_path):
+    """transition --sandbox --listen waits for the delivery and writes the video."""
+    out = tmp_path / "t.mp4"
+    code = await cli(
+        "transition",
+        "--sandbox",
+        "--listen",
+        "127.0.0.1:0",
+        "--time-scale",
+        "2000",
+        "-o",
+        str(out),
+        "--json",
+        "--quiet",
+    )
+    assert code == 0
+    assert out.read_bytes() == MP4
+
+
+def test_listen_needs_a_public_url_for_the_real_api(capsys, monkeypatch):
+    """--listen against the real API needs --public-url and a secret; nothing is sent."""
+    monkeypatch.setenv("PIXELBYTE_API_KEY", KEY)
+    code = main(
+        ["transition", "https://e.x/a.jpg", "https://e.x/b.jpg", "--listen", "8080"]
+    )
+    assert code == EXIT_CODES["validation"]
+    assert "--public-url" in capsys.readouterr().err
