@@ -34,7 +34,6 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
 import attrs
-from aiohttp import web
 
 from ._clock import Clock, SystemClock
 from ._errors import ResponseDecodeError, WebhookVerificationError
@@ -43,6 +42,8 @@ from ._serde import decode_job
 
 
 if TYPE_CHECKING:
+    import aiohttp.web
+
     from ._client import PixelByte
 
 
@@ -483,7 +484,9 @@ class WebhookReceiver:
 
     # -- aiohttp ------------------------------------------------------------------------
 
-    async def aiohttp_handler(self, request: web.Request) -> web.Response:
+    async def aiohttp_handler(
+        self, request: aiohttp.web.Request
+    ) -> aiohttp.web.Response:
         """
         An aiohttp handler: mount it with ``app.router.add_post(path, handler)``.
 
@@ -505,8 +508,10 @@ class WebhookReceiver:
         status, reason = self.handle(bytes(body), request.headers)
         return _reply(status, reason)
 
-    def aiohttp_app(self, path: str = "/") -> web.Application:
+    def aiohttp_app(self, path: str = "/") -> aiohttp.web.Application:
         """Return a sub-application to mount: ``app.add_subapp("/hooks", r.aiohttp_app())``."""
+        from aiohttp import web  # noqa: PLC0415 -- aiohttp.web is imported on first use
+
         app = web.Application(client_max_size=self.max_body + 1)
         app.router.add_post(path, self.aiohttp_handler)
         return app
@@ -517,7 +522,9 @@ class WebhookReceiver:
             await asyncio.gather(*self._hook_tasks, return_exceptions=True)
 
 
-def _reply(status: int, reason: str) -> web.Response:
+def _reply(status: int, reason: str) -> aiohttp.web.Response:
+    from aiohttp import web  # noqa: PLC0415 -- aiohttp.web is imported on first use
+
     return web.json_response({"ok": status < 300, "reason": reason}, status=status)  # noqa: PLR2004 -- HTTP success
 
 
@@ -559,7 +566,7 @@ class WebhookServer:
         self.port = port
         self.path = path if path.startswith("/") else "/" + path
         self._public_url = public_url
-        self._runner: web.AppRunner | None = None
+        self._runner: aiohttp.web.AppRunner | None = None
         self._url: str | None = None
         self._lock = asyncio.Lock()
 
@@ -587,6 +594,8 @@ class WebhookServer:
                 await self._start()
 
     async def _start(self) -> None:
+        from aiohttp import web  # noqa: PLC0415 -- aiohttp.web is imported on first use
+
         app = web.Application(client_max_size=self.receiver.max_body + 1)
         app.router.add_post(self.path, self.receiver.aiohttp_handler)
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
