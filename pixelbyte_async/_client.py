@@ -800,7 +800,9 @@ class PixelByte:
             raise ValidationError("job_id must be a non-empty string", field="job_id")
         safe_id = job_id if _SAFE_ID.fullmatch(job_id) else quote(job_id, safe="")
         data, rid = await self._request("GET", f"/v1/jobs/{safe_id}", timeout=timeout)
-        return self._adopt(decode_job(data, rid))
+        existing = self._slots.jobs.get(job_id)
+        fallback = None if existing is None else existing.info
+        return self._adopt(decode_job(data, rid, fallback=fallback))
 
     def _adopt(self, info: JobInfo) -> Job:
         existing = self._slots.jobs.get(info.id)

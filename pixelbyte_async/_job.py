@@ -169,7 +169,7 @@ class Job:
         data, rid = await self._client._request(  # noqa: SLF001 -- one request pipeline
             "GET", f"/v1/jobs/{self.id}", timeout=timeout
         )
-        self._observe(decode_job(data, rid))
+        self._observe(decode_job(data, rid, fallback=self._info))
         return self
 
     def _eta(self) -> float | None:

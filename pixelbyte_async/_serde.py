@@ -258,8 +258,15 @@ def resolve_output_url(output: object) -> str | None:
 _COST_KEYS = ("costMicroCents", "estimatedCost", "cost", "cost_micro_cents")
 
 
-def decode_job(data: Any, request_id: str | None = None) -> JobInfo:
-    """Decode any documented job body (submit, get, list item, cancel, webhook)."""
+def decode_job(
+    data: Any, request_id: str | None = None, *, fallback: JobInfo | None = None
+) -> JobInfo:
+    """
+    Decode any documented job body (submit, get, list item, cancel, webhook).
+
+    Fields the body lacks (the cost, the ETA …) are taken from *fallback*, the
+    previous snapshot, so the result needs no second merging pass.
+    """
     obj = _require_object(data, "a job")
     get = obj.get
     raw_status = get("status")
@@ -284,19 +291,30 @@ def decode_job(data: Any, request_id: str | None = None) -> JobInfo:
             if cost is not None:
                 break
     refunded = get("refundedMicroCents")
+    model = _opt_str(get("model") or get("modelSlug"))
+    eta = parse_datetime(get("estimatedCompletionTime"))
+    created = parse_datetime(get("createdAt"))
+    refunded_value = None if refunded is None else _lenient_int(refunded)
+    if fallback is not None:
+        model = model if model is not None else fallback.model
+        cost = cost if cost is not None else fallback.cost_micro_cents
+        eta = eta if eta is not None else fallback.estimated_completion_time
+        created = created if created is not None else fallback.created_at
+        if refunded_value is None:
+            refunded_value = fallback.refunded_micro_cents
     return JobInfo(
         id=_job_id(obj),
         status=JobStatus.parse(raw_status),
         raw_status=_opt_str(raw_status),
         progress=_lenient_float(get("progress")),
-        model=_opt_str(get("model") or get("modelSlug")),
+        model=model,
         video_url=url,
         outputs=outputs,
         error=error,
         cost_micro_cents=cost,
-        refunded_micro_cents=None if refunded is None else _lenient_int(refunded),
-        estimated_completion_time=parse_datetime(get("estimatedCompletionTime")),
-        created_at=parse_datetime(get("createdAt")),
+        refunded_micro_cents=refunded_value,
+        estimated_completion_time=eta,
+        created_at=created,
         completed_at=parse_datetime(get("completedAt")),
         request_id=request_id or _opt_str(get("requestId")),
     )
