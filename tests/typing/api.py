@@ -50,3 +50,50 @@ async def typed_usage() -> None:
             del reveal
         uploaded: str = await pb.upload(b"\x89PNG...")
         del status, cost, url, path, estimate, uploaded
+
+
+async def typed_webhooks_and_batches() -> None:
+    from pixelbyte_async import (
+        Batch,
+        BatchItem,
+        BatchSummary,
+        BudgetExceeded,
+        VirtualClock,
+        run_batch,
+    )
+    from pixelbyte_async.testing import FakePixelByte, Fault, JobScript
+    from pixelbyte_async.webhooks import (
+        WebhookEvent,
+        WebhookReceiver,
+        WebhookServer,
+        sign,
+        verify,
+    )
+
+    event: WebhookEvent = verify(b"{}", {"X-PixelByte-Timestamp": "1"}, "s", now=1.0)
+    signature: str = sign(b"{}", "s", 1)
+    receiver = WebhookReceiver(["old", "new"], on_unknown=lambda e: None)
+    status, reason = receiver.handle(b"{}", {})
+    server = WebhookServer(receiver=receiver, port=0, public_url="https://x.example/h")
+    clock = VirtualClock(autojump=False)
+    async with FakePixelByte(clock=clock, allow_http_webhooks=True) as fake:
+        fake.script_next(JobScript(outcome="failed"))
+        fake.inject(Fault.drop_after(), method="POST", path="/v1/jobs/submit")
+        fake.inject_webhook("duplicate", times=2)
+        async with PixelByte(
+            api_key=fake.api_key, base_url=fake.url, clock=clock, webhook=server
+        ) as pb:
+            batch: Batch = pb.run_batch([], journal="j.sqlite", max_cost_micro_cents=1)
+            async with run_batch(
+                pb, [("slug/a/b", {"prompt": "x"})], dry_run=True
+            ) as b:
+                async for item in b:
+                    typed_item: BatchItem = item
+                    del typed_item
+            summary: BatchSummary = await batch.summary()
+            try:
+                await b.plan()
+            except BudgetExceeded as exc:
+                limit: int = exc.limit_micro_cents
+                del limit
+    del event, signature, status, reason, summary
