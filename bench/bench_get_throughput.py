@@ -60,35 +60,44 @@ async def sdk_loop(pb: PixelByte, job_id: str, n: int, concurrency: int) -> floa
 
 
 @contextlib.asynccontextmanager
-async def fake_server(where: str) -> AsyncIterator[tuple[str, str]]:
-    """Yield (base_url, api_key) of a FakePixelByte in this process or its own."""
-    if where == "inprocess":
-        async with FakePixelByte() as fake:
-            yield fake.url, fake.api_key
-        return
+async def fake_process(*extra: str) -> AsyncIterator[dict[str, str]]:
+    """Run ``python -m pixelbyte_async.testing`` and yield what it prints."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "pixelbyte_async.testing",
         "--port",
         "0",
+        *extra,
         stdout=asyncio.subprocess.PIPE,
     )
+    wanted = {"PIXELBYTE_BASE_URL", "PIXELBYTE_API_KEY", "PIXELBYTE_SANDBOX_CLOCK"}
     try:
         found: dict[str, str] = {}
         assert proc.stdout is not None
-        while len(found) < 2:
+        while len(found) < len(wanted):
             line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
             if not line:
                 msg = "fake server process exited"
                 raise RuntimeError(msg)
             key, _, value = line.strip().partition("=")
-            if key in {"PIXELBYTE_BASE_URL", "PIXELBYTE_API_KEY"}:
+            if key in wanted:
                 found[key] = value
-        yield found["PIXELBYTE_BASE_URL"], found["PIXELBYTE_API_KEY"]
+        yield found
     finally:
         proc.terminate()
         await proc.wait()
+
+
+@contextlib.asynccontextmanager
+async def fake_server(where: str) -> AsyncIterator[tuple[str, str]]:
+    """Yield (base_url, api_key) of a FakePixelByte in this process or its own."""
+    if where == "inprocess":
+        async with FakePixelByte() as fake:
+            yield fake.url, fake.api_key
+        return
+    async with fake_process() as found:
+        yield found["PIXELBYTE_BASE_URL"], found["PIXELBYTE_API_KEY"]
 
 
 async def main(

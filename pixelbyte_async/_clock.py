@@ -106,6 +106,11 @@ class VirtualClock:
         start: The wall-clock time (Unix seconds) the clock starts at; default: now.
         time_scale: How many virtual seconds pass per real second (0 = frozen).
         autojump: With a frozen clock, let sleepers move time (see above).
+        origin: The `time.monotonic` reading at which virtual time started.  The
+            monotonic clock is shared by all processes of a machine, so a clock
+            built with another process's *start*, *time_scale* and *origin* (see
+            `share`) keeps the same virtual time as that process's clock, as long
+            as neither calls `advance`.
 
     """
 
@@ -115,16 +120,32 @@ class VirtualClock:
         start: float | None = None,
         time_scale: float = 0.0,
         autojump: bool = True,
+        origin: float | None = None,
     ) -> None:
         if time_scale < 0:
             raise ValueError("time_scale must be >= 0")
         self._start_wall = time.time() if start is None else float(start)
-        self._real_origin = time.monotonic()
+        self._real_origin = time.monotonic() if origin is None else float(origin)
         self._offset = 0.0
         self.time_scale = float(time_scale)
         self.autojump = autojump
         self._timers: list[tuple[float, int, _VirtualTimer]] = []
         self._seq = itertools.count()
+
+    def share(self) -> str:
+        """
+        Describe this clock as ``"start,time_scale,origin"`` for another process.
+
+        `VirtualClock.from_shared` rebuilds it there (the sandbox process prints it as
+        ``PIXELBYTE_SANDBOX_CLOCK``).
+        """
+        return f"{self._start_wall!r},{self.time_scale!r},{self._real_origin!r}"
+
+    @classmethod
+    def from_shared(cls, value: str, *, autojump: bool = True) -> VirtualClock:
+        """Rebuild a clock described by `share` (in this or another process)."""
+        start, scale, origin = (float(part) for part in value.split(","))
+        return cls(start=start, time_scale=scale, origin=origin, autojump=autojump)
 
     def _elapsed(self) -> float:
         real = (time.monotonic() - self._real_origin) * self.time_scale

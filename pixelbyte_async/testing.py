@@ -123,6 +123,7 @@ async def _serve(args: argparse.Namespace) -> None:
             f"PIXELBYTE_API_KEY={fake.api_key}",
             f"PIXELBYTE_CDN_URL={fake.cdn_url}",
             f"PIXELBYTE_WEBHOOK_SECRET={fake.webhook_secret}",
+            f"PIXELBYTE_SANDBOX_CLOCK={fake.clock.share()}",
             "Models: " + ", ".join(MODELS),
         ]
         sys.stdout.write("\n".join(lines) + "\n")

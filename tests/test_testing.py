@@ -1689,3 +1689,26 @@ async def test_command_line_sandbox():
         proc.send_signal(signal.SIGINT)
         async with asyncio.timeout(10):
             assert await proc.wait() == 0
+
+
+def test_virtual_clock_can_be_shared_across_processes():
+    """A clock rebuilt from share() keeps the same virtual time (monotonic is shared)."""
+    import subprocess
+
+    from pixelbyte_async import VirtualClock
+
+    clock = VirtualClock(time_scale=10)
+    code = (
+        "from pixelbyte_async import VirtualClock; import sys; "
+        "c = VirtualClock.from_shared(sys.argv[1]); print(c.time())"
+    )
+    before = clock.time()
+    out = subprocess.run(  # noqa: S603 -- our own interpreter
+        [sys.executable, "-c", code, clock.share()],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    after = clock.time()
+    assert before <= float(out.stdout) <= after
+    assert VirtualClock.from_shared(clock.share()).time_scale == 10
