@@ -63,7 +63,13 @@ from ._errors import (
     ValidationError,
     WaitTimeout,
 )
-from ._inputs import KlingO1StartEndFrame, ModelInput, local_cost
+from ._inputs import (
+    KlingO1StartEndFrame,
+    ModelInput,
+    check_input,
+    check_slug,
+    local_cost,
+)
 from ._journal import Journal, JournalError, JournalRow
 from ._models import JobInfo, JobStatus
 
@@ -442,31 +448,6 @@ def _document(request: ModelInput) -> dict[str, Any]:
     }
 
 
-def _check_slug(slug: object) -> str:
-    if (
-        not isinstance(slug, str)
-        or not slug
-        or any(ch.isspace() for ch in slug)
-        or slug.startswith("/")
-        or slug.endswith("/")
-    ):
-        raise ValidationError(f"invalid model slug {slug!r}", field="model")
-    return slug
-
-
-def _check_raw(value: object) -> dict[str, Any]:
-    if not isinstance(value, Mapping):
-        raise ValidationError("input must be a mapping", field="input")
-    payload = dict(value)
-    try:
-        json.dumps(payload, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise ValidationError(
-            f"input is not JSON-serialisable: {exc}", field="input"
-        ) from exc
-    return payload
-
-
 def _check_id(value: object) -> str:
     if isinstance(value, int) and not isinstance(value, bool):
         value = str(value)
@@ -504,7 +485,7 @@ def _from_mapping(
         raise ValidationError(
             "'model' (a slug) is required with a raw input", field="model"
         )
-    return item_id, _check_slug(given), None, _check_raw(inner)
+    return item_id, check_slug(given), None, check_input(inner)
 
 
 def _entry(value: object, index: int) -> _Entry:
@@ -517,8 +498,8 @@ def _entry(value: object, index: int) -> _Entry:
     elif isinstance(value, tuple):
         if len(value) != 2:  # noqa: PLR2004 -- (slug, input)
             raise ValidationError("a tuple input must be (model_slug, input)")
-        model = _check_slug(value[0])
-        raw = _check_raw(value[1])
+        model = check_slug(value[0])
+        raw = check_input(value[1])
     elif isinstance(value, ModelInput):
         typed = value
         model = value.model_slug

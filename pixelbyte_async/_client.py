@@ -51,6 +51,8 @@ from ._errors import (
 )
 from ._inputs import (
     ModelInput,
+    check_input,
+    check_slug,
     check_url,
     local_cost,
     sniff_image_type,
@@ -735,7 +737,7 @@ class PixelByte:
                 raise ValidationError(
                     "input is required with a model slug", field="input"
                 )
-            return _check_slug(model), _check_input_mapping(input)
+            return check_slug(model), check_input(input)
         if isinstance(model, ModelInput):
             if input is not None:
                 raise ValidationError(
@@ -960,8 +962,8 @@ class PixelByte:
         `ValidationError` for models it does not know).
         """
         if isinstance(model, str):
-            slug = _check_slug(model)
-            payload = _check_input_mapping(input or {})
+            slug = check_slug(model)
+            payload = check_input(input or {})
         else:
             slug = model.model_slug
             payload = _estimate_input(model)
@@ -991,7 +993,7 @@ class PixelByte:
 
     async def model(self, slug: str, *, timeout: float | None = None) -> CatalogModel:
         """Fetch one catalogue model, including its ``inputSchema``."""
-        _check_slug(slug)
+        check_slug(slug)
         data, _ = await self._request(
             "GET",
             f"/v1/catalog/models/{quote(slug, safe='/')}",
@@ -1192,27 +1194,6 @@ def _is_ambiguous(exc: PixelByteError) -> bool:
         return exc.code != "PUBSUB_PUBLISH_FAILED"
     # A 2xx we could not read: the job was most likely created.
     return isinstance(exc, ResponseDecodeError)
-
-
-def _check_slug(slug: str) -> str:
-    if not isinstance(slug, str) or not slug.strip() or slug != slug.strip():
-        raise ValidationError(f"invalid model slug {slug!r}", field="model")
-    if any(ch.isspace() for ch in slug) or slug.startswith("/") or slug.endswith("/"):
-        raise ValidationError(f"invalid model slug {slug!r}", field="model")
-    return slug
-
-
-def _check_input_mapping(value: Mapping[str, Any]) -> dict[str, Any]:
-    if not isinstance(value, Mapping):
-        raise ValidationError("input must be a mapping", field="input")
-    payload = dict(value)
-    try:
-        json.dumps(payload, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise ValidationError(
-            f"input is not JSON-serialisable: {exc}", field="input"
-        ) from exc
-    return payload
 
 
 def _estimate_input(model: ModelInput) -> dict[str, Any]:

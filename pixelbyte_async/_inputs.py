@@ -5,6 +5,7 @@ Typed request inputs, validated before anything is sent, and the local price tab
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -148,6 +149,33 @@ def check_url(value: str, field: str) -> str:
         f"{field} must be an https:// URL (or a local file path / bytes), got {value!r}",
         field=field,
     )
+
+
+def check_slug(slug: object) -> str:
+    """Require a plausible model slug (``provider/model/capability``), or raise."""
+    if (
+        not isinstance(slug, str)
+        or not slug
+        or any(ch.isspace() for ch in slug)
+        or slug.startswith("/")
+        or slug.endswith("/")
+    ):
+        raise ValidationError(f"invalid model slug {slug!r}", field="model")
+    return slug
+
+
+def check_input(value: object) -> dict[str, Any]:
+    """Require a JSON-serialisable mapping (a raw ``input``) and return a copy."""
+    if not isinstance(value, Mapping):
+        raise ValidationError("input must be a mapping", field="input")
+    payload = dict(value)
+    try:
+        json.dumps(payload, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ValidationError(
+            f"input is not JSON-serialisable: {exc}", field="input"
+        ) from exc
+    return payload
 
 
 def validate_webhook_url(value: str | None) -> str | None:
