@@ -122,6 +122,7 @@ class _JobSlots:
         self.used = 0
         self.jobs: dict[str, Job] = {}
         self._changed = asyncio.Event()
+        self._sweeping = False
 
     def _notify(self) -> None:
         self._changed.set()
@@ -174,16 +175,27 @@ class _JobSlots:
         self.used += 1
 
     async def _sweep(self, client: PixelByte, deadline: float) -> None:
-        """Refresh unwatched in-flight jobs that are due, to notice finished ones."""
-        clock = client.clock
-        deadline = min(deadline, clock.monotonic() + client.config.timeout)
-        policy = client.config.poll
-        for job in list(self.jobs.values()):
-            if job._watchers or job.done:  # noqa: SLF001 -- slots and jobs cooperate
-                continue
-            if clock.time() < job._sweep_due(policy):  # noqa: SLF001
-                continue
-            await job._poll_once(deadline)  # noqa: SLF001
+        """
+        Refresh unwatched in-flight jobs that are due, to notice finished ones.
+
+        One sweep at a time: the other queued submitters wait for its result
+        instead of polling the same jobs again.
+        """
+        if self._sweeping:
+            return
+        self._sweeping = True
+        try:
+            clock = client.clock
+            deadline = min(deadline, clock.monotonic() + client.config.timeout)
+            policy = client.config.poll
+            for job in list(self.jobs.values()):
+                if job._watchers or job.done:  # noqa: SLF001 -- slots and jobs cooperate
+                    continue
+                if clock.time() < job._sweep_due(policy):  # noqa: SLF001
+                    continue
+                await job._poll_once(deadline)  # noqa: SLF001
+        finally:
+            self._sweeping = False
 
 
 class PixelByte:

@@ -216,6 +216,16 @@ async def test_submit_all_then_wait_all_does_not_deadlock(fake):
     assert len({j.id for j in jobs}) == 10
 
 
+async def test_queued_submitters_do_not_poll_the_same_jobs(fake):
+    """50 queued submits share one sweep: a handful of GETs per job, not dozens."""
+    async with bound_client(fake, max_concurrent_jobs=5) as pb:
+        jobs = await asyncio.gather(
+            *(pb.submit(kling(prompt=f"p{i}")) for i in range(50))
+        )
+        await asyncio.gather(*(j.wait() for j in jobs))
+    assert fake.count("GET", "/v1/jobs/*") <= 50 * 6
+
+
 async def test_plan_limit_below_client_limit(fake):
     """When the plan allows fewer jobs than the client, 429s are waited out safely."""
     fake.concurrent_job_limit = 2
