@@ -254,8 +254,11 @@ def _to_duration(value: object) -> int:
         )
     if isinstance(value, int):
         return value
-    if isinstance(value, str) and value.strip().isdigit():
-        return int(value.strip())
+    if isinstance(value, str):
+        text = value.strip()
+        # isdecimal() alone admits digits int() refuses (superscripts): ASCII only.
+        if text.isascii() and text.isdecimal():
+            return int(text)
     if isinstance(value, float) and value.is_integer():
         return int(value)
     raise ValidationError(

@@ -45,7 +45,9 @@ def test_duration_accepts_int_or_numeric_string(duration, expected):
     )
 
 
-@pytest.mark.parametrize("duration", [2, 11, 0, -5, "3.5", "five", True, 5.5, None])
+@pytest.mark.parametrize(
+    "duration", [2, 11, 0, -5, "3.5", "five", True, 5.5, None, "¹", "٥", "+5", ""]
+)
 def test_bad_duration(duration):
     """Durations outside 3..10 or not whole numbers are rejected."""
     with pytest.raises(ValidationError) as info:
