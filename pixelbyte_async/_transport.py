@@ -132,6 +132,7 @@ class AiohttpTransport:
         self._connect_timeout = connect_timeout
         self._max_body = max_body
         self._closed = False
+        self._semaphore: asyncio.Semaphore | None = None
 
     @property
     def max_connections(self) -> int:
@@ -162,9 +163,53 @@ class AiohttpTransport:
             connect = min(connect, request.timeout)
         return aiohttp.ClientTimeout(total=request.timeout, sock_connect=connect)
 
+    def _gate(self) -> asyncio.Semaphore | None:
+        """
+        Admit at most as many requests into aiohttp as there are connections.
+
+        A request queued inside aiohttp for a free connection holds dozens of
+        objects (its coroutines, closures, headers); one queued here holds a future.
+        With thousands of jobs polling at once that is the difference between a
+        small heap and garbage collections that stall the event loop.
+        """
+        if self._semaphore is None:
+            limit = self.max_connections
+            if limit <= 0:
+                return None
+            self._semaphore = asyncio.Semaphore(limit)
+        return self._semaphore
+
     async def send(self, request: Request) -> Response:
         """Send *request* and read the body (at most *max_body* bytes)."""
         session = self._get_session()
+        gate = self._gate()
+        if gate is not None:
+            if gate.locked():
+                # Waiting for a connection counts against the request's deadline,
+                # and nothing has been sent while we wait.
+                loop = asyncio.get_running_loop()
+                entered = loop.time()
+                try:
+                    async with asyncio.timeout(request.timeout):
+                        await gate.acquire()
+                except TimeoutError as exc:
+                    raise RequestTimeout(
+                        f"{request.method} {request.url.split('?', 1)[0]}: no free "
+                        "connection before the deadline",
+                        request_sent=False,
+                    ) from exc
+                if request.timeout is not None:
+                    left = request.timeout - (loop.time() - entered)
+                    request = attrs.evolve(request, timeout=max(0.001, left))
+            else:
+                await gate.acquire()
+        try:
+            return await self._send(session, request)
+        finally:
+            if gate is not None:
+                gate.release()
+
+    async def _send(self, session: aiohttp.ClientSession, request: Request) -> Response:
         try:
             async with session.request(
                 request.method,

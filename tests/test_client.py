@@ -363,3 +363,21 @@ async def test_reconcile_from_a_journal_record(fake):
     assert found is not None
     assert found.id != known.id
     assert set(fake.jobs) == {known.id, found.id}
+
+
+async def test_requests_wait_for_a_connection_within_their_deadline(fake):
+    """Requests beyond the connection limit queue in the SDK, under their own deadline."""
+    from pixelbyte_async import ClientConfig
+
+    config = ClientConfig(api_key=fake.api_key, base_url=fake.url, max_connections=1)
+    async with PixelByte(config=config, clock=fake.clock) as pb:
+        job = await pb.submit(kling())
+        fake.inject(Fault.delay(0.3), method="GET", path="/v1/jobs/*")
+        slow = asyncio.ensure_future(pb.get_job(job.id))
+        await asyncio.sleep(0.05)
+        with pytest.raises(RequestTimeout) as info:
+            await pb.get_job(job.id, timeout=0.1)
+        assert info.value.request_sent is False
+        assert (await slow).id == job.id
+        many = await asyncio.gather(*(pb.get_job(job.id) for _ in range(30)))
+        assert {j.id for j in many} == {job.id}
