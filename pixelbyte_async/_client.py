@@ -16,6 +16,7 @@ import mimetypes
 import os
 import random
 import re
+import types
 import warnings
 from collections.abc import (
     AsyncGenerator,
@@ -90,6 +91,7 @@ __all__ = ["PixelByte"]
 log = logging.getLogger("pixelbyte_async")
 
 _UNSET: Any = object()
+_NO_PARAMS: Mapping[str, str] = types.MappingProxyType({})
 _SAFE_ID = re.compile(r"[A-Za-z0-9_.\-]+")
 _T = TypeVar("_T")
 
@@ -408,13 +410,20 @@ class PixelByte:
 
     # -- the request pipeline --------------------------------------------------------
 
-    def _headers(
+    def _shared_headers(
         self, auth: Literal["bearer", "both", "optional", "none"]
-    ) -> dict[str, str]:
+    ) -> Mapping[str, str]:
+        """The headers for *auth*, built once; never mutate the result."""
         cached = self._header_cache.get(auth)
         if cached is None:
             cached = self._header_cache[auth] = self._build_headers(auth)
-        return dict(cached)
+        return cached
+
+    def _headers(
+        self, auth: Literal["bearer", "both", "optional", "none"]
+    ) -> dict[str, str]:
+        """A fresh copy of the headers for *auth*, for callers that add to them."""
+        return dict(self._shared_headers(auth))
 
     def _build_headers(
         self, auth: Literal["bearer", "both", "optional", "none"]
@@ -453,11 +462,11 @@ class PixelByte:
         clock = self.clock
         if deadline is None:
             deadline = clock.monotonic() + (timeout or self.config.timeout)
-        headers = self._headers(auth)
+        headers = self._shared_headers(auth)
         if json_body is not None:
-            headers["Content-Type"] = "application/json"
+            headers = {**headers, "Content-Type": "application/json"}
         url = self.config.base_url + path
-        query = dict(params) if params else {}
+        query: Mapping[str, str] = dict(params) if params else _NO_PARAMS
         request = Request(
             method=method,
             url=url,

@@ -10,6 +10,7 @@ extra keys never crash; wrong types in required places raise `ResponseDecodeErro
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Mapping
@@ -64,6 +65,13 @@ def parse_datetime(value: object) -> datetime | None:
             return None
     if not isinstance(value, str) or not value:
         return None
+    return _parse_iso(value)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_iso(value: str) -> datetime | None:
+    # Cached: a job's createdAt and ETA come back unchanged on every poll, and
+    # datetimes are immutable.
     try:
         # Python 3.11's fromisoformat reads "Z" and fractional seconds itself.
         parsed = datetime.fromisoformat(value)
