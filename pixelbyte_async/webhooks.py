@@ -384,13 +384,20 @@ class WebhookReceiver:
             known |= client._webhook_event(event)  # noqa: SLF001 -- client and receiver cooperate
         if self.on_event is not None:
             self._run_hook(self.on_event, event)
-        if not known and self.on_unknown is not None:
-            self.clock.call_later(
-                self.unknown_grace, lambda: self._maybe_unknown(event)
-            )
-        elif not known:
-            self.clock.call_later(self.unknown_grace, lambda: self._note_unknown(event))
+        if not known:
+            self._later(lambda: self._maybe_unknown(event))
         return True
+
+    def _later(self, callback: Callable[[], None]) -> None:
+        """Run *callback* after the grace period, or now outside an event loop."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            # A synchronous framework (a Django or Flask view): no loop to wait on,
+            # and no submit in this thread that the delivery could be racing.
+            callback()
+            return
+        self.clock.call_later(self.unknown_grace, callback)
 
     def _is_known(self, job_id: str) -> bool:
         return job_id in self._waiters or any(
@@ -404,9 +411,6 @@ class WebhookReceiver:
         self.stats["unknown"] += 1
         return True
 
-    def _note_unknown(self, event: WebhookEvent) -> None:
-        self._count_unknown(event)
-
     def _maybe_unknown(self, event: WebhookEvent) -> None:
         if self._count_unknown(event) and self.on_unknown is not None:
             self._run_hook(self.on_unknown, event)
@@ -418,6 +422,17 @@ class WebhookReceiver:
             log.exception("webhook hook failed for %s", event.job_id)
             return
         if inspect.isawaitable(result):
+            try:
+                asyncio.get_running_loop()
+            except RuntimeError:
+                log.warning(
+                    "webhook hook for %s returned an awaitable outside an event "
+                    "loop; use a plain function with synchronous frameworks",
+                    event.job_id,
+                )
+                if inspect.iscoroutine(result):
+                    result.close()
+                return
 
             async def run(awaitable: Awaitable[None]) -> None:
                 try:

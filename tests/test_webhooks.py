@@ -534,3 +534,21 @@ async def test_use_webhooks_with_a_mounted_receiver():
             assert gets(fake) == 0
         with pytest.raises(Exception, match="public_url"):
             PixelByte(api_key="pb_x").use_webhooks(receiver)
+
+
+def test_receiver_works_in_synchronous_frameworks(caplog):
+    """Outside an event loop (Django, Flask) handle() works and hooks run at once."""
+    unknown = []
+    receiver = WebhookReceiver(
+        SECRET, clock=VirtualClock(start=TS), on_unknown=unknown.append
+    )
+    assert receiver.handle(BODY, headers()) == (200, "ok")
+    assert [e.job_id for e in unknown] == ["job_abc123"]
+
+    async def async_hook(event):
+        unknown.append(event)
+
+    other = WebhookReceiver(SECRET, clock=VirtualClock(start=TS), on_event=async_hook)
+    assert other.handle(BODY, headers()) == (200, "ok")
+    assert "outside an event loop" in caplog.text
+    assert len(unknown) == 1
