@@ -134,6 +134,20 @@ class JobInfo:
         """Return this snapshot with fields it lacks taken from *older*."""
         if older is None:
             return self
+        if (
+            (self.model is not None or older.model is None)
+            and (self.cost_micro_cents is not None or older.cost_micro_cents is None)
+            and (
+                self.estimated_completion_time is not None
+                or older.estimated_completion_time is None
+            )
+            and (self.created_at is not None or older.created_at is None)
+            and (
+                self.refunded_micro_cents is not None
+                or older.refunded_micro_cents is None
+            )
+        ):
+            return self  # nothing to take from *older* (the common case)
         changes: dict[str, Any] = {}
         for name in (
             "model",
