@@ -204,13 +204,6 @@ class AiohttpTransport:
             else:
                 await gate.acquire()
         try:
-            return await self._send(session, request)
-        finally:
-            if gate is not None:
-                gate.release()
-
-    async def _send(self, session: aiohttp.ClientSession, request: Request) -> Response:
-        try:
             async with session.request(
                 request.method,
                 request.url,
@@ -221,7 +214,11 @@ class AiohttpTransport:
                 timeout=self._timeout(request),
                 allow_redirects=False,
             ) as resp:
-                body = await self._read_limited(resp)
+                declared = resp.content_length
+                if declared is not None and declared <= self._max_body:
+                    body = await resp.read()  # known and bounded: one read
+                else:
+                    body = await self._read_limited(resp)
                 return Response(
                     # aiohttp's headers are already a case-insensitive mapping.
                     status=resp.status,
@@ -232,6 +229,9 @@ class AiohttpTransport:
             raise
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise _map_aiohttp_error(exc, request) from exc
+        finally:
+            if gate is not None:
+                gate.release()
 
     async def _read_limited(self, resp: aiohttp.ClientResponse) -> bytes:
         declared = resp.content_length
