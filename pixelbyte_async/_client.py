@@ -824,8 +824,10 @@ class PixelByte:
         safe_id = job_id if _SAFE_ID.fullmatch(job_id) else quote(job_id, safe="")
         data, rid = await self._request("GET", f"/v1/jobs/{safe_id}", timeout=timeout)
         existing = self._slots.jobs.get(job_id)
-        fallback = None if existing is None else existing.info
-        return self._adopt(decode_job(data, rid, fallback=fallback))
+        if existing is not None:
+            existing._observe_body(data, rid)  # noqa: SLF001 -- same package
+            return existing
+        return self._adopt(decode_job(data, rid))
 
     def _adopt(self, info: JobInfo) -> Job:
         existing = self._slots.jobs.get(info.id)

@@ -73,6 +73,7 @@ class Job:
         # Submitted with this client's webhook URL, so wait for the delivery.
         self.via_webhook = False
         self._needs_fetch = False
+        self._last_body: Any = None
 
     # -- snapshot accessors ------------------------------------------------------
 
@@ -169,8 +170,16 @@ class Job:
         data, rid = await self._client._request(  # noqa: SLF001 -- one request pipeline
             "GET", f"/v1/jobs/{self.id}", timeout=timeout
         )
-        self._observe(decode_job(data, rid, fallback=self._info))
+        self._observe_body(data, rid)
         return self
+
+    def _observe_body(self, data: Any, request_id: str | None) -> None:
+        """Take a GET body; one identical to the last is not decoded again."""
+        if data is not None and data == self._last_body:
+            self._last_checked = self._client.clock.time()
+            return
+        self._observe(decode_job(data, request_id, fallback=self._info))
+        self._last_body = data
 
     def _eta(self) -> float | None:
         info = self._info

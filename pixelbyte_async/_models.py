@@ -109,7 +109,7 @@ class JobInfo:
         estimated_completion_time: The server's ETA.
         created_at: When the job was created.
         completed_at: When it reached a terminal state.
-        request_id: ``requestId`` of the response this snapshot came from.
+        request_id: ``requestId`` of the response that first reported this state.
 
     .. versionadded:: 0.1.0
 

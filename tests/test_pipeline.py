@@ -349,3 +349,28 @@ async def test_key_never_in_reprs_logs_or_errors(caplog):
     for text in texts:
         assert KEY not in text
         assert "SECRET" not in text
+
+
+async def test_unchanged_poll_bodies_are_not_decoded_again():
+    """A GET body identical to the last one keeps the snapshot; a changed one replaces it."""
+    bodies = [
+        json_response({"jobId": "job_1", "status": "processing", "progress": 50}),
+        json_response({"jobId": "job_1", "status": "processing", "progress": 50}),
+        json_response(
+            {"jobId": "job_1", "status": "completed", "output": "https://cdn.x/v.mp4"}
+        ),
+    ]
+    pb, mock, clock = client(Script(json_response(SUBMITTED), *bodies))
+    async with pb:
+        job = await pb.submit(KLING)
+        await job.refresh()
+        first = job.info
+        clock.advance(5)
+        await job.refresh()
+        assert job.info is first
+        assert job.cost_micro_cents == 250000
+        again = await pb.get_job("job_1")
+        assert again is job
+        assert job.info is not first
+        assert job.video_url == "https://cdn.x/v.mp4"
+        assert pb.jobs_in_flight == 0
