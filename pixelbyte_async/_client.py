@@ -35,7 +35,7 @@ import aiohttp
 import anyio
 import attrs
 
-from ._clock import Clock, SystemClock
+from ._clock import Clock, SystemClock, sleep_or_until
 from ._config import ClientConfig, mask_key
 from ._errors import (
     AmbiguousSubmitError,
@@ -123,12 +123,13 @@ class _JobSlots:
         self.limit = limit
         self.used = 0
         self.jobs: dict[str, Job] = {}
-        self._changed = asyncio.Event()
+        self._released: asyncio.Future[None] | None = None
         self._sweeping = False
 
     def _notify(self) -> None:
-        self._changed.set()
-        self._changed = asyncio.Event()
+        released, self._released = self._released, None
+        if released is not None and not released.done():
+            released.set_result(None)
 
     def free(self) -> None:
         self.used -= 1
@@ -162,18 +163,11 @@ class _JobSlots:
             await self._sweep(client, deadline)
             if self.used < self.limit:
                 break
+            if self._released is None:
+                self._released = asyncio.get_running_loop().create_future()
+            # A freed slot wakes us at once; the pause only paces the sweeps.
             pause = min(remaining, client.config.poll.near_interval)
-            # A free slot wakes us at once; the pause only paces the sweeps.
-            changed = self._changed
-            sleeper = asyncio.ensure_future(clock.sleep(pause))
-            waiter = asyncio.ensure_future(changed.wait())
-            try:
-                await asyncio.wait(
-                    {sleeper, waiter}, return_when=asyncio.FIRST_COMPLETED
-                )
-            finally:
-                sleeper.cancel()
-                waiter.cancel()
+            await sleep_or_until(clock, pause, self._released)
         self.used += 1
 
     async def _sweep(self, client: PixelByte, deadline: float) -> None:

@@ -14,10 +14,10 @@ import heapq
 import itertools
 import time
 from collections.abc import Callable
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 
-__all__ = ["Clock", "SystemClock", "Timer", "VirtualClock"]
+__all__ = ["Clock", "SystemClock", "Timer", "VirtualClock", "sleep_or_until"]
 
 
 class Timer(Protocol):
@@ -208,19 +208,35 @@ class VirtualClock:
                 self._offset += target - self._elapsed()
             self._fire_due()
             return
-        woken = asyncio.get_running_loop().create_future()
-
-        def wake() -> None:
-            if not woken.done():
-                woken.set_result(None)
-
-        timer = self.call_later(seconds, wake)
-        try:
-            await woken
-        finally:
-            timer.cancel()
+        await sleep_or_until(self, seconds)
 
     def __repr__(self) -> str:
         return (
             f"VirtualClock(time_scale={self.time_scale}, elapsed={self._elapsed():.3f})"
         )
+
+
+async def sleep_or_until(
+    clock: Clock, seconds: float, done: asyncio.Future[Any] | None = None
+) -> None:
+    """
+    Sleep *seconds* on *clock*, or less if *done* completes first.
+
+    One timer and one future, no task: thousands of waiters stay cheap.  *done* is
+    only watched, never cancelled or awaited for its result.
+    """
+    wake: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def on_wake(_: object = None) -> None:
+        if not wake.done():
+            wake.set_result(None)
+
+    if done is not None:
+        done.add_done_callback(on_wake)
+    timer = clock.call_later(seconds, on_wake)
+    try:
+        await wake
+    finally:
+        timer.cancel()
+        if done is not None:
+            done.remove_done_callback(on_wake)

@@ -4,7 +4,6 @@ The `Job` handle: refresh, wait, watch, cancel, download.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
@@ -18,6 +17,7 @@ from urllib.parse import urlsplit
 import anyio
 import attrs
 
+from ._clock import sleep_or_until
 from ._errors import (
     DownloadError,
     JobCancelled,
@@ -253,19 +253,9 @@ class Job:
             await clock.sleep(seconds)
             return
         future = receiver.future_for(self.id)
-        wake: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-        def on_wake(_: object = None) -> None:
-            if not wake.done():
-                wake.set_result(None)
-
-        future.add_done_callback(on_wake)
-        timer = clock.call_later(seconds, on_wake)
         try:
-            await wake
+            await sleep_or_until(clock, seconds, future)
         finally:
-            timer.cancel()
-            future.remove_done_callback(on_wake)
             receiver.release(self.id)
 
     def _take_delivered(self) -> bool:
