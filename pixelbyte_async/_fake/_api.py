@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import hmac
@@ -38,7 +37,7 @@ from ._http import (
     Reply,
     drop_connection,
     error_response,
-    fault_response,
+    fault_before,
     garble,
     parse_body,
     recorded_json,
@@ -94,7 +93,7 @@ class _Api:
 
     # -- plumbing -------------------------------------------------------------------
 
-    def route(  # noqa: C901 -- one pipeline: record, fault, auth, render, fault
+    def route(
         self, fn: Callable[[Call], Reply], *, auth: Auth, group: Group
     ) -> Handler:
         """Wrap a handler with recording, faults, auth, envelopes and error mapping."""
@@ -122,14 +121,9 @@ class _Api:
                     request_id=request_id,
                 )
             )
-            if fault is not None:
-                if fault.kind == "delay":
-                    await asyncio.sleep(fault.seconds)
-                elif fault.kind == "drop_before":
-                    drop_connection(request)
-                    return web.Response()
-                elif fault.kind in {"status", "html"}:
-                    return fault_response(fault, request_id)
+            early = await fault_before(fault, request, request_id)
+            if early is not None:
+                return early
             state.settle()
             try:
                 self.authenticate(request, auth)

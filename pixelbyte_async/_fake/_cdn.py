@@ -8,7 +8,6 @@ with its ``Authorization`` header in `FakeState.cdn_requests`.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import re
 from collections.abc import Awaitable, Callable
@@ -17,7 +16,7 @@ from typing import TypeAlias
 from aiohttp import web
 
 from ._catalog import MODELS
-from ._http import drop_connection, fault_response, garble
+from ._http import drop_connection, fault_before, garble
 from ._jobs import cdn_files
 from ._records import CdnRequest
 from ._state import FakeState
@@ -123,14 +122,9 @@ class _Cdn:
                     fault=fault.kind if fault else None,
                 )
             )
-            if fault is not None:
-                if fault.kind == "delay":
-                    await asyncio.sleep(fault.seconds)
-                elif fault.kind == "drop_before":
-                    drop_connection(request)
-                    return web.Response()
-                elif fault.kind in {"status", "html"}:
-                    return fault_response(fault, "req_cdn")
+            early = await fault_before(fault, request, "req_cdn")
+            if early is not None:
+                return early
             response = await fn(request)
             if fault is not None and fault.kind == "drop_after":
                 drop_connection(request)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any, Literal, TypeAlias
 
@@ -224,3 +225,25 @@ def drop_connection(request: web.BaseRequest) -> None:
         transport is not None and not transport.is_closing()
     ):  # pragma: no cover -- force_close closes it; belt and braces
         transport.abort()
+
+
+async def fault_before(
+    fault: Fault | None, request: web.BaseRequest, request_id: str
+) -> web.StreamResponse | None:
+    """
+    Apply the part of *fault* that acts before the handler runs.
+
+    Returns the response to send instead of handling (a dropped connection, an error
+    answer), or ``None`` to go on (no fault, after a delay, or a fault that acts
+    afterwards).
+    """
+    if fault is None:
+        return None
+    if fault.kind == "delay":
+        await asyncio.sleep(fault.seconds)
+    elif fault.kind == "drop_before":
+        drop_connection(request)
+        return web.Response()
+    elif fault.kind in {"status", "html"}:
+        return fault_response(fault, request_id)
+    return None
