@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
+import anyio
 import pytest
 from hypothesis import settings
 from pixelbyte_async import PixelByte, RetryPolicy
@@ -44,3 +47,37 @@ def bound_client(fake: FakePixelByte, **kwargs: object) -> PixelByte:
 async def _pb(fake: FakePixelByte) -> AsyncIterator[PixelByte]:
     async with bound_client(fake) as pb:
         yield pb
+
+
+def write_rows(path, count, **extra):
+    rows = [
+        {
+            "id": f"r{n}",
+            "start": f"https://e.x/{n}.jpg",
+            "end": "https://e.x/end.jpg",
+            "prompt": f"row {n}",
+            "duration": 5,
+            **extra,
+        }
+        for n in range(count)
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+async def until(condition: Callable[[], bool], timeout: float = 15.0) -> None:
+    """Poll *condition* (state of another process or of the fake) every 10 ms."""
+    with anyio.fail_after(timeout):
+        while True:
+            if condition():
+                return
+            await asyncio.sleep(0.01)
+
+
+def subprocess_env(fake: FakePixelByte) -> dict[str, str]:
+    """The environment of a CLI subprocess that talks to *fake*."""
+    return {
+        **os.environ,
+        "PIXELBYTE_BASE_URL": fake.url,
+        "PIXELBYTE_API_KEY": fake.api_key,
+    }

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import sys
-from collections.abc import Callable
 from importlib.resources import files
 
 import anyio
@@ -17,29 +15,13 @@ from pixelbyte_async._cli import EXIT_CODES, main
 from pixelbyte_async._journal import read_rows
 from pixelbyte_async.testing import FakePixelByte, Fault, JobScript
 
-from conftest import bound_client
+from conftest import bound_client, subprocess_env, until, write_rows
 
 
 SLUG = "kling-plus/kling-o1-standard/start-end-frame-to-video"
 MP4 = (files("pixelbyte_async") / "_data" / "sample.mp4").read_bytes()
 KEY = "pb_live_SECRET_cli_key_42"
 FAST = JobScript(queue_seconds=0.05, processing_seconds=0.15)
-
-
-def write_rows(path, count, **extra):
-    rows = [
-        {
-            "id": f"r{n}",
-            "start": f"https://e.x/{n}.jpg",
-            "end": "https://e.x/end.jpg",
-            "prompt": f"row {n}",
-            "duration": 5,
-            **extra,
-        }
-        for n in range(count)
-    ]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
 
 
 @pytest.fixture(name="live")
@@ -318,15 +300,6 @@ async def test_api_key_is_never_printed(live, tmp_path, capsys):
     assert "pb_wrong_key_xyz" not in capsys.readouterr().err
 
 
-async def until(condition: Callable[[], bool], timeout: float = 15.0) -> None:
-    """Poll *condition* (state of another process or of the fake) every 10 ms."""
-    with anyio.fail_after(timeout):
-        while True:
-            if condition():
-                return
-            await asyncio.sleep(0.01)
-
-
 @pytest.mark.anyio
 async def test_ctrl_c_and_kill_9_then_resume_pay_once(tmp_path):
     """
@@ -339,11 +312,7 @@ async def test_ctrl_c_and_kill_9_then_resume_pay_once(tmp_path):
     out = tmp_path / "out"
     async with FakePixelByte(time_scale=1.0) as fake:
         fake.set_default_script(JobScript(queue_seconds=0.1, processing_seconds=0.4))
-        env = {
-            **os.environ,
-            "PIXELBYTE_BASE_URL": fake.url,
-            "PIXELBYTE_API_KEY": fake.api_key,
-        }
+        env = subprocess_env(fake)
         argv = [
             sys.executable,
             "-m",

@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import os
 import random
 import sys
 from importlib.resources import files
 
 import pytest
 from pixelbyte_async.testing import FakePixelByte, Fault, JobScript
+
+from conftest import subprocess_env, until, write_rows
 
 
 pytestmark = pytest.mark.anyio
@@ -23,44 +23,17 @@ MP4 = (files("pixelbyte_async") / "_data" / "sample.mp4").read_bytes()
 ROWS = 10
 
 
-async def until(condition, timeout=15.0):
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while not condition():
-        if loop.time() > end:
-            raise TimeoutError("condition not reached")
-        await asyncio.sleep(0.005)
-
-
 @pytest.mark.parametrize("seed", [1, 2, 3])
 async def test_kill_9_at_random_points_then_resume(tmp_path, seed):
     """Three kills at random request counts, then a clean run: one charge per row."""
     rng = random.Random(seed)  # noqa: S311 -- where to kill, not security
-    rows = tmp_path / "rows.jsonl"
-    rows.write_text(
-        "".join(
-            json.dumps(
-                {
-                    "id": f"r{n}",
-                    "start": f"https://e.x/{n}.jpg",
-                    "end": "https://e.x/z.jpg",
-                    "prompt": f"p{n}",
-                }
-            )
-            + "\n"
-            for n in range(ROWS)
-        )
-    )
+    rows = write_rows(tmp_path / "rows.jsonl", ROWS)
     out = tmp_path / "out"
     async with FakePixelByte(time_scale=1.0) as fake:
         fake.set_default_script(JobScript(queue_seconds=0.05, processing_seconds=0.25))
         # Some submits linger on the wire, so kills land mid-request too.
         fake.inject(Fault.delay(0.15), method="POST", path="/v1/jobs/submit", times=4)
-        env = {
-            **os.environ,
-            "PIXELBYTE_BASE_URL": fake.url,
-            "PIXELBYTE_API_KEY": fake.api_key,
-        }
+        env = subprocess_env(fake)
         argv = [
             sys.executable,
             "-m",
