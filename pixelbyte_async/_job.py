@@ -209,20 +209,18 @@ class Job:
             raise JobCancelled(f"job {self.id} was cancelled", job=self, code=None)
         return self
 
-    async def _poll_once(self, deadline: float) -> bool:
-        """Refresh within *deadline*; return False on a transient error (logged)."""
+    async def _poll_once(self, deadline: float) -> None:
+        """Refresh within *deadline*; transient errors are logged, not raised."""
         clock = self._client.clock
         budget = min(self._client.config.timeout, deadline - clock.monotonic())
         if budget <= 0:
-            return False
+            return
         try:
             await self.refresh(timeout=budget)
         except PixelByteError as exc:
             if not exc.retryable:
                 raise
             log.warning("polling job %s failed transiently: %s", self.id, exc)
-            return False
-        return True
 
     def _next_delay(self, policy: PollPolicy, previous: float | None) -> float:
         clock = self._client.clock
