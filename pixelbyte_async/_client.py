@@ -419,6 +419,12 @@ class PixelByte:
         """A fresh copy of the headers for *auth*, for callers that add to them."""
         return dict(self._shared_headers(auth))
 
+    def _headers_for(self, url: str) -> dict[str, str]:
+        """Headers for a URL outside the API pipeline: the key only to the API's origin."""
+        if _origin(url) == self._api_origin:
+            return self._headers("bearer")
+        return {"User-Agent": self.config.user_agent}
+
     def _build_headers(
         self, auth: Literal["bearer", "both", "optional", "none"]
     ) -> dict[str, str]:
@@ -1103,10 +1109,7 @@ class PixelByte:
     async def _put_upload(
         self, url: str, data: bytes, ctype: str, deadline: float
     ) -> None:
-        headers = {"Content-Type": ctype, "User-Agent": self.config.user_agent}
-        if _origin(url) == self._api_origin:
-            headers.update(self._headers("bearer"))
-            headers["Content-Type"] = ctype
+        headers = {**self._headers_for(url), "Content-Type": ctype}
 
         async def put(remaining: float) -> None:
             resp = await self._transport.send(
@@ -1151,9 +1154,7 @@ class PixelByte:
         self, url: str, path: Path, *, timeout: float | None, overwrite: bool
     ) -> Path:
         self._check_open()
-        headers = {"User-Agent": self.config.user_agent}
-        if _origin(url) == self._api_origin:
-            headers.update(self._headers("bearer"))
+        headers = self._headers_for(url)
         budget = timeout or self.config.download_timeout
         deadline = self.clock.monotonic() + budget
 
