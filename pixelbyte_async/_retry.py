@@ -13,6 +13,7 @@ from typing import Any
 import attrs
 
 from ._errors import APIError, PixelByteError
+from ._serde import lenient_float
 
 
 __all__ = ["RetryPolicy", "parse_retry_after"]
@@ -126,21 +127,8 @@ def parse_retry_after(value: str | None, *, now: float) -> float | None:
 
 def retry_after_from_details(details: Mapping[str, Any]) -> float | None:
     """Return ``details.retryAfter`` as seconds when it is a usable number."""
-    raw = details.get("retryAfter", details.get("retry_after"))
-    if isinstance(raw, bool):
-        return None
-    if isinstance(raw, int | float):
-        value = float(raw)
-    elif isinstance(raw, str):
-        try:
-            value = float(raw)
-        except ValueError:
-            return None
-    else:
-        return None
-    if math.isnan(value) or math.isinf(value) or value < 0:
-        return None
-    return value
+    value = lenient_float(details.get("retryAfter", details.get("retry_after")))
+    return None if value is None or value < 0 else value
 
 
 def is_submit_safe_to_retry(error: PixelByteError) -> bool:

@@ -57,10 +57,11 @@ def parse_datetime(value: object) -> datetime | None:
     if value is None or isinstance(value, bool):
         return None
     if isinstance(value, int | float):
-        if math.isnan(value) or math.isinf(value):
+        seconds = lenient_float(value)
+        if seconds is None:
             return None
         try:
-            return datetime.fromtimestamp(float(value), tz=UTC)
+            return datetime.fromtimestamp(seconds, tz=UTC)
         except (OverflowError, OSError, ValueError):
             return None
     if not isinstance(value, str) or not value:
@@ -99,21 +100,17 @@ def _lenient_int(value: object) -> int | None:
     return None
 
 
-def _lenient_float(value: object) -> float | None:
-    if value is None:
+def lenient_float(value: object) -> float | None:
+    """A finite float from a number or numeric string; anything else is ``None``."""
+    if value is None or isinstance(value, bool):
         return None
-    if type(value) is int:
-        return float(value)
-    number = _lenient_int(value) if not isinstance(value, float) else value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, str):
+    if isinstance(value, int | float | str):
         try:
-            parsed = float(value)
-        except ValueError:
+            number = float(value)
+        except (ValueError, OverflowError):  # "half", or an int beyond float range
             return None
-        return parsed if math.isfinite(parsed) else None
-    return None if number is None else float(number)
+        return number if math.isfinite(number) else None
+    return None
 
 
 def _opt_str(value: object) -> str | None:
@@ -130,7 +127,7 @@ def _make_converter() -> cattrs.Converter:
         lambda t: t == (int | None), lambda v, _: _lenient_int(v)
     )
     conv.register_structure_hook_func(
-        lambda t: t == (float | None), lambda v, _: _lenient_float(v)
+        lambda t: t == (float | None), lambda v, _: lenient_float(v)
     )
     conv.register_structure_hook_func(
         lambda t: t == (str | None), lambda v, _: _opt_str(v)
@@ -245,7 +242,7 @@ def _outputs(data: Mapping[str, Any]) -> tuple[JobOutput, ...]:
                     url=url,
                     type="video" if "videoUrl" in output else None,
                     content_type=_opt_str(output.get("contentType")),
-                    duration_seconds=_lenient_float(output.get("durationSeconds")),
+                    duration_seconds=lenient_float(output.get("durationSeconds")),
                 )
             )
     return tuple(found)
@@ -314,7 +311,7 @@ def decode_job(
         id=_job_id(obj),
         status=JobStatus.parse(raw_status),
         raw_status=_opt_str(raw_status),
-        progress=_lenient_float(get("progress")),
+        progress=lenient_float(get("progress")),
         model=model,
         video_url=url,
         outputs=outputs,

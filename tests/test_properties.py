@@ -33,6 +33,7 @@ JSON = st.recursive(
     st.none()
     | st.booleans()
     | st.integers()
+    | st.integers(min_value=10**300, max_value=10**500)  # JSON allows any size
     | st.floats(allow_nan=True)
     | st.text(max_size=30),
     lambda children: (

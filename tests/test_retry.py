@@ -72,6 +72,9 @@ def test_parse_retry_after(value, expected):
         ({"retryAfter": "x"}, None),
         ({}, None),
         ({"retry_after": 4}, 4.0),
+        ({"retryAfter": 10**400}, None),
+        ({"retryAfter": "inf"}, None),
+        ({"retryAfter": [30]}, None),
     ],
 )
 def test_retry_after_from_details(details, expected):

@@ -161,6 +161,9 @@ def test_wrong_types_in_optional_fields_are_dropped():
     assert info.cost_micro_cents is None
     assert info.model is None
     assert info.created_at is not None
+    assert decode_job({"jobId": "j", "progress": 10**400}).progress is None
+    assert decode_job({"jobId": "j", "progress": "50"}).progress == 50.0
+    assert decode_job({"jobId": "j", "progress": True}).progress is None
 
 
 def test_decode_json_errors_carry_excerpt():
@@ -252,5 +255,5 @@ def test_parse_datetime():
     assert parse_datetime("2026-02-18T15:30:00.000Z") is not None
     assert parse_datetime("2026-02-18T15:30:00").tzinfo is UTC
     assert parse_datetime(0) == datetime(1970, 1, 1, tzinfo=UTC)
-    for junk in ("", "soon", None, True, float("nan"), [], 1e300):
+    for junk in ("", "soon", None, True, float("nan"), [], 1e300, 10**400):
         assert parse_datetime(junk) is None
