@@ -19,11 +19,16 @@ DEFAULT_BASE_URL = "https://api.muvi.video"
 
 
 def mask_key(key: str | None) -> str:
-    """Return a form of *key* that is safe to log: its prefix and nothing else."""
+    """
+    Return a form of *key* that is safe to log: ``pb_***``, ``***`` or ``<none>``.
+
+    Only the documented ``pb_`` prefix is ever shown.  Any other key shows nothing:
+    the leading part of a foreign key (``sk_live_``, or a key with no prefix at all)
+    can be secret, or enough to tell whose it is.
+    """
     if not key:
         return "<none>"
-    prefix = key.split("_", 1)[0] if "_" in key[:8] else ""
-    return f"{prefix}_***" if prefix else "***"
+    return "pb_***" if key.startswith("pb_") else "***"
 
 
 class _SecretStr(str):

@@ -30,7 +30,7 @@ from ._errors import (
 from ._inputs import PRICES
 from ._models import JobErrorInfo, JobInfo, JobOutput, JobStatus
 from ._polling import PollPolicy
-from ._serde import decode_job
+from ._serde import decode_job, url_problem
 from ._transport import Request
 
 
@@ -149,11 +149,15 @@ class Job:
         self._info = info.merged_over(old)
         if not from_webhook:
             self._last_checked = self._client.clock.time()
-        # A completed delivery without a usable URL: fetch the job once.
+        # A completed delivery without a usable URL: fetch the job once.  (The
+        # decoder only picks usable URLs, but a snapshot may be built by hand.)
         self._needs_fetch = (
             from_webhook
             and self._info.status is JobStatus.COMPLETED
-            and self._info.video_url is None
+            and (
+                self._info.video_url is None
+                or url_problem(self._info.video_url) is not None
+            )
         )
         if self._info.status.is_terminal:
             self._client._job_finished(self)  # noqa: SLF001 -- the client owns the job slots
@@ -200,13 +204,20 @@ class Job:
         Raise `JobFailed` / `JobCancelled` if the job ended so; else return self.
         """
         status = self._info.status
+        raw = self._info.raw_status
+        # A synonym ("expired", "canceled_by_user" ...) is worth telling the reader.
+        said = (
+            f" (status {raw[:40]!r})" if raw is not None and raw != status.value else ""
+        )
         if status is JobStatus.FAILED:
             err = self._info.error or JobErrorInfo()
             code = err.code or "UNKNOWN"
-            msg = f"job {self.id} failed: {code}: {err.message or 'no message'}"
+            msg = f"job {self.id} failed{said}: {code}: {err.message or 'no message'}"
             raise JobFailed(msg, job=self, code=err.code)
         if status is JobStatus.CANCELLED:
-            raise JobCancelled(f"job {self.id} was cancelled", job=self, code=None)
+            raise JobCancelled(
+                f"job {self.id} was cancelled{said}", job=self, code=None
+            )
         return self
 
     async def _poll_once(self, deadline: float) -> None:
@@ -420,18 +431,35 @@ class Job:
         is checked against ``Content-Length`` and the client's ``max_download_bytes``.
 
         Raises:
-            MissingOutputError: The job has no output URL (not completed?).
+            MissingOutputError: The job has no usable output URL (not completed?, or
+                one that is not an http(s) URL with a host and a valid port: the
+                message names it); nothing was requested.
             DownloadError: HTTP error, size mismatch, limit exceeded or path exists.
 
         """
         url = self.video_url
         if url is None:
+            raw = self._info.raw_output_url
+            if raw is not None:
+                raise MissingOutputError(
+                    f"job {self.id} has no usable output URL: {_shown(raw)!r} "
+                    f"({url_problem(raw) or 'unusable'})"
+                )
             raise MissingOutputError(
                 f"job {self.id} ({self.status.value}) has no output URL to download"
+            )
+        problem = url_problem(url)
+        if problem is not None:
+            raise MissingOutputError(
+                f"job {self.id} has no usable output URL: {_shown(url)!r} ({problem})"
             )
         return await self._client._download(  # noqa: SLF001 -- one download pipeline
             url, Path(path), timeout=timeout, overwrite=overwrite
         )
+
+
+def _shown(url: str) -> str:
+    return url if len(url) <= 300 else url[:300] + "..."  # noqa: PLR2004 -- readable
 
 
 async def stream_to_file(

@@ -27,6 +27,12 @@ class JobStatus(enum.StrEnum):
     """
     A job's status.  Unknown values from the server decode to `UNKNOWN`.
 
+    Decoding is case-insensitive and reads plain synonyms too (``succeeded``,
+    ``error``, ``expired``, ``queued``, ``running``, ``canceled`` …): a server that
+    says "succeeded" means the job is over, and waiting for "completed" would poll
+    for nothing until the deadline.  The string as sent stays in
+    `JobInfo.raw_status`.
+
     .. versionadded:: 0.1.0
     """
 
@@ -45,21 +51,57 @@ class JobStatus(enum.StrEnum):
     @classmethod
     def parse(cls, value: object) -> JobStatus:
         """Decode a wire status case-insensitively; anything unknown is `UNKNOWN`."""
-        exact = _EXACT.get(value) if isinstance(value, str) else None
+        if not isinstance(value, str):
+            return cls.UNKNOWN
+        exact = _EXACT.get(value)
         if exact is not None:
             return exact
-        if isinstance(value, str):
-            normalized = value.strip().lower()
-            if normalized == "canceled":
-                return cls.CANCELLED
-            try:
-                return cls(normalized)
-            except ValueError:
-                return cls.UNKNOWN
-        return cls.UNKNOWN
+        normalized = value.strip().lower().replace("-", "_").replace(" ", "_")
+        return _SYNONYMS.get(normalized, cls.UNKNOWN)
 
 
 _EXACT: dict[str, JobStatus] = {status.value: status for status in JobStatus}
+
+# Lower case, "-" and " " read as "_".  "unknown" itself is not a status a server
+# can announce: it stays UNKNOWN like any other unrecognised value.
+_SYNONYMS: dict[str, JobStatus] = {
+    **dict.fromkeys(
+        ("pending", "queued", "waiting", "starting", "submitted", "created"),
+        JobStatus.PENDING,
+    ),
+    **dict.fromkeys(
+        ("processing", "running", "in_progress", "started"), JobStatus.PROCESSING
+    ),
+    **dict.fromkeys(
+        (
+            "completed",
+            "complete",
+            "succeeded",
+            "success",
+            "successful",
+            "done",
+            "finished",
+        ),
+        JobStatus.COMPLETED,
+    ),
+    **dict.fromkeys(
+        (
+            "failed",
+            "error",
+            "errored",
+            "failure",
+            "expired",
+            "timeout",
+            "timed_out",
+            "rejected",
+        ),
+        JobStatus.FAILED,
+    ),
+    **dict.fromkeys(
+        ("cancelled", "canceled", "canceled_by_user", "cancelled_by_user"),
+        JobStatus.CANCELLED,
+    ),
+}
 
 
 @attrs.frozen(kw_only=True)
@@ -101,7 +143,11 @@ class JobInfo:
         raw_status: The status string exactly as sent.
         progress: 0..100 as the server reports it (coarse: 0, 50, 100).
         model: Model slug, when the server says it.
-        video_url: The primary output URL, resolved from every documented shape.
+        video_url: The primary output URL, resolved from every documented shape:
+            the first one that can be downloaded (an http(s) URL with a host and a
+            valid port), or ``None``.
+        raw_output_url: The first output URL as sent, usable or not (so an
+            unusable one can still be seen and reported).
         outputs: All outputs.
         error: Why it failed, for failed jobs.
         cost_micro_cents: What the job costs (1,000,000 = US$1), when known.
@@ -121,6 +167,7 @@ class JobInfo:
     progress: float | None = None
     model: str | None = None
     video_url: str | None = None
+    raw_output_url: str | None = None
     outputs: tuple[JobOutput, ...] = ()
     error: JobErrorInfo | None = None
     cost_micro_cents: int | None = None

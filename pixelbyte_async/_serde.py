@@ -4,18 +4,21 @@ The one cattrs converter, and the tolerant readers for every body shape the docs
 Rules (contract §2, §4, §13): a body with an object-valued ``data`` key is unwrapped;
 ids come as ``jobId``/``job_id``/``id``; cost as ``costMicroCents``/``estimatedCost``/
 ``cost``; the video URL is found in ``output`` (str) → ``output.url`` →
-``output.videoUrl`` → ``output.imageUrl`` → ``outputs[0].url``; unknown statuses and
-extra keys never crash; wrong types in required places raise `ResponseDecodeError`.
+``output.videoUrl`` → ``output.imageUrl`` → ``outputs[].url``, skipping URLs that
+cannot be downloaded (`url_problem`); unknown statuses and extra keys never crash;
+wrong types in required places raise `ResponseDecodeError`.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import attrs
 import cattrs
@@ -42,9 +45,18 @@ __all__ = [
     "error_fields",
     "parse_datetime",
     "unwrap",
+    "url_problem",
 ]
 
 T = TypeVar("T")
+
+log = logging.getLogger("pixelbyte_async")
+
+# Unknown statuses already warned about.  Bounded: a server inventing a new status
+# on every poll must not grow memory, nor the log.
+_UNKNOWN_STATUSES_SEEN: set[str] = set()
+_UNKNOWN_STATUSES_MAX = 100
+_SHOWN_CHARS = 80
 
 
 def _to_camel(name: str) -> str:
@@ -216,6 +228,29 @@ def _require_object(data: Any, what: str) -> Mapping[str, Any]:
     return data
 
 
+def _shown(value: str) -> str:
+    """*value* cut to a log-friendly length (log it with ``%r``: escapes, quotes)."""
+    return value if len(value) <= _SHOWN_CHARS else value[:_SHOWN_CHARS] + "..."
+
+
+def _decode_status(raw: object, job_id: str) -> JobStatus:
+    """Decode a job status; warn once per distinct value the SDK does not know."""
+    status = JobStatus.parse(raw)
+    if status is JobStatus.UNKNOWN and raw is not None:
+        key = _shown(raw) if isinstance(raw, str) else f"<{type(raw).__name__}>"
+        seen = _UNKNOWN_STATUSES_SEEN
+        if key not in seen and len(seen) < _UNKNOWN_STATUSES_MAX:
+            seen.add(key)
+            log.warning(
+                "job %r has status %r, unknown to this SDK: it counts as not "
+                "finished, so waiting goes on until its deadline (logged once per "
+                "status)",
+                _shown(job_id),
+                key,
+            )
+    return status
+
+
 def _job_id(data: Mapping[str, Any]) -> str:
     for key in ("jobId", "job_id", "id"):
         value = data.get(key)
@@ -235,7 +270,7 @@ def _outputs(data: Mapping[str, Any]) -> tuple[JobOutput, ...]:
                 found.append(_structure(item, JobOutput))
     output = data.get("output")
     if not found and isinstance(output, dict):
-        url = resolve_output_url(output)
+        url = resolve_output_url(output) or next(_url_candidates(output), None)
         if url:
             found.append(
                 JobOutput(
@@ -248,16 +283,63 @@ def _outputs(data: Mapping[str, Any]) -> tuple[JobOutput, ...]:
     return tuple(found)
 
 
-def resolve_output_url(output: object) -> str | None:
-    """Find the URL in ``output`` as a string or an object with url/videoUrl/imageUrl."""
+def _url_candidates(output: object) -> Iterator[str]:
+    """The URLs in ``output`` (a string, or an object with url/videoUrl/imageUrl)."""
     if isinstance(output, str) and output:
-        return output
-    if isinstance(output, dict):
+        yield output
+    elif isinstance(output, dict):
         for key in ("url", "videoUrl", "video_url", "imageUrl", "image_url"):
             value = output.get(key)
             if isinstance(value, str) and value:
-                return value
+                yield value
+
+
+def resolve_output_url(output: object) -> str | None:
+    """Find the first usable URL in ``output`` (see `url_problem`), if any."""
+    return next((u for u in _url_candidates(output) if url_problem(u) is None), None)
+
+
+def url_problem(url: str) -> str | None:
+    """
+    Say why *url* cannot be downloaded, or return ``None`` when it can.
+
+    Usable means: an absolute ``http``/``https`` URL with a host, a port that is a
+    number in 1..65535, and no whitespace or control characters where they break
+    it.  urllib raises `ValueError` for a bad port only when asked for it, deep in
+    a download: checked here, it is a typed error instead.
+    """
+    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in url):  # noqa: PLR2004 -- C0 controls and DEL
+        return "it contains control characters"
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:  # "Port out of range 0-65535", "Invalid IPv6 URL" ...
+        return str(exc)
+    if parts.scheme.lower() not in {"http", "https"}:
+        return "it is not an http(s) URL"
+    if not parts.hostname or any(ch.isspace() for ch in parts.netloc):
+        return "it has no valid host"
+    if port == 0:
+        return "port 0 is not a port"
     return None
+
+
+def _video_url(
+    output: object, outputs: tuple[JobOutput, ...]
+) -> tuple[str | None, str | None]:
+    """
+    Return ``(usable, raw)``: the first usable URL and the first URL of all.
+
+    The documented order, then every output: the first usable URL wins; the first
+    one of all is kept as sent, so an unusable one can still be named.
+    """
+    raw: str | None = None
+    for candidate in (*_url_candidates(output), *(o.url for o in outputs)):
+        if raw is None:
+            raw = candidate
+        if url_problem(candidate) is None:
+            return candidate, raw
+    return None, raw
 
 
 _COST_KEYS = ("costMicroCents", "estimatedCost", "cost", "cost_micro_cents")
@@ -274,12 +356,11 @@ def decode_job(
     """
     obj = _require_object(data, "a job")
     get = obj.get
+    job_id = _job_id(obj)
     raw_status = get("status")
     output = get("output")
-    url = resolve_output_url(output) if output is not None else None
     outputs = _outputs(obj) if (get("outputs") or isinstance(output, dict)) else ()
-    if url is None and outputs:
-        url = outputs[0].url
+    url, raw_url = _video_url(output, outputs)
     err = get("error")
     error: JobErrorInfo | None = None
     if isinstance(err, dict):
@@ -308,12 +389,13 @@ def decode_job(
         if refunded_value is None:
             refunded_value = fallback.refunded_micro_cents
     return JobInfo(
-        id=_job_id(obj),
-        status=JobStatus.parse(raw_status),
+        id=job_id,
+        status=_decode_status(raw_status, job_id),
         raw_status=_opt_str(raw_status),
         progress=lenient_float(get("progress")),
         model=model,
         video_url=url,
+        raw_output_url=raw_url,
         outputs=outputs,
         error=error,
         cost_micro_cents=cost,
@@ -366,6 +448,15 @@ def decode_upload(data: Any) -> Upload:
         obj["id"] = obj["fileId"]
     if not isinstance(obj.get("id"), str) or not isinstance(obj.get("fileUrl"), str):
         raise ResponseDecodeError("upload body lacks id/fileId or fileUrl")
+    for key in ("fileUrl", "uploadUrl"):
+        url = obj.get(key)
+        if not isinstance(url, str):
+            continue
+        problem = url_problem(url)
+        if problem is not None:
+            raise ResponseDecodeError(
+                f"upload body has an unusable {key} {_shown(url)!r}: {problem}"
+            )
     return _structure(obj, Upload)
 
 

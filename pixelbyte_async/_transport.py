@@ -5,6 +5,11 @@ The transport seam: the only code that touches aiohttp's client.
 connector.  `MockTransport` answers requests from a Python function, with no socket,
 for unit tests (the httpx pattern).  Both turn every failure into `TransportError` /
 `RequestTimeout`, telling whether the request may have reached the server.
+
+Hostile answers are refused here, where status and headers are seen: `send` never
+follows nor returns a redirect (it raises `UnexpectedRedirect`, naming the target), and
+a body over *max_body* bytes, after decompression, raises `ResponseTooLarge` without
+being read (neither is retried).
 """
 
 from __future__ import annotations
@@ -18,7 +23,13 @@ from typing import Any, Protocol, runtime_checkable
 import aiohttp
 import attrs
 
-from ._errors import RequestTimeout, TransportError
+from ._errors import (
+    RequestTimeout,
+    ResponseTooLarge,
+    TransportError,
+    UnexpectedRedirect,
+    loggable_url,
+)
 
 
 __all__ = [
@@ -77,7 +88,13 @@ class Transport(Protocol):
     """What the client needs from a transport."""
 
     async def send(self, request: Request) -> Response:
-        """Send *request* and return the whole response (or raise TransportError)."""
+        """
+        Send *request* and return the whole response.
+
+        Raises `TransportError` when the API cannot be reached, `UnexpectedRedirect`
+        instead of following or returning a 3xx, and `ResponseTooLarge` for a body
+        over the transport's limit.
+        """
         ...
 
     def stream(self, request: Request) -> Any:
@@ -91,6 +108,30 @@ class Transport(Protocol):
 
 def _lower(headers: Mapping[str, str]) -> dict[str, str]:
     return {k.lower(): v for k, v in headers.items()}
+
+
+def _is_redirect(status: int) -> bool:
+    return 300 <= status < 400  # noqa: PLR2004 -- HTTP's redirection class
+
+
+def _redirect_error(
+    request: Request, status: int, headers: Mapping[str, str]
+) -> UnexpectedRedirect:
+    """The error for a 3xx answer to a request that must not follow redirects."""
+    what = f"{request.method} {request.url.split('?', 1)[0]}"
+    location = headers.get("location", headers.get("Location"))
+    target = (
+        "without a Location"
+        if location is None
+        else f"to {loggable_url(location)!r}"  # .location keeps all of it
+    )
+    return UnexpectedRedirect(
+        f"{what} was redirected {target}; API calls never follow "
+        "redirects (check base_url)",
+        status=status,
+        location=location,
+        request_id=headers.get("x-request-id", headers.get("X-Request-Id")),
+    )
 
 
 def _map_aiohttp_error(exc: BaseException, request: Request) -> TransportError:
@@ -114,7 +155,8 @@ class AiohttpTransport:
         session: An existing session to borrow (it is never closed by us).
         max_connections: Connector limit when we make the session ourselves.
         connect_timeout: Seconds to establish a connection.
-        max_body: Largest non-streamed response body accepted.
+        max_body: Largest non-streamed response body accepted, in bytes after
+            decompression; a larger one raises `ResponseTooLarge`.
 
     """
 
@@ -180,7 +222,11 @@ class AiohttpTransport:
         return self._semaphore
 
     async def send(self, request: Request) -> Response:
-        """Send *request* and read the body (at most *max_body* bytes)."""
+        """
+        Send *request* and read the body (at most *max_body* bytes).
+
+        Redirects are never followed: a 3xx raises `UnexpectedRedirect`.
+        """
         session = self._get_session()
         gate = self._gate()
         if gate is not None:
@@ -214,11 +260,20 @@ class AiohttpTransport:
                 timeout=self._timeout(request),
                 allow_redirects=False,
             ) as resp:
+                if _is_redirect(resp.status):
+                    raise _redirect_error(request, resp.status, resp.headers)
                 declared = resp.content_length
-                if declared is not None and declared <= self._max_body:
+                encoding = resp.headers.get("Content-Encoding", "").strip().lower()
+                if (
+                    declared is not None
+                    and declared <= self._max_body
+                    and encoding in {"", "identity"}
+                ):
                     body = await resp.read()  # known and bounded: one read
                 else:
-                    body = await self._read_limited(resp)
+                    # Unknown size, or compressed (its Content-Length says nothing
+                    # of the inflated size): count what is actually read.
+                    body = await self._read_limited(resp, request)
                 return Response(
                     # aiohttp's headers are already a case-insensitive mapping.
                     status=resp.status,
@@ -233,24 +288,36 @@ class AiohttpTransport:
             if gate is not None:
                 gate.release()
 
-    async def _read_limited(self, resp: aiohttp.ClientResponse) -> bytes:
+    async def _read_limited(
+        self, resp: aiohttp.ClientResponse, request: Request
+    ) -> bytes:
+        """
+        Read at most *max_body* bytes, or raise `ResponseTooLarge`.
+
+        Too large is final, not a network hiccup: fetching the body again would
+        only download it again, so the error is not retryable.
+        """
+        limit = self._max_body
+        what = f"{request.method} {request.url.split('?', 1)[0]}"
         declared = resp.content_length
-        if declared is not None:
-            if declared > self._max_body:
-                resp.release()
-                raise TransportError(
-                    f"response body of {declared} bytes exceeds the "
-                    f"{self._max_body} limit"
-                )
-            # Fast path: the size is known and bounded, so one read is safe.
-            return await resp.read()
+        if declared is not None and declared > limit:
+            resp.close()  # do not read it, and do not reuse the connection
+            raise ResponseTooLarge(
+                f"{what}: response body of {declared} bytes is over the {limit} "
+                "byte limit",
+                status=resp.status,
+                limit=limit,
+                size=declared,
+            )
         buf = bytearray()
         async for chunk in resp.content.iter_chunked(64 * 1024):
             buf += chunk
-            if len(buf) > self._max_body:
+            if len(buf) > limit:
                 resp.close()
-                raise TransportError(
-                    f"response body exceeds the {self._max_body} byte limit"
+                raise ResponseTooLarge(
+                    f"{what}: response body is over the {limit} byte limit",
+                    status=resp.status,
+                    limit=limit,
                 )
         return bytes(buf)
 
@@ -325,8 +392,11 @@ class MockTransport:
         return attrs.evolve(result, headers=_lower(result.headers))
 
     async def send(self, request: Request) -> Response:
-        """Answer *request* with the handler."""
-        return await self._answer(request)
+        """Answer *request* with the handler; a 3xx raises `UnexpectedRedirect`."""
+        response = await self._answer(request)
+        if _is_redirect(response.status):
+            raise _redirect_error(request, response.status, response.headers)
+        return response
 
     @asynccontextmanager
     async def stream(self, request: Request) -> AsyncIterator[StreamResponse]:

@@ -13,12 +13,17 @@ from pixelbyte_async import (
     PixelByteError,
     RateLimited,
     RequestTimeout,
+    ResponseDecodeError,
     ServerError,
     TransportError,
     ValidationError,
     WaitTimeout,
 )
-from pixelbyte_async._errors import error_class_for
+from pixelbyte_async._errors import (
+    ResponseTooLarge,
+    UnexpectedRedirect,
+    error_class_for,
+)
 
 
 @pytest.mark.parametrize(
@@ -43,6 +48,10 @@ from pixelbyte_async._errors import error_class_for
         (502, None, ServerError),
         (418, None, APIError),
         (400, "CONCURRENT_JOBS_EXCEEDED", RateLimited),
+        (301, None, UnexpectedRedirect),
+        (307, None, UnexpectedRedirect),
+        (308, "INVALID_INPUT", UnexpectedRedirect),
+        (399, None, UnexpectedRedirect),
     ],
 )
 def test_table(status, code, cls):
@@ -83,3 +92,26 @@ def test_builtin_bases():
         assert issubclass(cls, PixelByteError)
     assert TransportError("x").retryable
     assert TransportError("x", request_sent=False).request_sent is False
+
+
+def test_redirect_and_too_large_are_final_and_typed():
+    """UnexpectedRedirect and ResponseTooLarge are never retryable; both carry data."""
+    redirect = UnexpectedRedirect(
+        "moved", status=307, location="https://elsewhere.example/", request_id="req_1"
+    )
+    assert isinstance(redirect, APIError)
+    assert not isinstance(redirect, TransportError)
+    assert (
+        redirect.retryable,
+        redirect.location,
+    ) == (False, "https://elsewhere.example/")
+    assert "req_1" in str(redirect)
+    assert "https://elsewhere.example/" in repr(redirect)
+    too_large = ResponseTooLarge("big", status=200, limit=10, size=20)
+    assert isinstance(too_large, ResponseDecodeError)
+    assert (
+        too_large.retryable,
+        too_large.limit,
+        too_large.size,
+        too_large.status,
+    ) == (False, 10, 20, 200)

@@ -10,6 +10,7 @@ from pixelbyte_async import (
     ServerError,
     TransportError,
 )
+from pixelbyte_async._errors import ResponseTooLarge, UnexpectedRedirect
 from pixelbyte_async._retry import (
     is_submit_safe_to_retry,
     parse_retry_after,
@@ -92,6 +93,8 @@ def test_retry_after_from_details(details, expected):
         (TransportError("x", request_sent=False), True),
         (TransportError("x"), False),
         (InvalidRequestError("x", status=400), False),
+        (UnexpectedRedirect("x", status=307, location="https://e.x/"), False),
+        (ResponseTooLarge("x", status=200, limit=1), False),
     ],
 )
 def test_submit_safety(error, safe):
@@ -105,3 +108,16 @@ def test_policy_validation():
         RetryPolicy(attempts=0)
     with pytest.raises(ValueError):
         RetryPolicy(wait_initial=-1)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        UnexpectedRedirect("x", status=307, location="https://e.x/", retry_after=1),
+        ResponseTooLarge("x", status=200, limit=1),
+    ],
+    ids=["redirect", "too-large"],
+)
+def test_hostile_answers_are_never_retried(error):
+    """A redirect or an oversized body is final: no policy retries it."""
+    assert RetryPolicy(attempts=10).delay_for(error, 1) is None

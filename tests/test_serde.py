@@ -87,6 +87,27 @@ def test_cost_alternate_keys(key):
         ("throttled", JobStatus.UNKNOWN),
         (None, JobStatus.UNKNOWN),
         (42, JobStatus.UNKNOWN),
+        *[
+            (raw, JobStatus.COMPLETED)
+            for raw in ("succeeded", "SUCCESS", "successful", "done", "Finished")
+        ],
+        ("complete", JobStatus.COMPLETED),
+        *[
+            (raw, JobStatus.FAILED)
+            for raw in ("error", "errored", "failure", "expired", "Timeout")
+        ],
+        ("timed_out", JobStatus.FAILED),
+        ("rejected", JobStatus.FAILED),
+        ("canceled_by_user", JobStatus.CANCELLED),
+        ("cancelled_by_user", JobStatus.CANCELLED),
+        *[
+            (raw, JobStatus.PENDING)
+            for raw in ("queued", "waiting", "starting", "submitted", "created")
+        ],
+        *[
+            (raw, JobStatus.PROCESSING)
+            for raw in ("running", "in_progress", "In-Progress", " started ")
+        ],
     ],
 )
 def test_status_is_lenient(raw, status):
