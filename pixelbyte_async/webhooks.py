@@ -15,23 +15,49 @@ The API signs each delivery (contract §8)::
   to every submit, and `Job.wait` then awaits the delivery, with a slow safety poll in
   case a delivery is lost.
 
+**Threads.**  `WebhookReceiver.handle` and `WebhookReceiver.dispatch` may be called
+from any thread, e.g. a synchronous Django or Flask view in a worker thread while
+``job.wait()`` is parked on your application's event loop.  Verification and
+de-duplication happen at once in the calling thread (so the HTTP answer is
+immediate); waiters, attached clients and coroutine hooks are then handed to the
+event loop they belong to with ``loop.call_soon_threadsafe``.  Nothing else touches
+a loop, a future or a `Job` from a foreign thread.
+
+**Attribution.**  `tag_webhook_url` adds a per-submit-attempt nonce (``pb_attempt``,
+made by `new_attempt_id`) to the ``webhookUrl``; the API calls that URL back, so a
+delivery tells which submit attempt created which job
+(`WebhookReceiver.job_for_attempt`).  The signature covers the timestamp and the
+body, **not the URL**: the nonce is attribution, not authentication.  Only verified
+deliveries are counted, and the first delivery naming an attempt wins; a later one
+naming it with another job id is logged and ignored.
+
+**Memory.**  Nothing is kept per finished job for long: a job's waiter state goes
+with its last waiter; an event is forgotten *retention* seconds (30 min by default)
+after its last delivery and an attribution after its first, with *max_events* as a
+hard cap.
+
 .. versionadded:: 0.1.0
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import hmac
 import inspect
 import json
 import logging
 import re
+import secrets
+import threading
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
+from urllib.parse import parse_qsl, unquote_plus
 
 import attrs
 
@@ -48,6 +74,7 @@ if TYPE_CHECKING:
 
 
 __all__ = [
+    "ATTEMPT_PARAM",
     "DEFAULT_MAX_BODY",
     "DEFAULT_TOLERANCE",
     "SIGNATURE_HEADER",
@@ -55,8 +82,10 @@ __all__ = [
     "WebhookEvent",
     "WebhookReceiver",
     "WebhookServer",
+    "new_attempt_id",
     "sign",
     "signature_headers",
+    "tag_webhook_url",
     "verify",
 ]
 
@@ -68,9 +97,17 @@ TIMESTAMP_HEADER = "X-PixelByte-Timestamp"
 DEFAULT_TOLERANCE = 300.0
 #: Largest body accepted (a job's payload is a few hundred bytes).
 DEFAULT_MAX_BODY = 256 * 1024
+#: The ``webhookUrl`` query parameter that carries a submit attempt's nonce.
+ATTEMPT_PARAM = "pb_attempt"
 
 _TIMESTAMP_RE = re.compile(r"^[0-9]{1,12}$")
 _SIGNATURE_RE = re.compile(r"^sha256=([0-9a-fA-F]{64})$")
+_ATTEMPT_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+# Retries end ~341 s after the first attempt (1+4+16+64+256 s), each attempt may take
+# up to 30 s, a retry's timestamp is good for the 300 s tolerance, and reconciling an
+# ambiguous submit looks back over a 300 s settle horizon: ~1,120 s in all.  Thirty
+# minutes covers that with a margin and still forgets a finished job soon.
+_DEFAULT_RETENTION = 1800.0
 
 Secrets = str | bytes | Sequence[str | bytes]
 
@@ -87,8 +124,12 @@ class WebhookEvent:
             every documented shape).
         timestamp: The delivery's ``X-PixelByte-Timestamp``.
         payload: The JSON body as sent.
+        attempt: The ``pb_attempt`` nonce of the URL the delivery was sent to (see
+            `tag_webhook_url`), or None.  Not covered by the signature: use it to
+            attribute a job to a submit attempt, never to authenticate.
 
     .. versionadded:: 0.1.0
+    .. versionchanged:: 0.2.0 *attempt*.
 
     """
 
@@ -97,6 +138,7 @@ class WebhookEvent:
     job: JobInfo
     timestamp: int
     payload: Mapping[str, Any] = attrs.field(repr=False)
+    attempt: str | None = None
 
     @property
     def video_url(self) -> str | None:
@@ -120,6 +162,63 @@ def _body_bytes(body: bytes | bytearray | memoryview | str) -> bytes:
         # prefer the raw bytes (request.body() / request.get_data()).
         return body.encode()
     return bytes(body)
+
+
+def new_attempt_id() -> str:
+    """
+    Return a fresh nonce for one submit attempt (16 URL-safe characters).
+
+    .. versionadded:: 0.2.0
+    """
+    return secrets.token_urlsafe(12)
+
+
+def tag_webhook_url(url: str, attempt: str) -> str:
+    """
+    Return *url* with its ``pb_attempt`` query parameter set to *attempt*.
+
+    Any earlier ``pb_attempt`` is replaced; other parameters and the fragment are
+    kept exactly as written.
+
+    Raises:
+        ValueError: *attempt* is not 1-64 characters of ``[A-Za-z0-9_-]``.
+
+    .. versionadded:: 0.2.0
+
+    """
+    if not isinstance(attempt, str) or not _ATTEMPT_RE.fullmatch(attempt):
+        msg = f"attempt must be 1-64 characters of [A-Za-z0-9_-], not {attempt!r}"
+        raise ValueError(msg)
+    base, hashmark, fragment = url.partition("#")
+    path, _, query = base.partition("?")
+    kept = [
+        part
+        for part in query.split("&")
+        if part and unquote_plus(part.partition("=")[0]) != ATTEMPT_PARAM
+    ]
+    kept.append(f"{ATTEMPT_PARAM}={attempt}")
+    return f"{path}?{'&'.join(kept)}{hashmark}{fragment}"
+
+
+def _attempt_from(url: str | None) -> str | None:
+    """The valid ``pb_attempt`` of a URL, path or query string; else None."""
+    if not url or not isinstance(url, str):
+        return None
+    if "?" in url:
+        query = url.partition("?")[2]
+    elif "://" in url or url.startswith("/"):
+        return None
+    else:
+        query = url
+    query = query.partition("#")[0]
+    values = [
+        value
+        for key, value in parse_qsl(query, keep_blank_values=True)
+        if key == ATTEMPT_PARAM
+    ]
+    if not values or any(value != values[0] for value in values):
+        return None
+    return values[0] if _ATTEMPT_RE.fullmatch(values[0]) else None
 
 
 def sign(body: bytes | str, secret: str | bytes, timestamp: int | str) -> str:
@@ -172,6 +271,7 @@ def verify(  # noqa: C901, PLR0912 -- one check per documented reason
     tolerance: float = DEFAULT_TOLERANCE,
     now: float | None = None,
     max_body: int = DEFAULT_MAX_BODY,
+    url: str | None = None,
 ) -> WebhookEvent:
     """
     Verify a delivery and return its event, or raise `WebhookVerificationError`.
@@ -183,6 +283,8 @@ def verify(  # noqa: C901, PLR0912 -- one check per documented reason
         tolerance: Seconds the timestamp may be off, in the past or the future.
         now: Current Unix time (default `time.time()`), for tests.
         max_body: Larger bodies are refused (``too_large``).
+        url: The URL the delivery was sent to, or just its query string: its valid
+            ``pb_attempt`` becomes ``event.attempt`` (not part of the signature).
 
     Raises:
         WebhookVerificationError: ``.reason`` is one of ``missing_header``,
@@ -258,10 +360,37 @@ def verify(  # noqa: C901, PLR0912 -- one check per documented reason
         job=info,
         timestamp=timestamp,
         payload=payload,
+        attempt=_attempt_from(url),
     )
 
 
 EventHook = Callable[[WebhookEvent], "Awaitable[None] | None"]
+_Loop = asyncio.AbstractEventLoop
+
+
+def _running_loop() -> _Loop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+def _resolve(
+    futures: Iterable[asyncio.Future[WebhookEvent]], event: WebhookEvent
+) -> bool:
+    """Set *event* on the pending *futures* (on their loop); True if any was pending."""
+    fed = False
+    for future in futures:
+        if not future.done():
+            future.set_result(event)
+            fed = True
+    return fed
+
+
+def _cancel(futures: Iterable[asyncio.Future[WebhookEvent]]) -> None:
+    for future in futures:
+        if not future.done():
+            future.cancel()
 
 
 class WebhookReceiver:
@@ -272,21 +401,39 @@ class WebhookReceiver:
     `aiohttp_app`).  Dispatch is synchronous and cheap, so the API gets its 2xx
     at once; your hooks run afterwards as tasks.
 
+    `handle` and `dispatch` are safe from any thread.  From a thread other than the
+    event loop a waiter or an attached client belongs to, the event is handed to
+    that loop with ``call_soon_threadsafe`` (and dropped if the loop is closed); a
+    plain-function hook runs in the calling thread, a coroutine hook as a task on
+    that loop.  The receiver learns loops from `future_for`, `event_for`,
+    `job_for_attempt` and `attach` called inside them.
+
     Args:
         secret: The webhook secret (``$PIXELBYTE_WEBHOOK_SECRET`` is not read
             implicitly), or several during a rotation.
         tolerance: Accepted timestamp skew in seconds, both ways.
         max_body: Larger bodies get 413 without being read in full.
-        clock: Time source for the timestamp check (tests pass a virtual clock).
-        on_event: Called with every new verified event (after waiters are fed).
+        clock: Time source for the timestamp check and *retention* (tests pass a
+            virtual clock).
+        on_event: Called with every new verified event (after waiters are fed, or
+            handed to their loop).
         on_unknown: Called with events for jobs no client here knows, after
             *unknown_grace* seconds (so a delivery racing its own submit is not
-            reported).
+            reported); on the owning event loop when there is one.
         unknown_grace: See *on_unknown*.
-        max_events: How many recent events are remembered for de-duplication and
-            for waiters that register late.
+        max_events: Hard cap on the events (and on the attempt attributions)
+            remembered for de-duplication and for waiters that register late.
+        retention: Seconds an event is remembered after its last delivery, and an
+            attribution (`job_for_attempt`) after its first.  The default, 1800 s,
+            outlasts the API's retries (1+4+16+64+256 s ≈ 5.7 min, each attempt
+            allowed 30 s), the 300 s timestamp tolerance of the last retry and a
+            300 s settle horizon for reconciling an ambiguous submit (≈ 19 min in
+            all), with margin.  Keep it above *tolerance*, so that a replayed
+            delivery is refused as stale before it is forgotten.  Pruning is
+            amortised O(1) on each call, with no background task.
 
     .. versionadded:: 0.1.0
+    .. versionchanged:: 0.2.0 *retention*; safe from any thread.
 
     """
 
@@ -301,7 +448,12 @@ class WebhookReceiver:
         on_unknown: EventHook | None = None,
         unknown_grace: float = 5.0,
         max_events: int = 50_000,
+        retention: float = _DEFAULT_RETENTION,
     ) -> None:
+        if not retention > 0:
+            raise ValueError(
+                f"retention must be a positive number of seconds, not {retention!r}"
+            )
         self._secrets = _secret_bytes(secret)
         self.tolerance = tolerance
         self.max_body = max_body
@@ -310,10 +462,20 @@ class WebhookReceiver:
         self.on_unknown = on_unknown
         self.unknown_grace = unknown_grace
         self.max_events = max_events
-        self._events: OrderedDict[str, WebhookEvent] = OrderedDict()
-        self._futures: dict[str, asyncio.Future[WebhookEvent]] = {}
+        self.retention = float(retention)
+        # Guards every structure below: handle() may run in any thread.  Never held
+        # while calling out (hooks, clients, futures).
+        self._lock = threading.Lock()
+        # job id -> (clock.monotonic() of its last delivery, event), oldest first.
+        self._events: OrderedDict[str, tuple[float, WebhookEvent]] = OrderedDict()
+        # attempt nonce -> (clock.monotonic() of its first delivery, job id).
+        self._attempts: OrderedDict[str, tuple[float, str]] = OrderedDict()
+        # job id -> one pending future per event loop with a waiter (usually one).
+        self._futures: dict[str, list[asyncio.Future[WebhookEvent]]] = {}
         self._waiters: dict[str, int] = {}
-        self._clients: list[PixelByte] = []
+        # client -> the loop it was attached on (None: outside a loop).
+        self._clients: dict[PixelByte, _Loop | None] = {}
+        self._home: weakref.ref[_Loop] | None = None
         self._hook_tasks: set[asyncio.Task[None]] = set()
         self.stats: dict[str, int] = {
             "received": 0,
@@ -329,16 +491,48 @@ class WebhookReceiver:
             f"waiting={len(self._waiters)}, stats={self.stats})"
         )
 
+    def _count(self, stat: str) -> None:
+        with self._lock:
+            self.stats[stat] += 1
+
+    def _sizes(self) -> dict[str, int]:
+        """The sizes of the per-job structures (for tests and debugging)."""
+        with self._lock:
+            return {
+                "events": len(self._events),
+                "attempts": len(self._attempts),
+                "futures": len(self._futures),
+                "waiters": len(self._waiters),
+                "hook_tasks": len(self._hook_tasks),
+            }
+
     # -- the framework-agnostic core ------------------------------------------------
 
-    def handle(self, body: bytes, headers: Mapping[str, str]) -> tuple[int, str]:
+    def handle(
+        self,
+        body: bytes | bytearray | memoryview | str,
+        headers: Mapping[str, str],
+        *,
+        url: str | None = None,
+    ) -> tuple[int, str]:
         """
         Verify and dispatch one delivery; return ``(http_status, reason)``.
 
         200 for new and duplicate deliveries (the API must stop retrying), 401 for
-        verification failures, 413 for oversize bodies.
+        verification failures, 413 for oversize bodies.  Safe from any thread; the
+        answer never waits for an event loop.
+
+        Args:
+            body: The raw request body, exactly as received.
+            headers: The request headers.
+            url: The request URL, or just its query string (``"pb_attempt=..."``
+                or ``"?pb_attempt=..."``): its ``pb_attempt`` becomes the event's
+                *attempt* (see `job_for_attempt`).
+
+        .. versionchanged:: 0.2.0 *url*; safe from any thread.
+
         """
-        self.stats["received"] += 1
+        self._count("received")
         try:
             event = verify(
                 body,
@@ -347,13 +541,14 @@ class WebhookReceiver:
                 tolerance=self.tolerance,
                 now=self.clock.time(),
                 max_body=self.max_body,
+                url=url,
             )
         except WebhookVerificationError as exc:
-            self.stats["rejected"] += 1
+            self._count("rejected")
             log.warning("rejected webhook delivery: %s (%s)", exc.reason, exc)
             return (413 if exc.reason == "too_large" else 401), exc.reason
         if not self.dispatch(event):
-            self.stats["duplicates"] += 1
+            self._count("duplicates")
             return 200, "duplicate"
         return 200, "ok"
 
@@ -361,31 +556,139 @@ class WebhookReceiver:
         """
         Hand a verified *event* to waiters, clients and hooks; False if a duplicate.
 
-        Exposed for frameworks where you verified with `verify` yourself.
+        Exposed for frameworks where you verified with `verify` yourself (pass its
+        *url* so that ``event.attempt`` is set).  Safe from any thread: the
+        de-duplication and the attribution of ``event.attempt`` happen at once,
+        the hand-off to waiters and clients on their own event loop.
         """
-        if event.job_id in self._events:
-            self._events.move_to_end(event.job_id)
+        conflict: str | None = None
+        futures: list[asyncio.Future[WebhookEvent]] = []
+        clients: list[tuple[PixelByte, _Loop | None]] = []
+        home: _Loop | None = None
+        with self._lock:
+            now = self.clock.monotonic()
+            self._prune(now)  # an expired event no longer counts as seen
+            if event.attempt is not None:
+                conflict = self._attribute(event, now)
+            seen = self._events.pop(event.job_id, None)
+            if seen is not None:
+                # A retry: remember the event for another *retention* from now.
+                self._events[event.job_id] = (now, seen[1])
+            elif event.status.is_terminal:
+                self.stats["accepted"] += 1
+                self._events[event.job_id] = (now, event)
+                futures = self._futures.pop(event.job_id, [])
+                clients = list(self._clients.items())
+                home = self._home() if self._home is not None else None
+            self._prune(now)  # the max_events cap
+        if conflict is not None:
+            log.warning(
+                "webhook for %s names attempt %s, already attributed to %s; ignored",
+                event.job_id,
+                event.attempt,
+                conflict,
+            )
+        if seen is not None:
             return False
         if not event.status.is_terminal:
             # Only terminal deliveries are documented; anything else is informative
             # and must not block the terminal one that follows.
             log.info("webhook for %s with status %s", event.job_id, event.status)
             return True
-        self.stats["accepted"] += 1
-        self._events[event.job_id] = event
-        while len(self._events) > self.max_events:
-            self._events.popitem(last=False)
-        known = False
-        future = self._futures.pop(event.job_id, None)
-        if future is not None and not future.done():
-            future.set_result(event)
-            known = True
-        for client in self._clients:
-            known |= client._webhook_event(event)  # noqa: SLF001 -- client and receiver cooperate
+        self._fan_out(event, futures, clients, home)
+        return True
+
+    def _prune(self, now: float) -> None:
+        """Forget what is older than *retention* or over *max_events* (lock held)."""
+        horizon = now - self.retention
+        for entries in (self._events, self._attempts):
+            while entries and (
+                len(entries) > self.max_events
+                or next(iter(entries.values()))[0] <= horizon
+            ):
+                entries.popitem(last=False)
+
+    def _attribute(self, event: WebhookEvent, now: float) -> str | None:
+        """Record ``event.attempt``; return the other job id it names (lock held)."""
+        attempt = event.attempt
+        if attempt is None or not _ATTEMPT_RE.fullmatch(attempt):
+            return None
+        known = self._attempts.get(attempt)
+        if known is None:
+            self._attempts[attempt] = (now, event.job_id)
+            return None
+        return None if known[1] == event.job_id else known[1]
+
+    def _fan_out(
+        self,
+        event: WebhookEvent,
+        futures: list[asyncio.Future[WebhookEvent]],
+        clients: list[tuple[PixelByte, _Loop | None]],
+        home: _Loop | None,
+    ) -> None:
+        """Feed waiters and clients on their loops, then the hooks."""
+        here = _running_loop()
+        plan: dict[
+            _Loop | None, tuple[list[asyncio.Future[WebhookEvent]], list[PixelByte]]
+        ] = {}
+        for future in futures:
+            plan.setdefault(future.get_loop(), ([], []))[0].append(future)
+        for client, attached_on in clients:
+            # A client attached outside a loop is fed on the loop it was first
+            # used on (PixelByte._loop, when it records one), else on the loop the
+            # SDK was last seen on.
+            used_on = getattr(client, "_loop", None)
+            loop = (
+                attached_on
+                or (used_on if isinstance(used_on, _Loop) else None)
+                or home
+                or here
+            )
+            plan.setdefault(loop, ([], []))[1].append(client)
+        known = bool(futures)
+        for loop, (feed, observers) in plan.items():
+            if loop is None or loop is here:
+                known |= self._feed(event, feed, observers)
+            else:
+                self._call_on(loop, self._feed, event, feed, observers)
+        owner = here or next(
+            (
+                loop
+                for loop in (*plan, home)
+                if loop is not None and not loop.is_closed()
+            ),
+            None,
+        )
         if self.on_event is not None:
-            self._run_hook(self.on_event, event)
+            self._run_hook(self.on_event, event, owner)
         if not known:
-            self._later(lambda: self._maybe_unknown(event))
+            check = functools.partial(self._maybe_unknown, event)
+            if owner is None or owner is here:
+                self._later(check)
+            else:
+                self._call_on(owner, self._later, check)
+
+    def _feed(
+        self,
+        event: WebhookEvent,
+        futures: list[asyncio.Future[WebhookEvent]],
+        clients: list[PixelByte],
+    ) -> bool:
+        """On the waiters' loop: resolve futures, tell clients; True if known."""
+        known = _resolve(futures, event)
+        for client in clients:
+            known |= client._webhook_event(event)  # noqa: SLF001 -- client and receiver cooperate
+        return known
+
+    def _call_on(
+        self, loop: _Loop, callback: Callable[..., object], *args: Any
+    ) -> bool:
+        """Run *callback* on *loop* from any thread; False if the loop is closed."""
+        try:
+            loop.call_soon_threadsafe(callback, *args)
+        except RuntimeError:
+            log.debug("event loop %r is closed; webhook hand-off dropped", loop)
+            return False
         return True
 
     def _later(self, callback: Callable[[], None]) -> None:
@@ -393,94 +696,147 @@ class WebhookReceiver:
         try:
             asyncio.get_running_loop()
         except RuntimeError:
-            # A synchronous framework (a Django or Flask view): no loop to wait on,
-            # and no submit in this thread that the delivery could be racing.
+            # A synchronous framework (a Django or Flask view) and no event loop in
+            # the process: no submit that the delivery could be racing.
             callback()
             return
         self.clock.call_later(self.unknown_grace, callback)
 
     def _is_known(self, job_id: str) -> bool:
-        return job_id in self._waiters or any(
+        with self._lock:
+            if job_id in self._waiters:
+                return True
+            clients = list(self._clients)
+        return any(
             client._knows_job(job_id)  # noqa: SLF001 -- client and receiver cooperate
-            for client in self._clients
+            for client in clients
         )
 
     def _count_unknown(self, event: WebhookEvent) -> bool:
         if self._is_known(event.job_id):
             return False
-        self.stats["unknown"] += 1
+        self._count("unknown")
         return True
 
     def _maybe_unknown(self, event: WebhookEvent) -> None:
         if self._count_unknown(event) and self.on_unknown is not None:
-            self._run_hook(self.on_unknown, event)
+            self._run_hook(self.on_unknown, event, _running_loop())
 
-    def _run_hook(self, hook: EventHook, event: WebhookEvent) -> None:
+    def _run_hook(
+        self, hook: EventHook, event: WebhookEvent, owner: _Loop | None
+    ) -> None:
+        """Call *hook* here; an awaitable it returns runs on this loop or *owner*."""
         try:
             result = hook(event)
         except Exception:
             log.exception("webhook hook failed for %s", event.job_id)
             return
-        if inspect.isawaitable(result):
+        if not inspect.isawaitable(result):
+            return
+        if _running_loop() is not None:
+            self._spawn(result, event)
+            return
+        if owner is not None and self._call_on(owner, self._spawn, result, event):
+            return
+        log.warning(
+            "webhook hook for %s returned an awaitable outside an event "
+            "loop; use a plain function with synchronous frameworks",
+            event.job_id,
+        )
+        if inspect.iscoroutine(result):
+            result.close()
+
+    def _spawn(self, awaitable: Awaitable[None], event: WebhookEvent) -> None:
+        """On a loop: run a hook's awaitable as a task, kept until it ends."""
+
+        async def run() -> None:
             try:
-                asyncio.get_running_loop()
-            except RuntimeError:
-                log.warning(
-                    "webhook hook for %s returned an awaitable outside an event "
-                    "loop; use a plain function with synchronous frameworks",
-                    event.job_id,
-                )
-                if inspect.iscoroutine(result):
-                    result.close()
-                return
+                await awaitable
+            except Exception:
+                log.exception("webhook hook failed for %s", event.job_id)
 
-            async def run(awaitable: Awaitable[None]) -> None:
-                try:
-                    await awaitable
-                except Exception:
-                    log.exception("webhook hook failed for %s", event.job_id)
-
-            task = asyncio.ensure_future(run(result))
+        task = asyncio.ensure_future(run())
+        with self._lock:
             self._hook_tasks.add(task)
-            task.add_done_callback(self._hook_tasks.discard)
+        task.add_done_callback(self._forget_task)
+
+    def _forget_task(self, task: asyncio.Task[None]) -> None:
+        with self._lock:
+            self._hook_tasks.discard(task)
 
     # -- waiting ----------------------------------------------------------------------
 
+    def _note_loop(self, loop: _Loop | None) -> None:
+        """Remember the loop the SDK runs on (lock held)."""
+        if loop is not None and (self._home is None or self._home() is not loop):
+            self._home = weakref.ref(loop)
+
     def event_for(self, job_id: str) -> WebhookEvent | None:
-        """Return the remembered event for *job_id*, if one arrived."""
-        return self._events.get(job_id)
+        """Return the remembered event for *job_id*, if one arrived (and is kept)."""
+        with self._lock:
+            self._note_loop(_running_loop())
+            self._prune(self.clock.monotonic())
+            entry = self._events.get(job_id)
+        return None if entry is None else entry[1]
+
+    def job_for_attempt(self, attempt: str) -> str | None:
+        """
+        Return the job id a verified delivery tagged with *attempt* was about.
+
+        The first verified delivery naming an attempt wins; the answer is kept for
+        *retention* seconds.  See `tag_webhook_url`.
+
+        .. versionadded:: 0.2.0
+        """
+        with self._lock:
+            self._note_loop(_running_loop())
+            self._prune(self.clock.monotonic())
+            entry = self._attempts.get(attempt)
+        return None if entry is None else entry[1]
 
     def future_for(self, job_id: str) -> asyncio.Future[WebhookEvent]:
         """
         Return a future resolved by *job_id*'s delivery (already done if it came).
 
-        One future per job id is shared by every waiter, and no task is made per
-        job.  Call `release` with the same id when you stop waiting.
+        One future per job id (and event loop) is shared by every waiter, and no
+        task is made per job.  Call `release` with the same id when you stop waiting.
         """
-        self._waiters[job_id] = self._waiters.get(job_id, 0) + 1
-        event = self._events.get(job_id)
-        if event is not None:
-            done: asyncio.Future[WebhookEvent] = (
-                asyncio.get_running_loop().create_future()
-            )
-            done.set_result(event)
-            return done
-        future = self._futures.get(job_id)
-        if future is None or future.done():
-            future = asyncio.get_running_loop().create_future()
-            self._futures[job_id] = future
-        return future
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            self._note_loop(loop)
+            self._prune(self.clock.monotonic())
+            self._waiters[job_id] = self._waiters.get(job_id, 0) + 1
+            entry = self._events.get(job_id)
+            if entry is None:
+                futures = self._futures.setdefault(job_id, [])
+                for future in futures:
+                    if future.get_loop() is loop and not future.done():
+                        return future
+                # Drop this loop's future if a caller cancelled it.
+                futures[:] = [f for f in futures if f.get_loop() is not loop]
+                future = loop.create_future()
+                futures.append(future)
+                return future
+        done: asyncio.Future[WebhookEvent] = loop.create_future()
+        done.set_result(entry[1])
+        return done
 
     def release(self, job_id: str) -> None:
         """Forget *job_id*'s future once its last waiter is gone (no leak)."""
-        count = self._waiters.get(job_id, 0) - 1
-        if count > 0:
-            self._waiters[job_id] = count
-            return
-        self._waiters.pop(job_id, None)
-        future = self._futures.pop(job_id, None)
-        if future is not None and not future.done():
-            future.cancel()
+        with self._lock:
+            count = self._waiters.get(job_id, 0) - 1
+            if count > 0:
+                self._waiters[job_id] = count
+                return
+            self._waiters.pop(job_id, None)
+            futures = self._futures.pop(job_id, [])
+        here = _running_loop()
+        for future in futures:
+            loop = future.get_loop()
+            if loop is here:
+                _cancel([future])
+            else:
+                self._call_on(loop, _cancel, [future])
 
     @property
     def waiting(self) -> int:
@@ -489,13 +845,16 @@ class WebhookReceiver:
 
     def attach(self, client: PixelByte) -> None:
         """Let *client* observe events (done by `PixelByte.use_webhooks`)."""
-        if client not in self._clients:
-            self._clients.append(client)
+        loop = _running_loop()
+        with self._lock:
+            self._note_loop(loop)
+            if self._clients.get(client) is None:
+                self._clients[client] = loop
 
     def detach(self, client: PixelByte) -> None:
         """Stop feeding *client*."""
-        if client in self._clients:
-            self._clients.remove(client)
+        with self._lock:
+            self._clients.pop(client, None)
 
     # -- aiohttp ------------------------------------------------------------------------
 
@@ -506,21 +865,24 @@ class WebhookReceiver:
         An aiohttp handler: mount it with ``app.router.add_post(path, handler)``.
 
         Oversize bodies get 413 from ``Content-Length`` alone, or as soon as the
-        streamed body passes the limit.
+        streamed body passes the limit.  The query string goes to `handle` as
+        *url* (for ``pb_attempt``).
         """
         declared = request.content_length
         if declared is not None and declared > self.max_body:
-            self.stats["received"] += 1
-            self.stats["rejected"] += 1
+            self._count("received")
+            self._count("rejected")
             return _reply(413, "too_large")
         body = bytearray()
         async for chunk in request.content.iter_chunked(16 * 1024):
             body += chunk
             if len(body) > self.max_body:
-                self.stats["received"] += 1
-                self.stats["rejected"] += 1
+                self._count("received")
+                self._count("rejected")
                 return _reply(413, "too_large")
-        status, reason = self.handle(bytes(body), request.headers)
+        status, reason = self.handle(
+            bytes(body), request.headers, url=request.query_string
+        )
         return _reply(status, reason)
 
     def aiohttp_app(self, path: str = "/") -> aiohttp.web.Application:
@@ -532,9 +894,12 @@ class WebhookReceiver:
         return app
 
     async def aclose(self) -> None:
-        """Wait for hook tasks still running."""
-        if self._hook_tasks:
-            await asyncio.gather(*self._hook_tasks, return_exceptions=True)
+        """Wait for hook tasks of this event loop still running."""
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            tasks = [t for t in self._hook_tasks if t.get_loop() is loop]
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def _reply(status: int, reason: str) -> aiohttp.web.Response:

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import re
 
 import aiohttp
+import attrs
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -21,12 +24,16 @@ from pixelbyte_async import (
 )
 from pixelbyte_async.testing import FakePixelByte, JobScript
 from pixelbyte_async.webhooks import (
+    ATTEMPT_PARAM,
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
+    WebhookEvent,
     WebhookReceiver,
     WebhookServer,
+    new_attempt_id,
     sign,
     signature_headers,
+    tag_webhook_url,
     verify,
 )
 
@@ -285,12 +292,20 @@ async def settle():
         await asyncio.sleep(0)
 
 
+def split_attempt(url):
+    """Split a submitted webhookUrl into the receiver's URL and its pb_attempt."""
+    base, _, attempt = url.rpartition(f"?{ATTEMPT_PARAM}=")
+    assert re.fullmatch(r"[A-Za-z0-9_-]{16}", attempt), url
+    return base, attempt
+
+
 @pytest.mark.anyio
 async def test_wait_resolves_from_the_delivery(rig):
     """Submit sends the receiver's URL; wait() returns on the delivery with no GET."""
     fake, server, pb = rig
     job = await pb.submit(KLING)
-    assert fake.jobs[job.id].webhook_url == server.public_url
+    url, attempt = split_attempt(fake.jobs[job.id].webhook_url)
+    assert url == server.public_url
     waiter = asyncio.ensure_future(job.wait())
     await settle()
     fake.advance(245)
@@ -300,6 +315,7 @@ async def test_wait_resolves_from_the_delivery(rig):
     assert done.video_url is not None
     assert gets(fake) == 0
     assert server.receiver.waiting == 0
+    assert server.receiver.job_for_attempt(attempt) == job.id
 
 
 @pytest.mark.anyio
@@ -525,13 +541,15 @@ async def test_use_webhooks_with_a_mounted_receiver():
         ):
             pb.use_webhooks(receiver, public_url=server.url)
             job = await pb.submit(KLING)
-            assert fake.jobs[job.id].webhook_url == server.url
+            url, attempt = split_attempt(fake.jobs[job.id].webhook_url)
+            assert url == server.url
             waiter = asyncio.ensure_future(job.wait())
             await settle()
             fake.advance(245)
             await fake.deliver_webhooks()
             await waiter
             assert gets(fake) == 0
+            assert receiver.job_for_attempt(attempt) == job.id
         with pytest.raises(Exception, match="public_url"):
             PixelByte(api_key="pb_x").use_webhooks(receiver)
 
@@ -552,3 +570,201 @@ def test_receiver_works_in_synchronous_frameworks(caplog):
     assert other.handle(BODY, headers()) == (200, "ok")
     assert "outside an event loop" in caplog.text
     assert len(unknown) == 1
+
+
+# -- attribution: the pb_attempt nonce ------------------------------------------------
+
+
+def body_for(job_id):
+    return json.dumps({"jobId": job_id, "status": "completed"}).encode()
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://hooks.example.com/pb?pb_attempt=7f3c_A-9&x=1",
+        "https://hooks.example.com/pb?x=1&pb_attempt=7f3c_A-9#frag",
+        "/pb?pb_attempt=7f3c_A-9",
+        "?pb_attempt=7f3c_A-9",
+        "pb_attempt=7f3c_A-9",
+        "x=%20&pb_attempt=7f3c_A-9",
+        "pb_attempt=7f3c_A-9&pb_attempt=7f3c_A-9",
+    ],
+    ids=["url", "url-fragment", "path", "query-mark", "query", "escaped", "repeated"],
+)
+def test_attempt_is_read_from_the_url(url):
+    """handle(url=...) takes pb_attempt from a URL, a path or a bare query string."""
+    receiver = WebhookReceiver(SECRET, clock=VirtualClock(start=TS))
+    assert receiver.handle(BODY, headers(), url=url) == (200, "ok")
+    assert receiver.event_for("job_abc123").attempt == "7f3c_A-9"
+    assert receiver.job_for_attempt("7f3c_A-9") == "job_abc123"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        None,
+        "https://hooks.example.com/pb",
+        "https://hooks.example.com/pb?x=1",
+        "pb_attempt=",
+        "pb_attempt=a%20b",
+        "pb_attempt=a/b",
+        "pb_attempt=" + "a" * 65,
+        "pb_attempt=a&pb_attempt=b",
+        "pb_attempt=%C3%A9",
+        "PB_ATTEMPT=abc",
+    ],
+    ids=[
+        "none",
+        "no-query",
+        "other-param",
+        "empty",
+        "space",
+        "slash",
+        "too-long",
+        "ambiguous",
+        "non-ascii",
+        "wrong-case",
+    ],
+)
+def test_invalid_or_missing_attempts_are_ignored(url):
+    """A missing, malformed, over-long or ambiguous pb_attempt leaves attempt None."""
+    receiver = WebhookReceiver(SECRET, clock=VirtualClock(start=TS))
+    assert receiver.handle(BODY, headers(), url=url) == (200, "ok")
+    assert receiver.event_for("job_abc123").attempt is None
+    assert receiver._sizes()["attempts"] == 0
+
+
+def test_attempt_of_64_characters_is_accepted():
+    """The longest accepted nonce is 64 characters."""
+    nonce = "A" * 64
+    receiver = WebhookReceiver(SECRET, clock=VirtualClock(start=TS))
+    receiver.handle(BODY, headers(), url=f"?{ATTEMPT_PARAM}={nonce}")
+    assert receiver.job_for_attempt(nonce) == "job_abc123"
+
+
+def test_first_verified_delivery_for_an_attempt_wins(caplog):
+    """A later delivery naming a known attempt with another job id is logged and ignored."""
+    receiver = WebhookReceiver(SECRET, clock=VirtualClock(start=TS))
+    first, second = body_for("job_first"), body_for("job_second")
+    assert receiver.handle(first, headers(first), url="?pb_attempt=n1") == (200, "ok")
+    with caplog.at_level(logging.WARNING, logger="pixelbyte_async.webhooks"):
+        answer = receiver.handle(second, headers(second), url="?pb_attempt=n1")
+    assert answer == (200, "ok")
+    assert receiver.job_for_attempt("n1") == "job_first"
+    assert "n1" in caplog.text
+    assert "job_second" in caplog.text
+    assert [r.levelno for r in caplog.records] == [logging.WARNING]
+    # A retry of the first delivery is a duplicate and changes nothing.
+    assert receiver.handle(first, headers(first), url="?pb_attempt=n1") == (
+        200,
+        "duplicate",
+    )
+    assert receiver.job_for_attempt("n1") == "job_first"
+
+
+def test_unverified_deliveries_are_never_attributed():
+    """A forged delivery naming an attempt is refused and claims nothing."""
+    receiver = WebhookReceiver(SECRET, clock=VirtualClock(start=TS))
+    forged = body_for("job_forged")
+    answer = receiver.handle(
+        forged, headers(forged, secret="whsec_wrong"), url="?pb_attempt=n1"
+    )
+    assert answer == (401, "mismatch")
+    assert receiver.job_for_attempt("n1") is None
+    real = body_for("job_real")
+    receiver.handle(real, headers(real), url="?pb_attempt=n1")
+    assert receiver.job_for_attempt("n1") == "job_real"
+
+
+def test_dispatch_uses_the_events_attempt():
+    """dispatch() after your own verify() attributes by event.attempt."""
+    receiver = WebhookReceiver(SECRET, clock=VirtualClock(start=TS))
+    event = verify(
+        BODY, headers(), SECRET, now=TS, url="https://h.example/?pb_attempt=v1"
+    )
+    assert event.attempt == "v1"
+    assert receiver.dispatch(event)
+    assert receiver.job_for_attempt("v1") == "job_abc123"
+    other = attrs.evolve(
+        verify(body_for("job_b"), headers(body_for("job_b")), SECRET, now=TS),
+        attempt="v2",
+    )
+    assert receiver.dispatch(other)
+    assert receiver.job_for_attempt("v2") == "job_b"
+    assert receiver.job_for_attempt("v3") is None
+
+
+def test_webhook_event_attempt_is_optional():
+    """Code that builds a WebhookEvent without an attempt keeps working."""
+    event = verify(BODY, headers(), SECRET, now=TS)
+    built = WebhookEvent(
+        job_id=event.job_id,
+        status=event.status,
+        job=event.job,
+        timestamp=event.timestamp,
+        payload=event.payload,
+    )
+    assert built.attempt is None
+    assert event == built
+
+
+@pytest.mark.anyio
+async def test_aiohttp_handler_reads_the_attempt_from_the_query():
+    """The aiohttp handler passes the request's query string to handle()."""
+    receiver = WebhookReceiver(SECRET, clock=VirtualClock(start=TS))
+    async with (
+        WebhookServer(receiver=receiver) as server,
+        aiohttp.ClientSession() as http,
+        http.post(
+            tag_webhook_url(server.url, "n_aio"), data=BODY, headers=headers()
+        ) as r,
+    ):
+        assert r.status == 200
+    assert receiver.job_for_attempt("n_aio") == "job_abc123"
+
+
+@pytest.mark.parametrize(
+    ("url", "tagged"),
+    [
+        ("https://h.example/pb", "https://h.example/pb?pb_attempt=N"),
+        ("https://h.example/pb?", "https://h.example/pb?pb_attempt=N"),
+        ("https://h.example/pb?a=1", "https://h.example/pb?a=1&pb_attempt=N"),
+        (
+            "https://h.example/pb?a=%20b+c&z",
+            "https://h.example/pb?a=%20b+c&z&pb_attempt=N",
+        ),
+        (
+            "https://h.example/pb?pb_attempt=old&a=1&pb_attempt=older",
+            "https://h.example/pb?a=1&pb_attempt=N",
+        ),
+        ("https://h.example/pb?a=1#top", "https://h.example/pb?a=1&pb_attempt=N#top"),
+        (
+            "https://h.example/pb?pb_attemptx=1",
+            "https://h.example/pb?pb_attemptx=1&pb_attempt=N",
+        ),
+    ],
+    ids=["bare", "empty-query", "param", "escaped", "replace", "fragment", "prefix"],
+)
+def test_tag_webhook_url(url, tagged):
+    """tag_webhook_url adds or replaces pb_attempt and keeps everything else as is."""
+    assert tagged == tag_webhook_url(url, "N")
+
+
+@pytest.mark.parametrize("attempt", ["", "a b", "a/b", "é", "a" * 65, "a&b=c"])
+def test_tag_webhook_url_refuses_bad_attempts(attempt):
+    """Only short [A-Za-z0-9_-] tokens can be tagged."""
+    with pytest.raises(ValueError, match="attempt"):
+        tag_webhook_url("https://h.example/pb", attempt)
+
+
+def test_new_attempt_id_round_trips():
+    """new_attempt_id makes distinct short tokens that survive tag, send and receive."""
+    ids = {new_attempt_id() for _ in range(200)}
+    assert len(ids) == 200
+    assert all(re.fullmatch(r"[A-Za-z0-9_-]{16}", i) for i in ids)
+    nonce = ids.pop()
+    url = tag_webhook_url("https://h.example/pb?a=1", nonce)
+    receiver = WebhookReceiver(SECRET, clock=VirtualClock(start=TS))
+    receiver.handle(BODY, headers(), url=url)
+    assert receiver.job_for_attempt(nonce) == "job_abc123"
