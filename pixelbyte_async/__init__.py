@@ -40,6 +40,7 @@ from ._errors import APIError as APIError
 from ._errors import AuthenticationError as AuthenticationError
 from ._errors import ClientClosedError as ClientClosedError
 from ._errors import DownloadError as DownloadError
+from ._errors import EventLoopMismatch as EventLoopMismatch
 from ._errors import InsufficientBalance as InsufficientBalance
 from ._errors import InvalidRequestError as InvalidRequestError
 from ._errors import JobCancelled as JobCancelled
@@ -51,10 +52,13 @@ from ._errors import PermissionDenied as PermissionDenied
 from ._errors import PixelByteError as PixelByteError
 from ._errors import RateLimited as RateLimited
 from ._errors import ReconcileError as ReconcileError
+from ._errors import ReconcileTimeout as ReconcileTimeout
 from ._errors import RequestTimeout as RequestTimeout
 from ._errors import ResponseDecodeError as ResponseDecodeError
+from ._errors import ResponseTooLarge as ResponseTooLarge
 from ._errors import ServerError as ServerError
 from ._errors import TransportError as TransportError
+from ._errors import UnexpectedRedirect as UnexpectedRedirect
 from ._errors import ValidationError as ValidationError
 from ._errors import WaitTimeout as WaitTimeout
 from ._errors import WebhookVerificationError as WebhookVerificationError
@@ -75,6 +79,8 @@ from ._models import JobOutput as JobOutput
 from ._models import JobStatus as JobStatus
 from ._models import Upload as Upload
 from ._polling import PollPolicy as PollPolicy
+from ._reconcile import AuditOrphan as AuditOrphan
+from ._reconcile import AuditReport as AuditReport
 from ._retry import RetryPolicy as RetryPolicy
 from ._transport import MockTransport as MockTransport
 from ._transport import Request as Request
@@ -90,6 +96,8 @@ __all__ = [
     "PRICES",
     "APIError",
     "AmbiguousSubmitError",
+    "AuditOrphan",
+    "AuditReport",
     "AuthenticationError",
     "Batch",
     "BatchInput",
@@ -106,6 +114,7 @@ __all__ = [
     "DownloadError",
     "Estimate",
     "EstimateLine",
+    "EventLoopMismatch",
     "InsufficientBalance",
     "InvalidRequestError",
     "Job",
@@ -130,10 +139,12 @@ __all__ = [
     "Price",
     "RateLimited",
     "ReconcileError",
+    "ReconcileTimeout",
     "Request",
     "RequestTimeout",
     "Response",
     "ResponseDecodeError",
+    "ResponseTooLarge",
     "RetryPolicy",
     "ServerError",
     "StreamResponse",
@@ -141,6 +152,7 @@ __all__ = [
     "Timer",
     "Transport",
     "TransportError",
+    "UnexpectedRedirect",
     "Upload",
     "ValidationError",
     "VirtualClock",

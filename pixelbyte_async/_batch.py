@@ -5,16 +5,22 @@ Batches: many jobs under one budget, with a crash-safe journal.
 ``{"id", "model", "input"}`` mappings) under the client's job limit, waits for
 them, downloads their outputs and yields one `BatchItem` per input as it finishes.
 
-* **Budget guard.**  The cost is estimated before the first submit (local price
-  table, else the API's estimate); a batch over *max_cost_micro_cents* is refused
-  with `BudgetExceeded` before anything is paid for, and submitting stops as soon
-  as the next job would cross the limit.
+* **Budget guard.**  The cost is estimated before the first submit with the API's
+  ``/estimate`` (your account's prices; the local price table only when the API
+  cannot be asked, and the plan says so); a batch over *max_cost_micro_cents* is
+  refused with `BudgetExceeded` before anything is paid for (or, with *fit*, runs
+  the rows that fit, in order), and submitting stops as soon as the next job would
+  cross the limit.  Submits are sent one at a time and every charge the API
+  reports is counted, so racing workers cannot cross the limit.
 * **Never pay twice.**  Every step is recorded in a SQLite journal (see
   `pixelbyte_async._journal`) before it happens.  Re-running the same batch after a
   crash (``kill -9`` included) re-attaches submitted jobs by id, skips finished
-  ones and reconciles submits of unknown fate with `PixelByte.reconcile` before
-  anything is re-sent.  Only one submit is in flight at a time, so a crash leaves
-  at most one such submit per run, which reconcile can always attribute.
+  ones and reconciles submits of unknown fate with `PixelByte.reconcile`.  A row
+  whose submit's fate is unknown is never re-sent before its **settle horizon**
+  (counted from the journaled start of the attempt, so it survives a crash) has
+  passed with nothing found; other rows go on meanwhile.
+* **Audit.**  At the end, the account's jobs created during the run that no
+  journal row claims are listed with their cost (`BatchSummary.orphans`).
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import hashlib
 import io
 import json
 import logging
+import math
 import os
 import re
 import warnings
@@ -58,7 +65,7 @@ from ._errors import (
     PermissionDenied,
     PixelByteError,
     ReconcileError,
-    RequestTimeout,
+    ReconcileTimeout,
     TransportError,
     ValidationError,
     WaitTimeout,
@@ -72,6 +79,8 @@ from ._inputs import (
 )
 from ._journal import Journal, JournalError, JournalRow
 from ._models import JobInfo, JobStatus
+from ._reconcile import DEFAULT_CLOCK_SKEW, AuditOrphan
+from .webhooks import new_attempt_id
 
 
 if TYPE_CHECKING:
@@ -112,6 +121,7 @@ Action: TypeAlias = Literal[
     "failed",
     "cancelled",
     "needs_attention",
+    "over_budget",
 ]
 
 _ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -257,8 +267,8 @@ class PlannedItem:
         model: The model slug.
         action: ``submit``, ``retry`` (failed before, *retry_failed*),
             ``reconcile`` (a submit of unknown fate), ``attach`` (wait for a job
-            submitted earlier), ``download``, ``done``, ``failed``, ``cancelled``
-            or ``needs_attention``.
+            submitted earlier), ``download``, ``done``, ``failed``, ``cancelled``,
+            ``needs_attention`` or ``over_budget`` (left out by *fit*).
         estimated_cost_micro_cents: What it may still cost (``None`` if nothing).
         job_id: Its job, if the journal knows one.
 
@@ -285,6 +295,11 @@ class BatchPlan:
         charged_micro_cents: What earlier runs with the journal already charged
             (net of refunds).
         max_cost_micro_cents: The limit, if any.
+        estimate_source: ``"api"`` (the API's ``/estimate``: your prices),
+            ``"local"`` (the SDK's list-price table, because the API could not be
+            asked: see *estimate_note*), ``"mixed"`` or ``"none"`` (nothing to
+            estimate).
+        estimate_note: Why the local table was used, if it was.
 
     .. versionadded:: 0.2.0
 
@@ -294,6 +309,8 @@ class BatchPlan:
     estimated_cost_micro_cents: int
     charged_micro_cents: int = 0
     max_cost_micro_cents: int | None = None
+    estimate_source: str = "api"
+    estimate_note: str | None = None
 
     @property
     def total_micro_cents(self) -> int:
@@ -327,6 +344,11 @@ class BatchSummary:
             ``"unavailable"``, or ``None``.
         journal: The journal file, if any.
         dry_run: Whether this was a dry run.
+        orphans: The account's jobs of the batch's models created during the run
+            that no journal row claims (`PixelByte.audit` over the run's window):
+            a double charge that slipped through anything, or another program's
+            jobs.  ``None`` if the audit could not run (see *audit_error*).
+        audit_error: Why the audit could not run.
 
     .. versionadded:: 0.2.0
 
@@ -339,6 +361,17 @@ class BatchSummary:
     stop_reason: str | None = None
     journal: Path | None = None
     dry_run: bool = False
+    orphans: tuple[AuditOrphan, ...] | None = ()
+    audit_error: str | None = None
+
+    @property
+    def orphan_cost_micro_cents(self) -> int:
+        """The known cost of the orphans (refunded ones excluded)."""
+        return sum(
+            o.cost_micro_cents or 0
+            for o in self.orphans or ()
+            if o.status not in {JobStatus.FAILED, JobStatus.CANCELLED}
+        )
 
     def _count(self, status: BatchItemStatus) -> int:
         return sum(1 for item in self.items if item.status is status)
@@ -413,7 +446,12 @@ def _looks_like_url(value: object) -> bool:
 def _describe_local(value: object) -> str:
     if isinstance(value, bytes | bytearray | memoryview):
         return "sha256:" + hashlib.sha256(bytes(value)).hexdigest()
-    return os.fspath(cast("str | os.PathLike[str]", value))
+    if not isinstance(value, os.PathLike):
+        raise ValidationError(
+            "a batch input's local frames must be a pathlib.Path or bytes (the "
+            f"journal must describe them), not {type(value).__name__}"
+        )
+    return str(os.fspath(value))
 
 
 def _document(request: ModelInput) -> dict[str, Any]:
@@ -436,8 +474,8 @@ def _document(request: ModelInput) -> dict[str, Any]:
     described: dict[str, str] = {}
     for n, name in enumerate(fields):
         value = getattr(request, name)
-        if _looks_like_url(value):
-            continue
+        if isinstance(value, str):
+            continue  # a str is always a URL (never a local file)
         url = f"https://local.invalid/{n}"
         stand_ins[name] = url
         described[url] = _describe_local(value)
@@ -774,8 +812,26 @@ def _is_fatal(exc: BaseException) -> bool:
     return isinstance(exc, AuthenticationError | ClientClosedError | JournalError)
 
 
+def _estimate_source(
+    unreachable: list[PixelByteError], asked: int
+) -> tuple[str, str | None]:
+    """``(source, note)`` of a batch's estimates, given the failed API calls."""
+    if not unreachable:
+        return "api", None
+    note = (
+        f"the API's estimate could not be asked ({unreachable[0]}); list prices "
+        "from the SDK's table were used, and your account may pay more"
+    )
+    log.warning("batch: %s", note)
+    return ("local" if len(unreachable) == asked else "mixed"), note
+
+
 def _suffix(url: str | None) -> str:
-    suffix = PurePosixPath(urlsplit(url or "").path).suffix.lower()
+    try:
+        path = urlsplit(url or "").path
+    except ValueError:  # e.g. an unusable URL recorded by an older version
+        return ".mp4"
+    suffix = PurePosixPath(path).suffix.lower()
     return suffix if re.fullmatch(r"\.[a-z0-9]{1,5}", suffix) else ".mp4"
 
 
@@ -831,7 +887,8 @@ class Batch:
         dry_run: bool = False,
         retry_failed: bool = False,
         wait_timeout: float | None = None,
-        reconcile_grace: float = 5.0,
+        settle: float | None = None,
+        fit: bool = False,
     ) -> None:
         if max_cost_micro_cents is not None and (
             isinstance(max_cost_micro_cents, bool)
@@ -844,9 +901,11 @@ class Batch:
             )
         if wait_timeout is not None and wait_timeout <= 0:
             raise ValidationError("wait_timeout must be > 0", field="wait_timeout")
-        if reconcile_grace < 0:
+        if settle is not None and not 0 <= settle < float("inf"):
+            raise ValidationError("settle must be a finite number >= 0", field="settle")
+        if fit and max_cost_micro_cents is None:
             raise ValidationError(
-                "reconcile_grace must be >= 0", field="reconcile_grace"
+                "fit needs max_cost_micro_cents (the budget to fit)", field="fit"
             )
         self._pb = pb
         self._inputs = inputs
@@ -856,7 +915,19 @@ class Batch:
         self._dry_run = dry_run
         self._retry_failed = retry_failed
         self._wait_timeout = wait_timeout
-        self._grace = reconcile_grace
+        self._settle = settle
+        self._fit = fit
+        #: Attempts of unknown fate not settled yet, by row: they compete for the
+        #: jobs reconcile finds (leftovers of earlier runs included).
+        self._unknown: dict[str, AmbiguousSubmitError] = {}
+        #: Per model, rows being settled whose jobs only the job list can identify:
+        #: new submits of that model wait for them, so attribution stays possible.
+        self._settling: collections.Counter[str] = collections.Counter()
+        self._gated: set[str] = set()
+        self._settled = asyncio.Condition()
+        self._orphans: tuple[AuditOrphan, ...] | None = ()
+        self._audit_error: str | None = None
+        self._window_start = 0.0
         self._phase: Literal["new", "ready", "running", "done", "closed"] = "new"
         self._start_lock = asyncio.Lock()
         self._submit_lock = asyncio.Lock()
@@ -1008,6 +1079,7 @@ class Batch:
 
     async def _prepare(self) -> None:
         self._started_at = self._pb.clock.monotonic()
+        self._window_start = self._pb.clock.time()
         entries = await _collect(self._inputs)
         self._entries = entries
         journal = await Journal.open(self._journal_path, readonly=self._dry_run)
@@ -1019,7 +1091,24 @@ class Batch:
         for entry in entries:
             entry.row = rows.get(entry.key)
             await self._classify(entry)
-        await self._estimate([e for e in entries if e.action in _SPENDING])
+            if entry.action == "reconcile" and entry.row is not None:
+                row = entry.row
+                self._unknown[entry.key] = AmbiguousSubmitError(
+                    f"an earlier run was submitting {entry.key} when it stopped",
+                    model=entry.model,
+                    input=row.input,
+                    webhook_url=None,
+                    started_at=row.started_at or 0.0,
+                    attempt=row.attempt,
+                )
+                self._hold_model(entry)
+                # The audit window reaches back to the attempts this run settles.
+                self._window_start = min(self._window_start, row.started_at or 0.0)
+        source, note = await self._estimate(
+            [e for e in entries if e.action in _SPENDING]
+        )
+        if self._fit and not self._dry_run:
+            self._fit_budget(entries)
         plan = BatchPlan(
             items=tuple(
                 PlannedItem(
@@ -1039,6 +1128,8 @@ class Batch:
             ),
             charged_micro_cents=self.charged_micro_cents,
             max_cost_micro_cents=self._limit,
+            estimate_source=source,
+            estimate_note=note,
         )
         self._plan = plan
         for entry in entries:
@@ -1105,47 +1196,84 @@ class Batch:
             return False
         return stat.st_size == row.output_bytes
 
-    async def _estimate(self, entries: list[_Entry]) -> None:
-        """Estimate every entry: the local price table, else the API (cached)."""
-        remote: dict[bytes, list[_Entry]] = {}
+    async def _estimate(self, entries: list[_Entry]) -> tuple[str, str | None]:
+        """
+        Estimate every entry with the API (your prices), one call per distinct input.
+
+        The local price table stands in only when the API cannot be asked (it is
+        down, or the key may not estimate); returns ``(source, note)``.
+        """
+        groups: dict[bytes, list[_Entry]] = {}
         for entry in entries:
-            cost = local_cost(entry.model, entry.document)
-            if cost is not None:
-                entry.estimate = cost
-            else:
-                key = _canonical([entry.model, entry.document])
-                remote.setdefault(key, []).append(entry)
-        if not remote:
-            return
+            key = _canonical([entry.model, entry.document])
+            groups.setdefault(key, []).append(entry)
+        if not groups:
+            return "none", None
         problems: list[tuple[str, str]] = []
+        unreachable: list[PixelByteError] = []
         limiter = anyio.CapacityLimiter(self._workers())
 
         async def ask(group: list[_Entry]) -> None:
-            first = group[0]
             async with limiter:
-                try:
-                    if first.typed is not None:
-                        estimate = await self._pb.estimate(first.typed)
-                    else:
-                        estimate = await self._pb.estimate(first.model, first.raw)
-                except (InvalidRequestError, NotFound, ValidationError) as exc:
-                    problems.extend(
-                        (f"input {e.index} ({e.key})", f"estimate rejected: {exc}")
-                        for e in group
-                    )
-                    return
+                cost, problem, failure = await self._estimate_one(group[0])
+            if failure is not None:
+                unreachable.append(failure)
+            if problem is not None:
+                problems.extend((f"input {e.index} ({e.key})", problem) for e in group)
             for entry in group:
-                entry.estimate = estimate.estimated_cost_micro_cents
+                entry.estimate = cost
 
         async with anyio.create_task_group() as tg:
-            for group in remote.values():
+            for group in groups.values():
                 tg.start_soon(ask, group)
+        fatal = [exc for exc in unreachable if _is_fatal(exc)]
+        if fatal:
+            raise fatal[0]
         if problems:
             raise BatchInputError(
                 f"{len(problems)} batch inputs were rejected by the API's estimate; "
                 "nothing was submitted",
                 problems=sorted(problems),
             )
+        return _estimate_source(unreachable, len(groups))
+
+    async def _estimate_one(
+        self, entry: _Entry
+    ) -> tuple[int | None, str | None, PixelByteError | None]:
+        """``(cost, problem, why the API could not be asked)`` for one input."""
+        try:
+            if entry.typed is not None:
+                estimate = await self._pb.estimate(entry.typed)
+            else:
+                estimate = await self._pb.estimate(entry.model, entry.raw)
+        except (InvalidRequestError, NotFound, ValidationError) as exc:
+            return None, f"estimate rejected: {exc}", None
+        except PixelByteError as exc:
+            cost = None if _is_fatal(exc) else local_cost(entry.model, entry.document)
+            if cost is None and not _is_fatal(exc):
+                return (
+                    None,
+                    (
+                        f"cannot be estimated: the API's estimate failed ({exc}) and "
+                        "the SDK has no list price for it"
+                    ),
+                    None,
+                )
+            return cost, None, exc
+        return estimate.estimated_cost_micro_cents, None, None
+
+    def _fit_budget(self, entries: list[_Entry]) -> None:
+        """Keep the spending rows that fit the budget, in input order."""
+        assert self._limit is not None  # noqa: S101 -- fit requires a limit
+        total = self.charged_micro_cents
+        for entry in sorted(entries, key=lambda e: e.index):
+            if entry.action not in _SPENDING:
+                continue
+            cost = entry.estimate or 0
+            if entry.action in {"submit", "retry"} and total + cost > self._limit:
+                entry.action = "over_budget"
+                continue
+            total += cost
 
     def _workers(self) -> int:
         return self._pb.config.max_concurrent_jobs or _DEFAULT_WORKERS
@@ -1159,17 +1287,24 @@ class Batch:
                     self._emit(entry, BatchItemStatus.PLANNED, resumed=entry.resumed)
                 return
             self._report_finished()
-            await self._reconcile_leftovers()
+            # Rows an earlier run left in 'submitting' go first: their horizon is
+            # counted from the journaled attempt, and other rows go on meanwhile.
             queue = collections.deque(
                 sorted(
                     (e for e in self._entries if e.key not in self._items),
-                    key=lambda e: (e.action not in {"attach", "download"}, e.index),
+                    key=lambda e: (
+                        e.action not in {"reconcile", "attach", "download"},
+                        e.index,
+                    ),
                 )
             )
             workers = min(self._workers(), len(queue))
             async with anyio.create_task_group() as tg:
                 for _ in range(workers):
                     tg.start_soon(self._worker, queue)
+            if any(e.action == "over_budget" for e in self._entries):
+                self._stop_reason = self._stop_reason or "budget"
+            await self._audit()
         except Exception as exc:  # noqa: BLE001 -- handed to whoever iterates
             self._error = _unwrap(exc)
         finally:
@@ -1225,105 +1360,39 @@ class Batch:
                     candidates=row.candidates,
                     resumed=True,
                 )
+        for entry in self._entries:
+            if entry.action == "over_budget":
+                self._emit(entry, BatchItemStatus.SKIPPED, skip_reason="budget")
 
-    async def _reconcile_leftovers(self) -> None:
-        """Settle rows an earlier run left in ``submitting`` before sending anything."""
-        leftovers = [e for e in self._entries if e.action == "reconcile"]
-        if not leftovers:
-            return
+    async def _audit(self) -> None:
+        """List the account's unclaimed jobs of this batch's models in its window."""
         assert self._journal is not None  # noqa: S101 -- open while running
-        by_model: dict[str, list[_Entry]] = {}
-        for entry in leftovers:
-            by_model.setdefault(entry.model, []).append(entry)
-        exclude = await self._journal.job_ids()
-        for model, group in by_model.items():
-            group.sort(key=lambda e: (e.row.started_at if e.row else None) or 0.0)
-            starts = [(e.row.started_at if e.row else None) or 0.0 for e in group]
-            # The earlier process's request may still be on its way through the
-            # server; give it a moment before concluding that no job exists.
-            pause = max(starts) + self._grace - self._pb.clock.time()
-            if pause > 0:
-                await self._pb.clock.sleep(pause)
-            first = group[0]
-            probe = AmbiguousSubmitError(
-                f"an earlier run was submitting {first.key} when it stopped",
-                model=model,
-                input=first.row.input if first.row else first.document,
-                webhook_url=None,
-                started_at=starts[0],
-            )
-            try:
-                found = await self._pb.reconcile(probe, exclude=exclude)
-                candidates = [] if found is None else [found]
-            except ReconcileError as exc:
-                candidates = list(exc.candidates)
-            except PixelByteError as exc:
-                if _is_fatal(exc):
-                    raise
-                # Cannot tell now: leave the rows as they are for the next run.
-                self._stop_reason = self._stop_reason or "unavailable"
-                for entry in group:
-                    self._emit(
-                        entry,
-                        BatchItemStatus.UNFINISHED,
-                        error=f"an earlier submit's fate is unknown and reconciling "
-                        f"failed ({exc}); run the batch again",
-                        resumed=True,
-                    )
-                continue
-            await self._settle_leftovers(group, candidates)
-            exclude.update(job.id for job in candidates)
-
-    async def _settle_leftovers(
-        self, group: list[_Entry], candidates: list[Job]
-    ) -> None:
-        assert self._journal is not None  # noqa: S101 -- open while running
-        if not candidates:
-            for entry in group:
-                await self._journal.unsubmitted(
-                    entry.key, error="an earlier submit created no job"
-                )
-                self._net.pop(entry.key, None)
-                entry.action = "submit"
+        models = sorted({e.model for e in self._entries})
+        since = self._window_start - DEFAULT_CLOCK_SKEW
+        try:
+            claimed = await self._journal.job_ids()
+            orphans: list[AuditOrphan] = []
+            for model in models:
+                report = await self._pb.audit(since=since, model=model, exclude=claimed)
+                orphans.extend(report.orphans)
+        except PixelByteError as exc:
+            if _is_fatal(exc):
+                raise
+            self._orphans = None
+            self._audit_error = str(exc)
+            log.warning("batch: the closing audit failed: %s", exc)
             return
-        if len(group) == 1 and len(candidates) == 1:
-            entry, job = group[0], candidates[0]
-            cost = job.cost_micro_cents
-            known = cost is not None
-            if cost is None:
-                cost = entry.estimate
-            await self._journal.submitted(
-                entry.key,
-                job_id=job.id,
-                cost_micro_cents=cost,
-                cost_known=known,
-                status=job.status.value,
-                how="reconciled",
-            )
-            self._net[entry.key] = cost or 0
-            entry.action = "attach"
-            entry.job = job
-            log.info(
-                "batch: %s adopted job %s left by an earlier run", entry.key, job.id
-            )
-            return
-        ids = sorted(job.id for job in candidates)
-        reason = (
-            f"{len(group)} submits of unknown fate and {len(ids)} unknown "
-            f"{group[0].model} jobs ({', '.join(ids)}) cannot be matched safely; "
-            "not re-sent"
-        )
-        for entry in group:
-            await self._journal.needs_attention(
-                entry.key, reason=reason, candidates=ids
-            )
-            self._net[entry.key] = entry.estimate or 0
-            self._emit(
-                entry,
-                BatchItemStatus.NEEDS_ATTENTION,
-                error=reason,
-                candidates=tuple(ids),
-                resumed=True,
+        self._orphans = tuple(orphans)
+        for orphan in orphans:
+            log.warning(
+                "batch: job %s (%s, %s) was created during the run but no row "
+                "claims it; cost %s",
+                orphan.job.id,
+                orphan.job.model,
+                orphan.status.value,
+                "unknown"
+                if orphan.cost_micro_cents is None
+                else _usd(orphan.cost_micro_cents),
             )
 
     async def _worker(self, queue: collections.deque[_Entry]) -> None:
@@ -1337,8 +1406,12 @@ class Batch:
 
     async def _process(self, entry: _Entry) -> None:
         try:
-            if entry.action in {"submit", "retry"}:
-                job = await self._submit(entry)
+            if entry.action in {"submit", "retry", "reconcile"}:
+                job = await (
+                    self._resume_unknown(entry)
+                    if entry.action == "reconcile"
+                    else self._submit(entry)
+                )
                 if job is None:
                     return
             elif entry.job is not None:
@@ -1405,8 +1478,8 @@ class Batch:
         changes: dict[str, str] = {}
         for name in getattr(typed, "frame_fields", ()):
             value = getattr(typed, name)
-            if _looks_like_url(value):
-                continue
+            if isinstance(value, str):
+                continue  # a str is always a URL (never a local file)
             key = _describe_local(value)
             if key not in done:
                 done[key] = await self._pb.upload(value)
@@ -1425,68 +1498,124 @@ class Batch:
             except PixelByteError as exc:
                 self._rejected(entry, exc, what="upload failed")
                 return None
-            # One submit of unknown fate at a time: a crash leaves at most one row
-            # in 'submitting', which reconcile can always attribute.
-            async with self._submit_lock:
-                if self._refuse(entry):
-                    return None
-                outcome = await self._send(entry, request, sent)
-            if outcome is not None:
-                return outcome or None
+            while True:
+                await self._until_attributable(entry.model)
+                # Submits go one at a time, so the budget check before each one
+                # sees every earlier charge, and a crash leaves few rows in
+                # 'submitting'.
+                async with self._submit_lock:
+                    if self._settling[entry.model]:
+                        continue  # another submit became unknown meanwhile
+                    if self._refuse(entry):
+                        return None
+                    sent_outcome = await self._send(entry, request, sent)
+                    break
+            if isinstance(sent_outcome, AmbiguousSubmitError):
+                # Look for its job outside the lock: other rows go on meanwhile.
+                found = await self._reconcile_now(entry, sent_outcome)
+                if found is None:
+                    continue  # the horizon passed with nothing found: send again
+                return found or None
+            return sent_outcome or None
         self._emit(
             entry,
             BatchItemStatus.FAILED,
-            error=f"{_MAX_AMBIGUOUS_ATTEMPTS} submits failed ambiguously and none "
-            "created a job; run the batch again to retry",
+            error=f"{_MAX_AMBIGUOUS_ATTEMPTS} submits failed ambiguously, and after "
+            "each no job appeared within the settle horizon; run the batch again "
+            "to retry",
         )
         return None
+
+    async def _until_attributable(self, model: str) -> None:
+        """
+        Wait while a submit of *model* of unknown fate is being settled.
+
+        Without an idempotency key, the job list cannot tell apart the jobs of two
+        lost submits of one model made at the same time; so a new submit of that
+        model waits until the earlier one is found (usually within seconds) or its
+        horizon has passed.  Rows of other models, and waiting for and downloading
+        running jobs, go on meanwhile.  Attempts tagged with a webhook nonce do
+        not hold anything up: their deliveries attribute them.
+        """
+        async with self._settled:
+            await self._settled.wait_for(lambda: not self._settling[model])
+
+    def _hold_model(self, entry: _Entry) -> None:
+        """Hold new submits of *entry*'s model until its unknown fate is settled."""
+        if entry.key not in self._gated:
+            self._gated.add(entry.key)
+            self._settling[entry.model] += 1
+
+    async def _release_model(self, entry: _Entry) -> None:
+        if entry.key in self._gated:
+            self._gated.discard(entry.key)
+            self._settling[entry.model] -= 1
+            async with self._settled:
+                self._settled.notify_all()
+
+    async def _resume_unknown(self, entry: _Entry) -> Job | None:
+        """Settle a row an earlier run left in 'submitting', then send it if safe."""
+        found = await self._reconcile_now(entry, self._unknown[entry.key])
+        if found is None:
+            return await self._submit(entry)
+        return found or None
 
     async def _send(
         self,
         entry: _Entry,
         request: ModelInput | dict[str, Any],
         sent: dict[str, Any],
-    ) -> Job | Literal[False] | None:
+    ) -> Job | AmbiguousSubmitError | Literal[False]:
         """
         Send one submit of *entry*, journaled before and after.
 
         Returns:
-            The job; ``None`` when no job was created and sending again is safe;
-            ``False`` when the entry has ended (its result is emitted).
+            The job; the `AmbiguousSubmitError` when its fate is unknown (the row
+            stays 'submitting'); ``False`` when the entry has ended (rejected).
 
         """
         assert self._journal is not None  # noqa: S101 -- open while running
         journal = self._journal
+        attempt = new_attempt_id()
         await journal.submitting(
-            entry.key, started_at=self._pb.clock.time(), sent_input=sent
+            entry.key,
+            started_at=self._pb.clock.time(),
+            sent_input=sent,
+            attempt=attempt,
         )
         try:
             if isinstance(request, dict):
-                job = await self._pb.submit(entry.model, request)
+                job = await self._pb.submit(entry.model, request, attempt=attempt)
             else:
-                job = await self._pb.submit(request)
-            how = "submitted"
+                job = await self._pb.submit(request, attempt=attempt)
         except AmbiguousSubmitError as exc:
-            found = await self._reconcile_now(entry, exc)
-            if found is None:
-                await journal.unsubmitted(entry.key, error=str(exc))
-                return None
-            if found is False:
-                return False
-            job, how = found, "reconciled"
+            # It may be charged: count it against the budget until settled.
+            self._net[entry.key] = entry.estimate or 0
+            self._unknown[entry.key] = exc
+            if exc.attempt is None:
+                self._hold_model(entry)
+            return exc
         except PixelByteError as exc:
             await journal.unsubmitted(entry.key, error=str(exc))
             self._rejected(entry, exc, what="submit rejected")
             return False
+        await self._record(entry, job, how="submitted")
+        return job
+
+    async def _record(self, entry: _Entry, job: Job, *, how: str) -> None:
+        """Journal *entry*'s job and count its charge (the estimate if unknown)."""
+        assert self._journal is not None  # noqa: S101 -- open while running
         cost = job.cost_micro_cents
         known = cost is not None
         if cost is None:
             cost = entry.estimate
+        elif entry.estimate and cost > entry.estimate:
+            self._reprice(entry.model, cost / entry.estimate)
         self._net[entry.key] = cost or 0
         entry.job = job
         await _finish_anyway(
             asyncio.ensure_future(
-                journal.submitted(
+                self._journal.submitted(
                     entry.key,
                     job_id=job.id,
                     cost_micro_cents=cost,
@@ -1496,7 +1625,6 @@ class Batch:
                 )
             )
         )
-        return job
 
     def _rejected(self, entry: _Entry, exc: PixelByteError, *, what: str) -> None:
         """Report a submit that created no job; stop submitting if all would fail."""
@@ -1515,32 +1643,70 @@ class Batch:
             return
         self._emit(entry, BatchItemStatus.FAILED, error=f"{what}: {exc}")
 
+    def _reprice(self, model: str, ratio: float) -> None:
+        """The API charged more than estimated: raise the unsent rows' estimates."""
+        log.warning(
+            "batch: %s was charged %.0f%% over its estimate; the budget now counts "
+            "the rows still to send at that price",
+            model,
+            (ratio - 1) * 100,
+        )
+        for other in self._entries:
+            if (
+                other.model == model
+                and other.estimate
+                and other.key not in self._net
+                and other.key not in self._items
+            ):
+                other.estimate = math.ceil(other.estimate * ratio)
+
     async def _reconcile_now(
         self, entry: _Entry, exc: AmbiguousSubmitError
     ) -> Job | Literal[False] | None:
+        """Settle *entry*'s attempt of unknown fate, then let its model go on."""
+        try:
+            return await self._settle_unknown(entry, exc)
+        finally:
+            await self._release_model(entry)
+
+    async def _settle_unknown(
+        self, entry: _Entry, exc: AmbiguousSubmitError
+    ) -> Job | Literal[False] | None:
         """
-        Find the job an ambiguous submit of *entry* created.
+        Find the job an attempt of unknown fate of *entry* created.
+
+        Waits up to the settle horizon, counted from the attempt's journaled start.
 
         Returns:
-            The job; ``None`` when none was created (sending again is safe);
-            ``False`` when the entry ended (needs attention, or unknown for now).
+            The job (journaled); ``None`` when the horizon passed with no job found
+            (sending again is safe; the row is back to 'planned'); ``False`` when
+            the entry ended (needs attention, or unknown for now).
 
         """
         assert self._journal is not None  # noqa: S101 -- open while running
-        log.warning("batch: %s: %s; reconciling", entry.key, exc)
-        if isinstance(exc.__cause__, RequestTimeout) and self._grace:
-            # A timed-out request may still be creating the job on the server.
-            await self._pb.clock.sleep(self._grace)
-        exclude = await self._journal.job_ids()
+        self._net[entry.key] = entry.estimate or 0
+        log.warning(
+            "batch: %s: the submit may have created a job (%s); looking for it "
+            "until the settle horizon passes; it is not re-sent before then",
+            entry.key,
+            exc.__cause__ or exc,
+        )
         try:
-            return await self._pb.reconcile(exc, exclude=exclude)
+            job = await self._pb.reconcile(
+                exc,
+                exclude=await self._journal.job_ids(),
+                settle=self._settle,
+                competing=list(self._unknown.values()),
+            )
         except ReconcileError as rexc:
+            if isinstance(rexc, ReconcileTimeout):
+                raise  # not raised without a timeout; a bug if it is
             ids = tuple(sorted(job.id for job in rexc.candidates))
-            self._net[entry.key] = entry.estimate or 0
             await self._park(
                 entry,
                 f"submit outcome unknown and {len(ids)} candidate jobs "
-                f"({', '.join(ids)}); not re-sent",
+                f"({', '.join(ids)}) that other submits of unknown fate could own; "
+                "not re-sent",
                 ids,
             )
             return False
@@ -1548,7 +1714,6 @@ class Batch:
             if _is_fatal(rexc):
                 raise
             # The row stays 'submitting': the next run reconciles it.
-            self._net[entry.key] = entry.estimate or 0
             self._stop_reason = self._stop_reason or "unavailable"
             self._emit(
                 entry,
@@ -1557,6 +1722,19 @@ class Batch:
                 "run the batch again to reconcile it",
             )
             return False
+        # Settled either way (a row set aside for a person keeps competing).
+        self._unknown.pop(entry.key, None)
+        if job is None:
+            await self._journal.unsubmitted(
+                entry.key,
+                error="no job appeared within the settle horizon of an ambiguous "
+                "submit",
+            )
+            self._net.pop(entry.key, None)
+            return None
+        log.info("batch: %s: found its job %s", entry.key, job.id)
+        await self._record(entry, job, how="reconciled")
+        return job
 
     async def _finish(self, entry: _Entry, job: Job) -> None:
         """Wait for *job*, record what happens and download its output."""
@@ -1692,6 +1870,8 @@ class Batch:
             stop_reason=self._stop_reason,
             journal=self._journal_path,
             dry_run=self._dry_run,
+            orphans=self._orphans,
+            audit_error=self._audit_error,
         )
 
 
@@ -1705,7 +1885,8 @@ def run_batch(
     dry_run: bool = False,
     retry_failed: bool = False,
     wait_timeout: float | None = None,
-    reconcile_grace: float = 5.0,
+    settle: float | None = None,
+    fit: bool = False,
 ) -> Batch:
     """
     Run many jobs: budget-guarded, crash-safe, at most ``max_concurrent_jobs`` at once.
@@ -1734,14 +1915,22 @@ def run_batch(
         max_cost_micro_cents: Refuse to start when the estimate (plus what earlier
             runs charged) exceeds this, and stop submitting before the next job
             would cross it (the rest are skipped with ``skip_reason="budget"``).
+            Estimates come from the API (your account's prices); the SDK's list
+            prices only when the API cannot be asked (`BatchPlan.estimate_source`).
         dry_run: Only plan: estimate, read the journal, submit nothing.
         retry_failed: Submit inputs whose job failed in an earlier run again (the
             API refunds failed jobs).
         wait_timeout: Longest wait per job (default: the poll policy's, 30 min);
             a job still running then is reported ``UNFINISHED`` and re-attached
             by the next run.
-        reconcile_grace: Seconds to let a timed-out submit reach the server
-            before looking for the job it may have created.
+        settle: The settle horizon in seconds (default: the client's, 300): a
+            row whose submit's fate is unknown is re-sent only once this long has
+            passed since that attempt began (journaled, so it survives a crash)
+            with no job found.  A safety setting: lower it only for a backend you
+            know gives up on requests sooner.
+        fit: With *max_cost_micro_cents*: instead of refusing a batch over the
+            budget, run the rows that fit, in input order (the rest are skipped
+            with ``skip_reason="budget"``).
 
     Raises:
         ValidationError: On bad arguments (at once).
@@ -1758,5 +1947,6 @@ def run_batch(
         dry_run=dry_run,
         retry_failed=retry_failed,
         wait_timeout=wait_timeout,
-        reconcile_grace=reconcile_grace,
+        settle=settle,
+        fit=fit,
     )

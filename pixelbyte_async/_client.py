@@ -8,7 +8,7 @@ aiohttp session per client, one deadline per call, and a limit on jobs in flight
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import datetime as dt
 import json
 import logging
 import math
@@ -28,7 +28,7 @@ from collections.abc import (
 )
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal, Self, TypeVar
+from typing import IO, TYPE_CHECKING, Any, Literal, Self, TypeVar
 from urllib.parse import quote, urlsplit
 
 import aiohttp
@@ -41,8 +41,8 @@ from ._errors import (
     AmbiguousSubmitError,
     APIError,
     ClientClosedError,
+    EventLoopMismatch,
     PixelByteError,
-    ReconcileError,
     RequestTimeout,
     ResponseDecodeError,
     ServerError,
@@ -55,13 +55,21 @@ from ._inputs import (
     check_input,
     check_slug,
     check_url,
+    is_binary_file,
     local_cost,
+    read_frame,
     sniff_image_type,
     validate_webhook_url,
 )
 from ._job import Job, stream_to_file
 from ._models import CatalogModel, Estimate, JobInfo, JobStatus, Upload
 from ._polling import PollPolicy
+from ._reconcile import (
+    DEFAULT_CLOCK_SKEW,
+    DEFAULT_SETTLE,
+    AuditReport,
+    Reconciler,
+)
 from ._retry import (
     RetryPolicy,
     is_submit_safe_to_retry,
@@ -79,7 +87,13 @@ from ._serde import (
     unwrap,
 )
 from ._transport import AiohttpTransport, Request, Response, Transport
-from .webhooks import WebhookEvent, WebhookReceiver, WebhookServer
+from .webhooks import (
+    WebhookEvent,
+    WebhookReceiver,
+    WebhookServer,
+    new_attempt_id,
+    tag_webhook_url,
+)
 
 
 if TYPE_CHECKING:
@@ -220,6 +234,17 @@ class PixelByte:
             ``webhookUrl`` and `Job.wait` awaits the delivery (see `use_webhooks`).
             The client starts the server if it is not running, and then stops it
             on `aclose`.
+        settle: The settle horizon of `reconcile` in seconds (default 300): how
+            long after an ambiguous submit began "no job found" is taken as proof
+            that none was created.  Lower it only for a backend you know answers
+            or gives up faster.
+        claim_window: How long the client remembers the jobs it submitted,
+            adopted or reconciled, for `reconcile` and `audit` (default 24 h);
+            older ones are forgotten, so memory does not grow with the number of
+            jobs a long-running process has run.
+
+    A client belongs to the event loop it is first used on; create it inside the
+    running loop (``async with PixelByte() as pb:`` in your ``main()``).
 
     .. versionadded:: 0.1.0
 
@@ -240,6 +265,8 @@ class PixelByte:
         clock: Clock | None = None,
         rng: Callable[[float, float], float] | None = None,
         webhook: WebhookServer | None = None,
+        settle: float | None = None,
+        claim_window: float | None = None,
     ) -> None:
         overrides: dict[str, Any] = {
             k: v
@@ -267,10 +294,13 @@ class PixelByte:
         self._owns_transport = transport is None
         self._state: Literal["open", "closed"] = "open"
         self._slots = _JobSlots(config.max_concurrent_jobs)
-        self._known_ids: set[str] = set()
-        self._submits_in_flight: set[_SubmitInFlight] = set()
+        self._reconciler = Reconciler(
+            self,
+            settle=DEFAULT_SETTLE if settle is None else settle,
+            retention=claim_window,
+        )
         self._header_cache: dict[str, dict[str, str]] = {}
-        self._unresolved: list[AmbiguousSubmitError] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._api_origin = _origin(config.base_url)
         self._webhook_receiver: WebhookReceiver | None = None
         self._webhook_url: str | None = None
@@ -317,6 +347,15 @@ class PixelByte:
                 "this PixelByte client is closed; create a new one "
                 "(use 'async with PixelByte() as pb:')"
             )
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            if self._loop is not None:
+                raise EventLoopMismatch(
+                    "this PixelByte client was first used on another event loop "
+                    "(a second asyncio.run()?); create the client inside the running "
+                    "loop, e.g. 'async with PixelByte() as pb:' in your main()"
+                )
+            self._loop = loop
 
     def __del__(self, _warn: Callable[..., None] = warnings.warn) -> None:
         # Warn only: scheduling I/O from __del__ is what causes "Event loop is closed".
@@ -397,10 +436,10 @@ class PixelByte:
         job = self._slots.jobs.get(event.job_id)
         if job is not None:
             job._observe(event.job, from_webhook=True)  # noqa: SLF001 -- same package
-        return event.job_id in self._known_ids
+        return self._reconciler.claimed(event.job_id)
 
     def _knows_job(self, job_id: str) -> bool:
-        return job_id in self._known_ids
+        return self._reconciler.claimed(job_id)
 
     # -- the request pipeline --------------------------------------------------------
 
@@ -598,7 +637,7 @@ class PixelByte:
         if message is None:
             excerpt = response.content[:200].decode("utf-8", "replace").strip()
             message = excerpt or f"{method} {path} failed"
-        if status < 400:  # noqa: PLR2004 -- a 2xx carrying success:false
+        if 200 <= status < 300:  # noqa: PLR2004 -- a 2xx carrying success:false
             status = 400 if code is None else status
         retry_after = parse_retry_after(
             response.headers.get("retry-after"), now=self.clock.time()
@@ -627,6 +666,7 @@ class PixelByte:
         webhook_url: str | None = None,
         version: str | None = None,
         timeout: float | None = None,
+        attempt: str | None = None,
     ) -> Job:
         """
         Submit a job and return its `Job` handle (the job is charged now).
@@ -639,12 +679,21 @@ class PixelByte:
         It is never re-sent when its fate is unknown: a read timeout, a dropped
         connection or a 5xx raise `AmbiguousSubmitError`; see `reconcile`.
 
+        With webhooks in use (`use_webhooks`), the ``webhookUrl`` of every attempt
+        carries a nonce (``?pb_attempt=...``), so the delivery proves which attempt
+        created which job.
+
         Args:
             model: A typed input, or a model slug.
             input: The raw ``input`` object (only with a slug).
             webhook_url: https URL to notify when the job ends.
             version: Model version (default: latest stable).
-            timeout: Deadline in seconds (default ``config.submit_timeout``).
+            timeout: One deadline in seconds for the whole call, uploads of local
+                frames included (default ``config.submit_timeout``); time spent
+                waiting for a job slot is not counted.
+            attempt: The nonce tagging this attempt's ``webhookUrl`` when webhooks
+                are in use (default: a fresh one).  Pass your own to journal it
+                before sending, as the batch runner does.
 
         Raises:
             ValidationError: Bad input; nothing was sent.
@@ -658,57 +707,61 @@ class PixelByte:
         slug, payload = await self._prepare_input(model, input, deadline)
         validate_webhook_url(webhook_url)
         ours = await self._our_webhook_url()
-        if webhook_url is None:
-            webhook_url = ours
+        if webhook_url is None and ours is not None:
+            attempt = attempt or new_attempt_id()
+            webhook_url = tag_webhook_url(ours, attempt)
+        else:
+            attempt = None
         body: dict[str, Any] = {"model": slug, "input": payload}
         if version is not None:
             body["version"] = version
         if webhook_url is not None:
             body["webhookUrl"] = webhook_url
 
-        # Waiting for a slot is queueing, not the call: the submit deadline starts
-        # once this client may have another job in flight.
+        # Waiting for a slot is queueing, not the call: the time spent waiting
+        # moves the deadline, which uploads and the request share.
+        queued = clock.monotonic()
         await self._slots.acquire(self, self.config.slot_timeout)
-        deadline = clock.monotonic() + (timeout or self.config.submit_timeout)
+        deadline += clock.monotonic() - queued
         started_at = clock.time()
-        tracker = _SubmitInFlight(slug)
-        self._submits_in_flight.add(tracker)
-        try:
-            data, rid = await self._request(
-                "POST",
-                "/v1/jobs/submit",
-                json_body=body,
-                deadline=deadline,
-                mode="submit",
-            )
-            info = decode_job(data, rid)
-        except PixelByteError as exc:
-            self._slots.free()
-            if _is_ambiguous(exc):
-                ambiguous = AmbiguousSubmitError(
-                    f"submit to {slug} may have created a job ({_short(exc)}); it was "
-                    "not re-sent. Use PixelByte.reconcile(error) to find it.",
-                    model=slug,
-                    input=payload,
-                    webhook_url=webhook_url,
-                    started_at=started_at,
+        reconciler = self._reconciler
+        with reconciler.submitting(slug):
+            try:
+                data, rid = await self._request(
+                    "POST",
+                    "/v1/jobs/submit",
+                    json_body=body,
+                    deadline=deadline,
+                    mode="submit",
                 )
-                self._unresolved.append(ambiguous)
-                raise ambiguous from exc
-            raise
-        except BaseException:
-            # Cancelled mid-flight: the submit's fate is unknown to us now.
-            self._slots.free()
-            raise
-        finally:
-            self._submits_in_flight.discard(tracker)
-            tracker.finish()
+                info = decode_job(data, rid)
+            except PixelByteError as exc:
+                self._slots.free()
+                if _is_ambiguous(exc):
+                    ambiguous = AmbiguousSubmitError(
+                        f"submit to {slug} may have created a job ({_short(exc)}); "
+                        "it was not re-sent. Use PixelByte.reconcile(error) to find "
+                        "it.",
+                        model=slug,
+                        input=payload,
+                        webhook_url=webhook_url,
+                        started_at=started_at,
+                        attempt=attempt,
+                    )
+                    reconciler.ambiguous(ambiguous)
+                    raise ambiguous from exc
+                raise
+            except BaseException:
+                # Cancelled mid-flight: the submit's fate is unknown to us now.
+                self._slots.free()
+                raise
         return self._track_submitted(
             info,
             slug,
             payload,
             started_at=started_at,
-            via_webhook=ours is not None and webhook_url == ours,
+            via_webhook=attempt is not None
+            or (ours is not None and webhook_url == ours),
         )
 
     def _track_submitted(
@@ -728,7 +781,7 @@ class PixelByte:
             log.debug("submit response for %s carried no cost", info.id)
         job = Job(self, info, input=payload, submitted_at=started_at)
         job.via_webhook = via_webhook
-        self._known_ids.add(job.id)
+        self._reconciler.claims.add(job.id)
         self._slots.bind(job)
         if self._webhook_receiver is not None:
             # A delivery may have raced the submit response: take it now.
@@ -797,7 +850,7 @@ class PixelByte:
         Run many inputs under this client's job limit: see `pixelbyte_async.run_batch`.
 
         Options: *journal*, *out_dir*, *max_cost_micro_cents*, *dry_run*,
-        *retry_failed*, *wait_timeout*, *reconcile_grace*.
+        *retry_failed*, *wait_timeout*, *settle*, *fit*.
         """
         from ._batch import run_batch  # noqa: PLC0415 -- _batch imports this module
 
@@ -894,78 +947,100 @@ class PixelByte:
         self,
         error: AmbiguousSubmitError,
         *,
-        clock_skew: float = 120.0,
+        settle: float | None = None,
+        timeout: float | None = None,
+        clock_skew: float = DEFAULT_CLOCK_SKEW,
         exclude: Iterable[str] = (),
+        competing: Iterable[AmbiguousSubmitError] = (),
     ) -> Job | None:
         """
         Find the job an ambiguous submit may have created, instead of paying twice.
 
-        Lists jobs of the same model created since the attempt (minus *clock_skew*)
-        that this client does not already know and that are not in *exclude* (ids a
-        journal already accounts for, for example).  Build the error yourself to
-        reconcile an attempt recorded by an earlier process:
-        ``AmbiguousSubmitError(msg, model=..., input=..., webhook_url=None,
-        started_at=...)``.
+        A slow backend can create the job *after* the client gave up, so "no job
+        found" means nothing until a **settle horizon** has passed since the
+        attempt began (``error.started_at``).  Reconcile looks at the job list at a
+        gentle cadence (2 s, doubling to 30 s) for a job of the same model created
+        in the attempt's window (from its start to the end of its horizon, widened
+        by *clock_skew*) that nothing in this process claims and that is not in
+        *exclude* (ids a journal accounts for, for example).
+        With webhooks in use, a delivery carrying the attempt's nonce proves which
+        job is whose.  Build the error yourself to reconcile an attempt recorded by
+        an earlier process: ``AmbiguousSubmitError(msg, model=..., input=...,
+        webhook_url=None, started_at=...)``.
+
+        Args:
+            error: The `AmbiguousSubmitError` the submit raised.
+            settle: The horizon in seconds (default: the client's ``settle``, 300).
+            timeout: Give up looking after this many seconds (default: no limit
+                but the horizon); then `ReconcileTimeout` is raised, never ``None``.
+            clock_skew: How far the server's clock may be off ours.
+            exclude: Job ids that are known to belong to something else.
+            competing: Other attempts of unknown fate this client did not make
+                (e.g. other rows of a journal) that could own the same jobs; the
+                client's own ambiguous submits are taken into account anyway.
 
         Returns:
-            The job, adopted into this client (it counts against the job limit), or
-            ``None`` when no job was created (re-submitting is then safe).
+            The job, adopted into this client (it counts against the job limit), as
+            soon as it appears; ``None`` only once the horizon has passed with
+            nothing found (re-submitting is then safe).
 
-        Submits of the same model still in flight are waited for first, and other
-        unreconciled ambiguous submits of the same model are taken into account: when
-        more than one attempt could own a job, nothing is guessed.
+        Submits of the same model still in flight are waited for, and other
+        unreconciled ambiguous submits of the same model are taken into account:
+        when more than one attempt could own a job, nothing is guessed.
 
         Raises:
             ReconcileError: Several candidates, or competing ambiguous submits
                 (``.candidates``, ``.competing``): decide yourself; re-submitting
                 any of them may pay twice.
+            ReconcileTimeout: *timeout* ended before the horizon; the fate is
+                still unknown (``.settle_at`` says until when).
 
         """
-        # Submits of this model still in flight may be creating jobs right now:
-        # let them finish (each within its own deadline) so theirs become known.
-        pending = [f for f in self._submits_in_flight if f.model == error.model]
-        if pending:
-            await asyncio.wait([f.done for f in pending])
-        since = error.started_at - clock_skew
-        skip = self._known_ids | set(exclude)
-        candidates: list[Job] = []
-        async with contextlib.aclosing(self.list_jobs(model=error.model)) as jobs:
-            async for job in jobs:
-                created = job.info.created_at
-                if created is not None and created.timestamp() < since:
-                    break
-                if job.id in skip:
-                    continue
-                if created is None or created.timestamp() >= since:
-                    candidates.append(job)
-        if not candidates:
-            self._unresolved = [e for e in self._unresolved if e is not error]
-            return None
-        competing = [
-            other
-            for other in self._unresolved
-            if other is not error
-            and other.model == error.model
-            and any(
-                c.info.created_at is None
-                or c.info.created_at.timestamp() >= other.started_at - clock_skew
-                for c in candidates
-            )
-        ]
-        if len(candidates) > 1 or competing:
-            raise ReconcileError(
-                f"{len(candidates)} unknown {error.model} job(s) created since the "
-                f"ambiguous submit, {len(competing)} other ambiguous submit(s) that "
-                "could own them; the SDK will not guess which is whose",
-                candidates=candidates,
-                competing=competing,
-            )
-        self._unresolved = [e for e in self._unresolved if e is not error]
-        job = candidates[0]
-        job.input = dict(error.input)
-        self._known_ids.add(job.id)
-        self._slots.adopt(job)
-        return job
+        self._check_open()
+        return await self._reconciler.reconcile(
+            error,
+            settle=settle,
+            timeout=timeout,
+            clock_skew=clock_skew,
+            exclude=exclude,
+            competing=competing,
+        )
+
+    async def audit(
+        self,
+        *,
+        since: dt.datetime | float,
+        until: dt.datetime | float | None = None,
+        model: str | None = None,
+        exclude: Iterable[str] = (),
+    ) -> AuditReport:
+        """
+        List the account's jobs created in a window that nothing here claims.
+
+        A double charge that slipped through everything (another program using the
+        key, a lost submit nobody reconciled) is then at least found and priced.
+        Claimed are: jobs this client submitted, adopted or reconciled within its
+        ``claim_window`` (24 h by default), jobs in flight, and the ids in
+        *exclude* (for example a batch journal's ``job_ids()``).
+
+        Args:
+            since: Start of the window (a datetime, naive = UTC, or Unix seconds).
+            until: End of the window (default: now).
+            model: Only jobs of this model slug.
+            exclude: Job ids claimed elsewhere.
+
+        Returns:
+            An `AuditReport`; ``report.pending`` can still be cancelled for a
+            refund (``await report.cancel_pending()``), and every orphan's ``job``
+            can be waited for and downloaded.
+
+        .. versionadded:: 0.3.0
+
+        """
+        self._check_open()
+        return await self._reconciler.audit(
+            since=since, until=until, model=model, exclude=exclude
+        )
 
     # -- estimate, catalog -----------------------------------------------------------
 
@@ -1029,7 +1104,7 @@ class PixelByte:
 
     async def upload(
         self,
-        source: str | os.PathLike[str] | bytes,
+        source: os.PathLike[str] | bytes | IO[bytes],
         *,
         filename: str | None = None,
         content_type: str | None = None,
@@ -1039,7 +1114,12 @@ class PixelByte:
         Upload a local file (or bytes) for use as a job input and return its URL.
 
         Uses presign + PUT; the file is deleted by the API after 60 minutes.  The type
-        and size are checked before anything is sent.
+        (sniffed from the content for images) and size are checked before anything
+        is sent.
+
+        *source* is a `pathlib.Path` (any ``os.PathLike``), ``bytes`` or a binary
+        file object; a ``str`` is refused, never opened, so a string from an
+        untrusted user cannot make the server upload its own files.
         """
         info = await self.upload_file(
             source, filename=filename, content_type=content_type, timeout=timeout
@@ -1048,7 +1128,7 @@ class PixelByte:
 
     async def upload_file(
         self,
-        source: str | os.PathLike[str] | bytes,
+        source: os.PathLike[str] | bytes | IO[bytes],
         *,
         filename: str | None = None,
         content_type: str | None = None,
@@ -1056,21 +1136,16 @@ class PixelByte:
     ) -> Upload:
         """Like `upload`, but return the whole `Upload` (id, expiry …)."""
         self._check_open()
-        if isinstance(source, bytes | bytearray | memoryview):
-            data = bytes(source)
-            name = filename or "upload"
-        else:
-            path = Path(source)
-            if not await anyio.Path(path).is_file():
-                raise ValidationError(f"no such file: {path}", field="source")
-            data = await anyio.Path(path).read_bytes()
-            name = filename or path.name
-        ctype = (
-            content_type
-            or sniff_image_type(data)
-            or mimetypes.guess_type(name)[0]
-            or ""
-        )
+        data, name = await _read_source(source, filename)
+        sniffed = sniff_image_type(data)
+        guessed = mimetypes.guess_type(name)[0] or ""
+        if sniffed is None and content_type is None and guessed.startswith("image/"):
+            raise ValidationError(
+                f"cannot upload {name!r}: it is named like an image but is not a "
+                "JPEG, PNG, WebP or GIF image",
+                field="source",
+            )
+        ctype = content_type or sniffed or guessed
         if ctype not in _UPLOAD_TYPES:
             raise ValidationError(
                 f"cannot upload {name!r}: type {ctype or 'unknown'} is not one of "
@@ -1134,11 +1209,23 @@ class PixelByte:
         done: dict[object, str] = {}
         for name in fields:
             value = getattr(model, name)
-            if isinstance(value, str) and "://" in value[:16]:
-                continue
-            key: object = value if isinstance(value, bytes) else os.fspath(value)
+            if isinstance(value, str):
+                continue  # a str is always a URL (never a local file)
+            key: object = (
+                os.fspath(value)
+                if isinstance(value, os.PathLike)
+                else value
+                if isinstance(value, bytes)
+                else id(value)
+            )
             if key not in done:
                 remaining = deadline - self.clock.monotonic()
+                if remaining <= 0:
+                    raise RequestTimeout(
+                        "submit: the deadline passed while uploading local frames; "
+                        "nothing was submitted",
+                        request_sent=False,
+                    )
                 done[key] = await self.upload(
                     value, timeout=min(remaining, self.config.timeout)
                 )
@@ -1180,23 +1267,33 @@ class PixelByte:
         )
 
 
-class _SubmitInFlight:
-    """A submit request on the wire (reconcile waits for those of its model)."""
-
-    __slots__ = ("done", "model")
-
-    def __init__(self, model: str) -> None:
-        self.model = model
-        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-    def finish(self) -> None:
-        if not self.done.done():
-            self.done.set_result(None)
+async def _read_source(
+    source: os.PathLike[str] | bytes | IO[bytes], filename: str | None
+) -> tuple[bytes, str]:
+    """The bytes and the name of an upload's *source*; a ``str`` is refused."""
+    if isinstance(source, bytes | bytearray | memoryview):
+        return bytes(source), filename or "upload"
+    if isinstance(source, os.PathLike):
+        path = Path(source)
+        if not await anyio.Path(path).is_file():
+            raise ValidationError(f"no such file: {path}", field="source")
+        return await anyio.Path(path).read_bytes(), filename or path.name
+    if is_binary_file(source):
+        data = await anyio.to_thread.run_sync(read_frame, source)
+        return data, filename or Path(str(getattr(source, "name", "upload"))).name
+    raise ValidationError(
+        "upload takes a pathlib.Path, bytes or a binary file object; a str is never "
+        "opened as a file (use pathlib.Path(...) for a local file)",
+        field="source",
+    )
 
 
 def _origin(url: str) -> tuple[str, str, int | None]:
     parts = urlsplit(url)
-    port = parts.port or {"https": 443, "http": 80}.get(parts.scheme)
+    try:
+        port = parts.port or {"https": 443, "http": 80}.get(parts.scheme)
+    except ValueError:  # an invalid port: an origin of its own, never the API's
+        return (parts.scheme, parts.netloc.lower(), -1)
     return (parts.scheme, (parts.hostname or "").lower(), port)
 
 

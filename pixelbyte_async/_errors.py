@@ -13,6 +13,8 @@ escape.  Classes are grouped by what the caller should *do*::
     ├── AmbiguousSubmitError            a submit's fate is unknown: it may have created (and
     │                                   charged) a job; never re-sent; see PixelByte.reconcile
     ├── ReconcileError                  reconcile cannot tell which job is whose
+    │   └── ReconcileTimeout (TimeoutError) its timeout ended before the settle horizon
+    ├── EventLoopMismatch (RuntimeError) a client was used from a second event loop
     ├── BudgetExceeded                  a batch would cost more than allowed (_batch.py)
     ├── JournalError                    a batch journal is in use or unreadable (_journal.py)
     ├── APIError                        the server answered with an error
@@ -22,8 +24,10 @@ escape.  Classes are grouped by what the caller should *do*::
     │   ├── PermissionDenied      403   OPERATION_NOT_ALLOWED, MODEL_ACCESS_DENIED …
     │   ├── NotFound              404   JOB_NOT_FOUND, MODEL_NOT_FOUND …
     │   ├── RateLimited           429   CONCURRENT_JOBS_EXCEEDED; .retry_after; retryable
-    │   └── ServerError           5xx   INTERNAL_ERROR, PUBSUB_PUBLISH_FAILED; retryable
+    │   ├── ServerError           5xx   INTERNAL_ERROR, PUBSUB_PUBLISH_FAILED; retryable
+    │   └── UnexpectedRedirect    3xx   an API call was redirected (never followed); .location
     ├── ResponseDecodeError             a body did not have the expected shape
+    │   └── ResponseTooLarge            a body was over the size limit; never re-fetched
     ├── JobError                        a job ended without success; carries the Job
     │   ├── JobFailed                   status "failed" (the API refunds it)
     │   └── JobCancelled                status "cancelled"
@@ -49,6 +53,7 @@ __all__ = [
     "AuthenticationError",
     "ClientClosedError",
     "DownloadError",
+    "EventLoopMismatch",
     "InsufficientBalance",
     "InvalidRequestError",
     "JobCancelled",
@@ -60,10 +65,13 @@ __all__ = [
     "PixelByteError",
     "RateLimited",
     "ReconcileError",
+    "ReconcileTimeout",
     "RequestTimeout",
     "ResponseDecodeError",
+    "ResponseTooLarge",
     "ServerError",
     "TransportError",
+    "UnexpectedRedirect",
     "ValidationError",
     "WaitTimeout",
     "WebhookVerificationError",
@@ -199,6 +207,64 @@ class ServerError(APIError):
     retryable = True
 
 
+class UnexpectedRedirect(APIError):
+    """
+    3xx: an API call was answered with a redirect, which the SDK never follows.
+
+    Following it could carry the API key, or a paid submit, to another host.  The
+    server did not run the call (a redirected submit created no job), so it is not
+    ambiguous, and not retried: check *base_url* (``http://`` for ``https://``, a moved
+    host) or a proxy in between.
+
+    Attributes:
+        location: The ``Location`` header (the redirect's target), or ``None``.
+
+    .. versionadded:: 0.1.0
+
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int,
+        code: str | None = None,
+        details: Mapping[str, Any] | None = None,
+        request_id: str | None = None,
+        retry_after: float | None = None,
+        location: str | None = None,
+    ) -> None:
+        super().__init__(
+            message,
+            status=status,
+            code=code,
+            details=details,
+            request_id=request_id,
+            retry_after=retry_after,
+        )
+        self.location = location
+
+    def __repr__(self) -> str:
+        location = None if self.location is None else loggable_url(self.location)
+        return (
+            f"{type(self).__name__}(status={self.status!r}, "
+            f"location={location!r}, request_id={self.request_id!r})"
+        )
+
+
+def loggable_url(url: str, limit: int = 200) -> str:
+    """
+    Return *url* without its query and fragment, cut to *limit* characters.
+
+    The query of a signed URL may hold a credential; messages and reprs (often
+    logged) show the rest, while the attributes keep the whole URL.
+    """
+    shown = url.split("#", 1)[0]
+    if "?" in shown:
+        shown = shown.split("?", 1)[0] + "?..."
+    return shown if len(shown) <= limit else shown[:limit] + "..."
+
+
 class ResponseDecodeError(PixelByteError):
     """
     A response body was not what the API contract describes.
@@ -217,6 +283,30 @@ class ResponseDecodeError(PixelByteError):
         self.body_excerpt = body_excerpt
 
 
+class ResponseTooLarge(ResponseDecodeError):
+    """
+    A response body was larger than the SDK accepts; it was not read, nor fetched again.
+
+    A body that big is not a job or an error envelope, and downloading it again on
+    every retry would only cost time and memory.  To a submit it is still ambiguous
+    (the job may exist): see `AmbiguousSubmitError`.
+
+    Attributes:
+        limit: The limit in bytes.
+        size: The declared size (``Content-Length``) when known, else ``None``.
+
+    .. versionadded:: 0.1.0
+
+    """
+
+    def __init__(
+        self, message: str, *, status: int = 0, limit: int, size: int | None = None
+    ) -> None:
+        super().__init__(message, status=status)
+        self.limit = limit
+        self.size = size
+
+
 class AmbiguousSubmitError(PixelByteError):
     """
     A submit may or may not have created a job: it was **not** re-sent.
@@ -228,7 +318,10 @@ class AmbiguousSubmitError(PixelByteError):
         model: The model slug that was submitted.
         input: The input that was sent.
         webhook_url: The webhook URL that was sent, if any.
-        started_at: Wall-clock time (Unix seconds) when the attempt began.
+        started_at: Wall-clock time (Unix seconds) when the attempt began; the
+            settle horizon of `PixelByte.reconcile` counts from it.
+        attempt: The attempt's nonce (the ``pb_attempt`` parameter of its
+            ``webhookUrl``) when webhooks are in use, else ``None``.
 
     """
 
@@ -240,12 +333,14 @@ class AmbiguousSubmitError(PixelByteError):
         input: Mapping[str, Any],  # noqa: A002 -- mirrors the API's field name
         webhook_url: str | None,
         started_at: float,
+        attempt: str | None = None,
     ) -> None:
         super().__init__(message)
         self.model = model
         self.input: Mapping[str, Any] = dict(input)
         self.webhook_url = webhook_url
         self.started_at = started_at
+        self.attempt = attempt
 
 
 class ReconcileError(PixelByteError):
@@ -273,6 +368,32 @@ class ReconcileError(PixelByteError):
         super().__init__(message)
         self.candidates = candidates
         self.competing = competing or []
+
+
+class ReconcileTimeout(ReconcileError, TimeoutError):
+    """
+    `PixelByte.reconcile`'s *timeout* ended before the settle horizon.
+
+    The submit's fate is still unknown: do **not** re-send it before
+    ``settle_at``; call `PixelByte.reconcile` again later.
+
+    Attributes:
+        settle_at: Unix time the horizon ends; "no job found" after it is proof.
+
+    """
+
+    def __init__(self, message: str, *, settle_at: float) -> None:
+        super().__init__(message, candidates=[])
+        self.settle_at = settle_at
+
+
+class EventLoopMismatch(PixelByteError, RuntimeError):
+    """
+    A client was used on an event loop other than the one it first ran on.
+
+    Its connections belong to that loop (which may be closed, e.g. after a second
+    ``asyncio.run()``).  Create the client inside the running loop.
+    """
 
 
 class JobError(PixelByteError):
@@ -396,11 +517,14 @@ def error_class_for(status: int, code: str | None) -> type[APIError]:
     """
     Return the exception class for an error answer: the one table of the SDK.
 
-    A 5xx status always maps to `ServerError`; otherwise a known *code* wins over the
-    status, then the status decides, and anything else is a plain `APIError`.
+    A 5xx status always maps to `ServerError` and a 3xx to `UnexpectedRedirect`;
+    otherwise a known *code* wins over the status, then the status decides, and
+    anything else is a plain `APIError`.
     """
     if status >= 500:  # noqa: PLR2004 -- HTTP's server-error class
         return ServerError
+    if 300 <= status < 400:  # noqa: PLR2004 -- HTTP's redirection class
+        return UnexpectedRedirect
     if code is not None and code in _BY_CODE:
         return _BY_CODE[code]
     return _BY_STATUS.get(status, APIError)

@@ -6,6 +6,7 @@ import asyncio
 import json
 from importlib.resources import files
 
+import attrs
 import pytest
 from pixelbyte_async import (
     AuthenticationError,
@@ -174,18 +175,25 @@ async def test_budget_refuses_before_any_submit(fake, pb, journal):
 
 async def test_budget_stops_submitting_mid_batch(fake, journal, monkeypatch):
     """When charges outrun the estimate, submitting stops before crossing the limit."""
-    monkeypatch.setattr("pixelbyte_async._batch.local_cost", lambda *_: 100_000)
+    real_estimate = PixelByte.estimate
+
+    async def underestimate(self, *args, **kwargs):
+        estimate = await real_estimate(self, *args, **kwargs)
+        return attrs.evolve(estimate, estimated_cost_micro_cents=100_000)
+
+    monkeypatch.setattr(PixelByte, "estimate", underestimate)
     inputs = [kling(n) for n in range(5)]  # estimated 5 × 100,000; charged 250,000
     async with bound_client(fake, max_concurrent_jobs=1) as pb:
         summary = await run_batch(
             pb, inputs, journal=journal, max_cost_micro_cents=600_000
         ).summary()
     statuses = [i.status for i in summary.items]
-    assert statuses == [BatchItemStatus.COMPLETED] * 3 + [BatchItemStatus.SKIPPED] * 2
-    assert {i.skip_reason for i in summary.items[3:]} == {"budget"}
+    # The first charge re-prices the rest: the third would cross the limit.
+    assert statuses == [BatchItemStatus.COMPLETED] * 2 + [BatchItemStatus.SKIPPED] * 3
+    assert {i.skip_reason for i in summary.items[2:]} == {"budget"}
     assert summary.stop_reason == "budget"
-    assert fake.count("POST", "/v1/jobs/submit") == 3
-    assert summary.cost_micro_cents == 750_000
+    assert fake.count("POST", "/v1/jobs/submit") == 2
+    assert summary.cost_micro_cents == 500_000
     assert {r.state for r in read_rows(journal).values()} == {"completed", "planned"}
 
 
@@ -208,7 +216,10 @@ async def test_dry_run_plans_and_submits_nothing(fake, pb, journal, tmp_path):
     assert [p.action for p in plan.items] == ["submit", "submit"]
     assert (plan.total_micro_cents, plan.within_budget) == (950_000, False)
     assert (summary.dry_run, summary.ok) == (True, False)
-    assert fake.requests == []
+    # Only estimates were asked (free, and your account's prices): nothing else.
+    assert {(r.method, r.path) for r in fake.requests} == {
+        ("POST", "/v1/jobs/estimate")
+    }
     assert not journal.exists()
     assert not (tmp_path / "out").exists()
 

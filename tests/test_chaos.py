@@ -54,6 +54,8 @@ class Reconciler:
         self.reconciled = 0
         self.resubmitted = 0
         self.needs_attention = 0
+        #: Jobs set aside for a person (the app's own record claims them).
+        self.set_aside: set[str] = set()
 
     async def resolve(self, error: AmbiguousSubmitError, i: int):
         try:
@@ -62,6 +64,7 @@ class Reconciler:
             self.needs_attention += 1
             if not exc.candidates:
                 raise AssertionError("ReconcileError without candidates") from exc
+            self.set_aside.update(job.id for job in exc.candidates)
             raise NeedsAttention from exc
         self.reconciled += 1
         if job is None:
@@ -74,6 +77,7 @@ async def test_polling_chaos_1000_jobs():
     """API faults of every kind across 1,000 jobs: nothing lost, nothing charged twice."""
     rng = random.Random(7)  # noqa: S311 -- fault placement, not security
     async with FakePixelByte() as fake:
+        began = fake.clock.time()
         fake.concurrent_job_limit = 40
         fake.concurrency_retry_after = 5
         scripts = [
@@ -104,6 +108,16 @@ async def test_polling_chaos_1000_jobs():
             ),
             "drop-after": fake.inject(
                 Fault.drop_after(), method="POST", path=SUBMIT, times=8
+            ),
+            # The backend creates the job seconds after the answer was lost.
+            "late-drop": fake.inject(
+                Fault.late_create(2.5), method="POST", path=SUBMIT, times=6
+            ),
+            "late-hang": fake.inject(
+                Fault.late_create(40, answer="hang", hold=0.02),
+                method="POST",
+                path=SUBMIT,
+                times=4,
             ),
             "500-get": fake.inject(
                 Fault.status(500, "INTERNAL_ERROR"), method="GET", path=GET, times=60
@@ -143,6 +157,9 @@ async def test_polling_chaos_1000_jobs():
                     outcomes[i] = f"error:{type(exc).__name__}"
 
             await asyncio.wait_for(asyncio.gather(*(one(i) for i in range(1000))), 120)
+            # Nothing paid for is left unclaimed: the audit finds no orphan.
+            audit = await pb.audit(since=began - 1, exclude=reconciler.set_aside)
+            assert audit.orphans == ()
         consumed = {name: handle.hits for name, handle in injected.items()}
     assert len(outcomes) == 1000
     assert set(outcomes.values()) <= {
@@ -157,14 +174,22 @@ async def test_polling_chaos_1000_jobs():
     prompts = [j.input["prompt"] for j in fake.jobs.values()]
     assert len(prompts) == len(set(prompts))
     # Nothing lost: every input has its job, except those left for a person to decide.
-    ambiguous = (
-        consumed["500-submit"] + consumed["drop-before"] + consumed["drop-after"]
+    ambiguous = sum(
+        consumed[name]
+        for name in (
+            "500-submit",
+            "drop-before",
+            "drop-after",
+            "late-drop",
+            "late-hang",
+        )
     )
     assert reconciler.reconciled + reconciler.needs_attention == ambiguous
     assert len(prompts) >= 1000 - reconciler.needs_attention
     assert reconciler.resubmitted <= consumed["drop-before"]
     assert consumed["429"] == 30
     assert consumed["drop-after"] == 8
+    assert consumed["late-drop"] + consumed["late-hang"] == 10
 
 
 async def test_webhook_chaos():

@@ -13,6 +13,8 @@ from urllib.parse import quote, urlsplit
 
 from aiohttp import web
 
+from pixelbyte_async._inputs import is_loopback
+
 from ._catalog import (
     MODELS,
     PROVIDERS,
@@ -30,6 +32,7 @@ from ._catalog import (
     provider_json,
     resolve_model,
 )
+from ._faults import Fault
 from ._http import (
     ApiError,
     Call,
@@ -39,6 +42,7 @@ from ._http import (
     error_response,
     fault_before,
     garble,
+    hold_until_gone,
     parse_body,
     recorded_json,
     render,
@@ -125,6 +129,10 @@ class _Api:
             if early is not None:
                 return early
             state.settle()
+            late = fault is not None and fault.kind == "late_create"
+            if late:
+                assert fault is not None  # noqa: S101 -- narrowed by `late`
+                state.creation_delay = max(fault.seconds, 0.001)
             try:
                 self.authenticate(request, auth)
                 call = Call(
@@ -140,6 +148,11 @@ class _Api:
                 response = error_response(
                     request_id, exc.status, exc.code, exc.message, exc.details
                 )
+            finally:
+                state.creation_delay = 0.0
+            if late:
+                assert fault is not None  # noqa: S101 -- narrowed by `late`
+                return await _withhold(request, fault, response)
             while state.early_pending and self.early_hook is not None:
                 await self.early_hook(state.early_pending.pop(0))
             if fault is not None and fault.kind == "drop_after":
@@ -348,7 +361,7 @@ class _Api:
                         "active": active,
                     },
                 )
-        cost = model.cost(value)
+        cost = state.price(model, value)
         balance = state.balance()
         if balance is not None and balance < cost:
             raise ApiError(
@@ -382,9 +395,16 @@ class _Api:
 
     def check_webhook(self, url: Any) -> None:
         """Raise 400 ``INVALID_WEBHOOK_URL`` unless *url* is an acceptable https URL."""
-        allowed = {"https", "http"} if self.state.allow_http_webhooks else {"https"}
         parts = urlsplit(url) if isinstance(url, str) else None
-        if parts is None or parts.scheme not in allowed or not parts.hostname:
+        allowed = parts is not None and (
+            parts.scheme == "https"
+            or (
+                parts.scheme == "http"
+                and self.state.allow_http_webhooks
+                and is_loopback(parts.hostname)
+            )
+        )
+        if parts is None or not allowed or not parts.hostname:
             raise ApiError(
                 400,
                 "INVALID_WEBHOOK_URL",
@@ -402,7 +422,7 @@ class _Api:
             model.validate(value, complete=False)
         except InputError as exc:
             raise _invalid(exc.field, exc.reason) from None
-        cost = model.cost(value)
+        cost = self.state.price(model, value)
         return Reply(
             payload={
                 "baseCostMicroCents": cost,
@@ -650,6 +670,16 @@ class _Api:
             f"Route {request.method} {request.path} not found.",
             {"method": request.method, "path": request.path},
         )
+
+
+async def _withhold(
+    request: web.Request, fault: Fault, response: web.StreamResponse
+) -> web.StreamResponse:
+    """A late-creation fault: never let the client see the answer."""
+    if fault.late_answer == "hang":
+        await hold_until_gone(request, fault.hold)
+    drop_connection(request)
+    return response
 
 
 def _parse_limit(raw: str | None) -> int:

@@ -23,6 +23,7 @@ __all__ = [
     "error_response",
     "fault_response",
     "garble",
+    "hold_until_gone",
     "render",
 ]
 
@@ -225,6 +226,17 @@ def drop_connection(request: web.BaseRequest) -> None:
         transport is not None and not transport.is_closing()
     ):  # pragma: no cover -- force_close closes it; belt and braces
         transport.abort()
+
+
+async def hold_until_gone(request: web.BaseRequest, limit: float) -> None:
+    """Keep *request*'s connection open until the client closes it (at most *limit* s)."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + limit
+    while loop.time() < end:
+        transport = request.transport
+        if transport is None or transport.is_closing():
+            return
+        await asyncio.sleep(0.005)
 
 
 async def fault_before(

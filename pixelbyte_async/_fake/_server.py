@@ -74,10 +74,16 @@ class FakePixelByte:
         balance_micro_cents: Starting balance; submits costing more than what is
             left get 402 ``INSUFFICIENT_BALANCE``; `None`: unlimited.
         require_auth: Whether API keys are checked at all.
-        allow_http_webhooks: Accept ``http://`` webhook URLs (for local receivers).
+        allow_http_webhooks: Accept ``http://`` webhook URLs on loopback hosts
+            (for local receivers); other http URLs are refused as the API does.
         webhook_secret: The secret webhooks are signed with.
         auto_webhooks: Deliver due webhooks from a background task, polling every
             50 ms of real time; otherwise call `deliver_webhooks`.
+        speedup: Jobs run this many times faster than their scripts (and the
+            models' typical times) say, while the clock and every timestamp stay
+            as they are: with ``time_scale=1`` that is a sandbox in real time whose
+            Kling job takes 240 / *speedup* seconds (``python -m
+            pixelbyte_async.testing --time-scale``).
 
     Raises:
         ValueError: Conflicting or out-of-range arguments.
@@ -101,6 +107,7 @@ class FakePixelByte:
         allow_http_webhooks: bool = False,
         webhook_secret: str = "whsec_test_sandbox",  # noqa: S107 -- a public sandbox value, not a secret
         auto_webhooks: bool = False,
+        speedup: float = 1.0,
     ) -> None:
         if clock is not None and time_scale:
             raise ValueError("pass either clock or time_scale, not both")
@@ -108,6 +115,8 @@ class FakePixelByte:
             raise ValueError(f"envelope must be one of {_ENVELOPES}, not {envelope!r}")
         if concurrent_job_limit is not None and concurrent_job_limit < 1:
             raise ValueError("concurrent_job_limit must be >= 1 or None")
+        if not speedup > 0:
+            raise ValueError("speedup must be > 0")
         self._state = FakeState(
             clock=clock or VirtualClock(time_scale=time_scale),
             api_key=api_key,
@@ -118,6 +127,7 @@ class FakePixelByte:
             concurrency_retry_after=concurrency_retry_after,
             initial_balance=balance_micro_cents,
             webhook_secret=webhook_secret,
+            speedup=float(speedup),
         )
         self._host = host
         self._port = port
@@ -268,6 +278,23 @@ class FakePixelByte:
         self._state.envelope = value
 
     @property
+    def price_factor(self) -> float:
+        """
+        This account's prices relative to list prices (default 1.0).
+
+        ``1.1`` models an account that pays 10 % more than the public table: the
+        estimate endpoint and the charges both say so, the SDK's local table does
+        not.
+        """
+        return self._state.price_factor
+
+    @price_factor.setter
+    def price_factor(self, value: float) -> None:
+        if not value > 0:
+            raise ValueError("price_factor must be > 0")
+        self._state.price_factor = float(value)
+
+    @property
     def concurrent_job_limit(self) -> int | None:
         """Return (or set) the concurrent-job limit; `None` is unlimited."""
         return self._state.concurrent_job_limit
@@ -343,7 +370,12 @@ class FakePixelByte:
 
     @property
     def jobs(self) -> Mapping[str, FakeJob]:
-        """Return a read-only view of all jobs by id, oldest first."""
+        """
+        Return a read-only view of all jobs by id, oldest first.
+
+        Jobs of a late-creation fault appear once their creation time has come.
+        """
+        self._state.settle()
         return types.MappingProxyType(self._state.jobs)
 
     @property

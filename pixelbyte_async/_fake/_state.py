@@ -53,13 +53,33 @@ class FakeState:
     #: submit response (the "early delivery" race).
     early_webhooks: int = 0
     early_pending: list[str] = attrs.field(factory=list)
+    #: Jobs accepted by a "late creation" submit, created (and charged) later.
+    deferred: list[FakeJob] = attrs.field(factory=list)
+    #: While set, `create_job` creates the job this many virtual seconds later.
+    creation_delay: float = 0.0
+    #: The account's price relative to list price (1.1: it pays 10 % more).
+    price_factor: float = 1.0
+    #: Jobs run this many times faster than their scripts say (the sandbox
+    #: process: real-time timestamps, shorter jobs).
+    speedup: float = 1.0
+
+    def price(self, model: ModelSpec, value: dict[str, Any]) -> int:
+        """What this account pays for *model* with *value*."""
+        return round(model.cost(value) * self.price_factor)
 
     def now(self) -> float:
         """Return virtual wall-clock time."""
         return self.clock.time()
 
     def settle(self) -> None:
-        """Enter the refunds of jobs that have failed by now but are not refunded yet."""
+        """
+        Bring the state up to now.
+
+        Create the deferred jobs whose time has come, and enter the refunds of jobs
+        that have failed by now but are not refunded yet.
+        """
+        if self.deferred:
+            self._create_deferred()
         if not self.unsettled_failures:
             return
         now = self.now()
@@ -102,18 +122,39 @@ class FakeState:
         script = self.scripted.popleft() if self.scripted else self.default_script
         if script.processing_seconds is None:
             script = attrs.evolve(script, processing_seconds=model.typical_seconds)
+        if self.speedup != 1.0:
+            script = attrs.evolve(
+                script,
+                queue_seconds=script.queue_seconds / self.speedup,
+                processing_seconds=(script.processing_seconds or 0.0) / self.speedup,
+            )
         job = FakeJob(
             id=job_id,
             model=model.slug,
             version=version,
             input=input,
             webhook_url=webhook_url,
-            created_at=floor_ms(self.now()),
+            created_at=floor_ms(self.now() + self.creation_delay),
             script=script,
-            cost=model.cost(input),
+            cost=self.price(model, input),
             request_id=request_id,
             clock=self.clock,
         )
+        if self.creation_delay > 0:
+            self.deferred.append(job)
+            return job
+        self._register(job)
+        return job
+
+    def _create_deferred(self) -> None:
+        now = self.now()
+        due = [job for job in self.deferred if job.created_at <= now]
+        if due:
+            self.deferred = [job for job in self.deferred if job.created_at > now]
+            for job in sorted(due, key=lambda j: j.created_at):
+                self._register(job)
+
+    def _register(self, job: FakeJob) -> None:
         self.jobs[job.id] = job
         self.ledger_entries.append(
             LedgerEntry(
@@ -125,9 +166,8 @@ class FakeState:
                 reason="submit",
             )
         )
-        if script.outcome == "failed":
+        if job.script.outcome == "failed":
             self.unsettled_failures.add(job.id)
-        return job
 
     def cancel(self, job: FakeJob) -> int:
         """Cancel a pending *job* now and refund it; return the refund."""

@@ -89,6 +89,7 @@ class WebhookSender:
 
     def due(self) -> list[FakeJob]:
         """Return the jobs whose next webhook attempt is due now."""
+        self.state.settle()
         now = self.state.now()
         return [
             job

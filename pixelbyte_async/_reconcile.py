@@ -1,0 +1,478 @@
+"""
+Submits of unknown fate: in-flight tracking, claims, reconcile and the orphan audit.
+
+The API has no idempotency key, so a submit whose answer was lost (a read timeout, a
+dropped connection, a 5xx) may or may not have created a paid job — and a slow backend
+may create it *after* the client gave up.  "No job found" therefore only means
+something once a **settle horizon** has passed since the attempt began: `reconcile`
+keeps looking until then, and returns ``None`` ("re-sending is safe") only after it.
+
+What this process claims (jobs it submitted, adopted or reconciled) is remembered
+for a window tied to the settle horizon, pruned by time, so nothing grows with the
+number of jobs a long-running process has seen.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import math
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING
+
+import attrs
+
+from ._clock import Clock, sleep_or_until
+from ._errors import (
+    AmbiguousSubmitError,
+    PixelByteError,
+    ReconcileError,
+    ReconcileTimeout,
+    ValidationError,
+)
+from ._models import JobStatus
+
+
+if TYPE_CHECKING:
+    from ._client import PixelByte
+    from ._job import Job
+
+
+__all__ = [
+    "DEFAULT_CLAIM_WINDOW",
+    "DEFAULT_CLOCK_SKEW",
+    "DEFAULT_SETTLE",
+    "AuditOrphan",
+    "AuditReport",
+    "Claims",
+    "Reconciler",
+]
+
+#: How long after an ambiguous submit began "no job found" is taken as proof that
+#: none was created (seconds).  See docs/concepts.md, "What 'never charged twice'
+#: means": five minutes covers the request timeouts of the gateways and serverless
+#: platforms an API like this runs behind (60-100 s for load balancers and CDNs,
+#: 300 s by default for Google Cloud Run, whose Pub/Sub the API's
+#: ``PUBSUB_PUBLISH_FAILED`` names), after which a request still unanswered has been
+#: killed server-side.
+DEFAULT_SETTLE = 300.0
+#: How far the server's ``createdAt`` may disagree with our clock.
+DEFAULT_CLOCK_SKEW = 120.0
+#: How long this process remembers the jobs it claims (for reconcile and the audit).
+DEFAULT_CLAIM_WINDOW = 24 * 3600.0
+#: The first and the longest pause between two looks at the job list.
+FIRST_LOOK_INTERVAL = 2.0
+MAX_LOOK_INTERVAL = 30.0
+
+
+def timestamp(value: dt.datetime | float) -> float:
+    """Unix seconds from a datetime (naive means UTC) or a number."""
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=dt.UTC)
+        return value.timestamp()
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValidationError("expected a datetime or Unix seconds", field="since")
+    return float(value)
+
+
+class Claims:
+    """
+    Job ids this process claims, each remembered for *retention* seconds.
+
+    Reconcile and the audit skip claimed jobs.  Entries are pruned by age on every
+    `add` (amortised O(1)), so the set is bounded by the window, not by how many
+    jobs the process has ever run.
+    """
+
+    __slots__ = ("_clock", "_ids", "retention")
+
+    def __init__(self, clock: Clock, retention: float) -> None:
+        self._clock = clock
+        self.retention = retention
+        self._ids: dict[str, float] = {}
+
+    def add(self, job_id: str) -> None:
+        """Claim *job_id* now (refreshing an earlier claim)."""
+        now = self._clock.time()
+        self._ids.pop(job_id, None)
+        self._ids[job_id] = now
+        self.prune(now)
+
+    def prune(self, now: float | None = None) -> None:
+        """Forget claims older than the retention window."""
+        if now is None:
+            now = self._clock.time()
+        horizon = now - self.retention
+        ids = self._ids
+        while ids:
+            oldest = next(iter(ids))
+            if ids[oldest] >= horizon:
+                break
+            del ids[oldest]
+
+    def __contains__(self, job_id: object) -> bool:
+        return job_id in self._ids
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._ids)
+
+
+class SubmitInFlight:
+    """A submit request on the wire (reconcile waits for those of its model)."""
+
+    __slots__ = ("done", "model")
+
+    def __init__(self, model: str) -> None:
+        self.model = model
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def finish(self) -> None:
+        """Mark the submit as answered (or failed)."""
+        if not self.done.done():
+            self.done.set_result(None)
+
+
+@attrs.frozen(kw_only=True)
+class AuditOrphan:
+    """
+    A job of the account that nothing in this process (or the given journal) claims.
+
+    Attributes:
+        job: A handle on it: `Job.wait`, `Job.download` and `Job.cancel` work.
+        status: Its status when the audit looked.
+        created_at: When the API says it was created.
+        cost_micro_cents: What it cost, when the API said so (else ``None``).
+
+    """
+
+    job: Job
+    status: JobStatus
+    created_at: dt.datetime | None
+    cost_micro_cents: int | None
+
+
+@attrs.frozen(kw_only=True)
+class AuditReport:
+    """
+    What `PixelByte.audit` found: the account's unclaimed jobs in a window.
+
+    A job here was created by nobody this process knows of: another program using
+    the same key, or a paid job whose submit answer was lost and never reconciled.
+    Pending ones can still be cancelled for a refund (`cancel_pending`); the others
+    can be adopted (wait for them and download them through `AuditOrphan.job`).
+
+    .. versionadded:: 0.3.0
+    """
+
+    since: float
+    until: float
+    orphans: tuple[AuditOrphan, ...]
+
+    @property
+    def cost_micro_cents(self) -> int:
+        """The known cost of the orphans (failed and cancelled ones are refunded)."""
+        return sum(
+            o.cost_micro_cents or 0
+            for o in self.orphans
+            if o.status not in {JobStatus.FAILED, JobStatus.CANCELLED}
+        )
+
+    @property
+    def unknown_cost(self) -> int:
+        """How many orphans the API gave no cost for."""
+        return sum(1 for o in self.orphans if o.cost_micro_cents is None)
+
+    @property
+    def pending(self) -> tuple[AuditOrphan, ...]:
+        """The orphans that can still be cancelled (refunded)."""
+        return tuple(o for o in self.orphans if o.status is JobStatus.PENDING)
+
+    async def cancel_pending(self) -> int:
+        """Cancel every pending orphan; return the micro-cents refunded."""
+        refunded = 0
+        for orphan in self.pending:
+            refund = await orphan.job.cancel()
+            refunded += refund or 0
+        return refunded
+
+
+class Reconciler:
+    """
+    The client's memory of submits of unknown fate, and the code that settles them.
+
+    One per `PixelByte`.  Everything here is pruned by time: claims after
+    *retention*, unresolved ambiguous submits once their horizon and the retention
+    window have passed.
+    """
+
+    def __init__(
+        self, client: PixelByte, *, settle: float, retention: float | None = None
+    ) -> None:
+        if settle < 0 or not math.isfinite(settle):
+            raise ValidationError("settle must be a finite number >= 0", field="settle")
+        self._client = client
+        self.settle = settle
+        if retention is None:
+            retention = DEFAULT_CLAIM_WINDOW
+        if not retention >= 2 * settle + DEFAULT_CLOCK_SKEW:
+            raise ValidationError(
+                "claim_window must be at least twice the settle horizon plus "
+                f"{DEFAULT_CLOCK_SKEW:.0f} s of clock skew",
+                field="claim_window",
+            )
+        self.claims = Claims(client.clock, retention)
+        self.in_flight: set[SubmitInFlight] = set()
+        self.unresolved: list[AmbiguousSubmitError] = []
+
+    # -- bookkeeping ---------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def submitting(self, model: str) -> Iterator[SubmitInFlight]:
+        """Track one submit request of *model* while it is on the wire."""
+        tracker = SubmitInFlight(model)
+        self.in_flight.add(tracker)
+        try:
+            yield tracker
+        finally:
+            self.in_flight.discard(tracker)
+            tracker.finish()
+
+    def ambiguous(self, error: AmbiguousSubmitError) -> None:
+        """Remember an ambiguous submit until it is reconciled (or ages out)."""
+        self._prune_unresolved()
+        self.unresolved.append(error)
+
+    def _resolve(self, error: AmbiguousSubmitError) -> None:
+        self.unresolved = [e for e in self.unresolved if e is not error]
+
+    def _prune_unresolved(self) -> None:
+        horizon = self._client.clock.time() - self.settle - self.claims.retention
+        if self.unresolved and self.unresolved[0].started_at < horizon:
+            self.unresolved = [e for e in self.unresolved if e.started_at >= horizon]
+
+    def claimed(self, job_id: str) -> bool:
+        """Whether this process claims *job_id* (submitted, adopted, in flight)."""
+        return job_id in self.claims or job_id in self._client._slots.jobs  # noqa: SLF001 -- client and reconciler cooperate
+
+    # -- reconcile -----------------------------------------------------------------
+
+    async def reconcile(
+        self,
+        error: AmbiguousSubmitError,
+        *,
+        settle: float | None,
+        timeout: float | None,
+        clock_skew: float,
+        exclude: Iterable[str],
+        competing: Iterable[AmbiguousSubmitError] = (),
+    ) -> Job | None:
+        """See `PixelByte.reconcile`."""
+        horizon = self.settle if settle is None else settle
+        if horizon < 0 or not math.isfinite(horizon):
+            raise ValidationError("settle must be a finite number >= 0", field="settle")
+        clock = self._client.clock
+        settle_at = error.started_at + horizon
+        deadline = math.inf if timeout is None else clock.monotonic() + timeout
+        excluded = set(exclude)
+        others = [e for e in competing if e is not error]
+        if not any(e is error for e in self.unresolved):
+            # Concurrent reconciles of one model must see each other as competing.
+            self.unresolved.append(error)
+        interval = FIRST_LOOK_INTERVAL
+        while True:
+            job = await self._attributed(error)
+            if job is not None:
+                return self._claim(error, job)
+            candidates = await self._candidates(error, horizon, clock_skew, excluded)
+            if candidates:
+                rivals = self._competing(error, others, candidates, horizon, clock_skew)
+                if len(candidates) == 1 and not rivals:
+                    return self._claim(error, candidates[0])
+                if not (self._attributable(error, rivals) and clock.time() < settle_at):
+                    raise ReconcileError(
+                        f"{len(candidates)} unknown {error.model} job(s) created "
+                        f"since the ambiguous submit, {len(rivals)} other "
+                        "ambiguous submit(s) that could own them; the SDK will not "
+                        "guess which is whose",
+                        candidates=candidates,
+                        competing=rivals,
+                    )
+            elif clock.time() >= settle_at:
+                self._resolve(error)
+                return None
+            left = deadline - clock.monotonic()
+            if left <= 0:
+                raise ReconcileTimeout(
+                    f"reconcile's timeout ended before the settle horizon: the submit "
+                    f"to {error.model} may still create a job until "
+                    f"{_iso(settle_at)}; do not re-send it before then (call "
+                    "reconcile again)",
+                    settle_at=settle_at,
+                )
+            pause = min(interval, settle_at - clock.time(), left)
+            await sleep_or_until(clock, max(pause, 0.0))
+            interval = min(interval * 2, MAX_LOOK_INTERVAL)
+
+    async def _attributed(self, error: AmbiguousSubmitError) -> Job | None:
+        """The job a webhook delivery proved this attempt created, if any."""
+        receiver = self._client._webhook_receiver  # noqa: SLF001 -- client and reconciler cooperate
+        if error.attempt is None or receiver is None:
+            return None
+        job_id = receiver.job_for_attempt(error.attempt)
+        if job_id is None:
+            return None
+        return await self._client.get_job(job_id)
+
+    def _owner_attempt(self, job_id: str) -> str | None:
+        receiver = self._client._webhook_receiver  # noqa: SLF001 -- client and reconciler cooperate
+        if receiver is None:
+            return None
+        event = receiver.event_for(job_id)
+        return None if event is None else event.attempt
+
+    def _attributable(
+        self, error: AmbiguousSubmitError, competing: list[AmbiguousSubmitError]
+    ) -> bool:
+        """Whether webhook deliveries can still tell these attempts' jobs apart."""
+        if self._client._webhook_receiver is None:  # noqa: SLF001 -- client and reconciler cooperate
+            return False
+        return error.attempt is not None and all(
+            e.attempt is not None for e in competing
+        )
+
+    async def _candidates(
+        self,
+        error: AmbiguousSubmitError,
+        horizon: float,
+        clock_skew: float,
+        excluded: set[str],
+    ) -> list[Job]:
+        """Unclaimed jobs of the model created in the attempt's window (± skew)."""
+        since, until = _window(error, horizon, clock_skew)
+        found: list[Job] = []
+        async with contextlib.aclosing(
+            self._client.list_jobs(model=error.model)
+        ) as jobs:
+            async for job in jobs:
+                created = job.info.created_at
+                if created is not None:
+                    if created.timestamp() < since:
+                        break
+                    if created.timestamp() > until:
+                        continue
+                found.append(job)
+        # Submits of this model on the wire during the listing may own some of
+        # these jobs: let them finish (each within its own deadline) so theirs
+        # become claimed (or become competing ambiguous submits).
+        pending = [f.done for f in self.in_flight if f.model == error.model]
+        if pending:
+            await asyncio.wait(pending)
+        return [
+            job
+            for job in found
+            if job.id not in excluded
+            and not self.claimed(job.id)
+            and self._owner_attempt(job.id) in {None, error.attempt}
+        ]
+
+    def _competing(
+        self,
+        error: AmbiguousSubmitError,
+        others: list[AmbiguousSubmitError],
+        candidates: list[Job],
+        horizon: float,
+        clock_skew: float,
+    ) -> list[AmbiguousSubmitError]:
+        """Other attempts of unknown fate whose window holds one of *candidates*."""
+        rivals: list[AmbiguousSubmitError] = []
+        for other in [*self.unresolved, *others]:
+            if other is error or other.model != error.model:
+                continue
+            if any(other is r for r in rivals):
+                continue
+            since, until = _window(other, horizon, clock_skew)
+            if any(
+                c.info.created_at is None
+                or since <= c.info.created_at.timestamp() <= until
+                for c in candidates
+            ):
+                rivals.append(other)
+        return rivals
+
+    def _claim(self, error: AmbiguousSubmitError, job: Job) -> Job:
+        self._resolve(error)
+        job.input = dict(error.input)
+        self.claims.add(job.id)
+        self._client._slots.adopt(job)  # noqa: SLF001 -- client and reconciler cooperate
+        return job
+
+    # -- audit -----------------------------------------------------------------------
+
+    async def audit(
+        self,
+        *,
+        since: dt.datetime | float,
+        until: dt.datetime | float | None,
+        model: str | None,
+        exclude: Iterable[str],
+        concurrency: int = 8,
+    ) -> AuditReport:
+        """See `PixelByte.audit`."""
+        start = timestamp(since)
+        end = self._client.clock.time() if until is None else timestamp(until)
+        if end < start:
+            raise ValidationError("until is before since", field="until")
+        excluded = set(exclude)
+        found: list[Job] = []
+        async with contextlib.aclosing(self._client.list_jobs(model=model)) as jobs:
+            async for job in jobs:
+                created = job.info.created_at
+                if created is not None:
+                    at = created.timestamp()
+                    if at < start:
+                        break
+                    if at > end:
+                        continue
+                if job.id in excluded or self.claimed(job.id):
+                    continue
+                found.append(job)
+        limiter = asyncio.Semaphore(concurrency)
+
+        async def look(job: Job) -> AuditOrphan:
+            async with limiter:
+                # On failure the list's view is still worth reporting.
+                with contextlib.suppress(PixelByteError):
+                    await job.refresh()
+            return AuditOrphan(
+                job=job,
+                status=job.status,
+                created_at=job.info.created_at,
+                cost_micro_cents=job.cost_micro_cents,
+            )
+
+        orphans = await asyncio.gather(*(look(job) for job in found))
+        return AuditReport(since=start, until=end, orphans=tuple(orphans))
+
+
+def _window(
+    error: AmbiguousSubmitError, horizon: float, clock_skew: float
+) -> tuple[float, float]:
+    """When a job created by *error*'s attempt can have been created (Unix time)."""
+    return (
+        error.started_at - clock_skew,
+        error.started_at + horizon + clock_skew,
+    )
+
+
+def _iso(unix: float) -> str:
+    return (
+        dt.datetime.fromtimestamp(unix, dt.UTC)
+        .replace(microsecond=0)
+        .isoformat()
+        .replace("+00:00", "Z")
+    )
