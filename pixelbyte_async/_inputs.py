@@ -4,12 +4,13 @@ Typed request inputs, validated before anything is sent, and the local price tab
 
 from __future__ import annotations
 
+import io
 import ipaddress
 import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import IO, Any, ClassVar, Protocol, TypeGuard, runtime_checkable
 from urllib.parse import urlsplit
 
 import attrs
@@ -35,8 +36,13 @@ KLING_O1_PRO_SEF = "kling-plus/kling-o1-pro/start-end-frame-to-video"
 IMAGE_MAX_BYTES = 10 * 1024 * 1024
 PROMPT_MAX_CHARS = 2500
 
-#: What a frame may be: an https URL, a local path (uploaded first), or raw bytes.
-FrameSource = str | os.PathLike[str] | bytes
+#: What a frame may be: an https URL (a ``str`` is *always* a URL, never opened),
+#: or a local image given by type, which `PixelByte.submit` uploads first: a
+#: `pathlib.Path` (any ``os.PathLike``), ``bytes``, or a binary file object.
+FrameSource = str | os.PathLike[str] | bytes | IO[bytes]
+
+_SNIFF_BYTES = 16
+_IMAGE_TYPES_TEXT = "a JPEG, PNG, WebP or GIF image"
 
 
 @attrs.frozen(kw_only=True)
@@ -125,7 +131,8 @@ class ModelInput(Protocol):
         ...
 
 
-def _is_loopback(host: str | None) -> bool:
+def is_loopback(host: str | None) -> bool:
+    """Whether *host* is ``localhost`` or a loopback address."""
     if not host:
         return False
     if host == "localhost":
@@ -143,11 +150,10 @@ def check_url(value: str, field: str) -> str:
     parts = urlsplit(value)
     if parts.scheme == "https" and parts.netloc:
         return value
-    if parts.scheme == "http" and _is_loopback(parts.hostname):
+    if parts.scheme == "http" and is_loopback(parts.hostname):
         return value
     raise ValidationError(
-        f"{field} must be an https:// URL (or a local file path / bytes), got {value!r}",
-        field=field,
+        f"{field} must be an https:// URL, got {value!r}", field=field
     )
 
 
@@ -185,46 +191,104 @@ def validate_webhook_url(value: str | None) -> str | None:
     return check_url(value, "webhook_url")
 
 
-def _looks_like_url(value: str) -> bool:
-    return "://" in value[:16]
+def is_binary_file(value: object) -> TypeGuard[IO[bytes]]:
+    """Whether *value* is a readable binary file object (not text, not a path)."""
+    return (
+        not isinstance(value, str | bytes | bytearray | memoryview | os.PathLike)
+        and callable(getattr(value, "read", None))
+        and not isinstance(value, io.TextIOBase)
+    )
+
+
+def check_frame_url(value: str, field: str) -> str:
+    """
+    Require *value*, an untrusted string, to be an https URL; never open it.
+
+    The message is the same whatever the string names on this machine, so it tells
+    nobody which files exist.
+    """
+    parts = urlsplit(value)
+    if (parts.scheme == "https" and parts.netloc) or (
+        parts.scheme == "http" and is_loopback(parts.hostname)
+    ):
+        return value
+    raise ValidationError(
+        f"{field} must be an https:// URL; a string is never read as a local file "
+        "(pass pathlib.Path(...), bytes or a binary file object for a local image)",
+        field=field,
+    )
+
+
+def _check_image_bytes(field: str, head: bytes, size: int, name: str) -> None:
+    if size == 0:
+        raise ValidationError(f"{field}: {name} is empty", field=field)
+    if size > IMAGE_MAX_BYTES:
+        raise ValidationError(
+            f"{field}: {name} is {size} bytes; images may be at most {IMAGE_MAX_BYTES}",
+            field=field,
+        )
+    if sniff_image_type(head) is None:
+        raise ValidationError(
+            f"{field}: {name} is not {_IMAGE_TYPES_TEXT}", field=field
+        )
 
 
 def _check_frame(field: str, value: object) -> FrameSource:
+    if isinstance(value, str):
+        return check_frame_url(value, field)
     if isinstance(value, bytes | bytearray | memoryview):
         data = bytes(value)
-        if not data:
-            raise ValidationError(f"{field} is empty", field=field)
-        if len(data) > IMAGE_MAX_BYTES:
-            raise ValidationError(
-                f"{field} is {len(data)} bytes; images may be at most {IMAGE_MAX_BYTES}",
-                field=field,
-            )
-        if sniff_image_type(data) is None:
-            raise ValidationError(
-                f"{field} is not a JPEG, PNG, WebP or GIF image", field=field
-            )
+        _check_image_bytes(field, data[:_SNIFF_BYTES], len(data), "the image")
         return data
-    if isinstance(value, str) and _looks_like_url(value):
-        return check_url(value, field)
-    if isinstance(value, str | os.PathLike):
+    if isinstance(value, os.PathLike):
+        # A path object is the caller's own decision to read a local file.
         path = Path(value)
-        if not path.is_file():
+        try:
+            size = path.stat().st_size
+            with path.open("rb") as file:
+                head = file.read(_SNIFF_BYTES)
+        except OSError as exc:
             raise ValidationError(
-                f"{field}: {str(value)!r} is neither an https URL nor an existing file",
-                field=field,
-            )
-        size = path.stat().st_size
-        if size > IMAGE_MAX_BYTES:
-            raise ValidationError(
-                f"{field}: {path.name} is {size} bytes; images may be at most "
-                f"{IMAGE_MAX_BYTES}",
-                field=field,
-            )
+                f"{field}: cannot read {path}: {exc.strerror or exc}", field=field
+            ) from exc
+        _check_image_bytes(field, head, size, path.name)
+        return value
+    if is_binary_file(value):
+        peeked, size = _peek(value)
+        if peeked is not None:
+            _check_image_bytes(field, peeked, size, "the file")
         return value
     raise ValidationError(
-        f"{field} must be an https URL, a path or bytes, not {type(value).__name__}",
+        f"{field} must be an https URL (str), a pathlib.Path, bytes or a binary "
+        f"file, not {type(value).__name__}",
         field=field,
     )
+
+
+def _peek(file: IO[bytes]) -> tuple[bytes | None, int]:
+    """The first bytes and the size of a seekable binary *file* (position kept)."""
+    try:
+        if not file.seekable():
+            return None, 0
+        start = file.tell()
+        head = file.read(_SNIFF_BYTES)
+        size = file.seek(0, io.SEEK_END) - start
+        file.seek(start)
+    except (OSError, ValueError):
+        return None, 0
+    return head, size
+
+
+def read_frame(value: os.PathLike[str] | bytes | IO[bytes]) -> bytes:
+    """The bytes of a local frame (a path, bytes or a binary file)."""
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, os.PathLike):
+        return Path(value).read_bytes()
+    data = value.read()
+    if not isinstance(data, bytes):
+        raise ValidationError("a frame's file object must be opened in binary mode")
+    return data
 
 
 def sniff_image_type(data: bytes) -> str | None:
@@ -289,8 +353,10 @@ class KlingO1StartEndFrame:
     Validation happens when you build it, so bad input never costs money.
 
     Args:
-        image_url: The start frame: an https URL, a local path or image bytes
-            (paths and bytes are uploaded by `PixelByte.submit` first).
+        image_url: The start frame: an https URL (a ``str`` is always taken as
+            a URL and never opened, so untrusted input is safe here), or a local
+            image given by type: a `pathlib.Path`, ``bytes`` or a binary file
+            object (uploaded by `PixelByte.submit` first).
         end_image_url: The end frame, likewise.
         prompt: What happens in between (at most 2,500 characters).
         duration: Seconds of video, 3..10 (``int`` or a numeric string).
@@ -349,7 +415,7 @@ class KlingO1StartEndFrame:
         """
         for name in self.frame_fields:
             value = getattr(self, name)
-            if not isinstance(value, str) or not _looks_like_url(value):
+            if not isinstance(value, str):
                 raise ValidationError(
                     f"{name} is a local file; PixelByte.submit uploads it first",
                     field=name,
@@ -367,7 +433,9 @@ class KlingO1StartEndFrame:
         def show(value: object) -> str:
             if isinstance(value, bytes):
                 return f"<{len(value)} bytes>"
-            return repr(str(value))
+            if isinstance(value, str | os.PathLike):
+                return repr(os.fspath(value))
+            return f"<{type(value).__name__}>"
 
         return (
             f"KlingO1StartEndFrame(image_url={show(self.image_url)}, "

@@ -93,7 +93,7 @@ def test_oversize_frames_rejected(tmp_path):
     path = tmp_path / "big.png"
     path.write_bytes(big)
     with pytest.raises(ValidationError, match="at most"):
-        KlingO1StartEndFrame(image_url=str(path), end_image_url=B)
+        KlingO1StartEndFrame(image_url=path, end_image_url=B)
 
 
 def test_prompt_limit():
