@@ -16,15 +16,18 @@ import asyncio
 import contextlib
 import decimal
 import json
+import math
 import os
+import re
 import shlex
 import struct
 import sys
+import traceback
 import zlib
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Self, TextIO
+from typing import Any, NoReturn, Self, TextIO
 
 from ._batch import (
     Batch,
@@ -55,9 +58,10 @@ from ._errors import (
 )
 from ._inputs import KLING_O1_PRO_SEF, KLING_O1_STANDARD_SEF, KlingO1StartEndFrame
 from ._job import Job
-from ._journal import JournalError
+from ._journal import Journal, JournalError
 from ._models import JobInfo, JobStatus
 from ._polling import PollPolicy
+from ._reconcile import AuditOrphan
 from .webhooks import WebhookEvent, WebhookReceiver, WebhookServer, verify
 
 
@@ -137,24 +141,64 @@ DEMO_END = ((8, 12, 40), (40, 40, 90))  # starry night
 # -- argument parsing -----------------------------------------------------------------
 
 
-def _positive(value: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
-    if not number > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {value!r}")
-    return number
+def _float_type(*, minimum: float, inclusive: bool) -> Callable[[str], float]:
+    """An argparse type: a finite number above (or at least) *minimum*."""
+    rule = f">= {minimum:g}" if inclusive else f"> {minimum:g}"
+
+    def parse(value: str) -> float:
+        try:
+            number = float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
+        if not math.isfinite(number) or not (
+            number >= minimum if inclusive else number > minimum
+        ):
+            raise argparse.ArgumentTypeError(f"must be a number {rule}, got {value!r}")
+        return number
+
+    return parse
 
 
-def _count(value: str) -> int:
+def _int_type(*, minimum: int, maximum: int | None = None) -> Callable[[str], int]:
+    """An argparse type: a whole number in [*minimum*, *maximum*]."""
+    rule = f">= {minimum}" if maximum is None else f"{minimum}..{maximum}"
+
+    def parse(value: str) -> int:
+        try:
+            number = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a whole number: {value!r}") from None
+        if number < minimum or (maximum is not None and number > maximum):
+            raise argparse.ArgumentTypeError(f"must be {rule}, got {value!r}")
+        return number
+
+    return parse
+
+
+# Every numeric option takes one of these (a test checks it): durations, rates and
+# scales are > 0; a grace period, a tolerance or a Unix time may be 0.
+_positive = _float_type(minimum=0, inclusive=False)
+_non_negative = _float_type(minimum=0, inclusive=True)
+_count = _int_type(minimum=1)
+_port = _int_type(minimum=0, maximum=65535)
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _when(text: str) -> float:
+    """An argparse type: ``2h``, ``30m``, ``7d`` ago, or an ISO 8601 time (UTC if naive)."""
+    match = _DURATION.fullmatch(text.strip())
+    if match is not None:
+        return datetime.now(UTC).timestamp() - float(match[1]) * _UNIT_SECONDS[match[2]]
     try:
-        number = int(value)
+        moment = datetime.fromisoformat(text.strip())
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {value!r}") from None
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value!r}")
-    return number
+        raise argparse.ArgumentTypeError(
+            f"expected a duration such as 2h, 30m, 7d or an ISO time, not {text!r}"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
 
 
 def _usd_to_micro_cents(value: str) -> int:
@@ -167,9 +211,97 @@ def _usd_to_micro_cents(value: str) -> int:
     return int((amount * 1_000_000).to_integral_value(rounding=decimal.ROUND_FLOOR))
 
 
-def _common() -> argparse.ArgumentParser:
+class _Parser(argparse.ArgumentParser):
+    """
+    argparse with no abbreviated options and one-line usage errors.
+
+    ``--api KEY`` must not pass as ``--api-key KEY``: every option is spelt in
+    full, so nothing can reach a secret-bearing option by another name.
+    Subparsers are of this class too (argparse uses the parent's class).  An
+    error message never repeats a word that may be a secret (see `_hidden_words`).
+    """
+
+    hidden: frozenset[str] = frozenset()
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["allow_abbrev"] = False
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        for word in self.hidden:
+            message = message.replace(word, "***")
+        self.exit(
+            EXIT_CODES["usage"],
+            f"{self.prog}: error: {message} (see {self.prog} --help)\n",
+        )
+
+
+def _all_parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """*parser* and every subparser under it."""
+    found = [parser]
+    for action in parser._actions:  # noqa: SLF001 -- argparse has no public walk
+        if isinstance(action, argparse._SubParsersAction):  # noqa: SLF001 -- (same)
+            for sub in action.choices.values():
+                found += _all_parsers(sub)
+    return found
+
+
+#: Options whose values are secrets: never printed, not even in a resume hint.
+_SECRET_OPTIONS = {"--api-key": "api_key", "--webhook-secret": "webhook_secret"}
+
+
+def _is_number(word: str) -> bool:
+    try:
+        float(word)
+    except ValueError:
+        return False
+    return True
+
+
+def _hidden_words(
+    parser: argparse.ArgumentParser, words: Sequence[str]
+) -> frozenset[str]:
+    """
+    The words of *words* that a usage error must not repeat.
+
+    The value of a secret option, and of any option that is not ours (a typo or an
+    abbreviation such as ``--api-ke KEY``, or ``--api-key`` given to a command that
+    does not take it): it may be a key.  Short words are left alone, so messages
+    stay readable (no key is that short).
+    """
+    known = {
+        option
+        for each in _all_parsers(parser)
+        for action in each._actions  # noqa: SLF001 -- argparse has no public walk
+        for option in action.option_strings
+    }
+    hidden: set[str] = set()
+    for n, word in enumerate(words):
+        if word == "--":
+            break
+        if not word.startswith("-") or _is_number(word):
+            continue
+        name, equals, value = word.partition("=")
+        if name in _SECRET_OPTIONS or name not in known:
+            if not equals and n + 1 < len(words):
+                value = words[n + 1]
+            hidden.add(value)
+    return frozenset(word for word in hidden if len(word) >= 6)  # noqa: PLR2004 -- see above
+
+
+def _debug_option(add_argument: Callable[..., Any], *, top: bool) -> None:
+    # Accepted before and after the command; a subcommand's copy never resets it.
+    add_argument(
+        "--debug",
+        action="store_true",
+        default=False if top else argparse.SUPPRESS,
+        help="on an error, also print its traceback",
+    )
+
+
+def _common() -> _Parser:
     """The options every API command takes."""
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     group = common.add_argument_group("connection and output")
     group.add_argument(
         "--sandbox",
@@ -207,6 +339,7 @@ def _common() -> argparse.ArgumentParser:
         help="testing knob: poll job status every SECONDS instead of adaptively "
         "(e.g. against a time-scaled 'sandbox' process)",
     )
+    _debug_option(group.add_argument, top=False)
     return common
 
 
@@ -245,6 +378,69 @@ def _listen_address(value: str) -> tuple[str, int]:
     return host or "127.0.0.1", number
 
 
+def _add_budget_safety_options(ba: argparse.ArgumentParser) -> None:
+    """``batch --fit`` and ``--settle``."""
+    ba.add_argument(
+        "--fit",
+        action="store_true",
+        help="with --max-cost: run the rows that fit the budget, in file order, "
+        "instead of refusing the whole batch",
+    )
+    ba.add_argument(
+        "--settle",
+        "--reconcile-grace",
+        dest="settle",
+        type=_non_negative,
+        default=None,
+        metavar="SECONDS",
+        help="safety setting: a row whose submit's fate is unknown (its answer was "
+        "lost) is sent again only after this many seconds have passed since that "
+        "attempt with no job found (default 300; lower it only for a backend you "
+        "know gives up sooner)",
+    )
+
+
+def _add_audit_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+    """The ``audit`` command."""
+    au = sub.add_parser(
+        "audit",
+        parents=[common],
+        help="find paid jobs that nothing claims",
+        description="List the account's jobs created in a window that no batch "
+        "journal claims, with their state and cost: a double charge that slipped "
+        "through anything is found and priced. Pending ones can be cancelled for a "
+        "refund (--cancel-pending); the others can be adopted with "
+        "'pixelbyte-async wait JOB -o FILE'. Exit 0: none found; 11: some found.",
+    )
+    au.add_argument(
+        "--since",
+        type=_when,
+        required=True,
+        metavar="WHEN",
+        help="start of the window: a duration ago (2h, 30m, 7d) or an ISO time",
+    )
+    au.add_argument(
+        "--until",
+        type=_when,
+        default=None,
+        metavar="WHEN",
+        help="end of the window (default: now)",
+    )
+    au.add_argument("--model", default=None, metavar="SLUG", help="only this model")
+    au.add_argument(
+        "--journal",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="a batch journal whose jobs are claimed (repeat for several)",
+    )
+    au.add_argument(
+        "--cancel-pending",
+        action="store_true",
+        help="cancel the orphans that are still pending (they are refunded)",
+    )
+
+
 def _add_webhook_parser(sub: Any) -> None:
     """The ``webhook verify`` and ``webhook listen`` commands."""
     wh = sub.add_parser("webhook", help="verify or receive webhook deliveries")
@@ -271,18 +467,19 @@ def _add_webhook_parser(sub: Any) -> None:
     )
     wv.add_argument(
         "--now",
-        type=float,
+        type=_non_negative,
         default=None,
         help="check the timestamp against this Unix time (default: now)",
     )
     wv.add_argument(
         "--tolerance",
-        type=float,
+        type=_non_negative,
         default=300.0,
         help="accepted timestamp skew in seconds (default 300)",
     )
     wv.add_argument("--json", action="store_true", help="print the event as JSON")
     _secret_option(wv)
+    _debug_option(wv.add_argument, top=False)
     wl = whsub.add_parser(
         "listen",
         help="run a receiver that verifies and prints deliveries",
@@ -290,7 +487,7 @@ def _add_webhook_parser(sub: Any) -> None:
         "verified delivery until Ctrl-C.",
     )
     wl.add_argument("--host", default="127.0.0.1")
-    wl.add_argument("--port", type=int, default=8080)
+    wl.add_argument("--port", type=_port, default=8080, help="0: any free port")
     wl.add_argument("--path", default="/pixelbyte/webhook")
     wl.add_argument("--json", action="store_true", help="print events as JSON lines")
     wl.add_argument(
@@ -301,16 +498,18 @@ def _add_webhook_parser(sub: Any) -> None:
         help="stop after N events (scripts, tests)",
     )
     _secret_option(wl)
+    _debug_option(wl.add_argument, top=False)
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="pixelbyte-async",
         description="PixelByte generation API from the command line.",
         epilog="Exit codes: "
         + ", ".join(f"{code} {name}" for name, code in EXIT_CODES.items())
         + ". Ctrl-C stops waiting; it never cancels a paid job.",
     )
+    _debug_option(parser.add_argument, top=True)
     common = _common()
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -345,7 +544,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     _secret_option(tr)
     tr.add_argument(
-        "--timeout", type=float, default=None, help="wait at most this many seconds"
+        "--timeout", type=_positive, default=None, help="wait at most this many seconds"
     )
 
     ba = sub.add_parser(
@@ -397,14 +596,7 @@ def _parser() -> argparse.ArgumentParser:
         help="longest wait per job; unfinished jobs are collected by the next run",
     )
 
-    ba.add_argument(
-        "--reconcile-grace",
-        type=float,
-        default=5.0,
-        metavar="SECONDS",
-        help="testing knob: how long a submit of unknown fate may take to reach the "
-        "API before the journal is reconciled (default 5)",
-    )
+    _add_budget_safety_options(ba)
 
     st = sub.add_parser("status", parents=[common], help="show a job")
     st.add_argument("job", help="job id")
@@ -451,6 +643,8 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("models", parents=[common], help="list the model catalogue")
 
+    _add_audit_parser(sub, common)
+
     _add_webhook_parser(sub)
 
     sb = sub.add_parser(
@@ -460,10 +654,10 @@ def _parser() -> argparse.ArgumentParser:
         "PIXELBYTE_BASE_URL and PIXELBYTE_API_KEY (same as python -m "
         "pixelbyte_async.testing).",
     )
-    sb.add_argument("--port", type=int, default=8765, help="API port (0: any)")
+    sb.add_argument("--port", type=_port, default=8765, help="API port (0: any)")
     sb.add_argument(
         "--time-scale",
-        type=float,
+        type=_positive,
         default=1.0,
         help="virtual seconds per real second (default 1)",
     )
@@ -559,21 +753,65 @@ def _print_json(value: Any, out: TextIO) -> None:
     print(json.dumps(value, indent=None, sort_keys=False), file=out, flush=True)
 
 
-def _resume_command(argv: Sequence[str]) -> str:
-    """The command to run again, without the API key if one was passed."""
-    shown: list[str] = []
-    skip = False
-    for arg in argv:
-        if skip:
-            skip = False
+def _subcommand(name: str) -> argparse.ArgumentParser:
+    for action in _parser()._actions:  # noqa: SLF001 -- argparse has no public walk
+        if isinstance(action, argparse._SubParsersAction):  # noqa: SLF001 -- (same)
+            return action.choices[name]  # type: ignore[no-any-return]
+    raise LookupError(name)  # pragma: no cover -- every command has a subparser
+
+
+def _shown(action: argparse.Action, value: Any) -> str:
+    if action.type is _usd_to_micro_cents:
+        return f"{decimal.Decimal(value) / 1_000_000:f}"
+    return str(value)
+
+
+def _resume_command(
+    args: argparse.Namespace, command: str | None = None, **values: Any
+) -> str:
+    """
+    The command that resumes this one, rebuilt from the parsed options.
+
+    Never from ``sys.argv``: whatever spelling gave the API key (``--api-key KEY``,
+    ``--api-key=KEY``, the environment), secret options are left out; the key comes
+    from $PIXELBYTE_API_KEY or is given again.
+
+    Args:
+        args: The parsed options.
+        command: The command to show (default: the one that ran).
+        values: Options to set or override (``job=`` for ``wait``).
+
+    """
+    name = command or args.command
+    given = {**vars(args), **values}
+    positionals: list[str] = []
+    options: list[str] = []
+    for action in _subcommand(name)._actions:  # noqa: SLF001 -- no public walk
+        if action.dest in _SECRET_OPTIONS.values() or action.dest not in given:
             continue
-        if arg == "--api-key":
-            skip = True
+        value = given[action.dest]
+        if not action.option_strings:
+            if value is not None:
+                positionals.append(str(value))
             continue
-        if arg.startswith("--api-key="):
+        if value is None or value == action.default:
             continue
-        shown.append(arg)
-    return shlex.join(["pixelbyte-async", *shown])
+        flag = next(  # the option's own long name, not an alias listed after it
+            (o for o in action.option_strings if o.startswith("--")),
+            action.option_strings[0],
+        )
+        if action.nargs == 0:  # a switch
+            if value is True:
+                options.append(flag)
+            continue
+        for item in value if isinstance(value, list) else [value]:
+            text = _shown(action, item)
+            options += [f"{flag}={text}"] if text.startswith("-") else [flag, text]
+    if any(word.startswith("-") for word in positionals):
+        words = [name, *options, "--", *positionals]
+    else:
+        words = [name, *positionals, *options]
+    return shlex.join(["pixelbyte-async", *words])
 
 
 def _wants_rich(stream: TextIO) -> bool:
@@ -723,7 +961,7 @@ async def _transition(args: argparse.Namespace, out: TextIO, err: TextIO) -> int
                 file=err,
             )
         job = await pb.submit(request, webhook_url=args.webhook_url)
-        resume = _resume_command(["wait", job.id, "-o", args.output])
+        resume = _resume_command(args, "wait", job=job.id)
         await _follow(pb, job, args, err, resume)
         path = await job.download(args.output)
     size = path.stat().st_size
@@ -748,7 +986,7 @@ async def _transition(args: argparse.Namespace, out: TextIO, err: TextIO) -> int
 async def _wait(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     async with _client(args) as pb:
         job = await pb.get_job(args.job)
-        await _follow(pb, job, args, err, _resume_command(args.argv))
+        await _follow(pb, job, args, err, _resume_command(args))
         path = None if args.output is None else await job.download(args.output)
     if args.json:
         result = _job_json(job.info)
@@ -861,6 +1099,55 @@ async def _jobs(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return 0
 
 
+async def _audit(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    claimed: set[str] = set()
+    for path in args.journal:
+        claimed.update(await _journal_job_ids(Path(path)))
+    async with _client(args) as pb:
+        report = await pb.audit(
+            since=args.since, until=args.until, model=args.model, exclude=claimed
+        )
+        refunded = await report.cancel_pending() if args.cancel_pending else None
+    if args.json:
+        _print_json(
+            {
+                "since": report.since,
+                "until": report.until,
+                "orphans": [_orphan_json(o) for o in report.orphans],
+                "costMicroCents": report.cost_micro_cents,
+                "refundedMicroCents": refunded,
+            },
+            out,
+        )
+    elif not report.orphans:
+        print("No unclaimed jobs in the window.", file=out)
+    else:
+        _print_orphans(report.orphans, out)
+        print(
+            f"{len(report.orphans)} unclaimed job(s), "
+            f"{_usd(report.cost_micro_cents)} known cost"
+            + (
+                f", {report.unknown_cost} of unknown cost"
+                if report.unknown_cost
+                else ""
+            )
+            + (f"; {_usd(refunded)} refunded" if refunded else "")
+            + ".",
+            file=out,
+        )
+    del err
+    return EXIT_CODES["needs_attention"] if report.orphans else EXIT_CODES["ok"]
+
+
+async def _journal_job_ids(path: Path) -> set[str]:
+    """Every job id a journal knows (read-only; the journal may be in use)."""
+    journal = await Journal.open(path, readonly=True)
+    try:
+        return await journal.job_ids()
+    finally:
+        await journal.aclose()
+
+
 async def _models(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     del err
     async with _client(args) as pb:
@@ -914,6 +1201,8 @@ def _plan_json(plan: BatchPlan) -> dict[str, Any]:
         "totalMicroCents": plan.total_micro_cents,
         "maxCostMicroCents": plan.max_cost_micro_cents,
         "withinBudget": plan.within_budget,
+        "estimateSource": plan.estimate_source,
+        "estimateNote": plan.estimate_note,
         "items": [
             {
                 "key": p.key,
@@ -926,6 +1215,55 @@ def _plan_json(plan: BatchPlan) -> dict[str, Any]:
             for p in plan.items
         ],
     }
+
+
+def _orphan_json(orphan: AuditOrphan) -> dict[str, Any]:
+    return {
+        "jobId": orphan.job.id,
+        "model": orphan.job.model,
+        "status": orphan.status.value,
+        "createdAt": None
+        if orphan.created_at is None
+        else orphan.created_at.isoformat().replace("+00:00", "Z"),
+        "costMicroCents": orphan.cost_micro_cents,
+    }
+
+
+def _print_orphans(orphans: Sequence[AuditOrphan], out: TextIO) -> None:
+    """One line per unclaimed job, and what to do with it."""
+    for o in orphans:
+        cost = (
+            "cost unknown" if o.cost_micro_cents is None else _usd(o.cost_micro_cents)
+        )
+        hint = (
+            f"cancel it for a refund: pixelbyte-async cancel {o.job.id}"
+            if o.status is JobStatus.PENDING
+            else f"adopt it: pixelbyte-async wait {o.job.id} -o FILE"
+        )
+        print(
+            f"ORPHAN {o.job.id} ({o.job.model}, {o.status.value}, {cost}): no row "
+            f"claims it; {hint}",
+            file=out,
+        )
+
+
+def _print_notes(summary: BatchSummary, out: TextIO) -> None:
+    """The estimate's source, if not the API, and the closing audit."""
+    if summary.plan.estimate_note:
+        print(f"Note: {summary.plan.estimate_note}.", file=out)
+    if summary.orphans:
+        print(
+            f"Audit: {len(summary.orphans)} job(s) of this batch's models were "
+            f"created during the run but no row claims them "
+            f"({_usd(summary.orphan_cost_micro_cents)} known cost):",
+            file=out,
+        )
+        _print_orphans(summary.orphans, out)
+    elif summary.orphans is None:
+        print(
+            f"Audit: could not list the account's jobs ({summary.audit_error}).",
+            file=out,
+        )
 
 
 def _summary_json(summary: BatchSummary) -> dict[str, Any]:
@@ -941,6 +1279,10 @@ def _summary_json(summary: BatchSummary) -> dict[str, Any]:
         "costMicroCents": summary.cost_micro_cents,
         "wallSeconds": round(summary.wall_seconds, 3),
         "stopReason": summary.stop_reason,
+        "orphans": None
+        if summary.orphans is None
+        else [_orphan_json(o) for o in summary.orphans],
+        "auditError": summary.audit_error,
         "journal": None if summary.journal is None else str(summary.journal),
         "plan": _plan_json(summary.plan),
         "items": [_item_json(item) for item in summary.items],
@@ -1044,6 +1386,8 @@ def _print_plan(plan: BatchPlan, out: TextIO) -> None:
         f"{_usd(plan.total_micro_cents)}{budget}. Nothing was submitted.",
         file=out,
     )
+    if plan.estimate_note:
+        print(f"Note: {plan.estimate_note}.", file=out)
 
 
 def _print_summary(summary: BatchSummary, out: TextIO, resume: str) -> None:
@@ -1076,6 +1420,7 @@ def _print_summary(summary: BatchSummary, out: TextIO, resume: str) -> None:
             print(f"  {name:<16} {value:>6}", file=out)
     if summary.stop_reason:
         print(f"Submitting stopped early: {summary.stop_reason}.", file=out)
+    _print_notes(summary, out)
     for item in summary.items:
         if item.status is BatchItemStatus.NEEDS_ATTENTION:
             print(
@@ -1116,7 +1461,7 @@ async def _batch(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         journal = None  # the sandbox forgets its jobs when this process ends
     else:
         journal = source.with_name(source.name + ".journal.sqlite")
-    resume = _resume_command(args.argv)
+    resume = _resume_command(args)
     quiet = args.quiet or args.json
     async with _client(args, max_concurrent_jobs=args.concurrency) as pb:
         batch = run_batch(
@@ -1128,7 +1473,8 @@ async def _batch(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             dry_run=args.dry_run,
             retry_failed=args.retry_failed,
             wait_timeout=args.wait_timeout,
-            reconcile_grace=args.reconcile_grace,
+            settle=args.settle,
+            fit=args.fit,
         )
         try:
             async with batch:
@@ -1250,6 +1596,7 @@ _COMMANDS: dict[str, _Command] = {
     "estimate": _estimate,
     "jobs": _jobs,
     "models": _models,
+    "audit": _audit,
     "webhook": _webhook,
 }
 
@@ -1258,6 +1605,8 @@ def _report(
     exc: PixelByteError, args: argparse.Namespace, out: TextIO, err: TextIO
 ) -> int:
     code = _exit_code(exc)
+    if getattr(args, "debug", False):
+        traceback.print_exception(exc, file=err)
     print(f"error: {exc}", file=err)
     if isinstance(exc, AmbiguousSubmitError):
         print(
@@ -1293,8 +1642,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI and return its exit code."""
     arguments = list(sys.argv[1:] if argv is None else argv)
     parser = _parser()
+    hidden = _hidden_words(parser, arguments)
+    for each in _all_parsers(parser):
+        if isinstance(each, _Parser):  # all are
+            each.hidden = hidden
     args = parser.parse_args(arguments)
-    args.argv = arguments
     if args.command == "sandbox":
         return _sandbox(args)
     out, err = sys.stdout, sys.stderr

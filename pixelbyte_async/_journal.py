@@ -17,8 +17,26 @@ it with the API instead of re-sending it.
 
 The database uses WAL mode with ``synchronous=FULL`` (every commit is on disk
 before the request it guards is sent).  All blocking calls run in a worker thread,
-one at a time, never on the event loop.  A lock file (``<journal>.lock``) keeps a
-second process from driving the same journal.  The journal never holds the API key.
+one at a time, never on the event loop.  The journal never holds the API key.
+
+One writer per journal file, however it is named, held until the writer closes it or
+dies (``kill -9`` included):
+
+* a lock file next to the *resolved* path (``<real path>.lock``), so a symlink or a
+  ``x/../`` spelling finds the same lock;
+* in the database itself: the writer opens with an exclusive SQLite lock, which only
+  succeeds while no other connection has the file open, and then keeps its shared
+  lock (WAL mode) for as long as it is open.  This holds even if the lock file is
+  deleted or the directory is reached through another mount.  Readers (dry runs)
+  still get in; they copy the journal into memory and let go of the file at once.
+* hard-linked journals are refused: SQLite finds the ``-wal`` file by name, so two
+  names of one database can each see a different log.
+
+Only our own journals are used: an existing file must be an SQLite database with
+our ``meta`` table.  An empty file (a truncated journal), a foreign database, or a
+left-over ``-wal`` without its database is refused, never taken for a fresh
+journal.  A new journal is built under a temporary name and moved into place, so
+the journal path either does not exist or holds a complete journal.
 """
 
 from __future__ import annotations
@@ -28,6 +46,7 @@ import functools
 import json
 import os
 import sqlite3
+import stat
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -102,7 +121,8 @@ CREATE TABLE IF NOT EXISTS attempts (
     started_at       REAL NOT NULL,
     sent_input_json  TEXT,
     job_id           TEXT,
-    outcome          TEXT NOT NULL DEFAULT 'unknown'
+    outcome          TEXT NOT NULL DEFAULT 'unknown',
+    nonce            TEXT
 );
 CREATE INDEX IF NOT EXISTS attempts_by_key ON attempts (key);
 """
@@ -142,6 +162,8 @@ class JournalRow:
         attempts: How many submit attempts were made.
         error: The latest problem, in words.
         candidates: Job ids that could belong to a ``needs_attention`` row.
+        attempt: The nonce of the latest submit attempt (the ``pb_attempt`` of its
+            ``webhookUrl``), journaled before it was sent.
 
     """
 
@@ -161,13 +183,24 @@ class JournalRow:
     attempts: int = 0
     error: str | None = None
     candidates: tuple[str, ...] = ()
+    attempt: str | None = None
 
 
 _COLUMNS = (
     "key, position, model, input_json, state, started_at, job_id, cost_micro_cents, "
     "cost_known, job_status, output_url, output_path, output_bytes, attempts, error, "
-    "candidates_json"
+    "candidates_json, {nonce}"
 )
+_LATEST_NONCE = (
+    "(SELECT nonce FROM attempts WHERE attempts.key = items.key "
+    "ORDER BY attempts.id DESC LIMIT 1)"
+)
+
+
+def _columns(conn: sqlite3.Connection) -> str:
+    """The row columns; journals written before attempt nonces read them as NULL."""
+    names = {r[1] for r in conn.execute("PRAGMA table_info(attempts)")}
+    return _COLUMNS.format(nonce=_LATEST_NONCE if "nonce" in names else "NULL")
 
 
 def _row(values: tuple[Any, ...]) -> JournalRow:
@@ -188,6 +221,7 @@ def _row(values: tuple[Any, ...]) -> JournalRow:
         attempts,
         error,
         candidates_json,
+        nonce,
     ) = values
     return JournalRow(
         key=key,
@@ -206,6 +240,7 @@ def _row(values: tuple[Any, ...]) -> JournalRow:
         attempts=attempts,
         error=error,
         candidates=tuple(json.loads(candidates_json)) if candidates_json else (),
+        attempt=nonce,
     )
 
 
@@ -213,8 +248,43 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
-def _lock(path: Path) -> int:
-    """Take an exclusive, non-blocking lock on *path*; return its descriptor."""
+def _in_use(path: Path, *, pid: str = "", other_program: bool = False) -> JournalError:
+    who = f" (pid {pid})" if pid else ""
+    also = " (or open in another program)" if other_program else ""
+    return JournalError(
+        f"journal {path} is in use by another run{who}{also}; wait for that run to "
+        "end (or stop it), or pass another --journal to run a separate batch"
+    )
+
+
+def _not_ours(path: Path, what: str) -> JournalError:
+    return JournalError(
+        f"{path} is not a batch journal ({what}); move it away or pass another "
+        "--journal to start fresh"
+    )
+
+
+def _unusable(path: Path, exc: OSError | sqlite3.Error) -> JournalError:
+    if isinstance(exc, OSError):
+        reason = exc.strerror or str(exc)
+        if exc.filename is not None and str(exc.filename) != str(path):
+            reason += f": {exc.filename}"
+    else:
+        reason = str(exc)
+    return JournalError(
+        f"cannot use journal {path} ({reason}); pass a --journal path in a "
+        "writable directory"
+    )
+
+
+def _busy(exc: sqlite3.Error) -> bool:
+    """Whether *exc* says another connection holds a conflicting lock."""
+    code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+    return code in {sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED}
+
+
+def _lock(path: Path, shown: Path) -> int:
+    """Take an exclusive, non-blocking lock on the file *path*; return its descriptor."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         if sys.platform == "win32":  # pragma: no cover -- exercised on Windows only
@@ -230,11 +300,7 @@ def _lock(path: Path) -> int:
             holder = os.read(fd, 32).decode("ascii", "replace").strip()
         finally:
             os.close(fd)
-        who = f" (pid {holder})" if holder else ""
-        raise JournalError(
-            f"journal {path.with_suffix('')} is in use by another process{who}; "
-            "one batch run per journal at a time"
-        ) from None
+        raise _in_use(shown, pid=holder) from None
     os.ftruncate(fd, 0)
     os.write(fd, str(os.getpid()).encode())
     return fd
@@ -243,6 +309,102 @@ def _lock(path: Path) -> int:
 def _unlock(fd: int) -> None:
     # Closing the descriptor releases the lock (and kill -9 does the same).
     os.close(fd)
+
+
+def _existing(path: Path, real: Path) -> os.stat_result | None:
+    """Stat the journal file; ``None`` if it does not exist.  Refuse a directory."""
+    try:
+        found = real.stat()
+    except FileNotFoundError:
+        return None
+    if stat.S_ISDIR(found.st_mode):
+        raise JournalError(
+            f"journal {path} is a directory; pass a --journal path to a file"
+        )
+    if found.st_size == 0:
+        raise JournalError(
+            f"journal {path} is empty (0 bytes), so its record of what earlier runs "
+            "submitted and paid for is lost; move it away or pass another --journal "
+            "to start fresh"
+        )
+    return found
+
+
+def _refuse_hard_links(path: Path, found: os.stat_result) -> None:
+    if found.st_nlink > 1:
+        raise JournalError(
+            f"journal {path} has {found.st_nlink} hard links, and SQLite finds a "
+            "journal's -wal file by name, so the names can disagree; remove the "
+            "other links (or use a copy) and run again"
+        )
+
+
+def _connect(path: Path, real: Path, *, wait: float) -> sqlite3.Connection:
+    try:
+        return sqlite3.connect(real, check_same_thread=False, timeout=wait)
+    except sqlite3.Error as exc:
+        raise _unusable(path, exc) from exc
+
+
+def _write_schema(conn: sqlite3.Connection) -> None:
+    with conn:
+        conn.executescript(_SCHEMA)
+        if "nonce" not in {r[1] for r in conn.execute("PRAGMA table_info(attempts)")}:
+            # A journal from before attempt nonces: add the column, keep the rows.
+            conn.execute("ALTER TABLE attempts ADD COLUMN nonce TEXT")
+        conn.execute(
+            "INSERT OR IGNORE INTO meta (name, value) VALUES (?, ?), (?, ?)",
+            ("schema_version", str(SCHEMA_VERSION), "created_at", str(time.time())),
+        )
+
+
+def _remove_database(path: Path) -> None:
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        path.with_name(path.name + suffix).unlink(missing_ok=True)
+
+
+def _sync_directory(directory: Path) -> None:
+    """Make a rename in *directory* durable, where the platform allows it."""
+    if sys.platform == "win32":  # pragma: no cover -- no directory fsync on Windows
+        return
+    with contextlib.suppress(OSError):  # some file systems refuse it; best effort
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _create(path: Path, real: Path) -> None:
+    """
+    Create a complete, empty journal at *real* (shown as *path*).
+
+    It is built under a temporary name and renamed into place, so a crash never
+    leaves a half-made (or empty) journal behind that the next run must refuse.
+    """
+    wal = real.with_name(real.name + "-wal")
+    if wal.exists() and wal.stat().st_size > 0:
+        raise JournalError(
+            f"journal {path} does not exist but its write-ahead log {wal} does (it "
+            "may hold an earlier run's record); put the journal back, or move the "
+            "-wal file away to start fresh"
+        )
+    temporary = real.with_name(f".{real.name}.{os.getpid()}.new")
+    _remove_database(temporary)  # left by a crashed process with the same pid
+    try:
+        conn = sqlite3.connect(temporary)
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            _write_schema(conn)
+        finally:
+            conn.close()  # checkpoints: the database is complete in one file
+        temporary.replace(real)
+    except sqlite3.Error as exc:
+        raise _unusable(path, exc) from exc
+    finally:
+        _remove_database(temporary)
+    _sync_directory(real.parent)
 
 
 class Journal:
@@ -273,10 +435,12 @@ class Journal:
 
         Args:
             path: The SQLite file.  ``None``: an in-memory journal (nothing survives).
-            readonly: Only read (for dry runs): no lock, no file created, no writes.
+            readonly: Only read (for dry runs): no lock, no file created, no writes;
+                the file is read into memory at once and not held open.
 
         Raises:
-            JournalError: In use by another process, newer schema, or not a journal.
+            JournalError: In use by another run, newer schema, not a journal (an
+                empty file included), or the place cannot hold a journal.
 
         """
         target = None if path is None else Path(path)
@@ -284,57 +448,118 @@ class Journal:
 
     @classmethod
     def _open_sync(cls, path: Path | None, readonly: bool) -> Journal:
-        if path is None or (readonly and not path.exists()):
-            conn = sqlite3.connect(":memory:", check_same_thread=False)
-            journal = cls(conn, path, None)
-            journal._init_schema()
-            return journal
-        lock_fd = None
-        if not readonly:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            lock_fd = _lock(path.with_name(path.name + ".lock"))
+        if path is None:
+            return cls._in_memory(None)
         try:
-            conn = sqlite3.connect(path, check_same_thread=False, timeout=30)
+            if readonly:
+                return cls._open_reader(path)
+            return cls._open_writer(path)
+        except OSError as exc:
+            raise _unusable(path, exc) from exc
+
+    @classmethod
+    def _in_memory(cls, path: Path | None) -> Journal:
+        conn = sqlite3.connect(":memory:", check_same_thread=False)
+        _write_schema(conn)
+        return cls(conn, path, None)
+
+    @classmethod
+    def _open_reader(cls, path: Path) -> Journal:
+        real = Path(os.path.realpath(path))
+        found = _existing(path, real)
+        if found is None:
+            return cls._in_memory(path)  # a dry run of a new journal: nothing yet
+        _refuse_hard_links(path, found)
+        # A reader may wait out the moment a writer takes ownership.
+        source = cls(_connect(path, real, wait=5), path, None)
+        source._set_up(writer=False)
+        # Read a snapshot and let go of the file at once: while any connection has
+        # it open, no run can take ownership of it (see _take_ownership).
+        snapshot = sqlite3.connect(":memory:", check_same_thread=False)
+        try:
+            source._conn.backup(snapshot)
         except sqlite3.Error as exc:
-            if lock_fd is not None:
-                _unlock(lock_fd)
-            raise JournalError(f"cannot open journal {path}: {exc}") from exc
-        journal = cls(conn, path, lock_fd)
+            snapshot.close()
+            raise _unusable(path, exc) from exc
+        finally:
+            source._close_sync()
+        return cls(snapshot, path, None)
+
+    @classmethod
+    def _open_writer(cls, path: Path) -> Journal:
+        real = Path(os.path.realpath(path))
+        _existing(path, real)  # a directory, an empty file: refuse before any change
+        real.parent.mkdir(parents=True, exist_ok=True)
+        lock_fd = _lock(real.with_name(real.name + ".lock"), path)
         try:
-            if not readonly:
-                conn.execute("PRAGMA journal_mode=WAL")
-                conn.execute("PRAGMA synchronous=FULL")
-                journal._init_schema()
+            found = _existing(path, real)
+            if found is None:
+                _create(path, real)
             else:
-                journal._check_version()
-        except sqlite3.DatabaseError as exc:
-            journal._close_sync()
-            raise JournalError(f"{path} is not a batch journal: {exc}") from exc
+                _refuse_hard_links(path, found)
+            # A writer never waits: the file being busy means someone else has it.
+            journal = cls(_connect(path, real, wait=0), path, lock_fd)
         except BaseException:
-            journal._close_sync()
+            _unlock(lock_fd)
             raise
+        journal._set_up(writer=True)
         return journal
 
-    def _init_schema(self) -> None:
-        with self._conn:
-            self._conn.executescript(_SCHEMA)
-            self._conn.execute(
-                "INSERT OR IGNORE INTO meta (name, value) VALUES (?, ?), (?, ?)",
-                ("schema_version", str(SCHEMA_VERSION), "created_at", str(time.time())),
-            )
-        self._check_version()
+    def _set_up(self, *, writer: bool) -> None:
+        """Check a newly connected file is our journal; as *writer*, own it."""
+        assert self.path is not None  # noqa: S101 -- only files are set up
+        try:
+            self._check_version()
+            if writer:
+                self._take_ownership()
+                self._conn.execute("PRAGMA journal_mode=WAL")
+                self._conn.execute("PRAGMA synchronous=FULL")
+                _write_schema(self._conn)  # tables a journal of this version lacks
+            self._conn.execute("PRAGMA busy_timeout = 30000")
+        except BaseException as exc:
+            self._close_sync()
+            if isinstance(exc, sqlite3.Error):
+                raise _unusable(self.path, exc) from exc
+            raise
 
     def _check_version(self) -> None:
-        found = self._conn.execute(
-            "SELECT value FROM meta WHERE name = 'schema_version'"
-        ).fetchone()
-        if found is None or int(found[0]) > SCHEMA_VERSION:
-            self._close_sync()
-            version = "none" if found is None else found[0]
+        """Refuse anything but a journal this SDK can read (read-only check)."""
+        assert self.path is not None  # noqa: S101 -- only files are checked
+        try:
+            found = self._conn.execute(
+                "SELECT value FROM meta WHERE name = 'schema_version'"
+            ).fetchone()
+        except sqlite3.DatabaseError as exc:
+            if _busy(exc):
+                raise _in_use(self.path, other_program=True) from exc
+            raise _not_ours(self.path, str(exc)) from exc
+        if found is None or not str(found[0]).isdigit():
+            raise _not_ours(self.path, "no schema version")
+        if int(found[0]) > SCHEMA_VERSION:
             raise JournalError(
-                f"journal {self.path} has schema version {version}; this SDK reads "
+                f"journal {self.path} has schema version {found[0]}; this SDK reads "
                 f"version {SCHEMA_VERSION} (upgrade pixelbyte-async or use a new journal)"
             )
+
+    def _take_ownership(self) -> None:
+        """
+        Prove no other connection has the database open, and stay its writer.
+
+        An exclusive lock is granted only while no other connection (of any
+        process, under any name) holds the file; dropping back to normal locking
+        leaves this connection holding its shared lock in WAL mode until it
+        closes, so every later writer's exclusive attempt fails.
+        """
+        assert self.path is not None  # noqa: S101 -- only files are owned
+        self._conn.execute("PRAGMA locking_mode=EXCLUSIVE")
+        try:
+            self._conn.execute("BEGIN EXCLUSIVE")
+        except sqlite3.OperationalError as exc:
+            if _busy(exc):
+                raise _in_use(self.path, other_program=True) from exc
+            raise
+        self._conn.execute("PRAGMA locking_mode=NORMAL")
+        self._conn.commit()
 
     def _close_sync(self) -> None:
         if self._closed:
@@ -365,7 +590,9 @@ class Journal:
         return await self._call(self._rows_sync)
 
     def _rows_sync(self) -> dict[str, JournalRow]:
-        cursor = self._conn.execute(f"SELECT {_COLUMNS} FROM items ORDER BY position")  # noqa: S608 -- a constant column list
+        cursor = self._conn.execute(
+            f"SELECT {_columns(self._conn)} FROM items ORDER BY position"  # noqa: S608 -- a constant column list
+        )
         return {row.key: row for row in map(_row, cursor.fetchall())}
 
     async def get(self, key: str) -> JournalRow | None:
@@ -374,7 +601,7 @@ class Journal:
 
     def _get_sync(self, key: str) -> JournalRow | None:
         found = self._conn.execute(
-            f"SELECT {_COLUMNS} FROM items WHERE key = ?",  # noqa: S608 -- a constant column list
+            f"SELECT {_columns(self._conn)} FROM items WHERE key = ?",  # noqa: S608 -- a constant column list
             (key,),
         ).fetchone()
         return None if found is None else _row(found)
@@ -434,21 +661,30 @@ class Journal:
         return self._rows_sync()
 
     async def submitting(
-        self, key: str, *, started_at: float, sent_input: Mapping[str, Any] | None
+        self,
+        key: str,
+        *,
+        started_at: float,
+        sent_input: Mapping[str, Any] | None,
+        attempt: str | None = None,
     ) -> None:
         """
         Record that a submit of *key* is about to be sent (its fate is unknown now).
 
         Args:
             key: The row.
-            started_at: Unix time (the client's clock) the attempt began.
+            started_at: Unix time (the client's clock) the attempt began; the
+                settle horizon of a submit of unknown fate counts from it.
             sent_input: The exact input about to be sent (uploaded frames as URLs).
+            attempt: The attempt's nonce (``pb_attempt``), if webhooks tag it.
 
         """
         sent = None if sent_input is None else _dumps(dict(sent_input))
-        await self._call(self._submitting_sync, key, started_at, sent)
+        await self._call(self._submitting_sync, key, started_at, sent, attempt)
 
-    def _submitting_sync(self, key: str, started_at: float, sent: str | None) -> None:
+    def _submitting_sync(
+        self, key: str, started_at: float, sent: str | None, attempt: str | None
+    ) -> None:
         with self._conn:
             self._conn.execute(
                 "UPDATE items SET state = 'submitting', started_at = ?, job_id = NULL, "
@@ -458,9 +694,9 @@ class Journal:
                 (started_at, time.time(), key),
             )
             self._conn.execute(
-                "INSERT INTO attempts (key, started_at, sent_input_json) "
-                "VALUES (?, ?, ?)",
-                (key, started_at, sent),
+                "INSERT INTO attempts (key, started_at, sent_input_json, nonce) "
+                "VALUES (?, ?, ?, ?)",
+                (key, started_at, sent, attempt),
             )
 
     async def submitted(
@@ -628,7 +864,9 @@ def read_rows(path: str | os.PathLike[str]) -> dict[str, JournalRow]:
     """
     with contextlib.closing(sqlite3.connect(path)) as conn:
         try:
-            cursor = conn.execute(f"SELECT {_COLUMNS} FROM items ORDER BY position")  # noqa: S608 -- a constant column list
+            cursor = conn.execute(
+                f"SELECT {_columns(conn)} FROM items ORDER BY position"  # noqa: S608 -- a constant column list
+            )
         except sqlite3.DatabaseError as exc:
             raise JournalError(f"{path} is not a batch journal: {exc}") from exc
         return {row.key: row for row in map(_row, cursor.fetchall())}

@@ -196,9 +196,7 @@ async def test_needs_attention_has_its_own_exit_code(live, tmp_path, capsys):
         )
     live.inject(Fault.drop_after(), method="POST", path="/v1/jobs/submit")
     rows = write_rows(tmp_path / "rows.jsonl", 1)
-    code = await cli(
-        "batch", str(rows), "--out", str(tmp_path / "o"), "--reconcile-grace", "0"
-    )
+    code = await cli("batch", str(rows), "--out", str(tmp_path / "o"), "--settle", "0")
     out = capsys.readouterr().out
     assert code == EXIT_CODES["needs_attention"]
     assert "NEEDS ATTENTION r0" in out
@@ -325,7 +323,7 @@ async def test_ctrl_c_and_kill_9_then_resume_pay_once(tmp_path):
             "2",
             "--poll-interval",
             "0.02",
-            "--reconcile-grace",
+            "--settle",
             "0.2",
         ]
 

@@ -46,7 +46,7 @@ async def test_kill_9_at_random_points_then_resume(tmp_path, seed):
             "3",
             "--poll-interval",
             "0.02",
-            "--reconcile-grace",
+            "--settle",
             "0.3",
             "--quiet",
         ]

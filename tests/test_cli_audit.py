@@ -1,0 +1,115 @@
+"""The CLI's audit command, and the batch's --settle and --fit (issue 10)."""
+
+from __future__ import annotations
+
+import json
+
+import anyio
+import pytest
+from pixelbyte_async import KlingO1StartEndFrame
+from pixelbyte_async._cli import EXIT_CODES, main
+from pixelbyte_async.testing import FakePixelByte, JobScript
+
+from conftest import bound_client, write_rows
+
+
+pytestmark = pytest.mark.anyio
+
+KEY = "pb_live_SECRET_audit_key"
+FAST = JobScript(queue_seconds=0.05, processing_seconds=0.15)
+REQUEST = KlingO1StartEndFrame(
+    image_url="https://e.x/a.jpg", end_image_url="https://e.x/b.jpg"
+)
+
+
+@pytest.fixture(name="live")
+async def _live(monkeypatch):
+    async with FakePixelByte(api_key=KEY, time_scale=1.0) as fake:
+        fake.set_default_script(JobScript(queue_seconds=60, processing_seconds=60))
+        monkeypatch.setenv("PIXELBYTE_BASE_URL", fake.url)
+        monkeypatch.setenv("PIXELBYTE_API_KEY", KEY)
+        yield fake
+
+
+async def cli(*argv):
+    return await anyio.to_thread.run_sync(main, [*argv])
+
+
+async def test_audit_lists_prices_and_cancels_orphans(live, capsys):
+    async with bound_client(live) as pb:
+        stray = await pb.submit(REQUEST)
+    code = await cli("audit", "--since", "1h")
+    text = capsys.readouterr().out
+    assert code == EXIT_CODES["needs_attention"]
+    assert f"ORPHAN {stray.id}" in text
+    assert f"pixelbyte-async cancel {stray.id}" in text
+    code = await cli("audit", "--since", "1h", "--cancel-pending", "--json")
+    report = json.loads(capsys.readouterr().out)
+    assert [o["jobId"] for o in report["orphans"]] == [stray.id]
+    assert report["refundedMicroCents"] == 250_000
+    assert live.ledger.charged_micro_cents == 0
+    assert KEY not in text
+
+
+async def test_audit_skips_jobs_a_journal_claims(live, tmp_path, capsys):
+    rows = write_rows(tmp_path / "rows.jsonl", 1)
+    live.set_default_script(FAST)
+    journal = tmp_path / "j.sqlite"
+    out = str(tmp_path / "out")
+    assert (
+        await cli(
+            "batch",
+            str(rows),
+            "--out",
+            out,
+            "--journal",
+            str(journal),
+            "--quiet",
+            "--poll-interval",
+            "0.02",
+        )
+        == 0
+    )
+    capsys.readouterr()
+    code = await cli("audit", "--since", "1h", "--journal", str(journal))
+    assert code == EXIT_CODES["ok"]
+    assert "No unclaimed jobs" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("when", ["yesterday", "-2h", "2x"])
+def test_audit_refuses_bad_windows(when, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["audit", f"--since={when}"])
+    assert exit_.value.code == EXIT_CODES["usage"]
+    assert "Traceback" not in capsys.readouterr().err
+
+
+async def test_batch_fit_runs_what_the_budget_allows(live, tmp_path, capsys):
+    live.set_default_script(FAST)
+    rows = write_rows(tmp_path / "rows.jsonl", 4)
+    code = await cli(
+        "batch",
+        str(rows),
+        "--out",
+        str(tmp_path / "o"),
+        "--max-cost",
+        "0.60",
+        "--fit",
+        "--json",
+        "--poll-interval",
+        "0.02",
+    )
+    summary = json.loads(capsys.readouterr().out)
+    assert code == EXIT_CODES["budget"]
+    assert (summary["completed"], summary["skipped"]) == (2, 2)
+    assert live.ledger.charged_micro_cents == 500_000
+    assert summary["orphans"] == []
+
+
+async def test_batch_fit_needs_a_budget(tmp_path, capsys):
+    rows = write_rows(tmp_path / "rows.jsonl", 1)
+    code = await cli(
+        "batch", str(rows), "--out", str(tmp_path / "o"), "--fit", "--sandbox"
+    )
+    assert code == EXIT_CODES["validation"]
+    assert "max_cost" in capsys.readouterr().err
