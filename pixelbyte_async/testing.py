@@ -66,19 +66,32 @@ __all__ = [
 ]
 
 
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number > 0, not {text!r}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m pixelbyte_async.testing",
         description="Run a local fake PixelByte API (a sandbox) until Ctrl-C.",
+        allow_abbrev=False,
     )
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind")
     parser.add_argument("--port", type=int, default=8765, help="API port (0: any)")
     parser.add_argument("--cdn-port", type=int, default=0, help="CDN port (0: any)")
     parser.add_argument(
         "--time-scale",
-        type=float,
+        type=_positive,
         default=1.0,
-        help="virtual seconds per real second (default 1; 0 freezes time)",
+        help="how many times faster than the real API jobs run (default 1); every "
+        "timestamp stays wall-clock time, so webhook receivers, the CLI and polling "
+        "work against the sandbox as they would against the API",
     )
     parser.add_argument("--api-key", default=SANDBOX_API_KEY, help="key to accept")
     parser.add_argument(
@@ -108,7 +121,10 @@ async def _serve(args: argparse.Namespace) -> None:
         host=args.host,
         port=args.port,
         cdn_port=args.cdn_port,
-        time_scale=args.time_scale,
+        # Real time for everything a person or another program sees; only the
+        # jobs' durations shrink.
+        time_scale=1.0,
+        speedup=args.time_scale,
         envelope=args.envelope,
         concurrent_job_limit=args.concurrent_job_limit,
         balance_micro_cents=args.balance,
@@ -118,12 +134,14 @@ async def _serve(args: argparse.Namespace) -> None:
         auto_webhooks=True,
     ) as fake:
         lines = [
-            f"FakePixelByte sandbox running (time x{args.time_scale:g}); Ctrl-C stops.",
+            (
+                f"FakePixelByte sandbox running (jobs x{args.time_scale:g} faster, "
+                "real-time timestamps); Ctrl-C stops."
+            ),
             f"PIXELBYTE_BASE_URL={fake.url}",
             f"PIXELBYTE_API_KEY={fake.api_key}",
             f"PIXELBYTE_CDN_URL={fake.cdn_url}",
             f"PIXELBYTE_WEBHOOK_SECRET={fake.webhook_secret}",
-            f"PIXELBYTE_SANDBOX_CLOCK={fake.clock.share()}",
             "Models: " + ", ".join(MODELS),
         ]
         sys.stdout.write("\n".join(lines) + "\n")
