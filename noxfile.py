@@ -23,7 +23,7 @@ def _group(name: str) -> list[str]:
 @nox.session
 def tests(session: nox.Session) -> None:
     """Run the test suite (pytest exit 5, 'no tests ran', fails the session)."""
-    session.install("-e", ".[cli]", *_group("tests"))
+    session.install("-e", ".[cli]", *_group("tests"), *_group("recipes"))
     session.run("pytest", *(session.posargs or ["-q", "-p", "no:cacheprovider"]))
 
 

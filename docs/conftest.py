@@ -19,6 +19,9 @@ How a page's examples run, so that the visible code stays what a user would writ
 * A ``{code-block} python`` captioned ``tests/...`` is a file of pytest tests: it is
   skipped here and run under pytest, with the page's other captioned files, by
   ``tests/test_docs.py``.
+* The recipes import the real frameworks they are about (aiogram, discord.py,
+  FastAPI, Django: the ``recipes`` dependency group) and drive them offline: no
+  stand-ins.  Environment variables a page sets are undone after it.
 """
 
 from __future__ import annotations
@@ -80,6 +83,7 @@ class _Page:
         self.fake = FakePixelByte()
         self._tmp = tempfile.TemporaryDirectory(prefix="pixelbyte-docs-")
         self._cwd = Path.cwd()
+        self._environ = dict(os.environ)
         self.pb: pixelbyte_async.PixelByte | None = None
 
     def open(self, namespace: dict[str, Any]) -> None:
@@ -119,8 +123,18 @@ class _Page:
         finally:
             self.runner.close()
             pixelbyte_async.PixelByte = _RealPixelByte  # type: ignore[misc]
+            _restore_environ(self._environ)
             os.chdir(self._cwd)
             self._tmp.cleanup()
+
+
+def _restore_environ(saved: dict[str, str]) -> None:
+    """Undo the changes a page made to `os.environ` (and only those)."""
+    for key in os.environ.keys() - saved.keys():
+        del os.environ[key]
+    for key, value in saved.items():
+        if os.environ.get(key) != value:
+            os.environ[key] = value
 
 
 def _setup(namespace: dict[str, Any]) -> None:
