@@ -239,7 +239,8 @@ class PixelByte:
             that none was created.  Lower it only for a backend you know answers
             or gives up faster.
         claim_window: How long the client remembers the jobs it submitted,
-            adopted or reconciled, for `reconcile` and `audit` (default 24 h);
+            adopted or reconciled, for `reconcile` and `audit` (default one
+            hour; at least twice the settle horizon plus two minutes);
             older ones are forgotten, so memory does not grow with the number of
             jobs a long-running process has run.
 
@@ -1020,7 +1021,7 @@ class PixelByte:
         A double charge that slipped through everything (another program using the
         key, a lost submit nobody reconciled) is then at least found and priced.
         Claimed are: jobs this client submitted, adopted or reconciled within its
-        ``claim_window`` (24 h by default), jobs in flight, and the ids in
+        ``claim_window`` (one hour by default), jobs in flight, and the ids in
         *exclude* (for example a batch journal's ``job_ids()``).
 
         Args:

@@ -60,7 +60,7 @@ DEFAULT_SETTLE = 300.0
 #: How far the server's ``createdAt`` may disagree with our clock.
 DEFAULT_CLOCK_SKEW = 120.0
 #: How long this process remembers the jobs it claims (for reconcile and the audit).
-DEFAULT_CLAIM_WINDOW = 24 * 3600.0
+DEFAULT_CLAIM_WINDOW = 3600.0
 #: The first and the longest pause between two looks at the job list.
 FIRST_LOOK_INTERVAL = 2.0
 MAX_LOOK_INTERVAL = 30.0

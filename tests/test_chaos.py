@@ -135,6 +135,7 @@ async def test_polling_chaos_1000_jobs():
         }
         async with bound_client(
             fake,
+            claim_window=24 * 3600,  # the audit below covers the whole run
             max_concurrent_jobs=60,
             retry=RetryPolicy(attempts=6, jitter=False, wait_initial=0.5),
         ) as pb:

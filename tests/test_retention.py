@@ -38,7 +38,7 @@ def sizes(pb: PixelByte) -> dict[str, int]:
 
 
 async def test_finished_jobs_leave_nothing_behind(fake) -> None:
-    async with bound_client(fake, max_concurrent_jobs=50) as pb:
+    async with bound_client(fake, max_concurrent_jobs=50, claim_window=86_400) as pb:
         await (await pb.submit(kling(-1))).wait()
         baseline = sizes(pb)
         for round_ in range(4):
