@@ -67,3 +67,25 @@ def test_webhooks_module_is_public():
         obj = getattr(webhooks, name)
         if callable(obj):
             assert obj.__doc__, name
+
+
+def test_metadata_says_license_and_where_things_are():
+    """pip show names the license; the index page links docs, source, changelog."""
+    meta = importlib.metadata.metadata("pixelbyte-async")
+    assert meta["License"] == "MIT"
+    assert "License :: OSI Approved :: MIT License" in meta.get_all("Classifier")
+    urls = {u.split(",", 1)[0] for u in meta.get_all("Project-URL") or []}
+    assert {"Documentation", "Source", "Changelog", "Issues"} <= urls
+
+
+def test_license_file_ships():
+    """The LICENSE is in the repo and in the sdist's include list (wheels add it)."""
+    root = Path(__file__).parent.parent
+    assert "MIT License" in (root / "LICENSE").read_text()
+    assert '"LICENSE"' in (root / "pyproject.toml").read_text()
+
+
+def test_readme_has_a_pip_install_line_for_the_index_page():
+    """The README is PyPI's description: it must not only offer clone commands."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    assert "pip install 'pixelbyte-async[cli]'" in readme
