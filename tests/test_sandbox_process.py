@@ -89,38 +89,25 @@ async def test_sandbox_process_speaks_wall_clock_time() -> None:
     ],
 )
 async def test_http_webhooks_only_on_loopback(url: str, ok: bool) -> None:
-    async with (
-        FakePixelByte(allow_http_webhooks=True) as fake,
-        PixelByte(api_key=fake.api_key, base_url=fake.url, clock=fake.clock) as pb,
-    ):
-        # The client checks too: send the raw body to see the API's answer.
-        status = (
-            await pb._request(
-                "POST",
-                "/v1/jobs/submit",
-                json_body={
-                    "model": REQUEST.model_slug,
-                    "input": REQUEST.to_input(),
-                    "webhookUrl": url,
-                },
-                mode="submit",
-            )
-            if ok
-            else None
-        )
-        if not ok:
-            from pixelbyte_async import InvalidRequestError
+    from pixelbyte_async import InvalidRequestError
 
-            with pytest.raises(InvalidRequestError, match="webhookUrl"):
-                await pb._request(
-                    "POST",
-                    "/v1/jobs/submit",
-                    json_body={
-                        "model": REQUEST.model_slug,
-                        "input": REQUEST.to_input(),
-                        "webhookUrl": url,
-                    },
-                    mode="submit",
-                )
+    async with FakePixelByte(allow_http_webhooks=True) as fake, PixelByte(
+        api_key=fake.api_key, base_url=fake.url, clock=fake.clock
+    ) as pb:
+        # The client checks too: send the raw body to see the API's answer.
+        send = pb._request(
+            "POST",
+            "/v1/jobs/submit",
+            json_body={
+                "model": REQUEST.model_slug,
+                "input": REQUEST.to_input(),
+                "webhookUrl": url,
+            },
+            mode="submit",
+        )
+        if ok:
+            data, _ = await send
+            assert data["jobId"]
         else:
-            assert status is not None
+            with pytest.raises(InvalidRequestError, match="webhookUrl"):
+                await send
