@@ -217,9 +217,10 @@ class Reconciler:
             raise ValidationError("settle must be a finite number >= 0", field="settle")
         self._client = client
         self.settle = settle
+        shortest = 2 * settle + DEFAULT_CLOCK_SKEW
         if retention is None:
-            retention = DEFAULT_CLAIM_WINDOW
-        if not retention >= 2 * settle + DEFAULT_CLOCK_SKEW:
+            retention = max(DEFAULT_CLAIM_WINDOW, shortest)
+        if not retention >= shortest:
             raise ValidationError(
                 "claim_window must be at least twice the settle horizon plus "
                 f"{DEFAULT_CLOCK_SKEW:.0f} s of clock skew",

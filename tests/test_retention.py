@@ -75,3 +75,13 @@ async def test_reconcile_cost_does_not_grow_with_claims(fake, monkeypatch) -> No
         )
         assert await pb.reconcile(error) is None
         assert copied == []
+
+
+async def test_claim_window_follows_a_long_settle_horizon(fake) -> None:
+    """A long horizon widens the default window; an explicit short one is refused."""
+    from pixelbyte_async import ValidationError
+
+    async with bound_client(fake, settle=1800) as pb:
+        assert pb._reconciler.claims.retention == 2 * 1800 + 120
+    with pytest.raises(ValidationError, match="claim_window"):
+        bound_client(fake, settle=1800, claim_window=3600)
