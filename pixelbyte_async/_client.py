@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import json
 import logging
-import math
-import mimetypes
 import os
 import random
 import re
@@ -21,48 +18,41 @@ import warnings
 from collections.abc import (
     AsyncGenerator,
     AsyncIterable,
-    Awaitable,
     Callable,
     Iterable,
     Mapping,
 )
 from pathlib import Path
 from types import TracebackType
-from typing import IO, TYPE_CHECKING, Any, Literal, Self, TypeVar
-from urllib.parse import quote, urlsplit
+from typing import IO, TYPE_CHECKING, Any, Literal, Self
+from urllib.parse import quote
 
 import aiohttp
-import anyio
 import attrs
 
-from ._clock import Clock, SystemClock, sleep_or_until
+from ._clock import Clock, SystemClock
 from ._config import ClientConfig, mask_key
 from ._errors import (
     AmbiguousSubmitError,
-    APIError,
     ClientClosedError,
     EventLoopMismatch,
     PixelByteError,
-    RequestTimeout,
     ResponseDecodeError,
     ServerError,
     TransportError,
     ValidationError,
-    error_class_for,
 )
+from ._files import Files
 from ._inputs import (
     ModelInput,
     check_input,
     check_slug,
-    check_url,
-    is_binary_file,
     local_cost,
-    read_frame,
-    sniff_image_type,
     validate_webhook_url,
 )
-from ._job import Job, stream_to_file
+from ._job import Job
 from ._models import CatalogModel, Estimate, JobInfo, JobStatus, Upload
+from ._pipeline import RequestPipeline, short
 from ._polling import PollPolicy
 from ._reconcile import (
     DEFAULT_CLOCK_SKEW,
@@ -72,21 +62,15 @@ from ._reconcile import (
 )
 from ._retry import (
     RetryPolicy,
-    is_submit_safe_to_retry,
-    parse_retry_after,
-    retry_after_from_details,
 )
 from ._serde import (
     decode_catalog_model,
     decode_estimate,
     decode_job,
-    decode_json,
-    decode_upload,
-    error_fields,
     items_of,
-    unwrap,
 )
-from ._transport import AiohttpTransport, Request, Response, Transport
+from ._slots import JobSlots
+from ._transport import AiohttpTransport, Transport
 from .webhooks import (
     WebhookEvent,
     WebhookReceiver,
@@ -107,105 +91,9 @@ log = logging.getLogger("pixelbyte_async")
 _UNSET: Any = object()
 _NO_PARAMS: Mapping[str, str] = types.MappingProxyType({})
 _SAFE_ID = re.compile(r"[A-Za-z0-9_.\-]+")
-_T = TypeVar("_T")
 
-_UPLOAD_TYPES: Mapping[str, int] = {
-    "image/jpeg": 10 * 1024**2,
-    "image/png": 10 * 1024**2,
-    "image/webp": 10 * 1024**2,
-    "image/gif": 10 * 1024**2,
-    "video/mp4": 100 * 1024**2,
-    "video/webm": 100 * 1024**2,
-    "audio/mpeg": 50 * 1024**2,
-    "audio/wav": 50 * 1024**2,
-}
 
 _Mode = Literal["safe", "submit"]
-
-
-class _JobSlots:
-    """
-    The client's limit on jobs in flight (submitted and not yet seen terminal).
-
-    A slot is taken before a submit and freed when the client sees the job reach a
-    terminal state, however it sees it (wait, watch, refresh, list, cancel).  A
-    submitter kept waiting for a slot refreshes in-flight jobs that nobody is
-    waiting on, so "submit everything, then wait for everything" cannot deadlock.
-    """
-
-    def __init__(self, limit: int | None) -> None:
-        self.limit = limit
-        self.used = 0
-        self.jobs: dict[str, Job] = {}
-        self._released: asyncio.Future[None] | None = None
-        self._sweeping = False
-
-    def _notify(self) -> None:
-        released, self._released = self._released, None
-        if released is not None and not released.done():
-            released.set_result(None)
-
-    def free(self) -> None:
-        self.used -= 1
-        self._notify()
-
-    def bind(self, job: Job) -> None:
-        self.jobs[job.id] = job
-
-    def finished(self, job_id: str) -> None:
-        if self.jobs.pop(job_id, None) is not None:
-            self.free()
-
-    def adopt(self, job: Job) -> None:
-        if job.id not in self.jobs and not job.done:
-            self.used += 1
-            self.jobs[job.id] = job
-
-    async def acquire(self, client: PixelByte, timeout: float | None) -> None:
-        if self.limit is None:
-            self.used += 1
-            return
-        clock = client.clock
-        deadline = clock.monotonic() + (timeout if timeout is not None else math.inf)
-        while self.used >= self.limit:
-            remaining = deadline - clock.monotonic()
-            if remaining <= 0:
-                raise RequestTimeout(
-                    f"no job slot freed within slot_timeout={timeout}s "
-                    f"({self.used} jobs in flight, max_concurrent_jobs={self.limit})"
-                )
-            await self._sweep(client, deadline)
-            if self.used < self.limit:
-                break
-            if self._released is None:
-                self._released = asyncio.get_running_loop().create_future()
-            # A freed slot wakes us at once; the pause only paces the sweeps.
-            pause = min(remaining, client.config.poll.near_interval)
-            await sleep_or_until(clock, pause, self._released)
-        self.used += 1
-
-    async def _sweep(self, client: PixelByte, deadline: float) -> None:
-        """
-        Refresh unwatched in-flight jobs that are due, to notice finished ones.
-
-        One sweep at a time: the other queued submitters wait for its result
-        instead of polling the same jobs again.
-        """
-        if self._sweeping:
-            return
-        self._sweeping = True
-        try:
-            clock = client.clock
-            deadline = min(deadline, clock.monotonic() + client.config.timeout)
-            policy = client.config.poll
-            for job in list(self.jobs.values()):
-                if job._watchers or job.done:  # noqa: SLF001 -- slots and jobs cooperate
-                    continue
-                if clock.time() < job._sweep_due(policy):  # noqa: SLF001
-                    continue
-                await job._poll_once(deadline)  # noqa: SLF001
-        finally:
-            self._sweeping = False
 
 
 class PixelByte:
@@ -294,15 +182,18 @@ class PixelByte:
         )
         self._owns_transport = transport is None
         self._state: Literal["open", "closed"] = "open"
-        self._slots = _JobSlots(config.max_concurrent_jobs)
+        self._pipeline = RequestPipeline(
+            config, self.clock, self._transport, self._uniform, self._check_open
+        )
+        self._files = Files(self._pipeline)
+        self._job_link = _JobLink(self)
+        self._slots = JobSlots(config.max_concurrent_jobs)
         self._reconciler = Reconciler(
             self,
             settle=DEFAULT_SETTLE if settle is None else settle,
             retention=claim_window,
         )
-        self._header_cache: dict[str, dict[str, str]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._api_origin = _origin(config.base_url)
         self._webhook_receiver: WebhookReceiver | None = None
         self._webhook_url: str | None = None
         self._webhook_server: WebhookServer | None = None
@@ -442,221 +333,6 @@ class PixelByte:
     def _knows_job(self, job_id: str) -> bool:
         return self._reconciler.claimed(job_id)
 
-    # -- the request pipeline --------------------------------------------------------
-
-    def _shared_headers(
-        self, auth: Literal["bearer", "both", "optional", "none"]
-    ) -> Mapping[str, str]:
-        """The headers for *auth*, built once; never mutate the result."""
-        cached = self._header_cache.get(auth)
-        if cached is None:
-            cached = self._header_cache[auth] = self._build_headers(auth)
-        return cached
-
-    def _headers(
-        self, auth: Literal["bearer", "both", "optional", "none"]
-    ) -> dict[str, str]:
-        """A fresh copy of the headers for *auth*, for callers that add to them."""
-        return dict(self._shared_headers(auth))
-
-    def _headers_for(self, url: str) -> dict[str, str]:
-        """Headers for a URL outside the API pipeline: the key only to the API's origin."""
-        if _origin(url) == self._api_origin:
-            return self._headers("bearer")
-        return {"User-Agent": self.config.user_agent}
-
-    def _build_headers(
-        self, auth: Literal["bearer", "both", "optional", "none"]
-    ) -> dict[str, str]:
-        headers = {"User-Agent": self.config.user_agent, "Accept": "application/json"}
-        key = self.config.api_key
-        if auth == "none":
-            return headers
-        if not key:
-            if auth == "optional":
-                return headers
-            raise ValidationError(
-                "no API key: pass PixelByte(api_key=...) or set PIXELBYTE_API_KEY",
-                field="api_key",
-            )
-        headers["Authorization"] = f"Bearer {key}"
-        if auth == "both":
-            # The models/providers pages show x-api-key instead of Bearer (§1).
-            headers["x-api-key"] = str(key)
-        return headers
-
-    async def _request(
-        self,
-        method: str,
-        path: str,
-        *,
-        json_body: Any = None,
-        params: Mapping[str, str] | None = None,
-        timeout: float | None = None,
-        deadline: float | None = None,
-        mode: _Mode = "safe",
-        auth: Literal["bearer", "both", "optional", "none"] = "bearer",
-    ) -> tuple[Any, str | None]:
-        """Send one API call under one deadline; return ``(payload, request_id)``."""
-        self._check_open()
-        clock = self.clock
-        if deadline is None:
-            deadline = clock.monotonic() + (timeout or self.config.timeout)
-        headers = self._shared_headers(auth)
-        if json_body is not None:
-            headers = {**headers, "Content-Type": "application/json"}
-        url = self.config.base_url + path
-        query: Mapping[str, str] = dict(params) if params else _NO_PARAMS
-        request = Request(
-            method=method,
-            url=url,
-            headers=headers,
-            params=query,
-            json=json_body,
-            timeout=deadline - clock.monotonic(),
-        )
-        # The first attempt inline: the common case pays for no retry machinery.
-        first_error: PixelByteError | None = None
-        if request.timeout is not None and request.timeout > 0:
-            try:
-                response = await self._transport.send(request)
-                result = self._handle(response, method, path)
-            except PixelByteError as exc:
-                first_error = exc
-            else:
-                if log.isEnabledFor(logging.DEBUG):
-                    log.debug(
-                        "%s %s -> %d request_id=%s",
-                        method,
-                        path,
-                        response.status,
-                        result[1],
-                    )
-                return result
-
-        async def attempt(remaining: float) -> tuple[Any, str | None]:
-            response = await self._transport.send(
-                attrs.evolve(request, timeout=remaining)
-            )
-            return self._handle(response, method, path)
-
-        decide = self._decide_submit if mode == "submit" else self._decide_safe
-        return await self._retrying(
-            attempt,
-            deadline=deadline,
-            decide=decide,
-            what=f"{method} {path}",
-            first_error=first_error,
-        )
-
-    def _decide_safe(self, exc: PixelByteError, attempt: int) -> float | None:
-        return self.config.retry.delay_for(exc, attempt, self._uniform)
-
-    def _decide_submit(self, exc: PixelByteError, attempt: int) -> float | None:
-        if not is_submit_safe_to_retry(exc):
-            return None
-        policy = self.config.retry
-        delay = policy.delay_for(exc, attempt, self._uniform)
-        if (
-            delay is None
-            and isinstance(exc, APIError)
-            and exc.code == "CONCURRENT_JOBS_EXCEEDED"
-            and exc.retry_after is not None
-            and exc.retry_after <= policy.max_retry_after
-        ):
-            # The plan's concurrency limit: waiting is the answer, bounded by the
-            # submit deadline rather than by the attempt count.
-            delay = exc.retry_after
-        return delay
-
-    async def _retrying(
-        self,
-        attempt_once: Callable[[float], Awaitable[_T]],
-        *,
-        deadline: float,
-        decide: Callable[[PixelByteError, int], float | None],
-        what: str,
-        first_error: PixelByteError | None = None,
-    ) -> _T:
-        """
-        Call *attempt_once(remaining)* until it succeeds or *decide* gives up.
-
-        The one retry loop of the client: one deadline covers every attempt and
-        every pause, so retries never multiply a timeout.
-        """
-        clock = self.clock
-        error = first_error
-        attempt = 0 if error is None else 1
-        while True:
-            if error is None:
-                attempt += 1
-                remaining = deadline - clock.monotonic()
-                if remaining <= 0:
-                    raise RequestTimeout(
-                        f"{what}: deadline passed before attempt {attempt}"
-                    )
-                try:
-                    return await attempt_once(remaining)
-                except PixelByteError as exc:
-                    error = exc
-            delay = decide(error, attempt)
-            if delay is None or delay >= deadline - clock.monotonic():
-                raise error
-            log.info(
-                "%s: %s; retrying in %.2fs (attempt %d)",
-                what,
-                _short(error),
-                delay,
-                attempt + 1,
-            )
-            error = None
-            await clock.sleep(delay)
-
-    def _handle(
-        self, response: Response, method: str, path: str
-    ) -> tuple[Any, str | None]:
-        status = response.status
-        header_rid = response.headers.get("x-request-id")
-        if 200 <= status < 300:  # noqa: PLR2004 -- HTTP success class
-            if not response.content or response.content.isspace():
-                return {}, header_rid
-            body = decode_json(response.content, status=status)
-            if isinstance(body, dict) and body.get("success") is False:
-                raise self._api_error(status, body, response, method, path)
-            data, rid = unwrap(body)
-            return data, rid or header_rid
-        try:
-            body = json.loads(response.content) if response.content else None
-        except (ValueError, UnicodeDecodeError):
-            body = None
-        raise self._api_error(status, body, response, method, path)
-
-    def _api_error(
-        self, status: int, body: Any, response: Response, method: str, path: str
-    ) -> APIError:
-        code, message, details, rid = error_fields(body)
-        if message is None:
-            excerpt = response.content[:200].decode("utf-8", "replace").strip()
-            message = excerpt or f"{method} {path} failed"
-        if 200 <= status < 300:  # noqa: PLR2004 -- a 2xx carrying success:false
-            status = 400 if code is None else status
-        retry_after = parse_retry_after(
-            response.headers.get("retry-after"), now=self.clock.time()
-        )
-        if retry_after is None:
-            retry_after = retry_after_from_details(details)
-        if retry_after is None and code == "CONCURRENT_JOBS_EXCEEDED":
-            retry_after = 30.0  # the docs' sample default when retryAfter is absent
-        cls = error_class_for(status, code)
-        return cls(
-            message,
-            status=status,
-            code=code,
-            details=details,
-            request_id=rid or response.headers.get("x-request-id"),
-            retry_after=retry_after,
-        )
-
     # -- jobs --------------------------------------------------------------------------
 
     async def submit(
@@ -722,13 +398,13 @@ class PixelByte:
         # Waiting for a slot is queueing, not the call: the time spent waiting
         # moves the deadline, which uploads and the request share.
         queued = clock.monotonic()
-        await self._slots.acquire(self, self.config.slot_timeout)
+        await self._slots.acquire(self.clock, self.config, self.config.slot_timeout)
         deadline += clock.monotonic() - queued
         started_at = clock.time()
         reconciler = self._reconciler
         with reconciler.submitting(slug):
             try:
-                data, rid = await self._request(
+                data, rid = await self._pipeline.request(
                     "POST",
                     "/v1/jobs/submit",
                     json_body=body,
@@ -740,7 +416,7 @@ class PixelByte:
                 self._slots.free()
                 if _is_ambiguous(exc):
                     ambiguous = AmbiguousSubmitError(
-                        f"submit to {slug} may have created a job ({_short(exc)}); "
+                        f"submit to {slug} may have created a job ({short(exc)}); "
                         "it was not re-sent. Use PixelByte.reconcile(error) to find "
                         "it.",
                         model=slug,
@@ -780,7 +456,7 @@ class PixelByte:
             info = attrs.evolve(info, model=slug)
         if info.cost_micro_cents is None:
             log.debug("submit response for %s carried no cost", info.id)
-        job = Job(self, info, input=payload, submitted_at=started_at)
+        job = Job(self._job_link, info, input=payload, submitted_at=started_at)
         job.via_webhook = via_webhook
         self._reconciler.claims.add(job.id)
         self._slots.bind(job)
@@ -797,7 +473,7 @@ class PixelByte:
             info.request_id,
         )
         if job.done:
-            self._job_finished(job)
+            self._slots.finished(job.id)
         return job
 
     async def _prepare_input(
@@ -819,7 +495,7 @@ class PixelByte:
                     "pass either a typed input or a slug with input, not both",
                     field="input",
                 )
-            uploaded = await self._upload_frames(model, deadline)
+            uploaded = await self._files.upload_frames(model, deadline)
             return model.model_slug, uploaded.to_input()
         raise ValidationError(
             f"model must be a slug or a typed input, not {type(model).__name__}",
@@ -857,9 +533,6 @@ class PixelByte:
 
         return run_batch(self, inputs, **options)
 
-    def _job_finished(self, job: Job) -> None:
-        self._slots.finished(job.id)
-
     @property
     def jobs_in_flight(self) -> int:
         """How many of this client's job slots are taken."""
@@ -876,7 +549,9 @@ class PixelByte:
         if not isinstance(job_id, str) or not job_id.strip():
             raise ValidationError("job_id must be a non-empty string", field="job_id")
         safe_id = job_id if _SAFE_ID.fullmatch(job_id) else quote(job_id, safe="")
-        data, rid = await self._request("GET", f"/v1/jobs/{safe_id}", timeout=timeout)
+        data, rid = await self._pipeline.request(
+            "GET", f"/v1/jobs/{safe_id}", timeout=timeout
+        )
         existing = self._slots.jobs.get(job_id)
         if existing is not None:
             existing._observe_body(data, rid)  # noqa: SLF001 -- same package
@@ -888,7 +563,7 @@ class PixelByte:
         if existing is not None:
             existing._observe(info)  # noqa: SLF001 -- same client
             return existing
-        return Job(self, info)
+        return Job(self._job_link, info)
 
     async def list_jobs(
         self,
@@ -926,7 +601,9 @@ class PixelByte:
             page_params = {**params, "limit": str(size)}
             if cursor:
                 page_params["cursor"] = cursor
-            data, _ = await self._request("GET", "/v1/jobs", params=page_params)
+            data, _ = await self._pipeline.request(
+                "GET", "/v1/jobs", params=page_params
+            )
             items = items_of(data, "jobs")
             for item in items:
                 yield self._adopt(decode_job(item))
@@ -1078,14 +755,14 @@ class PixelByte:
         body: dict[str, Any] = {"model": slug, "input": payload}
         if version is not None:
             body["version"] = version
-        data, _ = await self._request(
+        data, _ = await self._pipeline.request(
             "POST", "/v1/jobs/estimate", json_body=body, timeout=timeout
         )
         return decode_estimate(data)
 
     async def models(self, *, timeout: float | None = None) -> list[CatalogModel]:
         """List the public model catalogue."""
-        data, _ = await self._request(
+        data, _ = await self._pipeline.request(
             "GET", "/v1/catalog/models", timeout=timeout, auth="optional"
         )
         return [decode_catalog_model(item) for item in items_of(data, "models")]
@@ -1093,7 +770,7 @@ class PixelByte:
     async def model(self, slug: str, *, timeout: float | None = None) -> CatalogModel:
         """Fetch one catalogue model, including its ``inputSchema``."""
         check_slug(slug)
-        data, _ = await self._request(
+        data, _ = await self._pipeline.request(
             "GET",
             f"/v1/catalog/models/{quote(slug, safe='/')}",
             timeout=timeout,
@@ -1137,169 +814,46 @@ class PixelByte:
     ) -> Upload:
         """Like `upload`, but return the whole `Upload` (id, expiry …)."""
         self._check_open()
-        data, name = await _read_source(source, filename)
-        sniffed = sniff_image_type(data)
-        guessed = mimetypes.guess_type(name)[0] or ""
-        if sniffed is None and content_type is None and guessed.startswith("image/"):
-            raise ValidationError(
-                f"cannot upload {name!r}: it is named like an image but is not a "
-                "JPEG, PNG, WebP or GIF image",
-                field="source",
-            )
-        ctype = content_type or sniffed or guessed
-        if ctype not in _UPLOAD_TYPES:
-            raise ValidationError(
-                f"cannot upload {name!r}: type {ctype or 'unknown'} is not one of "
-                f"{', '.join(_UPLOAD_TYPES)}",
-                field="content_type",
-            )
-        if not data:
-            raise ValidationError(f"{name!r} is empty", field="source")
-        if len(data) > _UPLOAD_TYPES[ctype]:
-            raise ValidationError(
-                f"{name!r} is {len(data)} bytes; {ctype} uploads may be at most "
-                f"{_UPLOAD_TYPES[ctype]}",
-                field="source",
-            )
-        if "." not in name:
-            name += mimetypes.guess_extension(ctype) or ""
-        deadline = self.clock.monotonic() + (timeout or self.config.timeout)
-        payload, rid = await self._request(
-            "POST",
-            "/v1/uploads/presign",
-            json_body={"filename": name, "contentType": ctype},
-            deadline=deadline,
-        )
-        upload = decode_upload(payload)
-        if upload.upload_url is None:
-            raise ResponseDecodeError("presign response has no uploadUrl")
-        if upload.max_size is not None and len(data) > upload.max_size:
-            raise ValidationError(
-                f"{name!r} is {len(data)} bytes; the API allows {upload.max_size}",
-                field="source",
-            )
-        await self._put_upload(upload.upload_url, data, ctype, deadline)
-        log.debug("uploaded %s (%d bytes) request_id=%s", name, len(data), rid)
-        return upload
-
-    async def _put_upload(
-        self, url: str, data: bytes, ctype: str, deadline: float
-    ) -> None:
-        headers = {**self._headers_for(url), "Content-Type": ctype}
-
-        async def put(remaining: float) -> None:
-            resp = await self._transport.send(
-                Request(
-                    method="PUT",
-                    url=url,
-                    headers=headers,
-                    content=data,
-                    timeout=remaining,
-                )
-            )
-            if resp.status >= 300:  # noqa: PLR2004 -- HTTP non-success
-                raise self._api_error(resp.status, None, resp, "PUT", "upload")
-
-        await self._retrying(
-            put, deadline=deadline, decide=self._decide_safe, what="PUT upload"
+        return await self._files.upload(
+            source, filename=filename, content_type=content_type, timeout=timeout
         )
 
-    async def _upload_frames(self, model: ModelInput, deadline: float) -> ModelInput:
-        fields = getattr(model, "frame_fields", ())
-        changes: dict[str, str] = {}
-        done: dict[object, str] = {}
-        for name in fields:
-            value = getattr(model, name)
-            if isinstance(value, str):
-                continue  # a str is always a URL (never a local file)
-            key: object = (
-                os.fspath(value)
-                if isinstance(value, os.PathLike)
-                else value
-                if isinstance(value, bytes)
-                else id(value)
-            )
-            if key not in done:
-                remaining = deadline - self.clock.monotonic()
-                if remaining <= 0:
-                    raise RequestTimeout(
-                        "submit: the deadline passed while uploading local frames; "
-                        "nothing was submitted",
-                        request_sent=False,
-                    )
-                done[key] = await self.upload(
-                    value, timeout=min(remaining, self.config.timeout)
-                )
-            changes[name] = done[key]
-        if not changes:
-            return model
-        for url in changes.values():
-            check_url(url, "upload")
-        evolved: ModelInput = attrs.evolve(model, **changes)  # type: ignore[misc]  # typed inputs are attrs classes
-        return evolved
 
-    async def _download(
+@attrs.frozen
+class _JobLink:
+    """What this client lends its jobs: the `JobClient` seam, and nothing more."""
+
+    _client: PixelByte
+
+    @property
+    def clock(self) -> Clock:
+        return self._client.clock
+
+    @property
+    def config(self) -> ClientConfig:
+        return self._client.config
+
+    @property
+    def webhooks(self) -> WebhookReceiver | None:
+        return self._client._webhook_receiver  # noqa: SLF001 -- its own client
+
+    def uniform(self, low: float, high: float) -> float:
+        return self._client._uniform(low, high)  # noqa: SLF001 -- its own client
+
+    async def request(
+        self, method: str, path: str, *, timeout: float | None = None
+    ) -> tuple[Any, str | None]:
+        return await self._client._pipeline.request(method, path, timeout=timeout)  # noqa: SLF001 -- its own client
+
+    async def download(
         self, url: str, path: Path, *, timeout: float | None, overwrite: bool
     ) -> Path:
-        self._check_open()
-        headers = self._headers_for(url)
-        budget = timeout or self.config.download_timeout
-        deadline = self.clock.monotonic() + budget
-
-        async def fetch(remaining: float) -> Path:
-            return await stream_to_file(
-                self,
-                url,
-                path,
-                headers=headers,
-                timeout=remaining,
-                max_bytes=self.config.max_download_bytes,
-                overwrite=overwrite,
-            )
-
-        def decide(exc: PixelByteError, attempt: int) -> float | None:
-            # Only transport trouble is worth another try; a bad size is final.
-            if not isinstance(exc, TransportError):
-                return None
-            return self._decide_safe(exc, attempt)
-
-        return await self._retrying(
-            fetch, deadline=deadline, decide=decide, what="download"
+        return await self._client._files.download(  # noqa: SLF001 -- its own client
+            url, path, timeout=timeout, overwrite=overwrite
         )
 
-
-async def _read_source(
-    source: os.PathLike[str] | bytes | IO[bytes], filename: str | None
-) -> tuple[bytes, str]:
-    """The bytes and the name of an upload's *source*; a ``str`` is refused."""
-    if isinstance(source, bytes | bytearray | memoryview):
-        return bytes(source), filename or "upload"
-    if isinstance(source, os.PathLike):
-        path = Path(source)
-        if not await anyio.Path(path).is_file():
-            raise ValidationError(f"no such file: {path}", field="source")
-        return await anyio.Path(path).read_bytes(), filename or path.name
-    if is_binary_file(source):
-        data = await anyio.to_thread.run_sync(read_frame, source)
-        return data, filename or Path(str(getattr(source, "name", "upload"))).name
-    raise ValidationError(
-        "upload takes a pathlib.Path, bytes or a binary file object; a str is never "
-        "opened as a file (use pathlib.Path(...) for a local file)",
-        field="source",
-    )
-
-
-def _origin(url: str) -> tuple[str, str, int | None]:
-    parts = urlsplit(url)
-    try:
-        port = parts.port or {"https": 443, "http": 80}.get(parts.scheme)
-    except ValueError:  # an invalid port: an origin of its own, never the API's
-        return (parts.scheme, parts.netloc.lower(), -1)
-    return (parts.scheme, (parts.hostname or "").lower(), port)
-
-
-def _short(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"
+    def finished(self, job: Job) -> None:
+        self._client._slots.finished(job.id)  # noqa: SLF001 -- its own client
 
 
 def _is_ambiguous(exc: PixelByteError) -> bool:

@@ -4,43 +4,104 @@ The `Job` handle: refresh, wait, watch, cancel, download.
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 import logging
 import os
-import secrets
 from collections.abc import AsyncIterator
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING, Any, Protocol
 
-import anyio
 import attrs
 
-from ._clock import sleep_or_until
+from ._clock import Clock, sleep_or_until
+from ._config import ClientConfig
 from ._errors import (
-    DownloadError,
     JobCancelled,
     JobFailed,
     MissingOutputError,
     PixelByteError,
-    RequestTimeout,
     WaitTimeout,
 )
 from ._inputs import PRICES
 from ._models import JobErrorInfo, JobInfo, JobOutput, JobStatus
 from ._polling import PollPolicy
 from ._serde import decode_job, url_problem
-from ._transport import Request
 
 
 if TYPE_CHECKING:
-    from ._client import PixelByte
+    from .webhooks import WebhookEvent
 
 
-__all__ = ["Job"]
+__all__ = ["Job", "JobClient", "WebhookSource"]
 
 log = logging.getLogger("pixelbyte_async")
+
+
+class WebhookSource(Protocol):
+    """
+    Where a job's webhook delivery comes from: a `WebhookReceiver` (or a hub).
+
+    One future per job id is shared by every waiter; `release` drops it when the
+    last waiter stops waiting, so nothing is kept per finished job.
+    """
+
+    def future_for(self, job_id: str) -> asyncio.Future[WebhookEvent]:
+        """A future resolved by *job_id*'s delivery (done if it came already)."""
+        ...
+
+    def release(self, job_id: str) -> None:
+        """Stop waiting for *job_id* (one call per `future_for`)."""
+        ...
+
+    def event_for(self, job_id: str) -> WebhookEvent | None:
+        """The delivery for *job_id*, if one arrived and is still remembered."""
+        ...
+
+
+class JobClient(Protocol):
+    """
+    Everything a `Job` needs from the client that made it, and nothing else.
+
+    `PixelByte` builds one such object and hands it to every job it makes; a job
+    never touches the client itself.  That keeps `Job` testable on its own and the
+    client free to change everything behind these few members.
+    """
+
+    @property
+    def clock(self) -> Clock:
+        """The client's time source (deadlines, ETAs, pauses)."""
+        ...
+
+    @property
+    def config(self) -> ClientConfig:
+        """The client's configuration (``timeout``, ``poll``)."""
+        ...
+
+    @property
+    def webhooks(self) -> WebhookSource | None:
+        """Where deliveries come from, when the client uses webhooks."""
+        ...
+
+    def uniform(self, low: float, high: float) -> float:
+        """A random number for polling jitter (injectable in tests)."""
+        ...
+
+    async def request(
+        self, method: str, path: str, *, timeout: float | None = None
+    ) -> tuple[Any, str | None]:
+        """One API call under one deadline: ``(payload, request_id)``."""
+        ...
+
+    async def download(
+        self, url: str, path: Path, *, timeout: float | None, overwrite: bool
+    ) -> Path:
+        """Stream *url* into *path* atomically."""
+        ...
+
+    def finished(self, job: Job) -> None:
+        """Tell the client *job* has ended (its job slot is free)."""
+        ...
 
 
 class Job:
@@ -56,7 +117,7 @@ class Job:
 
     def __init__(
         self,
-        client: PixelByte,
+        client: JobClient,
         info: JobInfo,
         *,
         input: dict[str, Any] | None = None,  # noqa: A002 -- the API's field name
@@ -160,7 +221,7 @@ class Job:
             )
         )
         if self._info.status.is_terminal:
-            self._client._job_finished(self)  # noqa: SLF001 -- the client owns the job slots
+            self._client.finished(self)
         return (old.status, old.progress) != (self._info.status, self._info.progress)
 
     async def refresh(self, *, timeout: float | None = None) -> Job:
@@ -171,7 +232,7 @@ class Job:
             NotFound: The job does not exist (or is not yours).
 
         """
-        data, rid = await self._client._request(  # noqa: SLF001 -- one request pipeline
+        data, rid = await self._client.request(
             "GET", f"/v1/jobs/{self.id}", timeout=timeout
         )
         self._observe_body(data, rid)
@@ -235,19 +296,19 @@ class Job:
 
     def _next_delay(self, policy: PollPolicy, previous: float | None) -> float:
         clock = self._client.clock
-        if self.via_webhook and self._client._webhook_receiver is not None:  # noqa: SLF001
+        if self.via_webhook and self._client.webhooks is not None:
             return policy.safety_delay(now=clock.time(), eta=self._eta())
         return policy.next_delay(
             now=clock.time(),
             eta=self._eta(),
             previous=previous,
-            rng=self._client._uniform,  # noqa: SLF001 -- shared injectable RNG
+            rng=self._client.uniform,
         )
 
     def _sweep_due(self, policy: PollPolicy) -> float:
         """Wall time at which an unwatched job should be checked (slot sweeps)."""
         eta = self._eta()
-        if self.via_webhook and self._client._webhook_receiver is not None:  # noqa: SLF001
+        if self.via_webhook and self._client.webhooks is not None:
             later = self._last_checked + policy.webhook_interval
             return later if eta is None else max(eta + policy.webhook_grace, later)
         return self._last_checked + policy.next_delay(
@@ -257,7 +318,7 @@ class Job:
     async def _pause(self, seconds: float) -> None:
         """Sleep *seconds*, or less if this job's webhook delivery arrives."""
         clock = self._client.clock
-        receiver = self._client._webhook_receiver  # noqa: SLF001
+        receiver = self._client.webhooks
         if receiver is None:
             await clock.sleep(seconds)
             return
@@ -268,7 +329,7 @@ class Job:
             receiver.release(self.id)
 
     def _take_delivered(self) -> bool:
-        receiver = self._client._webhook_receiver  # noqa: SLF001
+        receiver = self._client.webhooks
         if receiver is None:
             return False
         event = receiver.event_for(self.id)
@@ -408,7 +469,7 @@ class Job:
             InvalidRequestError: ``JOB_CANNOT_BE_CANCELLED`` (already processing/done).
 
         """
-        data, rid = await self._client._request(  # noqa: SLF001 -- one request pipeline
+        data, rid = await self._client.request(
             "POST", f"/v1/jobs/{self.id}/cancel", timeout=timeout
         )
         info = decode_job(data, rid)
@@ -453,71 +514,10 @@ class Job:
             raise MissingOutputError(
                 f"job {self.id} has no usable output URL: {_shown(url)!r} ({problem})"
             )
-        return await self._client._download(  # noqa: SLF001 -- one download pipeline
+        return await self._client.download(
             url, Path(path), timeout=timeout, overwrite=overwrite
         )
 
 
 def _shown(url: str) -> str:
     return url if len(url) <= 300 else url[:300] + "..."  # noqa: PLR2004 -- readable
-
-
-async def stream_to_file(
-    client: PixelByte,
-    url: str,
-    target: Path,
-    *,
-    headers: dict[str, str],
-    timeout: float,
-    max_bytes: int,
-    overwrite: bool,
-) -> Path:
-    """Download *url* into *target* atomically (used by `Job.download`)."""
-    if not overwrite and await anyio.Path(target).exists():
-        raise DownloadError(f"{target} exists and overwrite=False")
-    await anyio.Path(target.parent).mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".{target.name}.{secrets.token_hex(4)}.part"
-    host = urlsplit(url).hostname or "?"
-    try:
-        with anyio.fail_after(timeout):
-            await _stream_into(
-                client,
-                Request(method="GET", url=url, headers=headers, timeout=timeout),
-                tmp,
-                max_bytes=max_bytes,
-                host=host,
-            )
-        await anyio.Path(tmp).replace(target)
-    except BaseException as exc:
-        # Synchronous on purpose: the partial file must go even when cancelled.
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
-        if isinstance(exc, TimeoutError) and not isinstance(exc, RequestTimeout):
-            raise RequestTimeout(f"download from {host} timed out") from exc
-        raise
-    return target
-
-
-async def _stream_into(
-    client: PixelByte, request: Request, tmp: Path, *, max_bytes: int, host: str
-) -> None:
-    async with client._transport.stream(request) as resp:  # noqa: SLF001 -- the client's transport
-        if resp.status != 200:  # noqa: PLR2004 -- HTTP OK
-            raise DownloadError(f"GET {host}: HTTP {resp.status}")
-        raw = resp.headers.get("content-length", "")
-        declared = int(raw) if raw.isdigit() else None
-        if declared is not None and declared > max_bytes:
-            raise DownloadError(
-                f"output is {declared} bytes, over the {max_bytes} byte limit"
-            )
-        written = 0
-        async with await anyio.open_file(tmp, "wb") as fh:
-            async for chunk in resp.iter_chunks():
-                written += len(chunk)
-                if written > max_bytes:
-                    raise DownloadError(f"output exceeds the {max_bytes} byte limit")
-                await fh.write(chunk)
-        if declared is not None and written != declared:
-            raise DownloadError(f"output truncated: got {written} of {declared} bytes")
-        if written == 0:
-            raise DownloadError("output is empty")

@@ -283,7 +283,7 @@ async def test_download_checks_a_hand_made_snapshot_too(bad, tmp_path):
     """Job.download validates video_url itself, whatever built the snapshot."""
     async with mock_client(lambda r: json_response({})) as pb:
         info = JobInfo(id="job_1", status=JobStatus.COMPLETED, video_url=bad)
-        job = Job(pb, info)
+        job = Job(pb._job_link, info)
         with pytest.raises(MissingOutputError, match="job_1"):
             await job.download(tmp_path / "x.mp4")
         assert pb._transport.requests == []

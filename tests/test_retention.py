@@ -33,7 +33,7 @@ def sizes(pb: PixelByte) -> dict[str, int]:
         "claims": len(reconciler.claims),
         "unresolved": len(reconciler.unresolved),
         "in_flight": len(reconciler.in_flight),
-        "header_cache": len(pb._header_cache),
+        "header_cache": len(pb._pipeline._header_cache),
     }
 
 

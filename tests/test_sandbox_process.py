@@ -95,7 +95,7 @@ async def test_http_webhooks_only_on_loopback(url: str, ok: bool) -> None:
         api_key=fake.api_key, base_url=fake.url, clock=fake.clock
     ) as pb:
         # The client checks too: send the raw body to see the API's answer.
-        send = pb._request(
+        send = pb._pipeline.request(
             "POST",
             "/v1/jobs/submit",
             json_body={

@@ -1,0 +1,285 @@
+"""
+Files: uploads of local inputs (presign + PUT) and downloads of outputs.
+
+Downloads stream into a temporary file that is renamed into place only when whole
+and of the announced size; the API key goes only to the API's own origin (never to
+the CDN or the upload host).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import mimetypes
+import os
+import secrets
+from collections.abc import Mapping
+from pathlib import Path
+from typing import IO
+from urllib.parse import urlsplit
+
+import anyio
+import attrs
+
+from ._errors import (
+    DownloadError,
+    PixelByteError,
+    RequestTimeout,
+    ResponseDecodeError,
+    TransportError,
+    ValidationError,
+)
+from ._inputs import ModelInput, check_url, is_binary_file, read_frame, sniff_image_type
+from ._models import Upload
+from ._pipeline import RequestPipeline
+from ._serde import decode_upload
+from ._transport import Request, Transport
+
+
+__all__ = ["Files", "stream_to_file"]
+
+log = logging.getLogger("pixelbyte_async")
+
+#: What the upload endpoint accepts, and the largest file of each type.
+UPLOAD_TYPES: Mapping[str, int] = {
+    "image/jpeg": 10 * 1024**2,
+    "image/png": 10 * 1024**2,
+    "image/webp": 10 * 1024**2,
+    "image/gif": 10 * 1024**2,
+    "video/mp4": 100 * 1024**2,
+    "video/webm": 100 * 1024**2,
+    "audio/mpeg": 50 * 1024**2,
+    "audio/wav": 50 * 1024**2,
+}
+
+
+class Files:
+    """The uploads and downloads of one client, through its request pipeline."""
+
+    def __init__(self, pipeline: RequestPipeline) -> None:
+        self._pipeline = pipeline
+
+    async def upload(
+        self,
+        source: os.PathLike[str] | bytes | IO[bytes],
+        *,
+        filename: str | None = None,
+        content_type: str | None = None,
+        timeout: float | None = None,
+    ) -> Upload:
+        """Check *source* (type sniffed, size), presign and PUT it: see `PixelByte.upload`."""
+        data, name = await _read_source(source, filename)
+        sniffed = sniff_image_type(data)
+        guessed = mimetypes.guess_type(name)[0] or ""
+        if sniffed is None and content_type is None and guessed.startswith("image/"):
+            raise ValidationError(
+                f"cannot upload {name!r}: it is named like an image but is not a "
+                "JPEG, PNG, WebP or GIF image",
+                field="source",
+            )
+        ctype = content_type or sniffed or guessed
+        if ctype not in UPLOAD_TYPES:
+            raise ValidationError(
+                f"cannot upload {name!r}: type {ctype or 'unknown'} is not one of "
+                f"{', '.join(UPLOAD_TYPES)}",
+                field="content_type",
+            )
+        if not data:
+            raise ValidationError(f"{name!r} is empty", field="source")
+        if len(data) > UPLOAD_TYPES[ctype]:
+            raise ValidationError(
+                f"{name!r} is {len(data)} bytes; {ctype} uploads may be at most "
+                f"{UPLOAD_TYPES[ctype]}",
+                field="source",
+            )
+        if "." not in name:
+            name += mimetypes.guess_extension(ctype) or ""
+        deadline = self._pipeline.clock.monotonic() + (
+            timeout or self._pipeline.config.timeout
+        )
+        payload, rid = await self._pipeline.request(
+            "POST",
+            "/v1/uploads/presign",
+            json_body={"filename": name, "contentType": ctype},
+            deadline=deadline,
+        )
+        upload = decode_upload(payload)
+        if upload.upload_url is None:
+            raise ResponseDecodeError("presign response has no uploadUrl")
+        if upload.max_size is not None and len(data) > upload.max_size:
+            raise ValidationError(
+                f"{name!r} is {len(data)} bytes; the API allows {upload.max_size}",
+                field="source",
+            )
+        await self._put(upload.upload_url, data, ctype, deadline)
+        log.debug("uploaded %s (%d bytes) request_id=%s", name, len(data), rid)
+        return upload
+
+    async def _put(self, url: str, data: bytes, ctype: str, deadline: float) -> None:
+        headers = {**self._pipeline.headers_for(url), "Content-Type": ctype}
+
+        async def put(remaining: float) -> None:
+            resp = await self._pipeline.transport.send(
+                Request(
+                    method="PUT",
+                    url=url,
+                    headers=headers,
+                    content=data,
+                    timeout=remaining,
+                )
+            )
+            if resp.status >= 300:  # noqa: PLR2004 -- HTTP non-success
+                raise self._pipeline.api_error(resp.status, None, resp, "PUT", "upload")
+
+        await self._pipeline.retrying(
+            put, deadline=deadline, decide=self._pipeline.decide_safe, what="PUT upload"
+        )
+
+    async def upload_frames(self, model: ModelInput, deadline: float) -> ModelInput:
+        """Upload *model*'s local frames within *deadline*; return it with their URLs."""
+        fields = getattr(model, "frame_fields", ())
+        changes: dict[str, str] = {}
+        done: dict[object, str] = {}
+        for name in fields:
+            value = getattr(model, name)
+            if isinstance(value, str):
+                continue  # a str is always a URL (never a local file)
+            key: object = (
+                os.fspath(value)
+                if isinstance(value, os.PathLike)
+                else value
+                if isinstance(value, bytes)
+                else id(value)
+            )
+            if key not in done:
+                remaining = deadline - self._pipeline.clock.monotonic()
+                if remaining <= 0:
+                    raise RequestTimeout(
+                        "submit: the deadline passed while uploading local frames; "
+                        "nothing was submitted",
+                        request_sent=False,
+                    )
+                uploaded = await self.upload(
+                    value, timeout=min(remaining, self._pipeline.config.timeout)
+                )
+                done[key] = uploaded.file_url
+            changes[name] = done[key]
+        if not changes:
+            return model
+        for url in changes.values():
+            check_url(url, "upload")
+        evolved: ModelInput = attrs.evolve(model, **changes)  # type: ignore[misc]  # typed inputs are attrs classes
+        return evolved
+
+    async def download(
+        self, url: str, path: Path, *, timeout: float | None, overwrite: bool
+    ) -> Path:
+        """Download *url* to *path* (atomically), retrying transport trouble."""
+        self._pipeline.guard()
+        headers = self._pipeline.headers_for(url)
+        config = self._pipeline.config
+        budget = timeout or config.download_timeout
+        deadline = self._pipeline.clock.monotonic() + budget
+
+        async def fetch(remaining: float) -> Path:
+            return await stream_to_file(
+                self._pipeline.transport,
+                url,
+                path,
+                headers=headers,
+                timeout=remaining,
+                max_bytes=config.max_download_bytes,
+                overwrite=overwrite,
+            )
+
+        def decide(exc: PixelByteError, attempt: int) -> float | None:
+            # Only transport trouble is worth another try; a bad size is final.
+            if not isinstance(exc, TransportError):
+                return None
+            return self._pipeline.decide_safe(exc, attempt)
+
+        return await self._pipeline.retrying(
+            fetch, deadline=deadline, decide=decide, what="download"
+        )
+
+
+async def _read_source(
+    source: os.PathLike[str] | bytes | IO[bytes], filename: str | None
+) -> tuple[bytes, str]:
+    """The bytes and the name of an upload's *source*; a ``str`` is refused."""
+    if isinstance(source, bytes | bytearray | memoryview):
+        return bytes(source), filename or "upload"
+    if isinstance(source, os.PathLike):
+        path = Path(source)
+        if not await anyio.Path(path).is_file():
+            raise ValidationError(f"no such file: {path}", field="source")
+        return await anyio.Path(path).read_bytes(), filename or path.name
+    if is_binary_file(source):
+        data = await anyio.to_thread.run_sync(read_frame, source)
+        return data, filename or Path(str(getattr(source, "name", "upload"))).name
+    raise ValidationError(
+        "upload takes a pathlib.Path, bytes or a binary file object; a str is never "
+        "opened as a file (use pathlib.Path(...) for a local file)",
+        field="source",
+    )
+
+
+async def stream_to_file(
+    transport: Transport,
+    url: str,
+    target: Path,
+    *,
+    headers: dict[str, str],
+    timeout: float,
+    max_bytes: int,
+    overwrite: bool,
+) -> Path:
+    """Download *url* into *target* atomically (used by `Job.download`)."""
+    if not overwrite and await anyio.Path(target).exists():
+        raise DownloadError(f"{target} exists and overwrite=False")
+    await anyio.Path(target.parent).mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".{target.name}.{secrets.token_hex(4)}.part"
+    host = urlsplit(url).hostname or "?"
+    try:
+        with anyio.fail_after(timeout):
+            await _stream_into(
+                transport,
+                Request(method="GET", url=url, headers=headers, timeout=timeout),
+                tmp,
+                max_bytes=max_bytes,
+                host=host,
+            )
+        await anyio.Path(tmp).replace(target)
+    except BaseException as exc:
+        # Synchronous on purpose: the partial file must go even when cancelled.
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        if isinstance(exc, TimeoutError) and not isinstance(exc, RequestTimeout):
+            raise RequestTimeout(f"download from {host} timed out") from exc
+        raise
+    return target
+
+
+async def _stream_into(
+    transport: Transport, request: Request, tmp: Path, *, max_bytes: int, host: str
+) -> None:
+    async with transport.stream(request) as resp:
+        if resp.status != 200:  # noqa: PLR2004 -- HTTP OK
+            raise DownloadError(f"GET {host}: HTTP {resp.status}")
+        raw = resp.headers.get("content-length", "")
+        declared = int(raw) if raw.isdigit() else None
+        if declared is not None and declared > max_bytes:
+            raise DownloadError(
+                f"output is {declared} bytes, over the {max_bytes} byte limit"
+            )
+        written = 0
+        async with await anyio.open_file(tmp, "wb") as fh:
+            async for chunk in resp.iter_chunks():
+                written += len(chunk)
+                if written > max_bytes:
+                    raise DownloadError(f"output exceeds the {max_bytes} byte limit")
+                await fh.write(chunk)
+        if declared is not None and written != declared:
+            raise DownloadError(f"output truncated: got {written} of {declared} bytes")
+        if written == 0:
+            raise DownloadError("output is empty")
