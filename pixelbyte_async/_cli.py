@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import contextlib
 import decimal
+import errno
 import json
 import math
 import os
@@ -28,6 +29,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn, Self, TextIO
+from urllib.parse import urlsplit
 
 from ._batch import (
     Batch,
@@ -41,6 +43,7 @@ from ._batch import (
     run_batch,
 )
 from ._client import PixelByte
+from ._config import DEFAULT_BASE_URL
 from ._errors import (
     AmbiguousSubmitError,
     AuthenticationError,
@@ -84,11 +87,22 @@ EXIT_CODES: dict[str, int] = {
     "not_found": 12,
     "journal": 13,
     "webhook_invalid": 14,
+    "cannot_listen": 15,
     "interrupted": 130,
 }
 
 
+class _CLIError(PixelByteError):
+    """A failure the command line finds itself, reported under *family*'s exit code."""
+
+    def __init__(self, message: str, *, family: str) -> None:
+        super().__init__(message)
+        self.family = family
+
+
 def _exit_code(exc: BaseException) -> int:
+    if isinstance(exc, _CLIError):
+        return EXIT_CODES[exc.family]
     table: list[tuple[type[BaseException], str]] = [
         (WebhookVerificationError, "webhook_invalid"),
         (ValidationError, "validation"),
@@ -180,6 +194,7 @@ def _int_type(*, minimum: int, maximum: int | None = None) -> Callable[[str], in
 _positive = _float_type(minimum=0, inclusive=False)
 _non_negative = _float_type(minimum=0, inclusive=True)
 _count = _int_type(minimum=1)
+_micro_cents = _int_type(minimum=0)
 _port = _int_type(minimum=0, maximum=65535)
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -209,6 +224,45 @@ def _usd_to_micro_cents(value: str) -> int:
     if not amount.is_finite() or amount < 0:
         raise argparse.ArgumentTypeError(f"must be a US$ amount >= 0, got {value!r}")
     return int((amount * 1_000_000).to_integral_value(rounding=decimal.ROUND_FLOOR))
+
+
+def _base_url_problem(value: str) -> str | None:
+    """Why *value* is not an API base URL, or ``None`` if it is one."""
+    text = value.strip()
+    try:
+        parts = urlsplit(text)
+        parts.port  # noqa: B018 -- raises ValueError for a port that is not a number
+    except ValueError:
+        parts = None
+    if parts is not None and parts.scheme in {"http", "https"} and parts.hostname:
+        return None
+    meant = "" if "://" in text else f" (did you mean http://{text}?)"
+    return (
+        f"must be an http(s) URL such as {DEFAULT_BASE_URL} or "
+        f"http://127.0.0.1:8765, got {value!r}{meant}"
+    )
+
+
+def _base_url(value: str) -> str:
+    """An argparse type: an http(s) URL with a host (kept as given)."""
+    problem = _base_url_problem(value)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(problem)
+    return value
+
+
+def _listen_address(value: str) -> tuple[str, int]:
+    """An argparse type: ``[HOST:]PORT`` (``127.0.0.1`` when no host is given)."""
+    host, _, port = value.rpartition(":")
+    try:
+        number = int(port)
+    except ValueError:
+        number = -1
+    if not 0 <= number <= 65535:  # noqa: PLR2004 -- the highest TCP port
+        raise argparse.ArgumentTypeError(
+            f"takes [HOST:]PORT with PORT 0..65535 (0: any free port), got {value!r}"
+        )
+    return host.strip("[]") or "127.0.0.1", number
 
 
 class _Parser(argparse.ArgumentParser):
@@ -289,6 +343,14 @@ def _hidden_words(
     return frozenset(word for word in hidden if len(word) >= 6)  # noqa: PLR2004 -- see above
 
 
+#: Jobs run this many times faster in a sandbox (``--sandbox`` and ``sandbox``).
+_SANDBOX_TIME_SCALE = 60.0
+_TIME_SCALE_HELP = (
+    f"jobs run K times faster than on the real API (default {_SANDBOX_TIME_SCALE:g}: "
+    "a 4-minute Kling job takes 4 s)"
+)
+
+
 def _debug_option(add_argument: Callable[..., Any], *, top: bool) -> None:
     # Accepted before and after the command; a subcommand's copy never resets it.
     add_argument(
@@ -313,13 +375,16 @@ def _common() -> _Parser:
     group.add_argument(
         "--time-scale",
         type=_positive,
-        default=60.0,
-        help="sandbox only: virtual seconds per real second (default 60)",
+        default=_SANDBOX_TIME_SCALE,
+        metavar="K",
+        help=f"with --sandbox: {_TIME_SCALE_HELP}",
     )
     group.add_argument(
         "--base-url",
+        type=_base_url,
         default=None,
-        help="API base URL (default $PIXELBYTE_BASE_URL or https://api.muvi.video)",
+        metavar="URL",
+        help=f"API base URL (default $PIXELBYTE_BASE_URL or {DEFAULT_BASE_URL})",
     )
     group.add_argument(
         "--api-key",
@@ -365,17 +430,6 @@ def _secrets(args: argparse.Namespace, *, required: bool = True) -> list[str]:
             field="webhook_secret",
         )
     return secrets
-
-
-def _listen_address(value: str) -> tuple[str, int]:
-    host, _, port = value.rpartition(":")
-    try:
-        number = int(port)
-    except ValueError:
-        raise ValidationError(
-            f"--listen takes [HOST:]PORT, got {value!r}", field="listen"
-        ) from None
-    return host or "127.0.0.1", number
 
 
 def _add_budget_safety_options(ba: argparse.ArgumentParser) -> None:
@@ -443,8 +497,19 @@ def _add_audit_parser(sub: Any, common: argparse.ArgumentParser) -> None:
 
 def _add_webhook_parser(sub: Any) -> None:
     """The ``webhook verify`` and ``webhook listen`` commands."""
-    wh = sub.add_parser("webhook", help="verify or receive webhook deliveries")
-    whsub = wh.add_subparsers(dest="webhook_command", required=True)
+    wh = sub.add_parser(
+        "webhook",
+        help="verify or receive webhook deliveries",
+        description="Check webhook deliveries with the webhook secret: 'verify' one "
+        "saved to a file, or 'listen' for them. Neither talks to the API, so neither "
+        "takes an API key.",
+    )
+    whsub = wh.add_subparsers(
+        dest="webhook_command",
+        required=True,
+        metavar="{verify,listen}",
+        help="what to do",
+    )
     wv = whsub.add_parser(
         "verify",
         help="verify a saved delivery (exit 0 if genuine, 14 if not)",
@@ -463,6 +528,7 @@ def _add_webhook_parser(sub: Any) -> None:
     wv.add_argument(
         "--headers-file",
         default=None,
+        metavar="PATH",
         help="a file of 'Name: value' lines (e.g. curl -D output)",
     )
     wv.add_argument(
@@ -486,9 +552,19 @@ def _add_webhook_parser(sub: Any) -> None:
         description="Run a webhook receiver on HOST:PORT/PATH and print every "
         "verified delivery until Ctrl-C.",
     )
-    wl.add_argument("--host", default="127.0.0.1")
-    wl.add_argument("--port", type=_port, default=8080, help="0: any free port")
-    wl.add_argument("--path", default="/pixelbyte/webhook")
+    wl.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="interface to listen on (default 127.0.0.1; 0.0.0.0: every interface)",
+    )
+    wl.add_argument(
+        "--port", type=_port, default=8080, help="port (default 8080; 0: any free port)"
+    )
+    wl.add_argument(
+        "--path",
+        default="/pixelbyte/webhook",
+        help="URL path deliveries are POSTed to (default /pixelbyte/webhook)",
+    )
     wl.add_argument("--json", action="store_true", help="print events as JSON lines")
     wl.add_argument(
         "--max-events",
@@ -511,7 +587,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     _debug_option(parser.add_argument, top=True)
     common = _common()
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(
+        dest="command",
+        required=True,
+        metavar="COMMAND",
+        help="one of the commands below ('pixelbyte-async COMMAND --help' for more)",
+    )
 
     tr = sub.add_parser(
         "transition",
@@ -532,6 +613,7 @@ def _parser() -> argparse.ArgumentParser:
     tr.add_argument("--webhook-url", default=None, help="https URL notified when done")
     tr.add_argument(
         "--listen",
+        type=_listen_address,
         default=None,
         metavar="[HOST:]PORT",
         help="run a webhook receiver here and wait for the delivery instead of "
@@ -598,22 +680,43 @@ def _parser() -> argparse.ArgumentParser:
 
     _add_budget_safety_options(ba)
 
-    st = sub.add_parser("status", parents=[common], help="show a job")
-    st.add_argument("job", help="job id")
+    st = sub.add_parser(
+        "status",
+        parents=[common],
+        help="show a job",
+        description="Show one job once: its status, model, cost (as the API "
+        "reports it), creation time, output URL or error. It does not wait.",
+    )
+    st.add_argument("job", help="job id (job_...)")
 
     wa = sub.add_parser(
-        "wait", parents=[common], help="wait for a job (and download its output)"
+        "wait",
+        parents=[common],
+        help="wait for a job (and download its output)",
+        description="Follow a job until it ends, showing its progress, and with -o "
+        "download its output; for a job started by an interrupted 'transition' or "
+        "found by 'audit'. Ctrl-C stops waiting and never cancels the job.",
     )
-    wa.add_argument("job", help="job id")
-    wa.add_argument("-o", "--output", default=None, help="where to write the output")
+    wa.add_argument("job", help="job id (job_...)")
+    wa.add_argument(
+        "-o",
+        "--output",
+        default=None,
+        metavar="FILE",
+        help="where to write the output (checked before waiting)",
+    )
     wa.add_argument(
         "--timeout", type=_positive, default=None, help="wait at most this many seconds"
     )
 
     ca = sub.add_parser(
-        "cancel", parents=[common], help="cancel a pending job (refunded)"
+        "cancel",
+        parents=[common],
+        help="cancel a pending job (refunded)",
+        description="Cancel a job that has not started processing; the API refunds "
+        "it. A job already processing or finished cannot be cancelled (exit 3).",
     )
-    ca.add_argument("job", help="job id")
+    ca.add_argument("job", help="job id (job_...)")
 
     es = sub.add_parser(
         "estimate",
@@ -632,16 +735,30 @@ def _parser() -> argparse.ArgumentParser:
         "--local", action="store_true", help="use the SDK's price table (offline)"
     )
 
-    jo = sub.add_parser("jobs", parents=[common], help="list your jobs, newest first")
+    jo = sub.add_parser(
+        "jobs",
+        parents=[common],
+        help="list your jobs, newest first",
+        description="List the account's jobs, newest first, one line each (or a "
+        "JSON array with --json).",
+    )
     jo.add_argument(
-        "--status", choices=[s.value for s in JobStatus if s is not JobStatus.UNKNOWN]
+        "--status",
+        choices=[s.value for s in JobStatus if s is not JobStatus.UNKNOWN],
+        help="only jobs in this state",
     )
     jo.add_argument("--model", default=None, metavar="SLUG", help="only this model")
     jo.add_argument(
         "--limit", type=_count, default=20, metavar="N", help="at most N (default 20)"
     )
 
-    sub.add_parser("models", parents=[common], help="list the model catalogue")
+    sub.add_parser(
+        "models",
+        parents=[common],
+        help="list the model catalogue",
+        description="List the public model catalogue with each model's pricing. "
+        "It needs no API key.",
+    )
 
     _add_audit_parser(sub, common)
 
@@ -650,21 +767,136 @@ def _parser() -> argparse.ArgumentParser:
     sb = sub.add_parser(
         "sandbox",
         help="run the fake API in the foreground (Ctrl-C stops)",
-        description="Run FakePixelByte as a local server and print its "
-        "PIXELBYTE_BASE_URL and PIXELBYTE_API_KEY (same as python -m "
-        "pixelbyte_async.testing).",
+        description=_SANDBOX_DESCRIPTION
+        + " The same program, options and defaults as python -m "
+        "pixelbyte_async.testing.",
     )
-    sb.add_argument("--port", type=_port, default=8765, help="API port (0: any)")
-    sb.add_argument(
+    _add_sandbox_arguments(sb)
+    _debug_option(sb.add_argument, top=False)
+    return parser
+
+
+_SANDBOX_DESCRIPTION = (
+    "Run a local fake PixelByte API (FakePixelByte) until Ctrl-C and print the "
+    "PIXELBYTE_BASE_URL, PIXELBYTE_API_KEY, PIXELBYTE_CDN_URL and "
+    "PIXELBYTE_WEBHOOK_SECRET to use with it. Every timestamp it gives is wall-clock "
+    "time, so receivers, this CLI and polling work against it unchanged."
+)
+
+
+def _add_sandbox_arguments(parser: argparse.ArgumentParser) -> None:
+    """The sandbox process's options: ``sandbox`` and ``python -m ….testing``."""
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)"
+    )
+    parser.add_argument(
+        "--port", type=_port, default=8765, help="API port (default 8765; 0: any free)"
+    )
+    parser.add_argument(
+        "--cdn-port",
+        type=_port,
+        default=0,
+        help="port of the outputs' CDN (default 0: any free)",
+    )
+    parser.add_argument(
         "--time-scale",
         type=_positive,
-        default=1.0,
-        help="virtual seconds per real second (default 1)",
+        default=_SANDBOX_TIME_SCALE,
+        metavar="K",
+        help=_TIME_SCALE_HELP,
     )
+    parser.add_argument(
+        "--api-key",
+        default=None,
+        metavar="KEY",
+        help="the key it accepts (default: the public sandbox key it prints)",
+    )
+    parser.add_argument(
+        "--envelope",
+        choices=("mixed", "flat", "wrapped"),
+        default="mixed",
+        help="response bodies: as the API docs show them (mixed, default), all bare "
+        "(flat) or all in {success, data} (wrapped)",
+    )
+    parser.add_argument(
+        "--concurrent-job-limit",
+        type=_count,
+        default=None,
+        metavar="N",
+        help="answer 429 CONCURRENT_JOBS_EXCEEDED above N jobs in flight "
+        "(default: no limit)",
+    )
+    parser.add_argument(
+        "--balance",
+        type=_micro_cents,
+        default=None,
+        metavar="MICRO_CENTS",
+        help="starting balance in micro-cents; jobs above it get 402 "
+        "(default: unlimited)",
+    )
+    parser.add_argument(
+        "--no-auth", action="store_true", help="accept requests without a key"
+    )
+    parser.add_argument(
+        "--allow-http-webhooks",
+        action="store_true",
+        help="accept http:// webhook URLs to this machine (127.0.0.1, localhost, "
+        "[::1]); the real API takes https:// only",
+    )
+    parser.add_argument(
+        "--webhook-secret",
+        default=None,
+        metavar="SECRET",
+        help="the secret deliveries are signed with (default: a public sandbox "
+        "secret it prints)",
+    )
+
+
+def _sandbox_parser(prog: str) -> _Parser:
+    """The parser of ``python -m pixelbyte_async.testing`` (one-line errors too)."""
+    parser = _Parser(prog=prog, description=_SANDBOX_DESCRIPTION)
+    _add_sandbox_arguments(parser)
+    _debug_option(parser.add_argument, top=True)
     return parser
 
 
 # -- shared helpers ---------------------------------------------------------------------
+
+#: Commands that never need an API key: the public catalogue, and (with --local) the
+#: SDK's price table.  ``webhook`` and ``sandbox`` take no API options at all.
+_KEYLESS = frozenset({"models"})
+
+
+def _check_connection(args: argparse.Namespace) -> None:
+    """
+    Refuse, before anything is printed or sent, what cannot reach the API.
+
+    A malformed ``$PIXELBYTE_BASE_URL`` (``--base-url`` is checked while parsing) is
+    a usage error; a missing key an auth error that names both ways to give one.
+    """
+    if not hasattr(args, "sandbox") or args.sandbox:
+        return  # webhook commands talk to no API; the sandbox brings its own
+    if args.base_url is None:
+        env_url = os.environ.get("PIXELBYTE_BASE_URL")
+        problem = None if not env_url else _base_url_problem(env_url)
+        if problem is not None:
+            raise _CLIError(
+                f"$PIXELBYTE_BASE_URL {problem}; fix or unset it, or pass --base-url",
+                family="usage",
+            )
+    if args.command in _KEYLESS or (args.command == "estimate" and args.local):
+        return
+    key = (
+        args.api_key
+        if args.api_key is not None
+        else os.environ.get("PIXELBYTE_API_KEY")
+    )
+    if not key:
+        raise _CLIError(
+            "no API key: set PIXELBYTE_API_KEY (or pass --api-key, which other "
+            "local users can see); --sandbox needs none",
+            family="auth",
+        )
 
 
 @contextlib.asynccontextmanager
@@ -676,39 +908,104 @@ async def _client(
         options["poll"] = PollPolicy.fixed(args.poll_interval)
     if max_concurrent_jobs is not None:
         options["max_concurrent_jobs"] = max_concurrent_jobs
-    listen = getattr(args, "listen", None)
-    if not args.sandbox:
-        if listen is not None:
-            if not args.public_url:
-                raise ValidationError(
-                    "--listen needs --public-url (the https URL the API calls)",
-                    field="public_url",
+    listen: tuple[str, int] | None = getattr(args, "listen", None)
+    async with contextlib.AsyncExitStack() as stack:
+        if not args.sandbox:
+            api_key, base_url = args.api_key, args.base_url
+            if listen is not None:
+                if not args.public_url:
+                    raise ValidationError(
+                        "--listen needs --public-url (the https URL the API calls)",
+                        field="public_url",
+                    )
+                host, port = listen
+                server = WebhookServer(
+                    _secrets(args), host=host, port=port, public_url=args.public_url
                 )
-            host, port = _listen_address(listen)
-            options["webhook"] = WebhookServer(
-                _secrets(args), host=host, port=port, public_url=args.public_url
-            )
-        async with PixelByte(
-            api_key=args.api_key, base_url=args.base_url, **options
-        ) as pb:
-            yield pb
-        return
-    from .testing import FakePixelByte  # noqa: PLC0415 -- only the sandbox needs it
+        else:
+            from .testing import FakePixelByte  # noqa: PLC0415 -- only the sandbox needs it
 
-    async with FakePixelByte(
-        time_scale=args.time_scale,
-        allow_http_webhooks=listen is not None,
-        auto_webhooks=listen is not None,
-    ) as fake:
-        if listen is not None:
-            host, port = _listen_address(listen)
-            options["webhook"] = WebhookServer(
-                fake.webhook_secret, host=host, port=port, clock=fake.clock
+            fake = await stack.enter_async_context(
+                FakePixelByte(
+                    time_scale=args.time_scale,
+                    allow_http_webhooks=listen is not None,
+                    auto_webhooks=listen is not None,
+                )
             )
-        async with PixelByte(
-            api_key=fake.api_key, base_url=fake.url, clock=fake.clock, **options
-        ) as pb:
-            yield pb
+            api_key, base_url = fake.api_key, fake.url
+            options["clock"] = fake.clock
+            if listen is not None:
+                host, port = listen
+                server = WebhookServer(
+                    fake.webhook_secret, host=host, port=port, clock=fake.clock
+                )
+        if listen is not None:
+            # Bound before the client exists, so a busy port costs no submit.
+            await _listening(server, option="--listen", host_option="--listen")
+            stack.push_async_callback(server.close)
+            options["webhook"] = server
+        yield await stack.enter_async_context(
+            PixelByte(api_key=api_key, base_url=base_url, **options)
+        )
+
+
+async def _listening(server: WebhookServer, *, option: str, host_option: str) -> None:
+    """Start *server*, or fail in one line if its address cannot be bound."""
+    try:
+        await server.start()
+    except OSError as exc:
+        await server.close()  # the receiver it made
+        raise _cannot_listen(
+            exc,
+            host=server.host,
+            port=server.port,
+            option=option,
+            host_option=host_option,
+        ) from exc
+
+
+def _check_output_file(path: Path, option: str) -> None:
+    """
+    Refuse an output file that could not be written, before anything is paid for.
+
+    The download creates missing directories, so the nearest existing one must be a
+    writable directory; the file itself must not be a directory.
+    """
+    if path.is_dir():
+        raise ValidationError(
+            f"{option} {path} is a directory; give a file name such as "
+            f"{path / 'video.mp4'}",
+            field="output",
+        )
+    _check_writable_place(path.parent, option, path)
+
+
+def _check_output_dir(path: Path, option: str) -> None:
+    """Refuse an output directory that could not be created or written."""
+    if path.exists() and not path.is_dir():
+        raise ValidationError(
+            f"{option} {path} is a file, not a directory; give a directory "
+            "(it is created if missing)",
+            field="out",
+        )
+    _check_writable_place(path, option, path)
+
+
+def _check_writable_place(directory: Path, option: str, given: Path) -> None:
+    existing = directory.absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValidationError(
+            f"cannot write {option} {given}: {existing} is a file, not a directory",
+            field="output",
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValidationError(
+            f"cannot write {option} {given}: {existing} is not writable; choose "
+            "another place",
+            field="output",
+        )
 
 
 def _usd(micro_cents: int | None) -> str:
@@ -736,10 +1033,14 @@ def _job_json(info: JobInfo) -> dict[str, Any]:
     }
 
 
+def _cost(micro_cents: int | None) -> str:
+    """A job's cost as the API gave it; never a guess from the price table."""
+    return "cost unknown" if micro_cents is None else f"cost {_usd(micro_cents)}"
+
+
 def _job_line(info: JobInfo) -> str:
     parts = [info.id, f"{info.status.value:<10}", info.model or "?"]
-    if info.cost_micro_cents is not None:
-        parts.append(_usd(info.cost_micro_cents))
+    parts.append(_cost(info.cost_micro_cents))
     if info.created_at is not None:
         parts.append(f"created {_iso(info.created_at)}")
     if info.video_url:
@@ -844,12 +1145,10 @@ class _Progress:
         return max(1.0, eta.timestamp() - self._started)
 
     def _describe(self, info: JobInfo) -> str:
-        cost = info.cost_micro_cents
-        money = f"${cost / 1_000_000:.2f}" if cost is not None else "?"
         elapsed = self._pb.clock.time() - self._started
         return (
             f"{info.id} {info.status.value:<10} {elapsed:5.0f}s / ~{self._expected():.0f}s"
-            f"  cost {money}"
+            f"  {_cost(info.cost_micro_cents)}"
         )
 
     def __enter__(self) -> Self:
@@ -900,6 +1199,38 @@ async def _ticking(tick: Callable[[], None]) -> None:
         await asyncio.sleep(0.1)
 
 
+#: Said instead of a resume hint under --sandbox: a later run starts a new, empty fake.
+_SANDBOX_ENDS = (
+    "nothing to resume: the --sandbox fake API ends with this process, and its jobs "
+    "with it (nothing was charged); run the command again to start over"
+)
+
+
+def _resume_hint(
+    args: argparse.Namespace,
+    command: str | None = None,
+    *,
+    doing: str = "resume",
+    **values: Any,
+) -> str:
+    """
+    A sentence saying how to carry on after an interruption, that works as printed.
+
+    Under ``--sandbox`` there is nothing to carry on (`_SANDBOX_ENDS`).  A key given
+    with ``--api-key`` is never repeated, so the hint asks for $PIXELBYTE_API_KEY.
+    *command* and *values* are as for `_resume_command`.
+    """
+    if args.sandbox:
+        return _SANDBOX_ENDS[0].upper() + _SANDBOX_ENDS[1:] + "."
+    hint = _resume_command(args, command, **values)
+    if args.api_key is not None:
+        return (
+            "Set PIXELBYTE_API_KEY to your key (--api-key is never shown), then "
+            f"{doing} with: {hint}"
+        )
+    return f"{doing[0].upper()}{doing[1:]} with: {hint}"
+
+
 async def _follow(
     pb: PixelByte, job: Job, args: argparse.Namespace, err: TextIO, resume: str
 ) -> None:
@@ -919,11 +1250,32 @@ async def _follow(
         job.raise_for_status()
     except (KeyboardInterrupt, asyncio.CancelledError):
         print(
-            f"\nStopped waiting. Job {job.id} keeps running (and is paid for); "
-            f"it was not cancelled. Resume with: {resume}",
+            f"\nStopped waiting. {resume}"
+            if args.sandbox
+            else f"\nStopped waiting. Job {job.id} keeps running (and is paid for); "
+            f"it was not cancelled. {resume}",
             file=err,
         )
         raise
+
+
+def _frame(value: str, name: str) -> str | Path:
+    """
+    A frame named on the command line: a URL stays a str, anything else is a file.
+
+    The library never opens a str (it is always a URL); here the user typed a path,
+    so it becomes a `Path`, checked before anything is sent.
+    """
+    if "://" in value:
+        return value
+    path = Path(value)
+    if not path.is_file():
+        raise ValidationError(
+            f"{name} frame {value!r} is neither an https:// URL nor a file "
+            "(no such file)",
+            field="image_url" if name == "START" else "end_image_url",
+        )
+    return path
 
 
 async def _transition(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
@@ -940,6 +1292,8 @@ async def _transition(args: argparse.Namespace, out: TextIO, err: TextIO) -> int
             )
         start = _png(160, 90, *DEMO_START)
         end = _png(160, 90, *DEMO_END)
+    else:
+        start, end = _frame(start, "START"), _frame(end, "END")
     prompt = args.prompt
     if prompt is None and args.sandbox:
         prompt = "Smooth cinematic transition from a sunrise mountain peak to a starry night sky"
@@ -950,6 +1304,7 @@ async def _transition(args: argparse.Namespace, out: TextIO, err: TextIO) -> int
         duration=args.duration,
         pro=args.pro,
     )
+    _check_output_file(Path(args.output), "-o")
     async with _client(args) as pb:
         if not args.quiet and not args.json:
             where = (
@@ -961,9 +1316,8 @@ async def _transition(args: argparse.Namespace, out: TextIO, err: TextIO) -> int
                 file=err,
             )
         job = await pb.submit(request, webhook_url=args.webhook_url)
-        resume = _resume_command(args, "wait", job=job.id)
-        await _follow(pb, job, args, err, resume)
-        path = await job.download(args.output)
+        await _follow(pb, job, args, err, _resume_hint(args, "wait", job=job.id))
+        path = await _download(job, args)
     size = path.stat().st_size
     if args.json:
         _print_json(
@@ -983,11 +1337,32 @@ async def _transition(args: argparse.Namespace, out: TextIO, err: TextIO) -> int
     return 0
 
 
+async def _download(job: Job, args: argparse.Namespace) -> Path:
+    """Write *job*'s output to ``-o``; if that fails now, say how to fetch it later."""
+    try:
+        return await job.download(args.output)
+    except OSError as exc:
+        what = f"cannot write -o {args.output} ({exc.strerror or exc})"
+        if args.sandbox:
+            what += (
+                "; the --sandbox job ends with this process (nothing was charged): "
+                "run the command again with another -o"
+            )
+        else:
+            again = _resume_hint(
+                args, "wait", doing="download it", job=job.id, output=f"{job.id}.mp4"
+            )
+            what += f"; job {job.id} completed and is paid for. {again}"
+        raise ValidationError(what, field="output") from exc
+
+
 async def _wait(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    if args.output is not None:
+        _check_output_file(Path(args.output), "-o")
     async with _client(args) as pb:
         job = await pb.get_job(args.job)
-        await _follow(pb, job, args, err, _resume_command(args))
-        path = None if args.output is None else await job.download(args.output)
+        await _follow(pb, job, args, err, _resume_hint(args))
+        path = None if args.output is None else await _download(job, args)
     if args.json:
         result = _job_json(job.info)
         if path is not None:
@@ -1289,7 +1664,8 @@ def _summary_json(summary: BatchSummary) -> dict[str, Any]:
     }
 
 
-def _item_line(item: BatchItem, total: int) -> str:
+def _item_line(item: BatchItem, done: int, total: int) -> str:
+    """The line of a finished row: *done* rows (this one included) of *total* so far."""
     detail = (
         str(item.path)
         if item.path is not None
@@ -1297,7 +1673,7 @@ def _item_line(item: BatchItem, total: int) -> str:
     )
     resumed = " (earlier run)" if item.resumed else ""
     return (
-        f"[{item.index + 1}/{total}] {item.status.value:<15} {item.key}  "
+        f"[{done}/{total}] {item.status.value:<15} {item.key}  "
         f"{item.job_id or '-'}  {_usd(item.cost_micro_cents)}  {detail}{resumed}"
     )
 
@@ -1311,6 +1687,7 @@ class _BatchDisplay:
         self._quiet = quiet
         self._rich: Any = None
         self._task: Any = None
+        self._done = 0  # lines are numbered as rows finish, not by file order
 
     def _describe(self) -> str:
         batch = self._batch
@@ -1351,7 +1728,8 @@ class _BatchDisplay:
     def item(self, item: BatchItem) -> None:
         if self._quiet:
             return
-        line = _item_line(item, self._batch.total)
+        self._done += 1
+        line = _item_line(item, self._done, self._batch.total)
         if self._rich is None:
             print(line, file=self._stream, flush=True)
         else:
@@ -1433,7 +1811,19 @@ def _print_summary(summary: BatchSummary, out: TextIO, resume: str) -> None:
         elif item.status in {BatchItemStatus.FAILED, BatchItemStatus.CANCELLED}:
             print(f"{item.status.value.upper()} {item.key}: {item.error}", file=out)
     if summary.unfinished or summary.stop_reason == "unavailable":
-        print(f"Run the same command again to finish: {resume}", file=out)
+        print(resume, file=out)
+
+
+def _rerun_hint(args: argparse.Namespace) -> str:
+    """How to finish an unfinished batch: the command itself, or why there is none."""
+    if args.sandbox:
+        return _resume_hint(args)
+    if args.api_key is not None:  # never repeated: say where it must come from
+        return (
+            "Set PIXELBYTE_API_KEY to your key (--api-key is never shown), then run "
+            f"the same command again to finish: {_resume_command(args)}"
+        )
+    return f"Run the same command again to finish: {_resume_command(args)}"
 
 
 def _batch_exit(summary: BatchSummary) -> int:
@@ -1461,7 +1851,8 @@ async def _batch(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         journal = None  # the sandbox forgets its jobs when this process ends
     else:
         journal = source.with_name(source.name + ".journal.sqlite")
-    resume = _resume_command(args)
+    if args.out is not None:
+        _check_output_dir(Path(args.out), "--out")
     quiet = args.quiet or args.json
     async with _client(args, max_concurrent_jobs=args.concurrency) as pb:
         batch = run_batch(
@@ -1499,8 +1890,11 @@ async def _batch(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             summary = await batch.summary()
         except (KeyboardInterrupt, asyncio.CancelledError):
             print(
-                "\nStopped. Jobs in flight keep running (they are paid for and were "
-                "not cancelled); their ids are in the journal. Resume with: " + resume,
+                f"\nStopped. {_resume_hint(args)}"
+                if args.sandbox
+                else "\nStopped. Jobs in flight keep running (they are paid for and "
+                "were not cancelled); their ids are in the journal. "
+                + _resume_hint(args),
                 file=err,
             )
             raise
@@ -1509,7 +1903,7 @@ async def _batch(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     elif args.dry_run:
         _print_plan(summary.plan, out)
     else:
-        _print_summary(summary, out, resume)
+        _print_summary(summary, out, _rerun_hint(args))
     return _batch_exit(summary)
 
 
@@ -1533,12 +1927,25 @@ def _parse_header_lines(lines: Sequence[str]) -> dict[str, str]:
     return headers
 
 
+def _read_input(path: str, what: str) -> bytes:
+    """The bytes of *path*, or a one-line error naming *what* could not be read."""
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise ValidationError(
+            f"cannot read {what} {path}: {exc.strerror or exc}", field=what
+        ) from exc
+
+
 def _webhook_verify(args: argparse.Namespace, out: TextIO) -> int:
     secrets = _secrets(args)
-    body = sys.stdin.buffer.read() if args.body == "-" else Path(args.body).read_bytes()
+    body = (
+        sys.stdin.buffer.read() if args.body == "-" else _read_input(args.body, "BODY")
+    )
     lines = list(args.header)
     if args.headers_file:
-        lines += Path(args.headers_file).read_text(encoding="utf-8").splitlines()
+        text = _read_input(args.headers_file, "--headers-file")
+        lines += text.decode("utf-8", errors="replace").splitlines()
     event = verify(
         body,
         _parse_header_lines(lines),
@@ -1579,9 +1986,11 @@ async def _webhook_listen(args: argparse.Namespace, out: TextIO, err: TextIO) ->
             done.set()
 
     receiver = WebhookReceiver(_secrets(args), on_event=on_event)
-    async with WebhookServer(
+    server = WebhookServer(
         receiver=receiver, host=args.host, port=args.port, path=args.path
-    ) as server:
+    )
+    await _listening(server, option="--port", host_option="--host")
+    async with server:
         print(f"Listening on {server.url} (Ctrl-C stops)", file=err, flush=True)
         await done.wait()
     return 0
@@ -1602,11 +2011,16 @@ _COMMANDS: dict[str, _Command] = {
 
 
 def _report(
-    exc: PixelByteError, args: argparse.Namespace, out: TextIO, err: TextIO
+    exc: PixelByteError,
+    args: argparse.Namespace,
+    out: TextIO,
+    err: TextIO,
+    *,
+    cause: BaseException | None = None,
 ) -> int:
     code = _exit_code(exc)
     if getattr(args, "debug", False):
-        traceback.print_exception(exc, file=err)
+        traceback.print_exception(cause or exc, file=err)
     print(f"error: {exc}", file=err)
     if isinstance(exc, AmbiguousSubmitError):
         print(
@@ -1632,10 +2046,102 @@ def _report(
     return code
 
 
-def _sandbox(args: argparse.Namespace) -> int:
-    from .testing import main as serve  # noqa: PLC0415 -- only this command needs it
+def _cannot_listen(
+    exc: OSError, *, host: str, port: int, option: str, host_option: str
+) -> _CLIError:
+    """One line for a server that could not bind: where, why and what to do."""
+    reason = (exc.strerror or str(exc)).rsplit(": ", 1)[-1]
+    if exc.errno in {errno.EADDRINUSE, errno.EACCES}:
+        todo = f"choose another port with {option} (0: any free one)"
+    else:
+        todo = f"check the host given with {host_option}"
+    where = f"[{host}]" if ":" in host else host
+    return _CLIError(
+        f"cannot listen on {where}:{port}: {reason}; {todo}", family="cannot_listen"
+    )
 
-    return serve(["--port", str(args.port), "--time-scale", str(args.time_scale)])
+
+async def _serve_sandbox(args: argparse.Namespace, out: TextIO) -> None:
+    """Run the fake API until Ctrl-C or SIGTERM (``sandbox``, ``python -m ….testing``)."""
+    import signal  # noqa: PLC0415 -- only the sandbox process handles SIGTERM
+
+    from ._fake._catalog import MODELS  # noqa: PLC0415 -- only the sandbox needs it
+    from .testing import SANDBOX_API_KEY, FakePixelByte  # noqa: PLC0415 -- (same)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    with contextlib.suppress(NotImplementedError, AttributeError):
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+    fake = FakePixelByte(
+        api_key=args.api_key or SANDBOX_API_KEY,
+        host=args.host,
+        port=args.port,
+        cdn_port=args.cdn_port,
+        # Real time for everything a person or another program sees; only the
+        # jobs' durations shrink.
+        time_scale=1.0,
+        speedup=args.time_scale,
+        envelope=args.envelope,
+        concurrent_job_limit=args.concurrent_job_limit,
+        balance_micro_cents=args.balance,
+        require_auth=not args.no_auth,
+        allow_http_webhooks=args.allow_http_webhooks,
+        auto_webhooks=True,
+        **(
+            {}
+            if args.webhook_secret is None
+            else {"webhook_secret": args.webhook_secret}
+        ),
+    )
+    try:
+        await fake.start()
+    except OSError as exc:
+        busy = re.search(r", (\d+)\)", exc.strerror or "")
+        cdn = busy is not None and int(busy[1]) == args.cdn_port != args.port
+        raise _cannot_listen(
+            exc,
+            host=args.host,
+            port=args.cdn_port if cdn else args.port,
+            option="--cdn-port" if cdn else "--port",
+            host_option="--host",
+        ) from exc
+    try:
+        lines = [
+            (
+                f"FakePixelByte sandbox running (jobs x{args.time_scale:g} faster, "
+                "real-time timestamps); Ctrl-C stops."
+            ),
+            f"PIXELBYTE_BASE_URL={fake.url}",
+            f"PIXELBYTE_API_KEY={fake.api_key}",
+            f"PIXELBYTE_CDN_URL={fake.cdn_url}",
+            f"PIXELBYTE_WEBHOOK_SECRET={fake.webhook_secret}",
+            "Models: " + ", ".join(MODELS),
+        ]
+        out.write("\n".join(lines) + "\n")
+        out.flush()
+        await stop.wait()
+    finally:
+        await fake.close()
+
+
+def _run_sandbox(args: argparse.Namespace) -> int:
+    """Serve the sandbox in the foreground; 0 after Ctrl-C or SIGTERM."""
+    out, err = sys.stdout, sys.stderr
+    try:
+        asyncio.run(_serve_sandbox(args, out))
+    except KeyboardInterrupt:
+        return EXIT_CODES["ok"]
+    except PixelByteError as exc:
+        return _report(exc, args, out, err)
+    return EXIT_CODES["ok"]
+
+
+def _sandbox_main(argv: Sequence[str] | None, *, prog: str) -> int:
+    """``python -m pixelbyte_async.testing``: the ``sandbox`` command on its own."""
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    parser = _sandbox_parser(prog)
+    parser.hidden = _hidden_words(parser, arguments)
+    return _run_sandbox(parser.parse_args(arguments))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1648,11 +2154,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             each.hidden = hidden
     args = parser.parse_args(arguments)
     if args.command == "sandbox":
-        return _sandbox(args)
+        return _run_sandbox(args)
     out, err = sys.stdout, sys.stderr
     try:
+        _check_connection(args)
         return asyncio.run(_COMMANDS[args.command](args, out, err))
     except KeyboardInterrupt:
         return EXIT_CODES["interrupted"]
     except PixelByteError as exc:
         return _report(exc, args, out, err)
+    except OSError as exc:  # a local file or socket: still one line, not a traceback
+        return _report(_CLIError(str(exc), family="error"), args, out, err, cause=exc)

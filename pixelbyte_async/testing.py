@@ -18,7 +18,7 @@ records every request and every cent, and fails on command:
         fake.advance(300)
         assert fake.ledger.double_charged() == []
 
-It also runs as a sandbox process::
+It also runs as a sandbox process (the same as ``pixelbyte-async sandbox``)::
 
     python -m pixelbyte_async.testing --port 8765 --time-scale 10
 """
@@ -26,13 +26,9 @@ It also runs as a sandbox process::
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
-import signal
 import sys
 from collections.abc import Sequence
 
-from ._fake._catalog import MODELS
 from ._fake._faults import Fault as Fault
 from ._fake._faults import FaultHandle as FaultHandle
 from ._fake._jobs import FakeJob as FakeJob
@@ -66,87 +62,14 @@ __all__ = [
 ]
 
 
-def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a number > 0, not {text!r}")
-    return value
+_PROG = "python -m pixelbyte_async.testing"
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m pixelbyte_async.testing",
-        description="Run a local fake PixelByte API (a sandbox) until Ctrl-C.",
-        allow_abbrev=False,
-    )
-    parser.add_argument("--host", default="127.0.0.1", help="interface to bind")
-    parser.add_argument("--port", type=int, default=8765, help="API port (0: any)")
-    parser.add_argument("--cdn-port", type=int, default=0, help="CDN port (0: any)")
-    parser.add_argument(
-        "--time-scale",
-        type=_positive,
-        default=1.0,
-        help="how many times faster than the real API jobs run (default 1); every "
-        "timestamp stays wall-clock time, so webhook receivers, the CLI and polling "
-        "work against the sandbox as they would against the API",
-    )
-    parser.add_argument("--api-key", default=SANDBOX_API_KEY, help="key to accept")
-    parser.add_argument(
-        "--envelope", choices=("mixed", "flat", "wrapped"), default="mixed"
-    )
-    parser.add_argument("--concurrent-job-limit", type=int, default=None)
-    parser.add_argument(
-        "--balance", type=int, default=None, help="starting balance in micro-cents"
-    )
-    parser.add_argument(
-        "--no-auth", action="store_true", help="accept requests without a key"
-    )
-    parser.add_argument(
-        "--allow-http-webhooks", action="store_true", help="accept http:// webhooks"
-    )
-    parser.add_argument("--webhook-secret", default="whsec_test_sandbox")
-    return parser
+    """The options, shared with ``pixelbyte-async sandbox`` (one definition)."""
+    from ._cli import _sandbox_parser  # noqa: PLC0415 -- the CLI owns option parsing
 
-
-async def _serve(args: argparse.Namespace) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    with contextlib.suppress(NotImplementedError, AttributeError):
-        loop.add_signal_handler(signal.SIGTERM, stop.set)
-    async with FakePixelByte(
-        api_key=args.api_key,
-        host=args.host,
-        port=args.port,
-        cdn_port=args.cdn_port,
-        # Real time for everything a person or another program sees; only the
-        # jobs' durations shrink.
-        time_scale=1.0,
-        speedup=args.time_scale,
-        envelope=args.envelope,
-        concurrent_job_limit=args.concurrent_job_limit,
-        balance_micro_cents=args.balance,
-        require_auth=not args.no_auth,
-        allow_http_webhooks=args.allow_http_webhooks,
-        webhook_secret=args.webhook_secret,
-        auto_webhooks=True,
-    ) as fake:
-        lines = [
-            (
-                f"FakePixelByte sandbox running (jobs x{args.time_scale:g} faster, "
-                "real-time timestamps); Ctrl-C stops."
-            ),
-            f"PIXELBYTE_BASE_URL={fake.url}",
-            f"PIXELBYTE_API_KEY={fake.api_key}",
-            f"PIXELBYTE_CDN_URL={fake.cdn_url}",
-            f"PIXELBYTE_WEBHOOK_SECRET={fake.webhook_secret}",
-            "Models: " + ", ".join(MODELS),
-        ]
-        sys.stdout.write("\n".join(lines) + "\n")
-        sys.stdout.flush()
-        await stop.wait()
+    return _sandbox_parser(_PROG)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -154,20 +77,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     Run the fake server in the foreground until Ctrl-C (or SIGTERM).
 
     It prints the base URL and the (sandbox, not secret) API key as
-    ``PIXELBYTE_BASE_URL=...`` and ``PIXELBYTE_API_KEY=...`` lines.
+    ``PIXELBYTE_BASE_URL=...`` and ``PIXELBYTE_API_KEY=...`` lines.  It takes the
+    options of ``pixelbyte-async sandbox`` (the same code): ``--help`` lists them.
 
     Args:
         argv: Command-line arguments without the program name; default
             ``sys.argv[1:]``.
 
     Returns:
-        The exit status: 0 after a clean stop.
+        The exit status: 0 after a clean stop; 2 for a bad option; 15 when its
+        address cannot be bound (port in use), with one line saying so.
 
     """
-    args = _parser().parse_args(argv)
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_serve(args))
-    return 0
+    from ._cli import _sandbox_main  # noqa: PLC0415 -- the CLI owns option parsing
+
+    return _sandbox_main(argv, prog=_PROG)
 
 
 if __name__ == "__main__":

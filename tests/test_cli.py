@@ -261,12 +261,14 @@ def test_estimate_models_and_transition_in_the_sandbox(tmp_path, capsys):
 
 def test_sandbox_command_runs_the_fake(monkeypatch):
     """'sandbox' is python -m pixelbyte_async.testing in the foreground."""
-    seen: list[list[str]] = []
-    monkeypatch.setattr(
-        "pixelbyte_async.testing.main", lambda argv: seen.append(argv) or 0
-    )
+    seen: list[tuple[int, float]] = []
+
+    async def serve(args, out):
+        seen.append((args.port, args.time_scale))
+
+    monkeypatch.setattr("pixelbyte_async._cli._serve_sandbox", serve)
     assert main(["sandbox", "--port", "0", "--time-scale", "5"]) == 0
-    assert seen == [["--port", "0", "--time-scale", "5.0"]]
+    assert seen == [(0, 5.0)]
 
 
 @pytest.mark.anyio
@@ -288,7 +290,10 @@ async def test_api_key_is_never_printed(live, tmp_path, capsys):
     )
     captured = capsys.readouterr()
     assert code == EXIT_CODES["timeout"]
-    assert "Run the same command again to finish: pixelbyte-async batch" in captured.out
+    assert (
+        "Set PIXELBYTE_API_KEY to your key (--api-key is never shown), then run the "
+        "same command again to finish: pixelbyte-async batch"
+    ) in captured.out
     assert KEY not in captured.out + captured.err
     journal = tmp_path / "rows.jsonl.journal.sqlite"
     stored = b"".join(p.read_bytes() for p in tmp_path.glob("rows.jsonl.journal*"))

@@ -216,12 +216,14 @@ async def test_unfinished_batch_hint_never_shows_the_key(
     captured = capsys.readouterr()
     assert code == EXIT_CODES["timeout"]
     assert SECRET not in captured.out + captured.err
-    prefix = "Run the same command again to finish: "
+    marker = "un the same command again to finish: "  # Run, or "... then run"
     (hint,) = [
-        line.removeprefix(prefix)
+        line.partition(marker)[2]
         for line in captured.out.splitlines()
-        if line.startswith(prefix)
+        if marker in line
     ]
+    if key:  # --api-key is never repeated, so the hint says where the key goes
+        assert "PIXELBYTE_API_KEY" in captured.out
     again = parse(shlex.split(hint)[1:])
     assert (again.file, again.wait_timeout, again.api_key) == (str(rows), 0.2, None)
 
@@ -252,7 +254,8 @@ async def test_ctrl_c_hint_never_shows_the_key(tmp_path):
         proc.send_signal(signal.SIGINT)
         out, err = await asyncio.wait_for(proc.communicate(), 15)
     assert proc.returncode == EXIT_CODES["interrupted"], err.decode()
-    assert b"Resume with: pixelbyte-async batch" in err
+    assert b"Set PIXELBYTE_API_KEY to your key" in err
+    assert b"then resume with: pixelbyte-async batch" in err
     assert SECRET.encode() not in out + err
 
 
