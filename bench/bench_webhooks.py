@@ -1,6 +1,17 @@
 """
-Webhook-fed waiting: delivery -> wait() latency, and requests per job by wait mode.
+Webhooks: the receiver's throughput, delivery -> wait() latency, requests per job.
 
+* Receiver throughput: signed deliveries per second through ``WebhookServer`` vs a
+  bare aiohttp handler doing the same HMAC check, in rotating rounds of the same run
+  (target: ratio >= 0.8).  A third server, the same ``WebhookReceiver`` mounted in a
+  plain aiohttp app, separates what the receiver costs from what ``WebhookServer``'s
+  connection guard adds.  The servers run in this process, pinned to one core; the
+  load generator (an aiohttp client with a connection pool) runs in its own process
+  on the other core, so what is measured is the server's core.  Server CPU per
+  delivery is measured too (steadier than throughput on a shared machine).
+* Burst: 2,000 deliveries issued at once through a pool of 200 connections (under
+  the server's default cap of 256); p50/p99 latency from issue to answer, both
+  servers side by side.
 * Latency: N jobs wait on FakePixelByte deliveries (real HTTP on 127.0.0.1); for each
   job, the time from the receiver getting its verified delivery to the awaiting
   ``job.wait()`` returning.  Target p99 <= 10 ms in one process.
@@ -10,21 +21,42 @@ Webhook-fed waiting: delivery -> wait() latency, and requests per job by wait mo
 
 Writes bench/results/webhooks.json.
 
-    python bench/bench_webhooks.py [--jobs 1000]
+    python bench/bench_webhooks.py [--jobs 1000] [--deliveries 3000] [--rounds 5]
+        [--concurrency 50] [--burst 2000] [--burst-pool 200] [--burst-rounds 3]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import hashlib
+import hmac
 import json
+import os
 import statistics
+import sys
 import time
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
+import aiohttp
+from aiohttp import web
 from pixelbyte_async import KlingO1StartEndFrame, PixelByte, PollPolicy, VirtualClock
 from pixelbyte_async.testing import FakePixelByte
-from pixelbyte_async.webhooks import WebhookServer
+from pixelbyte_async.webhooks import (
+    DEFAULT_MAX_BODY,
+    DEFAULT_TOLERANCE,
+    SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
+    WebhookReceiver,
+    WebhookServer,
+    signature_headers,
+)
+
+
+SECRET = "whsec_bench"  # noqa: S105 -- the benchmark signs its own deliveries
 
 
 def kling(i: int) -> KlingO1StartEndFrame:
@@ -114,21 +146,312 @@ async def requests_per_job(mode: str) -> dict[str, float]:
         }
 
 
-async def main(n: int) -> dict[str, object]:
+# -- receiver throughput: WebhookServer vs a bare aiohttp handler -----------------------
+
+
+def _cpus() -> list[int]:
+    return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+
+
+@contextlib.contextmanager
+def server_core() -> Iterator[set[int]]:
+    """Pin this (server) process to the last core; yield the others (may be empty)."""
+    cpus = _cpus()
+    if len(cpus) < 2:
+        yield set()
+        return
+    os.sched_setaffinity(0, {cpus[-1]})
+    try:
+        yield set(cpus[:-1])
+    finally:
+        os.sched_setaffinity(0, set(cpus))
+
+
+def bare_app(secret: str) -> web.Application:
+    """What a user would hand-write: read the body, check the HMAC and the age."""
+    key = secret.encode()
+
+    async def handler(request: web.Request) -> web.Response:
+        body = await request.read()
+        ts = request.headers.get(TIMESTAMP_HEADER, "")
+        sig = request.headers.get(SIGNATURE_HEADER, "")
+        expected = (
+            "sha256="
+            + hmac.new(key, ts.encode() + b"." + body, hashlib.sha256).hexdigest()
+        )
+        if not (
+            ts.isdigit()
+            and abs(time.time() - int(ts)) <= DEFAULT_TOLERANCE
+            and hmac.compare_digest(expected, sig)
+        ):
+            return web.json_response({"ok": False, "reason": "mismatch"}, status=401)
+        return web.json_response({"ok": True, "reason": "ok"})
+
+    app = web.Application(client_max_size=DEFAULT_MAX_BODY + 1)
+    app.router.add_post("/hook", handler)
+    return app
+
+
+@contextlib.asynccontextmanager
+async def aiohttp_server(app: web.Application) -> AsyncIterator[str]:
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield f"http://127.0.0.1:{site.port}/hook"
+    finally:
+        await runner.cleanup()
+
+
+def _payloads(n: int, prefix: str) -> list[tuple[bytes, dict[str, str]]]:
+    """Signed deliveries shaped like the documented example, one job id each."""
+    now = int(time.time())
+    out = []
+    for i in range(n):
+        body = json.dumps(
+            {
+                "jobId": f"job_{prefix}_{i}",
+                "requestId": f"req_{prefix}_{i}",
+                "status": "completed",
+                "output": {
+                    "videoUrl": f"https://cdn.muvi.video/outputs/job_{prefix}_{i}.mp4"
+                },
+                "completedAt": "2026-02-18T12:00:00.000Z",
+            },
+            separators=(",", ":"),
+        ).encode()
+        out.append((body, signature_headers(body, SECRET, timestamp=now)))
+    return out
+
+
+async def _fire(cmd: dict[str, Any]) -> dict[str, float]:
+    """In the load generator: send the deliveries, time each, return the figures."""
+    n = int(cmd["n"])
+    payloads = _payloads(n, str(cmd["prefix"]))
+    url = str(cmd["url"])
+    latencies = [0.0] * n
+    errors = 0
+    sem = asyncio.Semaphore(int(cmd["concurrency"]))
+    connector = aiohttp.TCPConnector(limit=int(cmd["pool"]))
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def one(i: int) -> None:
+            nonlocal errors
+            body, headers = payloads[i]
+            async with sem:
+                t0 = time.perf_counter()
+                try:
+                    async with session.post(url, data=body, headers=headers) as r:
+                        await r.read()
+                        ok = r.status == 200
+                except aiohttp.ClientError:
+                    ok = False
+                latencies[i] = time.perf_counter() - t0
+            errors += not ok
+
+        start = time.perf_counter()
+        cpu = time.process_time()
+        await asyncio.gather(*(one(i) for i in range(n)))
+        elapsed = time.perf_counter() - start
+        cpu = time.process_time() - cpu
+    ms = [x * 1000 for x in latencies]
     return {
-        "latency": await latency(n),
+        "deliveries": n,
+        "per_s": n / elapsed,
+        "elapsed_s": elapsed,
+        "errors": errors,
+        "client_cpu_us": cpu / n * 1e6,
+        "p50_ms": statistics.median(ms),
+        "p99_ms": pct(ms, 0.99),
+        "max_ms": max(ms),
+    }
+
+
+def loadgen() -> None:
+    """The load generator process: one JSON command per line in, figures out."""
+    for line in sys.stdin:
+        print(json.dumps(asyncio.run(_fire(json.loads(line)))), flush=True)
+
+
+class LoadGen:
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self.rounds = 0
+
+    async def fire(
+        self, url: str, n: int, concurrency: int, pool: int
+    ) -> dict[str, float]:
+        assert self.proc.stdin is not None
+        assert self.proc.stdout is not None
+        self.rounds += 1
+        cmd = {
+            "url": url,
+            "n": n,
+            "concurrency": concurrency,
+            "pool": pool,
+            "prefix": f"r{self.rounds}",
+        }
+        self.proc.stdin.write(json.dumps(cmd).encode() + b"\n")
+        await self.proc.stdin.drain()
+        line = await asyncio.wait_for(self.proc.stdout.readline(), 120)
+        if not line:
+            msg = "load generator exited"
+            raise RuntimeError(msg)
+        return json.loads(line)  # type: ignore[no-any-return]
+
+
+@contextlib.asynccontextmanager
+async def loadgen_process(cpus: set[int]) -> AsyncIterator[LoadGen]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        __file__,
+        "--loadgen",
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    if cpus:
+        os.sched_setaffinity(proc.pid, cpus)
+    try:
+        yield LoadGen(proc)
+    finally:
+        assert proc.stdin is not None
+        proc.stdin.close()
+        try:
+            await asyncio.wait_for(proc.wait(), 10)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+
+
+#: bare: the HMAC check alone; plain: the SDK's WebhookReceiver mounted in a plain
+#: aiohttp app (what the guard adds is sdk vs plain); sdk: WebhookServer.
+SERVERS = ("bare", "plain", "sdk")
+
+
+async def receiver_throughput(
+    *,
+    deliveries: int,
+    rounds: int,
+    concurrency: int,
+    burst: int,
+    burst_pool: int,
+    burst_rounds: int,
+) -> dict[str, object]:
+    plain_receiver = WebhookReceiver(SECRET)
+    plain_app = web.Application(client_max_size=DEFAULT_MAX_BODY + 1)
+    plain_app.router.add_post("/hook", plain_receiver.aiohttp_handler)
+    with server_core() as others:
+        async with (
+            aiohttp_server(bare_app(SECRET)) as bare_url,
+            aiohttp_server(plain_app) as plain_url,
+            WebhookServer(SECRET) as hooks,
+            loadgen_process(others) as gen,
+        ):
+            urls = {"bare": bare_url, "plain": plain_url, "sdk": hooks.url}
+            for url in urls.values():  # warm-up
+                await gen.fire(url, 500, concurrency, concurrency)
+            runs: dict[str, list[dict[str, float]]] = {name: [] for name in SERVERS}
+            for r in range(rounds):
+                # Rotate who goes first, so drift within a round hits all alike.
+                for name in SERVERS[r % 3 :] + SERVERS[: r % 3]:
+                    cpu = time.process_time()
+                    res = await gen.fire(
+                        urls[name], deliveries, concurrency, concurrency
+                    )
+                    res["server_cpu_us"] = (
+                        (time.process_time() - cpu) / deliveries * 1e6
+                    )
+                    runs[name].append(res)
+            bursts: dict[str, list[dict[str, float]]] = {"bare": [], "sdk": []}
+            for r in range(burst_rounds):
+                for name in ("bare", "sdk") if r % 2 == 0 else ("sdk", "bare"):
+                    cpu = time.process_time()
+                    res = await gen.fire(urls[name], burst, burst, burst_pool)
+                    res["server_cpu_us"] = (time.process_time() - cpu) / burst * 1e6
+                    bursts[name].append(res)
+            guard = hooks.stats
+            accepted = hooks.receiver.stats["accepted"]
+
+    def med(rows: list[dict[str, float]], key: str) -> float:
+        return statistics.median(row[key] for row in rows)
+
+    def ratios(a: str, b: str) -> list[float]:
+        return [x["per_s"] / y["per_s"] for x, y in zip(runs[a], runs[b], strict=True)]
+
+    sdk_bare = ratios("sdk", "bare")
+    return {
+        "throughput": {
+            "deliveries_per_round": deliveries,
+            "rounds": rounds,
+            "concurrency": concurrency,
+            **{f"{name}_per_s_median": med(runs[name], "per_s") for name in SERVERS},
+            # The median of per-round paired ratios is robust to drift between rounds.
+            "ratio": statistics.median(sdk_bare),
+            "ratio_min": min(sdk_bare),
+            "ratio_max": max(sdk_bare),
+            "ratio_sdk_to_plain_receiver": statistics.median(ratios("sdk", "plain")),
+            "ratio_plain_receiver_to_bare": statistics.median(ratios("plain", "bare")),
+            **{
+                f"{name}_server_cpu_us_per_delivery": med(runs[name], "server_cpu_us")
+                for name in SERVERS
+            },
+            **{
+                f"{name}_client_cpu_us_per_delivery": med(runs[name], "client_cpu_us")
+                for name in SERVERS
+            },
+            "errors": sum(row["errors"] for rows in runs.values() for row in rows),
+        },
+        "burst": {
+            "concurrent": burst,
+            "pool": burst_pool,
+            "rounds": burst_rounds,
+            **{
+                f"{name}_{key}": med(bursts[name], key)
+                for name in ("bare", "sdk")
+                for key in ("p50_ms", "p99_ms", "max_ms", "per_s", "server_cpu_us")
+            },
+            "errors": sum(row["errors"] for rows in bursts.values() for row in rows),
+        },
+        "guard": guard,
+        "sdk_accepted": accepted,
+        "sdk_expected": 500 + rounds * deliveries + burst_rounds * burst,
+    }
+
+
+async def main(args: argparse.Namespace) -> dict[str, object]:
+    return {
+        "latency": await latency(args.jobs),
         "requests_per_240s_job": {
             mode: await requests_per_job(mode)
             for mode in ("adaptive-polling", "fixed-5s", "webhook")
         },
+        "receiver": await receiver_throughput(
+            deliveries=args.deliveries,
+            rounds=args.rounds,
+            concurrency=args.concurrency,
+            burst=args.burst,
+            burst_pool=args.burst_pool,
+            burst_rounds=args.burst_rounds,
+        ),
     }
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--jobs", type=int, default=1000)
+    parser.add_argument("--deliveries", type=int, default=3000)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--concurrency", type=int, default=50)
+    parser.add_argument("--burst", type=int, default=2000)
+    parser.add_argument("--burst-pool", type=int, default=200)
+    parser.add_argument("--burst-rounds", type=int, default=3)
+    parser.add_argument("--loadgen", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    res = asyncio.run(main(args.jobs))
+    if args.loadgen:
+        loadgen()
+        sys.exit(0)
+    res = asyncio.run(main(args))
     out = Path(__file__).parent / "results" / "webhooks.json"
     out.write_text(json.dumps(res, indent=2) + "\n")
     lat = res["latency"]
@@ -143,10 +466,41 @@ if __name__ == "__main__":
         print(
             f"{mode:>17}: {r['submits']} submit + {r['gets']} GETs, noticed {r['noticed_late_s']} s late"
         )
+    rec = res["receiver"]
+    assert isinstance(rec, dict)
+    tp, burst = rec["throughput"], rec["burst"]
+    print(
+        f"receiver: WebhookServer {tp['sdk_per_s_median']:.0f} deliveries/s vs bare "
+        f"aiohttp HMAC handler {tp['bare_per_s_median']:.0f}/s, ratio "
+        f"{tp['ratio']:.3f} (rounds {tp['ratio_min']:.3f}..{tp['ratio_max']:.3f}); "
+        f"WebhookReceiver in a plain aiohttp app {tp['plain_per_s_median']:.0f}/s "
+        f"(WebhookServer/plain {tp['ratio_sdk_to_plain_receiver']:.3f})"
+    )
+    print(
+        "server CPU per delivery: "
+        + ", ".join(
+            f"{name} {tp[f'{name}_server_cpu_us_per_delivery']:.0f} us"
+            for name in ("bare", "plain", "sdk")
+        )
+        + "; load generator CPU per delivery: "
+        + ", ".join(
+            f"{name} {tp[f'{name}_client_cpu_us_per_delivery']:.0f} us"
+            for name in ("bare", "plain", "sdk")
+        )
+    )
+    print(
+        f"burst of {burst['concurrent']} (pool {burst['pool']}): WebhookServer p50 "
+        f"{burst['sdk_p50_ms']:.0f} ms, p99 {burst['sdk_p99_ms']:.0f} ms; bare p50 "
+        f"{burst['bare_p50_ms']:.0f} ms, p99 {burst['bare_p99_ms']:.0f} ms; errors "
+        f"{tp['errors'] + burst['errors']}; guard {rec['guard']}"
+    )
     ok = (
         lat["latency_ms_p99"] <= 10
         and rpj["webhook"]["gets"] <= 1
         and rpj["adaptive-polling"]["gets"] <= 10
         and rpj["adaptive-polling"]["noticed_late_s"] <= 5
+        and tp["ratio"] >= 0.8
+        and tp["errors"] + burst["errors"] == 0
+        and rec["sdk_accepted"] == rec["sdk_expected"]
     )
     print("verdict:", "OK (all targets met)" if ok else "TARGET MISSED")
