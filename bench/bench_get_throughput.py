@@ -91,7 +91,7 @@ async def fake_process(*extra: str) -> AsyncIterator[dict[str, str]]:
         stdout=asyncio.subprocess.PIPE,
         preexec_fn=_pin_to_last_cpu,
     )
-    wanted = {"PIXELBYTE_BASE_URL", "PIXELBYTE_API_KEY", "PIXELBYTE_SANDBOX_CLOCK"}
+    wanted = {"PIXELBYTE_BASE_URL", "PIXELBYTE_API_KEY"}
     try:
         found: dict[str, str] = {}
         assert proc.stdout is not None

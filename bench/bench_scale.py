@@ -2,8 +2,8 @@
 Scale: 10,000 concurrent transitions through one client on this machine.
 
 N ``pb.run(...)`` calls are gathered at once.  By default the fake runs in its own
-process on a virtual clock that this process shares through ``CLOCK_MONOTONIC``
-(`VirtualClock.share`), time x20, so every figure is the client's alone:
+process (``python -m pixelbyte_async.testing``: wall-clock timestamps, jobs x20
+shorter), so every figure is the client's alone:
 
 * all complete;
 * memory per job in flight: the client's RSS growth per job (target <= 10 KiB);
@@ -138,7 +138,7 @@ class Monitor:
 async def main_process(
     n: int, time_scale: float
 ) -> dict[str, float | int | bool | str]:
-    """The fake in its own process, on a virtual clock shared through CLOCK_MONOTONIC."""
+    """The fake in its own process, in real time with jobs *time_scale* times shorter."""
     from bench_get_throughput import fake_process  # noqa: PLC0415 -- sibling script
 
     async with fake_process("--time-scale", str(time_scale)) as found:
@@ -146,7 +146,6 @@ async def main_process(
         async with PixelByte(
             api_key=found["PIXELBYTE_API_KEY"],
             base_url=base_url,
-            clock=VirtualClock.from_shared(found["PIXELBYTE_SANDBOX_CLOCK"]),
             max_concurrent_jobs=None,
         ) as pb:
             inputs = inputs_for(n)

@@ -8,7 +8,6 @@ aiohttp session per client, one deadline per call, and a limit on jobs in flight
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import logging
 import os
 import random
@@ -22,14 +21,16 @@ from collections.abc import (
     Iterable,
     Mapping,
 )
+from datetime import datetime
 from pathlib import Path
 from types import TracebackType
-from typing import IO, TYPE_CHECKING, Any, Literal, Self
+from typing import IO, Any, Literal, Self
 from urllib.parse import quote
 
 import aiohttp
 import attrs
 
+from ._batch import Batch, BatchInput, run_batch
 from ._clock import Clock, SystemClock
 from ._config import ClientConfig, mask_key
 from ._errors import (
@@ -78,10 +79,6 @@ from .webhooks import (
     new_attempt_id,
     tag_webhook_url,
 )
-
-
-if TYPE_CHECKING:
-    from ._batch import Batch, BatchInput
 
 
 __all__ = ["PixelByte"]
@@ -529,8 +526,6 @@ class PixelByte:
         Options: *journal*, *out_dir*, *max_cost_micro_cents*, *dry_run*,
         *retry_failed*, *wait_timeout*, *settle*, *fit*.
         """
-        from ._batch import run_batch  # noqa: PLC0415 -- _batch imports this module
-
         return run_batch(self, inputs, **options)
 
     @property
@@ -687,8 +682,8 @@ class PixelByte:
     async def audit(
         self,
         *,
-        since: dt.datetime | float,
-        until: dt.datetime | float | None = None,
+        since: datetime | float,
+        until: datetime | float | None = None,
         model: str | None = None,
         exclude: Iterable[str] = (),
     ) -> AuditReport:

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import math
 from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import attrs
@@ -66,11 +66,11 @@ FIRST_LOOK_INTERVAL = 2.0
 MAX_LOOK_INTERVAL = 30.0
 
 
-def timestamp(value: dt.datetime | float) -> float:
+def timestamp(value: datetime | float) -> float:
     """Unix seconds from a datetime (naive means UTC) or a number."""
-    if isinstance(value, dt.datetime):
+    if isinstance(value, datetime):
         if value.tzinfo is None:
-            value = value.replace(tzinfo=dt.UTC)
+            value = value.replace(tzinfo=UTC)
         return value.timestamp()
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValidationError("expected a datetime or Unix seconds", field="since")
@@ -152,7 +152,7 @@ class AuditOrphan:
 
     job: Job
     status: JobStatus
-    created_at: dt.datetime | None
+    created_at: datetime | None
     cost_micro_cents: int | None
 
 
@@ -417,8 +417,8 @@ class Reconciler:
     async def audit(
         self,
         *,
-        since: dt.datetime | float,
-        until: dt.datetime | float | None,
+        since: datetime | float,
+        until: datetime | float | None,
         model: str | None,
         exclude: Iterable[str],
         concurrency: int = 8,
@@ -472,7 +472,7 @@ def _window(
 
 def _iso(unix: float) -> str:
     return (
-        dt.datetime.fromtimestamp(unix, dt.UTC)
+        datetime.fromtimestamp(unix, UTC)
         .replace(microsecond=0)
         .isoformat()
         .replace("+00:00", "Z")

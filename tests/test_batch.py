@@ -19,7 +19,7 @@ from pixelbyte_async import (
     read_batch_file,
     run_batch,
 )
-from pixelbyte_async._batch import _entry
+from pixelbyte_async._batch._rows import _entry
 from pixelbyte_async._journal import Journal, read_rows
 from pixelbyte_async.testing import Fault, JobScript
 

@@ -1,0 +1,98 @@
+"""
+A batch's outputs on disk: one file per row, ``{out_dir}/{key}{suffix}``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
+
+import anyio
+
+from pixelbyte_async._errors import DownloadError, MissingOutputError, TransportError
+from pixelbyte_async._journal import Journal, JournalRow
+
+from ._ledger import Ledger
+from ._rows import Entry
+from ._types import BatchItemStatus
+
+
+if TYPE_CHECKING:
+    from pixelbyte_async._job import Job
+
+
+__all__ = ["Outputs"]
+
+
+class Outputs:
+    """
+    Where a batch downloads its outputs (*out_dir*), and what is there already.
+
+    A file the journal recorded at its size is not fetched again.
+    """
+
+    def __init__(self, out_dir: Path, *, journal: Journal, ledger: Ledger) -> None:
+        self._out_dir = out_dir
+        self._journal = journal
+        self._ledger = ledger
+
+    def target(self, entry: Entry, url: str | None) -> Path:
+        """Where *entry*'s output (from *url*) goes."""
+        return self._out_dir / f"{entry.key}{_suffix(url)}"
+
+    async def intact(self, entry: Entry, row: JournalRow) -> bool:
+        """Whether the recorded output file is where we want it, at its size."""
+        if row.output_path is None or row.output_bytes is None:
+            return False
+        if Path(row.output_path) != self.target(entry, row.output_url):
+            return False
+        try:
+            stat = await anyio.Path(row.output_path).stat()
+        except OSError:
+            return False
+        return stat.st_size == row.output_bytes
+
+    async def download(self, entry: Entry, job: Job) -> None:
+        """Download *job*'s output for *entry*, journal and report it."""
+        target = self.target(entry, job.video_url)
+        # A process killed mid-download leaves its temporary file behind.
+        async for stale in anyio.Path(target.parent).glob(f".{target.name}.*.part"):
+            with contextlib.suppress(OSError):
+                await stale.unlink()
+        try:
+            path = await job.download(target, overwrite=True)
+            size = (await anyio.Path(path).stat()).st_size
+        except MissingOutputError as exc:
+            self._ledger.emit(
+                entry, BatchItemStatus.FAILED, job_id=job.id, error=str(exc)
+            )
+            return
+        except (DownloadError, TransportError, OSError) as exc:
+            self._ledger.emit(
+                entry,
+                BatchItemStatus.UNFINISHED,
+                job_id=job.id,
+                output_url=job.video_url,
+                error=f"download failed ({exc}); run the batch again to retry it",
+            )
+            return
+        await self._journal.downloaded(entry.key, path=str(path), size=size)
+        self._ledger.emit(
+            entry,
+            BatchItemStatus.COMPLETED,
+            job_id=job.id,
+            output_url=job.video_url,
+            path=path,
+        )
+
+
+def _suffix(url: str | None) -> str:
+    try:
+        path = urlsplit(url or "").path
+    except ValueError:  # e.g. an unusable URL recorded by an older version
+        return ".mp4"
+    suffix = PurePosixPath(path).suffix.lower()
+    return suffix if re.fullmatch(r"\.[a-z0-9]{1,5}", suffix) else ".mp4"

@@ -1,0 +1,200 @@
+"""
+Sending a batch's rows: budget-checked, journaled, one at a time, never paid twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any, Literal, cast
+
+import attrs
+
+from pixelbyte_async._errors import (
+    AmbiguousSubmitError,
+    InsufficientBalance,
+    PixelByteError,
+    TransportError,
+)
+from pixelbyte_async._inputs import ModelInput
+from pixelbyte_async._journal import Journal
+from pixelbyte_async._seams import BatchClient
+from pixelbyte_async.webhooks import new_attempt_id
+
+from ._budget import Budget
+from ._ledger import Ledger
+from ._rows import Entry, describe_local
+from ._types import BatchItemStatus, is_fatal
+from ._unknown import UnknownFates
+
+
+if TYPE_CHECKING:
+    from pixelbyte_async._job import Job
+
+
+__all__ = ["Submits"]
+
+_MAX_AMBIGUOUS_ATTEMPTS = 3
+
+
+class Submits:
+    """
+    A batch's submits: each row is sent at most once unless proven unsent.
+
+    Submits go one at a time, so the budget check before each one sees every
+    earlier charge, and a crash leaves few rows in 'submitting'.  Every attempt is
+    journaled before it is sent; one of unknown fate is settled (`UnknownFates`)
+    before the row may be sent again.
+    """
+
+    def __init__(
+        self,
+        pb: BatchClient,
+        *,
+        journal: Journal,
+        ledger: Ledger,
+        budget: Budget,
+        unknown: UnknownFates,
+    ) -> None:
+        self._pb = pb
+        self._journal = journal
+        self._ledger = ledger
+        self._budget = budget
+        self._unknown = unknown
+        self._submit_lock = asyncio.Lock()
+
+    async def submit(self, entry: Entry) -> Job | None:
+        """Submit *entry* without ever paying twice; ``None`` when it ended already."""
+        for _ in range(_MAX_AMBIGUOUS_ATTEMPTS):
+            if self._refuse(entry):
+                return None
+            try:
+                request, sent = await self._upload(entry)
+            except PixelByteError as exc:
+                self._rejected(entry, exc, what="upload failed")
+                return None
+            while True:
+                await self._unknown.until_attributable(entry.model)
+                # Submits go one at a time, so the budget check before each one
+                # sees every earlier charge, and a crash leaves few rows in
+                # 'submitting'.
+                async with self._submit_lock:
+                    if self._unknown.holds(entry.model):
+                        continue  # another submit became unknown meanwhile
+                    if self._refuse(entry):
+                        return None
+                    sent_outcome = await self._send(entry, request, sent)
+                    break
+            if isinstance(sent_outcome, AmbiguousSubmitError):
+                # Look for its job outside the lock: other rows go on meanwhile.
+                found = await self._unknown.reconcile_now(entry, sent_outcome)
+                if found is None:
+                    continue  # the horizon passed with nothing found: send again
+                return found or None
+            return sent_outcome or None
+        self._ledger.emit(
+            entry,
+            BatchItemStatus.FAILED,
+            error=f"{_MAX_AMBIGUOUS_ATTEMPTS} submits failed ambiguously, and after "
+            "each no job appeared within the settle horizon; run the batch again "
+            "to retry",
+        )
+        return None
+
+    async def resume(self, entry: Entry) -> Job | None:
+        """Settle a row an earlier run left in 'submitting', then send it if safe."""
+        found = await self._unknown.reconcile_now(
+            entry, self._unknown.attempt(entry.key)
+        )
+        if found is None:
+            return await self.submit(entry)
+        return found or None
+
+    def _refuse(self, entry: Entry) -> bool:
+        """Skip *entry* (and stop submitting) if the budget or the API says so."""
+        if self._ledger.stop_reason is None and self._budget.refuses(entry):
+            self._ledger.stop("budget")
+        if self._ledger.stop_reason is None:
+            return False
+        self._ledger.emit(
+            entry, BatchItemStatus.SKIPPED, skip_reason=self._ledger.stop_reason
+        )
+        return True
+
+    async def _upload(
+        self, entry: Entry
+    ) -> tuple[ModelInput | dict[str, Any], dict[str, Any]]:
+        """Upload local frames (free) and return ``(request, input to send)``."""
+        typed = entry.typed
+        if typed is None:
+            assert entry.raw is not None  # noqa: S101 -- raw entries have raw input
+            return entry.raw, entry.raw
+        done: dict[str, str] = {}
+        changes: dict[str, str] = {}
+        for name in getattr(typed, "frame_fields", ()):
+            value = getattr(typed, name)
+            if isinstance(value, str):
+                continue  # a str is always a URL (never a local file)
+            key = describe_local(value)
+            if key not in done:
+                done[key] = await self._pb.upload(value)
+            changes[name] = done[key]
+        if changes:
+            typed = cast("ModelInput", attrs.evolve(cast("Any", typed), **changes))
+        return typed, typed.to_input()
+
+    async def _send(
+        self,
+        entry: Entry,
+        request: ModelInput | dict[str, Any],
+        sent: dict[str, Any],
+    ) -> Job | AmbiguousSubmitError | Literal[False]:
+        """
+        Send one submit of *entry*, journaled before and after.
+
+        Returns:
+            The job; the `AmbiguousSubmitError` when its fate is unknown (the row
+            stays 'submitting'); ``False`` when the entry has ended (rejected).
+
+        """
+        attempt = new_attempt_id()
+        await self._journal.submitting(
+            entry.key,
+            started_at=self._pb.clock.time(),
+            sent_input=sent,
+            attempt=attempt,
+        )
+        try:
+            if isinstance(request, dict):
+                job = await self._pb.submit(entry.model, request, attempt=attempt)
+            else:
+                job = await self._pb.submit(request, attempt=attempt)
+        except AmbiguousSubmitError as exc:
+            # It may be charged: count it against the budget until settled.
+            self._budget.charge(entry.key, entry.estimate or 0)
+            self._unknown.add(entry.key, exc)
+            if exc.attempt is None:
+                self._unknown.hold(entry)
+            return exc
+        except PixelByteError as exc:
+            await self._journal.unsubmitted(entry.key, error=str(exc))
+            self._rejected(entry, exc, what="submit rejected")
+            return False
+        await self._ledger.record(entry, job, how="submitted")
+        return job
+
+    def _rejected(self, entry: Entry, exc: PixelByteError, *, what: str) -> None:
+        """Report a submit that created no job; stop submitting if all would fail."""
+        if is_fatal(exc):
+            raise exc
+        if isinstance(exc, InsufficientBalance | TransportError):
+            # No balance, or the API is unreachable (the request never left, and
+            # it was retried): every further submit would fail the same way.
+            reason = (
+                "balance" if isinstance(exc, InsufficientBalance) else "unavailable"
+            )
+            self._ledger.stop(reason)
+            self._ledger.emit(
+                entry, BatchItemStatus.SKIPPED, skip_reason=reason, error=str(exc)
+            )
+            return
+        self._ledger.emit(entry, BatchItemStatus.FAILED, error=f"{what}: {exc}")
