@@ -1,0 +1,373 @@
+"""
+The Redis hub across processes: event latency, Redis commands per job, job slots.
+
+* Events: 4 worker processes wait on 10,000 jobs (2,500 each; every worker receives
+  every event, as with one channel per account), one publisher process publishes
+  each delivery once, paced at each of ``--rates`` per second; once with no
+  client attached (events nobody here waits for stay undecoded) and once with a
+  stand-in client attached to every hub (every event decoded everywhere).  Latency is from the
+  publisher calling ``publish()`` to the waiting future resolving in another
+  process (both read ``CLOCK_MONOTONIC``).  Target: p99 <= 5 ms.
+* Redis commands per job: ``INFO commandstats`` before and after the event run
+  (commands run inside the Lua script are counted by Redis too).
+* Slots: 4 processes × 6 tasks share a limit of 8 (acquire, hold ~5 ms, release);
+  a sampler reads the leases alive in Redis all along.  Target: peak <= limit.
+
+Starts its own ``redis-server`` on 127.0.0.1 (or ``--url``).  Writes
+bench/results/hub.json.
+
+    python bench/bench_hub.py [--events 10000] [--workers 4] [--rates 1000,2000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import select
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import redis.asyncio as aioredis
+from pixelbyte_async.redis import RedisHub
+from pixelbyte_async.webhooks import signature_headers, verify
+
+
+HERE = Path(__file__).resolve()
+SECRET = "whsec_bench"  # noqa: S105 -- a test secret
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def event(i: int) -> Any:
+    job = f"job-{i}"
+    body = json.dumps(
+        {
+            "jobId": job,
+            "requestId": f"req_{i}",
+            "status": "completed",
+            "output": {"videoUrl": f"https://cdn.muvi.video/outputs/{job}.mp4"},
+            "completedAt": "2026-02-18T12:00:00.000Z",
+        }
+    )
+    return verify(
+        body, signature_headers(body, SECRET), SECRET, url=f"?pb_attempt=a{i}"
+    )
+
+
+# -- worker processes --------------------------------------------------------------
+
+
+def say(obj: object) -> None:
+    sys.stdout.write((obj if isinstance(obj, str) else json.dumps(obj)) + "\n")
+    sys.stdout.flush()
+
+
+class Observer:
+    """Stands for an attached PixelByte client: it is handed every event."""
+
+    def __init__(self) -> None:
+        self.seen = 0
+
+    def _webhook_event(self, event: Any) -> bool:
+        self.seen += event is not None
+        return False
+
+
+async def worker_wait(
+    url: str, prefix: str, start: int, stop: int, attach: bool
+) -> None:
+    async with RedisHub(url, key_prefix=prefix) as hub:
+        if attach:
+            hub.attach(Observer())  # type: ignore[arg-type]
+        resolved: dict[str, float] = {}
+
+        def stamp(job: str) -> None:
+            resolved[job] = time.monotonic()
+
+        futures = []
+        for i in range(start, stop):
+            job = f"job-{i}"
+            future = hub.future_for(job)
+            future.add_done_callback(lambda _, j=job: stamp(j))
+            futures.append(future)
+        await hub.refresh()
+        say("READY")
+        await asyncio.wait_for(asyncio.gather(*futures), timeout=300)
+        say({"resolved": resolved, "delivered": hub.stats["delivered"]})
+
+
+async def worker_publish(url: str, prefix: str, events: int, rate: float) -> None:
+    prepared = [event(i) for i in range(events)]
+    sent: dict[str, float] = {}
+    async with RedisHub(url, key_prefix=prefix) as hub:
+        began = time.monotonic()
+        for i, ev in enumerate(prepared):
+            due = began + i / rate
+            now = time.monotonic()
+            if due > now:
+                await asyncio.sleep(due - now)
+            sent[ev.job_id] = time.monotonic()
+            await hub.publish(ev)
+        took = time.monotonic() - began
+    say({"sent": sent, "seconds": took})
+
+
+async def worker_slots(
+    url: str, prefix: str, limit: int, tasks: int, rounds: int
+) -> None:
+    waits: list[float] = []
+    async with RedisHub(url, key_prefix=prefix) as hub:
+        slots = hub.slots(limit, lease=10, retry_interval=0.05)
+        say("READY")
+
+        async def run() -> None:
+            for _ in range(rounds):
+                asked = time.monotonic()
+                lease = await slots.acquire(timeout=60)
+                waits.append(time.monotonic() - asked)
+                await asyncio.sleep(0.005)  # the "job"
+                await slots.release(lease)
+
+        await asyncio.gather(*(run() for _ in range(tasks)))
+        say({"waits": waits, "peak": slots.peak})
+
+
+# -- the parent --------------------------------------------------------------------
+
+
+class Server:
+    def __init__(self) -> None:
+        self.dir = tempfile.TemporaryDirectory(prefix="pixelbyte-bench-redis-")
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise SystemExit("redis-server is needed (apt-get install redis-server)")
+        self.proc = subprocess.Popen(  # noqa: S603 -- fixed argv
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", self.dir.name],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        assert self.proc.stdout is not None
+        seen = b""
+        deadline = time.monotonic() + 15
+        while b"Ready to accept connections" not in seen:
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise SystemExit(f"redis-server did not start: {seen!r}")
+            if select.select([self.proc.stdout], [], [], 1)[0]:
+                seen += os.read(self.proc.stdout.fileno(), 65536)
+        self.proc.stdout.close()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=15)
+        self.dir.cleanup()
+
+
+async def spawn(*args: str) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(HERE),
+        "--worker",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        limit=1 << 24,
+    )
+
+
+async def line(proc: asyncio.subprocess.Process) -> Any:
+    assert proc.stdout is not None
+    raw = await asyncio.wait_for(proc.stdout.readline(), timeout=300)
+    if not raw:
+        raise SystemExit(f"a worker ended early (rc={await proc.wait()})")
+    text = raw.decode().strip()
+    return text if text == "READY" else json.loads(text)
+
+
+async def commandstats(url: str) -> dict[str, int]:
+    client = aioredis.Redis.from_url(url)
+    try:
+        info = await client.info("commandstats")
+    finally:
+        await client.aclose()
+    return {k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in info.items()}
+
+
+async def events_run(
+    url: str, events: int, workers: int, rate: float, *, attach: bool
+) -> dict[str, Any]:
+    prefix = "b" + uuid.uuid4().hex[:8]
+    share = events // workers
+    before = await commandstats(url)
+    waiting = [
+        await spawn(
+            "wait", url, prefix, str(w * share), str((w + 1) * share), str(int(attach))
+        )
+        for w in range(workers)
+    ]
+    for proc in waiting:
+        assert await line(proc) == "READY"
+    publisher = await spawn("publish", url, prefix, str(share * workers), str(rate))
+    published = await line(publisher)
+    results = [await line(proc) for proc in waiting]
+    for proc in [publisher, *waiting]:
+        await proc.wait()
+    after = await commandstats(url)
+    sent = published["sent"]
+    latencies = [
+        (at - sent[job]) * 1000 for r in results for job, at in r["resolved"].items()
+    ]
+    total = share * workers
+    delta = {
+        name: (after.get(name, 0) - before.get(name, 0))
+        for name in sorted(set(after) | set(before))
+    }
+    delta = {name: calls for name, calls in delta.items() if calls > 0}
+    delta.pop("info", None)  # our own measurement
+    return {
+        "events": total,
+        "workers": workers,
+        "clients_attached": attach,
+        "rate_per_s": rate,
+        "publish_seconds": round(published["seconds"], 3),
+        "latency_ms_p50": round(statistics.median(latencies), 3),
+        "latency_ms_p90": round(pct(latencies, 0.90), 3),
+        "latency_ms_p99": round(pct(latencies, 0.99), 3),
+        "latency_ms_max": round(max(latencies), 3),
+        "messages_delivered_per_worker": [r["delivered"] for r in results],
+        "redis_calls_per_job": {k: round(v / total, 3) for k, v in delta.items()},
+        "redis_calls_per_job_total": round(sum(delta.values()) / total, 3),
+        "round_trips_per_job": round(
+            sum(delta.get(k, 0) for k in ("evalsha", "mget", "get", "script|load"))
+            / total,
+            3,
+        ),
+    }
+
+
+async def slots_run(
+    url: str, procs: int, limit: int, tasks: int, rounds: int
+) -> dict[str, Any]:
+    prefix = "s" + uuid.uuid4().hex[:8]
+    workers = [
+        await spawn("slots", url, prefix, str(limit), str(tasks), str(rounds))
+        for _ in range(procs)
+    ]
+    for proc in workers:
+        assert await line(proc) == "READY"
+    samples: list[int] = []
+    async with RedisHub(url, key_prefix=prefix) as hub:
+        slots = hub.slots(limit, lease=10)
+        done = asyncio.ensure_future(asyncio.gather(*(line(p) for p in workers)))
+        began = time.monotonic()
+        while not done.done():
+            samples.append(await slots.in_use())
+            await asyncio.sleep(0.002)
+        took = time.monotonic() - began
+        results = done.result()
+    for proc in workers:
+        await proc.wait()
+    waits = [w * 1000 for r in results for w in r["waits"]]
+    return {
+        "processes": procs,
+        "tasks_per_process": tasks,
+        "limit": limit,
+        "acquisitions": len(waits),
+        "acquisitions_per_s": round(len(waits) / took, 1),
+        "peak_in_use_sampled": max(samples),
+        "peak_in_use_at_admission": max(r["peak"] for r in results),
+        "mean_in_use_sampled": round(statistics.mean(samples), 2),
+        "samples": len(samples),
+        "acquire_wait_ms_p50": round(statistics.median(waits), 2),
+        "acquire_wait_ms_p99": round(pct(waits, 0.99), 2),
+    }
+
+
+async def main(ns: argparse.Namespace) -> dict[str, Any]:
+    server = None if ns.url else Server()
+    url = ns.url or server.url  # type: ignore[union-attr]
+    try:
+        return {
+            "events": [
+                await events_run(url, ns.events, ns.workers, rate, attach=attach)
+                for rate in ns.rates
+                for attach in (False, True)
+            ],
+            "slots": await slots_run(url, ns.workers, ns.limit, 6, ns.rounds),
+        }
+    finally:
+        if server is not None:
+            server.stop()
+
+
+def run_worker(argv: list[str]) -> None:
+    mode, url, prefix, *rest = argv
+    if mode == "wait":
+        asyncio.run(
+            worker_wait(url, prefix, int(rest[0]), int(rest[1]), rest[2] == "1")
+        )
+    elif mode == "publish":
+        asyncio.run(worker_publish(url, prefix, int(rest[0]), float(rest[1])))
+    else:
+        asyncio.run(worker_slots(url, prefix, int(rest[0]), int(rest[1]), int(rest[2])))
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--worker":
+        run_worker(sys.argv[2:])
+        sys.exit(0)
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--url", help="an existing Redis (default: start one)")
+    parser.add_argument("--events", type=int, default=10_000)
+    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument(
+        "--rates",
+        type=lambda text: [float(r) for r in text.split(",")],
+        default=[1000.0, 2000.0],
+        help="deliveries per second, comma-separated (default 1000,2000)",
+    )
+    parser.add_argument("--limit", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=40)
+    args = parser.parse_args()
+    res = asyncio.run(main(args))
+    out = Path(__file__).parent / "results" / "hub.json"
+    out.write_text(json.dumps(res, indent=2) + "\n")
+    sl = res["slots"]
+    for ev in res["events"]:
+        print(
+            f"publish -> future resolved in another process, {ev['events']} events "
+            f"over {ev['workers']} workers at {ev['rate_per_s']:g}/s"
+            f"{' (a client attached: every event decoded)' if ev['clients_attached'] else ''}"
+            f": p50 {ev['latency_ms_p50']:.2f} ms, p99 {ev['latency_ms_p99']:.2f} ms, "
+            f"max {ev['latency_ms_max']:.2f} ms "
+            f"({'met' if ev['latency_ms_p99'] <= 5 else 'MISSED'}: p99 <= 5 ms)"
+        )
+    ev = res["events"][0]
+    print(
+        f"Redis calls per job: {ev['redis_calls_per_job_total']} executed "
+        f"({ev['redis_calls_per_job']}), {ev['round_trips_per_job']} round trips"
+    )
+    print(
+        f"slots: {sl['processes']} processes x {sl['tasks_per_process']} tasks, limit "
+        f"{sl['limit']}: peak in use {sl['peak_in_use_sampled']} sampled / "
+        f"{sl['peak_in_use_at_admission']} at admission "
+        f"({'met' if max(sl['peak_in_use_sampled'], sl['peak_in_use_at_admission']) <= sl['limit'] else 'MISSED'}), "
+        f"mean {sl['mean_in_use_sampled']}, {sl['acquisitions_per_s']} acquisitions/s, "
+        f"wait p50 {sl['acquire_wait_ms_p50']} ms p99 {sl['acquire_wait_ms_p99']} ms"
+    )

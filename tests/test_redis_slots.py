@@ -1,0 +1,226 @@
+"""RedisSlots: an account-wide counting semaphore with leases, on a real redis-server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+
+import anyio
+import pytest
+
+from redis_fixture import (  # noqa: F401 -- fixtures
+    finish,
+    prefix_fixture,
+    read_line,
+    redis_server_fixture,
+    require_redis,
+    spawn,
+    until,
+)
+
+
+pytestmark = pytest.mark.anyio
+
+WAIT = 10.0  # seconds any single wait may take before the test fails
+
+
+@pytest.fixture(autouse=True)
+def _require_redis():
+    require_redis()
+
+
+@pytest.fixture(name="hubs")
+async def _hubs(redis_server, prefix):
+    """Two hubs on one server and account: two processes, as far as Redis knows."""
+    from pixelbyte_async.redis import RedisHub
+
+    async with (
+        RedisHub(redis_server.url, key_prefix=prefix) as a,
+        RedisHub(redis_server.url, key_prefix=prefix) as b,
+    ):
+        yield a, b
+
+
+async def test_the_limit_holds_across_hubs(hubs):
+    """Leases of every hub count against one limit; a release lets the next in."""
+    from pixelbyte_async import RequestTimeout
+
+    a, b = hubs
+    slots_a, slots_b = a.slots(3), b.slots(3)
+    leases = [await slots_a.acquire(timeout=1), await slots_b.acquire(timeout=1)]
+    leases.append(await slots_a.acquire(timeout=1))
+
+    with pytest.raises(RequestTimeout, match="no job slot freed within 0s"):
+        await slots_b.acquire(timeout=0)
+    assert await slots_a.in_use() == 3
+    assert (slots_a.held, slots_b.held) == (2, 1)
+
+    waiter = asyncio.ensure_future(slots_b.acquire(timeout=WAIT))
+    await slots_a.release(leases[0])  # wakes b at once (pub/sub "released")
+    with anyio.fail_after(WAIT):
+        await waiter
+    assert await slots_b.in_use() == 3
+    assert slots_a.peak == 3
+
+
+async def test_waiters_are_served_first_come_first_served(redis_server, prefix, hubs):
+    """Waiters of several processes get slots in the order they started waiting."""
+    a, b = hubs
+    slots_a = a.slots(1, retry_interval=0.05)
+    slots_b = b.slots(1, retry_interval=0.05)
+    holding = await slots_a.acquire(timeout=1)
+    order: list[str] = []
+
+    async def wait(name, slots):
+        lease = await slots.acquire(timeout=WAIT)
+        order.append(name)
+        await slots.release(lease)
+
+    async with redis_server.client() as raw:
+        queue = f"{prefix}:{{default}}:slots-queue:jobs"
+        async with anyio.create_task_group() as tg:
+            for n, (name, slots) in enumerate(
+                [("b1", slots_b), ("a1", slots_a), ("b2", slots_b), ("a2", slots_a)]
+            ):
+                tg.start_soon(wait, name, slots)
+                await until(_equals(lambda: raw.zcard(queue), n + 1))
+            await slots_a.release(holding)
+
+    assert order == ["b1", "a1", "b2", "a2"]
+
+
+def _equals(read, expected):
+    async def check() -> bool:
+        return expected == await read()
+
+    return check
+
+
+async def test_a_lease_bound_to_a_job_is_released_when_the_job_ends(hubs):
+    """bind() then release_job() (sync, from Job._observe) frees the slot."""
+    a, _ = hubs
+    slots = a.slots(2)
+    lease = await slots.acquire(timeout=1)
+    slots.bind(lease, "job_1")
+    assert slots.leases() == {lease: "job_1"}
+
+    assert slots.release_job("job_1") is True
+    assert slots.release_job("job_1") is False
+    assert slots.held == 0
+    await until(_equals(slots.in_use, 0))
+
+
+async def test_an_adopted_job_counts_even_past_the_limit(hubs):
+    """A job found in flight after a restart takes a slot without waiting."""
+    a, _ = hubs
+    slots = a.slots(1)
+    await slots.acquire(timeout=1)
+
+    lease = slots.adopt("job_found")
+
+    assert slots.adopt("job_found") == lease
+    await until(_equals(slots.in_use, 2))
+
+
+async def test_one_renewal_task_keeps_every_lease_alive(redis_server, prefix):
+    """Leases outlive their lease time while renewed, by one task per process."""
+    from pixelbyte_async import RequestTimeout
+    from pixelbyte_async.redis import RedisHub
+
+    async with (
+        RedisHub(redis_server.url, key_prefix=prefix) as holder,
+        RedisHub(redis_server.url, key_prefix=prefix) as other,
+    ):
+        slots = holder.slots(3, lease=0.5)
+        for _ in range(3):
+            await slots.acquire(timeout=1)
+        renewers = [
+            t for t in asyncio.all_tasks() if t.get_name().endswith("jobs-renew")
+        ]
+        assert len(renewers) == 1
+
+        started = time.monotonic()
+        with pytest.raises(RequestTimeout):  # 3 lease times: still all taken
+            await other.slots(3, lease=0.5).acquire(timeout=1.5)
+        assert time.monotonic() - started >= 1.5
+        assert await slots.in_use() == 3
+
+    async with RedisHub(redis_server.url, key_prefix=prefix) as after:
+        # aclose() gave the leases back at once.
+        assert await after.slots(3, lease=0.5).in_use() == 0
+
+
+async def test_settings_of_a_slot_group_must_agree(hubs):
+    """The same name with another limit is a mistake, reported at once."""
+    a, _ = hubs
+    assert a.slots(2) is a.slots(2)
+    with pytest.raises(ValueError, match="limit=2"):
+        a.slots(3)
+    with pytest.raises(ValueError, match="positive"):
+        a.slots(0, name="other")
+
+
+async def test_three_processes_never_hold_more_than_four_slots(redis_server, prefix):
+    """3 processes × 4 eager tasks share a limit of 4: never more, measured in Redis."""
+    workers = [
+        await spawn(
+            "slots",
+            redis_server.url,
+            prefix,
+            "--limit=4",
+            "--rounds=12",
+            "--concurrency=4",
+            "--lease=5",
+        )
+        for _ in range(3)
+    ]
+    for proc in workers:
+        assert await read_line(proc) == "READY"
+    results = [await finish(proc) for proc in workers]
+
+    assert sum(r["acquired"] for r in results) == 3 * 4 * 12
+    assert max(r["max_seen"] for r in results) == 4
+    assert max(r["peak"] for r in results) == 4
+
+
+async def test_kill_9_frees_the_slots_within_the_lease_time(redis_server, prefix):
+    """A process killed with SIGKILL holds its slots only until its leases expire."""
+    from pixelbyte_async import RequestTimeout
+    from pixelbyte_async.redis import RedisHub
+
+    lease_time = 1.5
+    proc = await spawn(
+        "hold",
+        redis_server.url,
+        prefix,
+        "--limit=4",
+        "--count=4",
+        f"--lease={lease_time}",
+    )
+    try:
+        assert len((await finish_line(proc))["leases"]) == 4
+        async with RedisHub(redis_server.url, key_prefix=prefix) as hub:
+            slots = hub.slots(4, lease=lease_time, retry_interval=0.1)
+            # Renewed by the live process: still full after two lease times.
+            with pytest.raises(RequestTimeout):
+                await slots.acquire(timeout=2 * lease_time)
+            assert await slots.in_use() == 4
+
+            os.kill(proc.pid, signal.SIGKILL)
+            killed = time.monotonic()
+            with anyio.fail_after(WAIT):
+                await slots.acquire(timeout=WAIT)
+            freed_after = time.monotonic() - killed
+
+        assert freed_after <= lease_time + 0.5
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+        await proc.wait()
+
+
+async def finish_line(proc):
+    return json.loads(await read_line(proc))
