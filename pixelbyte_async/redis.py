@@ -59,7 +59,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal, Self
+from typing import Any, Literal, Self
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import anyio
@@ -79,11 +79,7 @@ except ImportError as exc:  # pragma: no cover -- exercised only without the ext
 from ._clock import Clock, SystemClock, sleep_or_until
 from ._errors import PixelByteError, RequestTimeout, ResponseDecodeError
 from ._serde import decode_job
-from .webhooks import WebhookEvent
-
-
-if TYPE_CHECKING:
-    from ._client import PixelByte
+from .webhooks import WebhookEvent, WebhookObserver
 
 
 __all__ = ["HubUnavailable", "RedisHub", "RedisSlots"]
@@ -436,7 +432,7 @@ class RedisHub:
         self._prune_after = math.inf  # when the oldest entry expires
         self._futures: dict[str, asyncio.Future[WebhookEvent]] = {}
         self._waiters: dict[str, int] = {}
-        self._clients: dict[PixelByte, _Loop | None] = {}
+        self._clients: dict[WebhookObserver, _Loop | None] = {}
         self._to_check: set[str] = set()
         self._outbox: OrderedDict[str, bytes] = OrderedDict()
         self._slot_groups: dict[str, RedisSlots] = {}
@@ -924,7 +920,7 @@ class RedisHub:
         self,
         event: WebhookEvent,
         future: asyncio.Future[WebhookEvent] | None,
-        clients: list[tuple[PixelByte, _Loop | None]],
+        clients: list[tuple[WebhookObserver, _Loop | None]],
     ) -> None:
         if future is not None and not future.done():
             future.set_result(event)
@@ -937,7 +933,7 @@ class RedisHub:
                     loop.call_soon_threadsafe(self._feed, client, event)
 
     @staticmethod
-    def _feed(client: PixelByte, event: WebhookEvent) -> None:
+    def _feed(client: WebhookObserver, event: WebhookEvent) -> None:
         try:
             client._webhook_event(event)  # noqa: SLF001 -- client and hub cooperate
         except Exception:
@@ -1053,7 +1049,7 @@ class RedisHub:
             ids = [j for j in self._waiters if j not in self._events]
         return await self._read_stored(ids)
 
-    def attach(self, client: PixelByte) -> None:
+    def attach(self, client: WebhookObserver) -> None:
         """Let *client* observe every event (``client._webhook_event``)."""
         try:
             loop: _Loop | None = asyncio.get_running_loop()
@@ -1063,7 +1059,7 @@ class RedisHub:
             if self._clients.get(client) is None:
                 self._clients[client] = loop
 
-    def detach(self, client: PixelByte) -> None:
+    def detach(self, client: WebhookObserver) -> None:
         """Stop feeding *client*."""
         with self._lock:
             self._clients.pop(client, None)

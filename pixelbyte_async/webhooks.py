@@ -56,7 +56,7 @@ import weakref
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any, Protocol, Self
 from urllib.parse import parse_qsl, unquote_plus
 
 import attrs
@@ -69,8 +69,6 @@ from ._serde import decode_job
 
 if TYPE_CHECKING:
     import aiohttp.web
-
-    from ._client import PixelByte
 
 
 __all__ = [
@@ -365,6 +363,26 @@ def verify(  # noqa: C901, PLR0912 -- one check per documented reason
 
 
 EventHook = Callable[[WebhookEvent], "Awaitable[None] | None"]
+
+
+class WebhookObserver(Protocol):
+    """
+    What a receiver needs from a client attached to it (`PixelByte` is one).
+
+    The receiver hands it every new event (on the loop the client was attached
+    on) and asks whether it knows a job, so deliveries for nobody's jobs can be
+    reported to ``on_unknown``; nothing else of the client is touched.
+    """
+
+    def _webhook_event(self, event: WebhookEvent) -> bool:
+        """Observe *event*; return whether the job is this client's."""
+        ...
+
+    def _knows_job(self, job_id: str) -> bool:
+        """Whether *job_id* is one of this client's jobs."""
+        ...
+
+
 _Loop = asyncio.AbstractEventLoop
 
 
@@ -474,7 +492,7 @@ class WebhookReceiver:
         self._futures: dict[str, list[asyncio.Future[WebhookEvent]]] = {}
         self._waiters: dict[str, int] = {}
         # client -> the loop it was attached on (None: outside a loop).
-        self._clients: dict[PixelByte, _Loop | None] = {}
+        self._clients: dict[WebhookObserver, _Loop | None] = {}
         self._home: weakref.ref[_Loop] | None = None
         self._hook_tasks: set[asyncio.Task[None]] = set()
         self.stats: dict[str, int] = {
@@ -563,7 +581,7 @@ class WebhookReceiver:
         """
         conflict: str | None = None
         futures: list[asyncio.Future[WebhookEvent]] = []
-        clients: list[tuple[PixelByte, _Loop | None]] = []
+        clients: list[tuple[WebhookObserver, _Loop | None]] = []
         home: _Loop | None = None
         with self._lock:
             now = self.clock.monotonic()
@@ -623,13 +641,14 @@ class WebhookReceiver:
         self,
         event: WebhookEvent,
         futures: list[asyncio.Future[WebhookEvent]],
-        clients: list[tuple[PixelByte, _Loop | None]],
+        clients: list[tuple[WebhookObserver, _Loop | None]],
         home: _Loop | None,
     ) -> None:
         """Feed waiters and clients on their loops, then the hooks."""
         here = _running_loop()
         plan: dict[
-            _Loop | None, tuple[list[asyncio.Future[WebhookEvent]], list[PixelByte]]
+            _Loop | None,
+            tuple[list[asyncio.Future[WebhookEvent]], list[WebhookObserver]],
         ] = {}
         for future in futures:
             plan.setdefault(future.get_loop(), ([], []))[0].append(future)
@@ -672,7 +691,7 @@ class WebhookReceiver:
         self,
         event: WebhookEvent,
         futures: list[asyncio.Future[WebhookEvent]],
-        clients: list[PixelByte],
+        clients: list[WebhookObserver],
     ) -> bool:
         """On the waiters' loop: resolve futures, tell clients; True if known."""
         known = _resolve(futures, event)
@@ -843,7 +862,7 @@ class WebhookReceiver:
         """How many job ids have a waiter right now."""
         return len(self._waiters)
 
-    def attach(self, client: PixelByte) -> None:
+    def attach(self, client: WebhookObserver) -> None:
         """Let *client* observe events (done by `PixelByte.use_webhooks`)."""
         loop = _running_loop()
         with self._lock:
@@ -851,7 +870,7 @@ class WebhookReceiver:
             if self._clients.get(client) is None:
                 self._clients[client] = loop
 
-    def detach(self, client: PixelByte) -> None:
+    def detach(self, client: WebhookObserver) -> None:
         """Stop feeding *client*."""
         with self._lock:
             self._clients.pop(client, None)
