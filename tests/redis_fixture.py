@@ -196,6 +196,26 @@ def own_redis_fixture() -> Iterator[RedisServer]:
         yield server
 
 
+@pytest.fixture(name="require_redis_always", autouse=True)
+def require_redis_fixture() -> None:
+    """Fail under CI, skip locally, when no redis-server can be started."""
+    require_redis()
+
+
+@pytest.fixture(name="hubs")
+async def hubs_fixture(
+    redis_server: RedisServer, prefix: str
+) -> AsyncIterator[tuple[Any, Any]]:
+    """Two hubs on one server and account: two processes, as far as Redis knows."""
+    from pixelbyte_async.redis import RedisHub
+
+    async with (
+        RedisHub(redis_server.url, key_prefix=prefix) as a,
+        RedisHub(redis_server.url, key_prefix=prefix) as b,
+    ):
+        yield a, b
+
+
 @pytest.fixture(name="prefix")
 def prefix_fixture() -> str:
     return "t" + uuid.uuid4().hex[:10]

@@ -15,10 +15,12 @@ import pytest
 
 from redis_fixture import (  # noqa: F401 -- fixtures
     SECRET,
+    hubs_fixture,
     make_event,
     prefix_fixture,
     redis_server_fixture,
     require_redis,
+    require_redis_fixture,
     until,
 )
 
@@ -26,23 +28,6 @@ from redis_fixture import (  # noqa: F401 -- fixtures
 pytestmark = pytest.mark.anyio
 
 WAIT = 5.0  # seconds any single wait may take before the test fails
-
-
-@pytest.fixture(autouse=True)
-def _require_redis():
-    require_redis()
-
-
-@pytest.fixture(name="hubs")
-async def _hubs(redis_server, prefix):
-    """Two hubs on one server and account: two processes, as far as Redis knows."""
-    from pixelbyte_async.redis import RedisHub
-
-    async with (
-        RedisHub(redis_server.url, key_prefix=prefix) as a,
-        RedisHub(redis_server.url, key_prefix=prefix) as b,
-    ):
-        yield a, b
 
 
 async def test_a_published_event_resolves_a_waiter_of_another_hub(hubs):

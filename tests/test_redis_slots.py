@@ -13,10 +13,12 @@ import pytest
 
 from redis_fixture import (  # noqa: F401 -- fixtures
     finish,
+    hubs_fixture,
     prefix_fixture,
     read_line,
     redis_server_fixture,
     require_redis,
+    require_redis_fixture,
     spawn,
     until,
 )
@@ -25,23 +27,6 @@ from redis_fixture import (  # noqa: F401 -- fixtures
 pytestmark = pytest.mark.anyio
 
 WAIT = 10.0  # seconds any single wait may take before the test fails
-
-
-@pytest.fixture(autouse=True)
-def _require_redis():
-    require_redis()
-
-
-@pytest.fixture(name="hubs")
-async def _hubs(redis_server, prefix):
-    """Two hubs on one server and account: two processes, as far as Redis knows."""
-    from pixelbyte_async.redis import RedisHub
-
-    async with (
-        RedisHub(redis_server.url, key_prefix=prefix) as a,
-        RedisHub(redis_server.url, key_prefix=prefix) as b,
-    ):
-        yield a, b
 
 
 async def test_the_limit_holds_across_hubs(hubs):

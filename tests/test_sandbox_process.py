@@ -91,9 +91,10 @@ async def test_sandbox_process_speaks_wall_clock_time() -> None:
 async def test_http_webhooks_only_on_loopback(url: str, ok: bool) -> None:
     from pixelbyte_async import InvalidRequestError
 
-    async with FakePixelByte(allow_http_webhooks=True) as fake, PixelByte(
-        api_key=fake.api_key, base_url=fake.url, clock=fake.clock
-    ) as pb:
+    async with (
+        FakePixelByte(allow_http_webhooks=True) as fake,
+        PixelByte(api_key=fake.api_key, base_url=fake.url, clock=fake.clock) as pb,
+    ):
         # The client checks too: send the raw body to see the API's answer.
         send = pb._pipeline.request(
             "POST",
