@@ -1597,9 +1597,7 @@ def _orphan_json(orphan: AuditOrphan) -> dict[str, Any]:
         "jobId": orphan.job.id,
         "model": orphan.job.model,
         "status": orphan.status.value,
-        "createdAt": None
-        if orphan.created_at is None
-        else orphan.created_at.isoformat().replace("+00:00", "Z"),
+        "createdAt": _iso(orphan.created_at),
         "costMicroCents": orphan.cost_micro_cents,
     }
 

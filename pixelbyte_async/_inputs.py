@@ -143,14 +143,19 @@ def is_loopback(host: str | None) -> bool:
         return False
 
 
+def _acceptable_url(value: str) -> bool:
+    """An absolute https URL, or http to a loopback host (the sandbox)."""
+    parts = urlsplit(value)
+    return (parts.scheme == "https" and bool(parts.netloc)) or (
+        parts.scheme == "http" and is_loopback(parts.hostname)
+    )
+
+
 def check_url(value: str, field: str) -> str:
     """
     Require an absolute https URL (http only for loopback hosts, i.e. the sandbox).
     """
-    parts = urlsplit(value)
-    if parts.scheme == "https" and parts.netloc:
-        return value
-    if parts.scheme == "http" and is_loopback(parts.hostname):
+    if _acceptable_url(value):
         return value
     raise ValidationError(
         f"{field} must be an https:// URL, got {value!r}", field=field
@@ -207,10 +212,7 @@ def check_frame_url(value: str, field: str) -> str:
     The message is the same whatever the string names on this machine, so it tells
     nobody which files exist.
     """
-    parts = urlsplit(value)
-    if (parts.scheme == "https" and parts.netloc) or (
-        parts.scheme == "http" and is_loopback(parts.hostname)
-    ):
+    if _acceptable_url(value):
         return value
     raise ValidationError(
         f"{field} must be an https:// URL; a string is never read as a local file "

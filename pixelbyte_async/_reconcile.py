@@ -47,6 +47,8 @@ __all__ = [
     "AuditReport",
     "Claims",
     "Reconciler",
+    "check_settle",
+    "known_cost",
 ]
 
 #: How long after an ambiguous submit began "no job found" is taken as proof that
@@ -64,6 +66,22 @@ DEFAULT_CLAIM_WINDOW = 3600.0
 #: The first and the longest pause between two looks at the job list.
 FIRST_LOOK_INTERVAL = 2.0
 MAX_LOOK_INTERVAL = 30.0
+
+
+def check_settle(value: float) -> float:
+    """Return *value*, a settle horizon in seconds, or raise `ValidationError`."""
+    if not 0 <= value < math.inf:
+        raise ValidationError("settle must be a finite number >= 0", field="settle")
+    return value
+
+
+def known_cost(orphans: Iterable[AuditOrphan]) -> int:
+    """What *orphans* are known to cost (failed and cancelled ones are refunded)."""
+    return sum(
+        o.cost_micro_cents or 0
+        for o in orphans
+        if o.status not in {JobStatus.FAILED, JobStatus.CANCELLED}
+    )
 
 
 def timestamp(value: datetime | float) -> float:
@@ -117,9 +135,6 @@ class Claims:
 
     def __len__(self) -> int:
         return len(self._ids)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._ids)
 
 
 class SubmitInFlight:
@@ -176,11 +191,7 @@ class AuditReport:
     @property
     def cost_micro_cents(self) -> int:
         """The known cost of the orphans (failed and cancelled ones are refunded)."""
-        return sum(
-            o.cost_micro_cents or 0
-            for o in self.orphans
-            if o.status not in {JobStatus.FAILED, JobStatus.CANCELLED}
-        )
+        return known_cost(self.orphans)
 
     @property
     def unknown_cost(self) -> int:
@@ -213,10 +224,8 @@ class Reconciler:
     def __init__(
         self, client: PixelByte, *, settle: float, retention: float | None = None
     ) -> None:
-        if settle < 0 or not math.isfinite(settle):
-            raise ValidationError("settle must be a finite number >= 0", field="settle")
         self._client = client
-        self.settle = settle
+        self.settle = check_settle(settle)
         shortest = 2 * settle + DEFAULT_CLOCK_SKEW
         if retention is None:
             retention = max(DEFAULT_CLAIM_WINDOW, shortest)
@@ -273,9 +282,7 @@ class Reconciler:
         competing: Iterable[AmbiguousSubmitError] = (),
     ) -> Job | None:
         """See `PixelByte.reconcile`."""
-        horizon = self.settle if settle is None else settle
-        if horizon < 0 or not math.isfinite(horizon):
-            raise ValidationError("settle must be a finite number >= 0", field="settle")
+        horizon = self.settle if settle is None else check_settle(settle)
         clock = self._client.clock
         settle_at = error.started_at + horizon
         deadline = math.inf if timeout is None else clock.monotonic() + timeout

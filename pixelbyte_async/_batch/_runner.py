@@ -18,7 +18,7 @@ import anyio
 
 from pixelbyte_async._errors import ValidationError
 from pixelbyte_async._journal import Journal
-from pixelbyte_async._reconcile import AuditOrphan
+from pixelbyte_async._reconcile import AuditOrphan, check_settle
 
 from ._audit import audit
 from ._budget import Budget
@@ -467,8 +467,8 @@ def _check_options(
         )
     if wait_timeout is not None and wait_timeout <= 0:
         raise ValidationError("wait_timeout must be > 0", field="wait_timeout")
-    if settle is not None and not 0 <= settle < float("inf"):
-        raise ValidationError("settle must be a finite number >= 0", field="settle")
+    if settle is not None:
+        check_settle(settle)
     if fit and max_cost_micro_cents is None:
         raise ValidationError(
             "fit needs max_cost_micro_cents (the budget to fit)", field="fit"

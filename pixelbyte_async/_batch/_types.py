@@ -20,8 +20,7 @@ from pixelbyte_async._errors import (
 )
 from pixelbyte_async._inputs import ModelInput
 from pixelbyte_async._journal import JournalError
-from pixelbyte_async._models import JobStatus
-from pixelbyte_async._reconcile import AuditOrphan
+from pixelbyte_async._reconcile import AuditOrphan, known_cost
 
 
 __all__ = [
@@ -304,11 +303,7 @@ class BatchSummary:
     @property
     def orphan_cost_micro_cents(self) -> int:
         """The known cost of the orphans (refunded ones excluded)."""
-        return sum(
-            o.cost_micro_cents or 0
-            for o in self.orphans or ()
-            if o.status not in {JobStatus.FAILED, JobStatus.CANCELLED}
-        )
+        return known_cost(self.orphans or ())
 
     def _count(self, status: BatchItemStatus) -> int:
         return sum(1 for item in self.items if item.status is status)
