@@ -31,6 +31,8 @@ from pathlib import Path
 from typing import Any, NoReturn, Self, TextIO
 from urllib.parse import urlsplit
 
+import anyio
+
 from ._batch import (
     Batch,
     BatchInputError,
@@ -1516,6 +1518,12 @@ async def _audit(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 async def _journal_job_ids(path: Path) -> set[str]:
     """Every job id a journal knows (read-only; the journal may be in use)."""
+    if not await anyio.Path(path).is_file():
+        # A mistyped journal would claim nothing, and its jobs would look orphaned
+        # (and pending ones be cancelled with --cancel-pending).
+        raise JournalError(
+            f"no journal at {path}; give the path of an existing batch journal"
+        )
     journal = await Journal.open(path, readonly=True)
     try:
         return await journal.job_ids()

@@ -113,3 +113,22 @@ async def test_batch_fit_needs_a_budget(tmp_path, capsys):
     )
     assert code == EXIT_CODES["validation"]
     assert "max_cost" in capsys.readouterr().err
+
+
+async def test_audit_refuses_a_journal_that_does_not_exist(live, tmp_path, capsys):
+    """A mistyped --journal must not make the batch's jobs look orphaned."""
+    async with bound_client(live) as pb:
+        await pb.submit(REQUEST)
+    code = await cli(
+        "audit",
+        "--since",
+        "1h",
+        "--journal",
+        str(tmp_path / "typo.sqlite"),
+        "--cancel-pending",
+    )
+    assert code == EXIT_CODES["journal"]
+    err = capsys.readouterr().err
+    assert "no journal at" in err
+    assert "Traceback" not in err
+    assert live.ledger.charged_micro_cents == 250_000  # nothing was cancelled
