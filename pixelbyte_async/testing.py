@@ -67,7 +67,7 @@ _PROG = "python -m pixelbyte_async.testing"
 
 def _parser() -> argparse.ArgumentParser:
     """The options, shared with ``pixelbyte-async sandbox`` (one definition)."""
-    from ._cli import _sandbox_parser  # noqa: PLC0415 -- the CLI owns option parsing
+    from ._fake._process import _sandbox_parser  # noqa: PLC0415 -- only the process parses options
 
     return _sandbox_parser(_PROG)
 
@@ -89,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         address cannot be bound (port in use), with one line saying so.
 
     """
-    from ._cli import _sandbox_main  # noqa: PLC0415 -- the CLI owns option parsing
+    from ._fake._process import _sandbox_main  # noqa: PLC0415 -- (same)
 
     return _sandbox_main(argv, prog=_PROG)
 

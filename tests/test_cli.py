@@ -266,7 +266,7 @@ def test_sandbox_command_runs_the_fake(monkeypatch):
     async def serve(args, out):
         seen.append((args.port, args.time_scale))
 
-    monkeypatch.setattr("pixelbyte_async._cli._serve_sandbox", serve)
+    monkeypatch.setattr("pixelbyte_async._fake._process._serve_sandbox", serve)
     assert main(["sandbox", "--port", "0", "--time-scale", "5"]) == 0
     assert seen == [(0, 5.0)]
 
@@ -450,7 +450,7 @@ async def test_webhook_listen_prints_verified_deliveries():
     import io
 
     import aiohttp
-    from pixelbyte_async._cli import _webhook_listen
+    from pixelbyte_async._cli._webhook_commands import _webhook_listen
     from pixelbyte_async.webhooks import signature_headers
 
     out, err = io.StringIO(), io.StringIO()

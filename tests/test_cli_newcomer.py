@@ -311,7 +311,9 @@ async def test_output_lost_after_the_job_is_one_line_with_the_way_out(
     live, tmp_path, capsys, monkeypatch
 ):
     """If -o still cannot be written after the job (a race): one line, how to fetch it."""
-    monkeypatch.setattr("pixelbyte_async._cli._check_output_file", lambda *_: None)
+    monkeypatch.setattr(
+        "pixelbyte_async._cli._transition_command._check_output_file", lambda *_: None
+    )
     code = await cli("transition", *URLS, "-o", str(tmp_path), "--quiet", *POLL)
     assert code == EXIT_CODES["validation"]
     line = one_line(capsys)
@@ -450,7 +452,7 @@ def test_sandbox_forwards_every_option(monkeypatch):
     async def serve(args, *_):
         seen.append(args)
 
-    monkeypatch.setattr("pixelbyte_async._cli._serve_sandbox", serve)
+    monkeypatch.setattr("pixelbyte_async._fake._process._serve_sandbox", serve)
     argv = ["--port", "0", "--allow-http-webhooks", "--no-auth", "--time-scale", "5"]
     assert main(["sandbox", *argv]) == 0
     assert testing.main(argv) == 0
@@ -536,6 +538,6 @@ def test_any_local_os_error_is_one_line(capsys, monkeypatch):
 
 
 def _demo_png() -> bytes:
-    from pixelbyte_async._cli import DEMO_START, _png
+    from pixelbyte_async._cli._transition_command import DEMO_START, _png
 
     return _png(16, 9, *DEMO_START)

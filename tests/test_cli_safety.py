@@ -13,17 +13,10 @@ import sys
 
 import anyio
 import pytest
-from pixelbyte_async._cli import (
-    EXIT_CODES,
-    _count,
-    _non_negative,
-    _parser,
-    _port,
-    _positive,
-    _resume_command,
-    _usd_to_micro_cents,
-    main,
-)
+from pixelbyte_async._cli import EXIT_CODES, _parser, main
+from pixelbyte_async._cli._options import _usd_to_micro_cents
+from pixelbyte_async._cli._resume import _resume_command
+from pixelbyte_async._cmdline import _count, _non_negative, _port, _positive
 from pixelbyte_async._journal import Journal
 from pixelbyte_async.testing import FakePixelByte, JobScript
 

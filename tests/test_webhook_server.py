@@ -331,7 +331,7 @@ async def test_webhook_listen_is_guarded(monkeypatch):
     import argparse
     import io
 
-    from pixelbyte_async import _cli
+    from pixelbyte_async._cli import _webhook_commands
 
     chosen: dict[str, object] = {}
     built: list[WebhookServer] = []
@@ -344,7 +344,7 @@ async def test_webhook_listen_is_guarded(monkeypatch):
             super().__init__(*args, **kwargs)
             built.append(self)
 
-    monkeypatch.setattr(_cli, "WebhookServer", Recorded)
+    monkeypatch.setattr(_webhook_commands, "WebhookServer", Recorded)
     args = argparse.Namespace(
         host="127.0.0.1",
         port=0,
@@ -354,7 +354,7 @@ async def test_webhook_listen_is_guarded(monkeypatch):
         webhook_secret=[SECRET],
     )
     out, err = io.StringIO(), io.StringIO()
-    task = asyncio.ensure_future(_cli._webhook_listen(args, out, err))
+    task = asyncio.ensure_future(_webhook_commands._webhook_listen(args, out, err))
     try:
         await until(lambda: "Listening on" in err.getvalue(), 5.0)
         (hooks,) = built
