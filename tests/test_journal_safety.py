@@ -13,8 +13,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from pixelbyte_async import JournalError, _journal
-from pixelbyte_async._journal import Journal, read_rows
+from pixelbyte_async import JournalError
+from pixelbyte_async._journal import Journal, _schema, read_rows
 
 
 pytestmark = pytest.mark.anyio
@@ -299,7 +299,8 @@ async def test_new_journal_appears_complete_or_not_at_all(path, monkeypatch):
     """A new journal is built aside and moved into place: a failed build leaves none."""
     with monkeypatch.context() as patch:
         patch.setattr(
-            "pixelbyte_async._journal._SCHEMA", _journal._SCHEMA + "CREATE TABLE (;"
+            "pixelbyte_async._journal._schema._SCHEMA",
+            _schema._SCHEMA + "CREATE TABLE (;",
         )
         with pytest.raises(JournalError, match="cannot use journal") as exc:
             await Journal.open(path)

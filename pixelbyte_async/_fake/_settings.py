@@ -1,0 +1,121 @@
+"""
+`FakeSettings`: the clock and the knobs of a `FakePixelByte` (a mixin of it).
+
+Each knob reads and writes the fake's `FakeState`; the docstrings are the public
+documentation of `FakePixelByte`'s properties.
+"""
+
+from __future__ import annotations
+
+from pixelbyte_async._clock import VirtualClock
+
+from ._state import Envelope, FakeState
+
+
+__all__ = ["ENVELOPES", "FakeSettings"]
+
+#: The envelope styles of success bodies.
+ENVELOPES = ("mixed", "flat", "wrapped")
+
+
+class FakeSettings:
+    """The clock and knobs of `FakePixelByte`, over the state it owns."""
+
+    _state: FakeState
+
+    # -- time -------------------------------------------------------------------------
+
+    @property
+    def clock(self) -> VirtualClock:
+        """Return the clock every timestamp and job transition is read from."""
+        return self._state.clock
+
+    def advance(self, seconds: float) -> None:
+        """
+        Move virtual time forward by *seconds*.
+
+        Args:
+            seconds: How far; never negative.
+
+        """
+        self._state.clock.advance(seconds)
+
+    # -- knobs --------------------------------------------------------------------------
+
+    @property
+    def envelope(self) -> Envelope:
+        """Return (or set) the envelope style of success bodies."""
+        return self._state.envelope
+
+    @envelope.setter
+    def envelope(self, value: Envelope) -> None:
+        if value not in ENVELOPES:
+            raise ValueError(f"envelope must be one of {ENVELOPES}, not {value!r}")
+        self._state.envelope = value
+
+    @property
+    def price_factor(self) -> float:
+        """
+        This account's prices relative to list prices (default 1.0).
+
+        ``1.1`` models an account that pays 10 % more than the public table: the
+        estimate endpoint and the charges both say so, the SDK's local table does
+        not.
+        """
+        return self._state.price_factor
+
+    @price_factor.setter
+    def price_factor(self, value: float) -> None:
+        if not value > 0:
+            raise ValueError("price_factor must be > 0")
+        self._state.price_factor = float(value)
+
+    @property
+    def concurrent_job_limit(self) -> int | None:
+        """Return (or set) the concurrent-job limit; `None` is unlimited."""
+        return self._state.concurrent_job_limit
+
+    @concurrent_job_limit.setter
+    def concurrent_job_limit(self, value: int | None) -> None:
+        self._state.concurrent_job_limit = value
+
+    @property
+    def concurrency_retry_after(self) -> int:
+        """Return (or set) ``details.retryAfter`` of ``CONCURRENT_JOBS_EXCEEDED``."""
+        return self._state.concurrency_retry_after
+
+    @concurrency_retry_after.setter
+    def concurrency_retry_after(self, value: int) -> None:
+        self._state.concurrency_retry_after = value
+
+    @property
+    def balance_micro_cents(self) -> int | None:
+        """
+        Return (or set) the balance left after charges and refunds.
+
+        `None` means the balance is not modelled and never runs out.
+        """
+        return self._state.balance()
+
+    @balance_micro_cents.setter
+    def balance_micro_cents(self, value: int | None) -> None:
+        state = self._state
+        state.initial_balance = None if value is None else value + state.net_charged()
+
+    @property
+    def require_auth(self) -> bool:
+        """Return (or set) whether API keys are checked."""
+        return self._state.require_auth
+
+    @require_auth.setter
+    def require_auth(self, value: bool) -> None:
+        self._state.require_auth = value
+
+    @property
+    def allow_http_webhooks(self) -> bool:
+        """Return (or set) whether ``http://`` webhook URLs are accepted."""
+        return self._state.allow_http_webhooks
+
+    @allow_http_webhooks.setter
+    def allow_http_webhooks(self, value: bool) -> None:
+        self._state.allow_http_webhooks = value

@@ -1,0 +1,303 @@
+"""
+`Journal`: the reads and writes of a batch's record, one transaction per call.
+
+Each write records one step of a row's lifecycle (see the package docstring) before
+the step it guards happens; the connection underneath is `JournalConnection`.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from ._connection import JournalConnection
+from ._schema import JournalRow, State, columns, decode_row
+
+
+__all__ = ["Journal"]
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+class Journal(JournalConnection):
+    """
+    A batch's durable record (see the package docstring); internal to `run_batch`.
+
+    Open with `Journal.open` and close with `aclose`.  Every method runs its SQL
+    in a worker thread, one call at a time, each in its own transaction.
+    """
+
+    # -- reads -------------------------------------------------------------------------
+
+    async def rows(self) -> dict[str, JournalRow]:
+        """Return every row by key, in planning order."""
+        return await self._call(self._rows_sync)
+
+    def _rows_sync(self) -> dict[str, JournalRow]:
+        cursor = self._conn.execute(
+            f"SELECT {columns(self._conn)} FROM items ORDER BY position"  # noqa: S608 -- a constant column list
+        )
+        return {row.key: row for row in map(decode_row, cursor.fetchall())}
+
+    async def get(self, key: str) -> JournalRow | None:
+        """Return the row of *key*, if it exists."""
+        return await self._call(self._get_sync, key)
+
+    def _get_sync(self, key: str) -> JournalRow | None:
+        found = self._conn.execute(
+            f"SELECT {columns(self._conn)} FROM items WHERE key = ?",  # noqa: S608 -- a constant column list
+            (key,),
+        ).fetchone()
+        return None if found is None else decode_row(found)
+
+    async def job_ids(self) -> set[str]:
+        """Return every job id the journal knows, from every row and every attempt."""
+        return await self._call(self._job_ids_sync)
+
+    def _job_ids_sync(self) -> set[str]:
+        ids = {
+            r[0]
+            for r in self._conn.execute(
+                "SELECT job_id FROM items WHERE job_id IS NOT NULL "
+                "UNION SELECT job_id FROM attempts WHERE job_id IS NOT NULL"
+            )
+        }
+        for (candidates,) in self._conn.execute(
+            "SELECT candidates_json FROM items WHERE candidates_json IS NOT NULL"
+        ):
+            ids.update(json.loads(candidates))
+        return ids
+
+    # -- writes --------------------------------------------------------------------------
+
+    async def plan(
+        self, entries: Iterable[tuple[str, str, Mapping[str, Any]]]
+    ) -> dict[str, JournalRow]:
+        """
+        Add a ``planned`` row for every ``(key, model, input)`` not yet in the journal.
+
+        Rows that exist are left alone (a ``planned`` row takes the new input).
+
+        Returns:
+            Every row by key, after the change.
+
+        """
+        items = [(key, model, _dumps(dict(value))) for key, model, value in entries]
+        return await self._call(self._plan_sync, items)
+
+    def _plan_sync(self, items: list[tuple[str, str, str]]) -> dict[str, JournalRow]:
+        now = time.time()
+        with self._conn:
+            (start,) = self._conn.execute(
+                "SELECT COALESCE(MAX(position) + 1, 0) FROM items"
+            ).fetchone()
+            self._conn.executemany(
+                "INSERT INTO items (key, position, model, input_json, state, "
+                "created_at, updated_at) VALUES (?, ?, ?, ?, 'planned', ?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET model = excluded.model, "
+                "input_json = excluded.input_json, updated_at = excluded.updated_at "
+                "WHERE items.state = 'planned' AND items.input_json != excluded.input_json",
+                [
+                    (key, start + n, model, value, now, now)
+                    for n, (key, model, value) in enumerate(items)
+                ],
+            )
+        return self._rows_sync()
+
+    async def submitting(
+        self,
+        key: str,
+        *,
+        started_at: float,
+        sent_input: Mapping[str, Any] | None,
+        attempt: str | None = None,
+    ) -> None:
+        """
+        Record that a submit of *key* is about to be sent (its fate is unknown now).
+
+        Args:
+            key: The row.
+            started_at: Unix time (the client's clock) the attempt began; the
+                settle horizon of a submit of unknown fate counts from it.
+            sent_input: The exact input about to be sent (uploaded frames as URLs).
+            attempt: The attempt's nonce (``pb_attempt``), if webhooks tag it.
+
+        """
+        sent = None if sent_input is None else _dumps(dict(sent_input))
+        await self._call(self._submitting_sync, key, started_at, sent, attempt)
+
+    def _submitting_sync(
+        self, key: str, started_at: float, sent: str | None, attempt: str | None
+    ) -> None:
+        with self._conn:
+            self._conn.execute(
+                "UPDATE items SET state = 'submitting', started_at = ?, job_id = NULL, "
+                "cost_micro_cents = NULL, cost_known = 0, job_status = NULL, "
+                "output_url = NULL, output_path = NULL, output_bytes = NULL, "
+                "error = NULL, attempts = attempts + 1, updated_at = ? WHERE key = ?",
+                (started_at, time.time(), key),
+            )
+            self._conn.execute(
+                "INSERT INTO attempts (key, started_at, sent_input_json, nonce) "
+                "VALUES (?, ?, ?, ?)",
+                (key, started_at, sent, attempt),
+            )
+
+    async def submitted(
+        self,
+        key: str,
+        *,
+        job_id: str,
+        cost_micro_cents: int | None,
+        cost_known: bool,
+        status: str,
+        how: str = "submitted",
+    ) -> None:
+        """
+        Record the job a submit created (or that reconciling found) for *key*.
+
+        Args:
+            key: The row.
+            job_id: The job.
+            cost_micro_cents: Its charge (or an estimate, see *cost_known*).
+            cost_known: Whether the API said what it charged.
+            status: The job's status.
+            how: ``"submitted"``, ``"reconciled"`` (found by reconcile) or
+                ``"resolved"`` (chosen by the user); kept in the attempt's history.
+
+        """
+        await self._call(
+            functools.partial(
+                self._submitted_sync,
+                key,
+                job_id=job_id,
+                cost=cost_micro_cents,
+                cost_known=cost_known,
+                status=status,
+                how=how,
+            )
+        )
+
+    def _submitted_sync(
+        self,
+        key: str,
+        *,
+        job_id: str,
+        cost: int | None,
+        cost_known: bool,
+        status: str,
+        how: str,
+    ) -> None:
+        with self._conn:
+            self._conn.execute(
+                "UPDATE items SET state = 'submitted', job_id = ?, "
+                "cost_micro_cents = ?, cost_known = ?, job_status = ?, error = NULL, "
+                "candidates_json = NULL, updated_at = ? WHERE key = ?",
+                (job_id, cost, int(cost_known), status, time.time(), key),
+            )
+            self._set_latest_attempt(key, job_id=job_id, outcome=how)
+
+    def _set_latest_attempt(
+        self, key: str, *, job_id: str | None, outcome: str
+    ) -> None:
+        self._conn.execute(
+            "UPDATE attempts SET job_id = COALESCE(?, job_id), outcome = ? "
+            "WHERE id = (SELECT MAX(id) FROM attempts WHERE key = ?)",
+            (job_id, outcome, key),
+        )
+
+    async def unsubmitted(self, key: str, *, error: str | None) -> None:
+        """Record that no job was created for *key* (back to ``planned``)."""
+        await self._call(self._unsubmitted_sync, key, error)
+
+    def _unsubmitted_sync(self, key: str, error: str | None) -> None:
+        with self._conn:
+            self._conn.execute(
+                "UPDATE items SET state = 'planned', job_id = NULL, "
+                "cost_micro_cents = NULL, cost_known = 0, job_status = NULL, "
+                "error = ?, candidates_json = NULL, updated_at = ? WHERE key = ?",
+                (error, time.time(), key),
+            )
+            self._set_latest_attempt(key, job_id=None, outcome="no_job")
+
+    async def status(
+        self,
+        key: str,
+        *,
+        status: str,
+        output_url: str | None = None,
+        error: str | None = None,
+    ) -> None:
+        """
+        Record the job's latest *status* (terminal ones move the row's state).
+
+        Args:
+            key: The row.
+            status: ``pending``, ``processing``, ``completed``, ``failed`` …
+            output_url: The output URL, once completed.
+            error: Why the job failed, in words.
+
+        """
+        await self._call(self._status_sync, key, status, output_url, error)
+
+    def _status_sync(
+        self, key: str, status: str, output_url: str | None, error: str | None
+    ) -> None:
+        state = status if status in {"completed", "failed", "cancelled"} else None
+        with self._conn:
+            self._conn.execute(
+                "UPDATE items SET job_status = ?, "
+                "state = CASE WHEN ? IS NULL OR state = 'downloaded' THEN state "
+                "ELSE ? END, "
+                "output_url = COALESCE(?, output_url), error = ?, updated_at = ? "
+                "WHERE key = ?",
+                (status, state, state, output_url, error, time.time(), key),
+            )
+
+    async def downloaded(self, key: str, *, path: str, size: int) -> None:
+        """Record that the output of *key* was written to *path* (*size* bytes)."""
+        await self._call(self._downloaded_sync, key, path, size)
+
+    def _downloaded_sync(self, key: str, path: str, size: int) -> None:
+        with self._conn:
+            self._conn.execute(
+                "UPDATE items SET state = 'downloaded', output_path = ?, "
+                "output_bytes = ?, error = NULL, updated_at = ? WHERE key = ?",
+                (path, size, time.time(), key),
+            )
+
+    async def needs_attention(
+        self, key: str, *, reason: str, candidates: Iterable[str] = ()
+    ) -> None:
+        """
+        Park *key*: a submit of unknown fate that could not be matched safely.
+
+        The row is never re-sent automatically; *candidates* (job ids that may be
+        its job) are kept so no paid job is lost track of.
+        """
+        await self._call(self._attention_sync, key, reason, _dumps(sorted(candidates)))
+
+    def _attention_sync(self, key: str, reason: str, candidates: str) -> None:
+        with self._conn:
+            self._conn.execute(
+                "UPDATE items SET state = 'needs_attention', error = ?, "
+                "candidates_json = ?, updated_at = ? WHERE key = ?",
+                (reason, candidates, time.time(), key),
+            )
+            self._set_latest_attempt(key, job_id=None, outcome="needs_attention")
+
+    async def set_state(self, key: str, state: State, *, error: str | None) -> None:
+        """Move *key* to *state* directly (repairs and tests)."""
+        await self._call(self._set_state_sync, key, state, error)
+
+    def _set_state_sync(self, key: str, state: State, error: str | None) -> None:
+        with self._conn:
+            self._conn.execute(
+                "UPDATE items SET state = ?, error = ?, updated_at = ? WHERE key = ?",
+                (state, error, time.time(), key),
+            )

@@ -1,0 +1,151 @@
+"""
+`FakePixelByte` webhooks: signatures, deliveries, retries, and the auto sender.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+from typing import NamedTuple
+
+import pytest
+from aiohttp import web
+from pixelbyte_async._fake._webhooks import sign
+from pixelbyte_async.testing import (
+    FakePixelByte,
+    JobScript,
+)
+
+from fake_helpers import (
+    api,
+    session_fixture,  # noqa: F401 -- the session fixture
+    submit_ok,
+)
+
+
+pytestmark = pytest.mark.anyio
+
+# -- webhooks -------------------------------------------------------------------------
+
+
+class Receiver(NamedTuple):
+    url: str
+    hits: list[tuple[dict[str, str], bytes]]
+    statuses: list[int]
+
+
+@pytest.fixture(name="receiver")
+async def _receiver():
+    hits: list[tuple[dict[str, str], bytes]] = []
+    statuses: list[int] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        hits.append((dict(request.headers), await request.read()))
+        return web.Response(status=statuses.pop(0) if statuses else 200)
+
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    port = runner.addresses[0][1]
+    yield Receiver(f"http://127.0.0.1:{port}/hook", hits, statuses)
+    await runner.cleanup()
+
+
+def test_signature_test_vector():
+    """The fake signs webhooks as the contract's test vector says."""
+    body = b'{"jobId":"job_abc123","status":"completed"}'
+    assert sign("whsec_test", "1760000000", body) == (
+        "sha256=3808736d8de9872ff32cb085bd9851cbad6f089e4e55195bbec1450e5295989e"
+    )
+
+
+async def test_webhook_delivery(session, receiver):
+    """A finished job's webhook is POSTed once, signed over the exact body."""
+    async with FakePixelByte(allow_http_webhooks=True) as fake:
+        job_id = await submit_ok(session, fake, webhookUrl=receiver.url)
+        assert await fake.deliver_webhooks() == []
+        fake.advance(245)
+        [delivery] = await fake.deliver_webhooks()
+        assert delivery.ok
+        assert await fake.deliver_webhooks() == []
+        [(headers, body)] = receiver.hits
+        assert body == delivery.body
+        ts = headers["X-PixelByte-Timestamp"]
+        assert int(ts) == int(fake.clock.time())
+        expected = hmac.new(
+            fake.webhook_secret.encode(), ts.encode() + b"." + body, hashlib.sha256
+        ).hexdigest()
+        assert headers["X-PixelByte-Signature"] == f"sha256={expected}"
+        payload = json.loads(body)
+        assert payload["jobId"] == job_id
+        assert payload["status"] == "completed"
+        assert payload["requestId"] == fake.jobs[job_id].request_id
+        assert payload["output"].endswith("/output_0.mp4")
+        assert payload["completedAt"].endswith("Z")
+        assert fake.webhook_deliveries == [delivery]
+
+
+async def test_webhook_failure_payload_and_retries(session, receiver):
+    """Failed jobs send error; non-2xx answers are retried after 1, 4, ... s."""
+    async with FakePixelByte(
+        allow_http_webhooks=True, webhook_secret="whsec_x"
+    ) as fake:
+        fake.script_next(
+            JobScript(outcome="failed", queue_seconds=0, processing_seconds=1)
+        )
+        await submit_ok(session, fake, webhookUrl=receiver.url)
+        receiver.statuses.extend([500, 503])
+        fake.advance(1)
+        [first] = await fake.deliver_webhooks()
+        assert (first.attempt, first.status, first.ok) == (1, 500, False)
+        assert await fake.deliver_webhooks() == []
+        fake.advance(1)
+        [second] = await fake.deliver_webhooks()
+        assert (second.attempt, second.status) == (2, 503)
+        fake.advance(4)
+        [third] = await fake.deliver_webhooks()
+        assert third.ok
+        payload = json.loads(third.body)
+        assert payload["status"] == "failed"
+        assert payload["error"]["code"] == "GENERATION_FAILED"
+        assert "output" not in payload
+        ts = third.headers["X-PixelByte-Timestamp"]
+        assert third.headers["X-PixelByte-Signature"] == sign("whsec_x", ts, third.body)
+
+
+async def test_webhook_unreachable_gives_up(session):
+    """An unreachable receiver is retried five times and then abandoned."""
+    async with FakePixelByte(allow_http_webhooks=True) as fake:
+        fake.script_next(JobScript(queue_seconds=0, processing_seconds=0))
+        await submit_ok(session, fake, webhookUrl="http://127.0.0.1:9/hook")
+        attempts = []
+        for delay in (0, 1, 4, 16, 64, 256, 1000):
+            fake.advance(delay)
+            attempts += await fake.deliver_webhooks()
+        assert [a.attempt for a in attempts] == [1, 2, 3, 4, 5, 6]
+        assert all(a.status is None and a.error for a in attempts)
+
+
+async def test_cancelled_jobs_send_no_webhook(session, receiver):
+    """Cancellation sends no webhook."""
+    async with FakePixelByte(allow_http_webhooks=True) as fake:
+        job_id = await submit_ok(session, fake, webhookUrl=receiver.url)
+        await api(session, fake, "POST", f"/v1/jobs/{job_id}/cancel")
+        fake.advance(1000)
+        assert await fake.deliver_webhooks() == []
+
+
+async def test_auto_webhooks(session, receiver):
+    """With auto_webhooks a background task delivers without being asked."""
+    async with FakePixelByte(allow_http_webhooks=True, auto_webhooks=True) as fake:
+        await submit_ok(session, fake, webhookUrl=receiver.url)
+        fake.advance(245)
+        for _ in range(100):
+            if receiver.hits:
+                break
+            await asyncio.sleep(0.01)
+        assert len(receiver.hits) == 1
