@@ -109,7 +109,7 @@ async def test_one_shared_future_per_job_and_release_forgets_it(hubs):
 
     assert first.cancelled()
     assert b.waiting == 0
-    assert b._futures == {}
+    assert b._memory._futures == {}
 
 
 async def test_a_waiter_never_misses_an_event_published_meanwhile(hubs):
@@ -371,7 +371,7 @@ async def test_a_rediss_url_uses_tls(prefix):
         url, key_prefix=prefix, connect_timeout=1, reconnect_initial=30
     ) as hub:
         assert not hub.healthy
-        assert hub._redis.connection_pool.connection_class is SSLConnection
+        assert hub._link._redis.connection_pool.connection_class is SSLConnection
 
 
 async def test_this_process_forgets_old_events(redis_server, prefix):
@@ -398,7 +398,7 @@ async def test_this_process_forgets_old_events(redis_server, prefix):
 
         assert hub.event_for("job_m4") is None
         assert hub.job_for_attempt("att_m4") is None
-        assert (hub._events, hub._attempts) == ({}, {})
+        assert (hub._memory._events, hub._memory._attempts) == ({}, {})
 
 
 async def test_foreign_or_broken_data_in_redis_is_ignored(redis_server, prefix, hubs):

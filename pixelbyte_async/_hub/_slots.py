@@ -1,0 +1,367 @@
+"""
+Account-wide job slots in Redis: `RedisSlots`, and the slot groups of one hub.
+
+`RedisSlots` is a counting semaphore with leases, shared by every process of an
+account: waiters queue in Redis in arrival order, are admitted by one Lua script,
+are woken by a release message on the hub's channel, and fall back to a
+per-process limit while Redis is away.  The leases a process holds are kept by
+`HeldLeases`.  `SlotGroups` are a hub's groups by name: made once, told about
+health and releases, closed with the hub.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import math
+
+import anyio
+
+from pixelbyte_async._clock import sleep_or_until
+from pixelbyte_async._errors import RequestTimeout
+
+from ._codec import check_name, ms
+from ._leases import HeldLeases, SlotsHub
+from ._link import FAULTS, HubUnavailable
+
+
+__all__ = ["RedisSlots", "SlotGroups"]
+
+_MAX_PAUSE = 60.0  # longest single pause of a slot waiter (re-checks health)
+
+
+class RedisSlots:
+    """
+    An account-wide counting semaphore with leases, kept in Redis.
+
+    A lease is a member of a sorted set scored by its expiry (Redis server time),
+    admitted by a Lua script that first drops expired leases, so a process that
+    dies (even ``kill -9``) frees its slots when its leases expire.  One task per
+    process renews all of its leases every *lease*/3 seconds.
+
+    **Fairness.**  Waiters queue in Redis in arrival order (FIFO across all
+    processes): a waiter is admitted only when fewer waiters are ahead of it than
+    there are free slots.  A release wakes the waiters of every process at once
+    (a pub/sub message); a slot freed by an expired lease is noticed within
+    *retry_interval* (jittered).  A waiter whose process died leaves the queue
+    after ``max(2 s, 5 × retry_interval)``.
+
+    **Redis away.**  Admission falls back to a per-process limit, *fallback_limit*
+    (default: *limit* divided by the number of processes last seen renewing
+    leases, at least 1), counting every lease this process holds.  When Redis is
+    back, every lease held is registered again, so the account-wide count is true
+    again even if it briefly exceeds *limit*.
+
+    Made by `RedisHub.slots`.
+
+    Args:
+        hub: The `RedisHub`.
+        limit: Slots for the whole account (use the same value in every process).
+        name: Several independent groups may share an account.
+        lease: Seconds a lease lives without renewal.
+        fallback_limit: The per-process limit while Redis is away.
+        retry_interval: Mean pause between a waiter's attempts (jittered).
+
+    .. versionadded:: 0.3.0
+
+    """
+
+    def __init__(
+        self,
+        hub: SlotsHub,
+        limit: int,
+        *,
+        name: str = "jobs",
+        lease: float = 60.0,
+        fallback_limit: int | None = None,
+        retry_interval: float = 1.0,
+    ) -> None:
+        if not isinstance(limit, int) or limit < 1:
+            raise ValueError("limit must be a positive integer")
+        if not lease > 0:
+            raise ValueError("lease must be a positive number of seconds")
+        if fallback_limit is not None and fallback_limit < 1:
+            raise ValueError("fallback_limit must be a positive integer")
+        if not retry_interval > 0:
+            raise ValueError("retry_interval must be a positive number of seconds")
+        self.hub = hub
+        self.limit = limit
+        self.name = check_name("name", name)
+        self.lease = float(lease)
+        self.retry_interval = float(retry_interval)
+        self._fallback = fallback_limit
+        self._link = hub._link  # noqa: SLF001 -- a slot group is part of its hub
+        key = self._link.key
+        self._keys = [
+            key("slots", name),
+            key("slots-queue", name),
+            key("slots-queue-expiry", name),
+            key("slots-seq", name),
+        ]
+        self._queue_ttl = max(2.0, 5 * self.retry_interval)
+        self._leases = HeldLeases(
+            self,
+            self._link,
+            leases_key=self._keys[0],
+            procs_key=key("slots-procs", name),
+        )
+        self._ids = itertools.count()
+        self._wake: asyncio.Future[None] | None = None
+        #: The most leases seen in use account-wide right after an admission.
+        self.peak = 0
+        #: Admissions made under the per-process fallback limit.
+        self.fallback_admissions = 0
+
+    def __repr__(self) -> str:
+        return (
+            f"RedisSlots(name={self.name!r}, limit={self.limit}, "
+            f"held={len(self._leases.held)}, lease={self.lease:g})"
+        )
+
+    @property
+    def fallback_limit(self) -> int:
+        """The per-process limit used while Redis is away."""
+        if self._fallback is not None:
+            return self._fallback
+        return max(1, self.limit // max(1, self._leases.processes))
+
+    @property
+    def held(self) -> int:
+        """How many leases this process holds."""
+        return len(self._leases.held)
+
+    def leases(self) -> dict[str, str | None]:
+        """Return this process's leases, each with the job id bound to it."""
+        return dict(self._leases.held)
+
+    # -- waking ----------------------------------------------------------------------------
+
+    def _notify(self) -> None:
+        wake, self._wake = self._wake, None
+        if wake is not None and not wake.done():
+            wake.set_result(None)
+
+    def _wake_future(self) -> asyncio.Future[None]:
+        if self._wake is None or self._wake.done():
+            self._wake = asyncio.get_running_loop().create_future()
+        return self._wake
+
+    def _health_changed(self, *, healthy: bool) -> None:
+        self._notify()
+        if healthy:
+            self._leases.kick_renewer()
+
+    # -- acquiring ------------------------------------------------------------------------
+
+    def _new_id(self, kind: str) -> str:
+        return f"{self.hub.instance_id}:{kind}{next(self._ids)}"
+
+    async def acquire(self, timeout: float | None = None) -> str:
+        """
+        Wait for a slot and return its lease id.
+
+        Args:
+            timeout: Seconds to wait at most (None: until a slot frees).  One
+                attempt is always made, even with 0.
+
+        Raises:
+            RequestTimeout: No slot freed in time.
+            RuntimeError: The hub is not started (or was closed meanwhile).
+
+        """
+        link = self._link
+        link.require_loop()
+        self._leases.ensure_renewer()
+        clock = self.hub.clock
+        deadline = clock.monotonic() + (math.inf if timeout is None else timeout)
+        waiter = self._new_id("w")
+        lease = self._new_id("l")
+        queued = False
+        try:
+            while True:
+                if not link.running():
+                    raise RuntimeError("the RedisHub of these job slots is closed")
+                pause = _MAX_PAUSE
+                if self.hub.healthy:
+                    args = [
+                        self.limit,
+                        ms(self.lease),
+                        waiter,
+                        lease,
+                        ms(self._queue_ttl),
+                    ]
+                    try:
+                        granted, _rank, used = await link.call(
+                            "acquire", self._keys, args
+                        )
+                    except FAULTS:
+                        continue  # the hub is unhealthy now: fall back below
+                    if granted:
+                        queued = False
+                        self.peak = max(self.peak, int(used))
+                        self._leases.held[lease] = None
+                        return lease
+                    queued = True
+                    pause = self.retry_interval * link.uniform(0.5, 1.5)
+                elif len(self._leases.held) < self.fallback_limit:
+                    self.fallback_admissions += 1
+                    self._leases.held[lease] = None
+                    return lease
+                remaining = deadline - clock.monotonic()
+                if remaining <= 0:
+                    raise RequestTimeout(
+                        f"no job slot freed within {timeout}s ({self.limit} slots "
+                        f"of account {self.hub.account!r}; {len(self._leases.held)} held "
+                        "by this process)",
+                        request_sent=False,
+                    )
+                await sleep_or_until(clock, min(pause, remaining), self._wake_future())
+        finally:
+            if queued:
+                # Leave the queue at once rather than block it until expiry.
+                with (
+                    anyio.move_on_after(self.hub.connect_timeout, shield=True),
+                    contextlib.suppress(*FAULTS),
+                ):
+                    await link.call("leave", self._keys[1:3], [waiter])
+
+    def bind(self, lease: str, job_id: str) -> None:
+        """Note that *lease* is the slot of *job_id* (see `release_job`)."""
+        self._leases.bind(lease, job_id)
+
+    def adopt(self, job_id: str) -> str:
+        """
+        Count a job already in flight (found after a restart) without waiting.
+
+        The lease is registered in Redis at once by the renewal task, even past
+        *limit*.
+        """
+        leases = self._leases
+        self._link.require_loop()
+        leases.ensure_renewer()
+        existing = leases.by_job.get(job_id)
+        if existing is not None:
+            return existing
+        lease = self._new_id("a")
+        leases.held[lease] = job_id
+        leases.by_job[job_id] = lease
+        leases.kick_renewer()
+        return lease
+
+    # -- releasing ------------------------------------------------------------------------
+
+    def _forget(self, lease: str) -> bool:
+        if not self._leases.forget(lease):
+            return False
+        self._notify()
+        return True
+
+    async def release(self, lease: str) -> None:
+        """Give *lease* back (no-op if this process does not hold it)."""
+        if self._forget(lease):
+            await self._leases.release_in_redis([lease])
+
+    def release_soon(self, lease: str) -> None:
+        """Give *lease* back now, and to Redis from a background task (sync code)."""
+        if self._forget(lease):
+            self._leases.release_later(lease)
+
+    def release_job(self, job_id: str) -> bool:
+        """Give back the lease bound to *job_id* (`release_soon`); False if none."""
+        lease = self._leases.by_job.get(job_id)
+        if lease is None:
+            return False
+        self.release_soon(lease)
+        return True
+
+    # -- renewing and counting -----------------------------------------------------------
+
+    async def renew(self, lease: str) -> None:
+        """
+        Extend *lease* by *lease* seconds now (the background task does it for all).
+
+        Raises:
+            HubUnavailable: Redis could not be reached.
+
+        """
+        self._link.require_loop()
+        try:
+            await self._leases.renew([lease])
+        except FAULTS as exc:
+            raise HubUnavailable(f"could not renew lease {lease}") from exc
+
+    async def in_use(self) -> int:
+        """Return how many leases are alive account-wide (read from Redis)."""
+        self._link.require_loop()
+        try:
+            used = await self._link.call("in_use", self._keys[:1], [])
+        except FAULTS as exc:
+            raise HubUnavailable("could not count the job slots in use") from exc
+        return int(used)
+
+    async def _close(self) -> None:
+        """Stop renewing and give back every lease of this process."""
+        await self._leases.close()
+        self._notify()
+
+
+class SlotGroups:
+    """The job slot groups of one hub, by name (one `RedisSlots` per name)."""
+
+    def __init__(self) -> None:
+        self._groups: dict[str, RedisSlots] = {}
+
+    def slots(
+        self,
+        hub: SlotsHub,
+        limit: int,
+        *,
+        name: str,
+        lease: float,
+        fallback_limit: int | None,
+        retry_interval: float,
+    ) -> RedisSlots:
+        """Return *hub*'s group *name*, made now if need be (see `RedisHub.slots`)."""
+        group = self._groups.get(name)
+        if group is None:
+            group = RedisSlots(
+                hub,
+                limit,
+                name=name,
+                lease=lease,
+                fallback_limit=fallback_limit,
+                retry_interval=retry_interval,
+            )
+            self._groups[name] = group
+        elif (group.limit, group.lease) != (limit, lease):
+            raise ValueError(
+                f"job slots {name!r} exist with limit={group.limit}, "
+                f"lease={group.lease:g}"
+            )
+        return group
+
+    def released(self, name: str) -> None:
+        """A slot of group *name* was released (in any process): wake its waiters."""
+        group = self._groups.get(name)
+        if group is not None:
+            group._notify()  # noqa: SLF001 -- the hub owns its slot groups
+
+    def health_changed(self, healthy: bool) -> None:
+        """Tell every group that the hub's health changed."""
+        for group in list(self._groups.values()):
+            group._health_changed(healthy=healthy)  # noqa: SLF001 -- the hub owns its slot groups
+
+    def outage_note(self) -> str:
+        """The part of the outage WARNING that names each group's fallback limit."""
+        return "".join(
+            f"; job slots {g.name!r} fall back to a per-process limit of "
+            f"{g.fallback_limit}"
+            for g in self._groups.values()
+        )
+
+    async def close(self, timeout: float) -> None:
+        """Give back every group's leases (at most *timeout* seconds per group)."""
+        for group in list(self._groups.values()):
+            with anyio.move_on_after(timeout):
+                await group._close()  # noqa: SLF001 -- the hub owns its slot groups
