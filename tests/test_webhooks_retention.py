@@ -14,7 +14,7 @@ import json
 import weakref
 
 import pytest
-from pixelbyte_async import VirtualClock
+from pixelbyte_async import VirtualClock, _signing
 from pixelbyte_async.webhooks import (
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
@@ -189,3 +189,93 @@ async def test_a_cancelled_shared_future_is_replaced():
     receiver.release("job_a")
     sizes = receiver._sizes()
     assert (sizes["futures"], sizes["waiters"]) == (0, 0)
+
+
+@pytest.fixture
+def decodes(monkeypatch) -> list[str]:
+    """The job ids the receiver decodes into a JobInfo (the costly step)."""
+    seen: list[str] = []
+    real = _signing.decode_job
+
+    def spy(payload, *args, **kwargs):
+        seen.append(payload["jobId"])
+        return real(payload, *args, **kwargs)
+
+    monkeypatch.setattr(_signing, "decode_job", spy)
+    return seen
+
+
+@pytest.mark.anyio
+async def test_a_delivery_is_decoded_only_for_whoever_receives_it(decodes):
+    """Nobody waiting: no decoding until asked; retries are never decoded."""
+    clock = VirtualClock(start=TS, autojump=False)
+    receiver = WebhookReceiver(SECRET, clock=clock)
+    assert deliver(receiver, clock, "job_a", url="?pb_attempt=n") == (200, "ok")
+    assert deliver(receiver, clock, "job_a") == (200, "duplicate")
+    assert decodes == []
+    event = receiver.event_for("job_a")
+    assert event is not None
+    assert (event.job_id, event.status.value, event.attempt) == (
+        "job_a",
+        "completed",
+        "n",
+    )
+    assert event.timestamp == TS
+    assert event.payload == {"jobId": "job_a", "status": "completed"}
+    # Made once, then remembered: the same event for every later asker.
+    assert receiver.event_for("job_a") is event
+    assert (await receiver.future_for("job_a")) is event
+    assert deliver(receiver, clock, "job_a") == (200, "duplicate")
+    assert decodes == ["job_a"]
+    assert receiver.stats["duplicates"] == 2
+
+
+@pytest.mark.anyio
+async def test_a_waiter_gets_the_event_it_would_have_got(decodes):
+    """A waited-on job is decoded once, and waiters and event_for share the event."""
+    clock = VirtualClock(start=TS, autojump=False)
+    seen: list[object] = []
+    receiver = WebhookReceiver(SECRET, clock=clock, on_event=seen.append)
+    future = receiver.future_for("job_w")
+    assert deliver(receiver, clock, "job_w") == (200, "ok")
+    assert deliver(receiver, clock, "job_w") == (200, "duplicate")
+    event = await future
+    assert seen == [event]
+    assert receiver.event_for("job_w") is event
+    assert decodes == ["job_w"]
+
+
+@pytest.mark.anyio
+async def test_unknown_checks_share_one_timer_and_keep_their_grace():
+    """Many deliveries nobody knows: one pending timer; each counted after its grace."""
+    clock = VirtualClock(start=TS, autojump=False)
+    receiver = WebhookReceiver(SECRET, clock=clock, unknown_grace=5)
+    for n in range(100):
+        deliver(receiver, clock, f"job_{n}")
+    clock.advance(3)
+    deliver(receiver, clock, "job_late")
+    assert len(clock._timers) == 1
+    clock.advance(2)
+    assert receiver.stats["unknown"] == 100
+    clock.advance(2.9)
+    assert receiver.stats["unknown"] == 100
+    clock.advance(0.1)
+    assert receiver.stats["unknown"] == 101
+    assert clock._timers == []
+
+
+def test_a_dispatch_of_a_subclass_sees_every_handled_delivery():
+    """The fast path is taken only when dispatch is the receiver's own."""
+    seen: list[str] = []
+
+    class Recording(WebhookReceiver):
+        def dispatch(self, event):
+            seen.append(event.job_id)
+            return super().dispatch(event)
+
+    clock = VirtualClock(start=TS, autojump=False)
+    receiver = Recording(SECRET, clock=clock)
+    assert deliver(receiver, clock, "job_s") == (200, "ok")
+    assert deliver(receiver, clock, "job_s") == (200, "duplicate")
+    assert seen == ["job_s", "job_s"]
+    assert receiver.stats["duplicates"] == 1

@@ -18,7 +18,7 @@ from pixelbyte_async._errors import (
 from pixelbyte_async._inputs import ModelInput
 from pixelbyte_async._journal import Journal
 from pixelbyte_async._seams import BatchClient
-from pixelbyte_async.webhooks import new_attempt_id
+from pixelbyte_async._signing import new_attempt_id
 
 from ._budget import Budget
 from ._ledger import Ledger
