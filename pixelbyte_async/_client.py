@@ -9,76 +9,57 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import random
 import re
 import types
 import warnings
 from collections.abc import (
-    AsyncGenerator,
     AsyncIterable,
     Callable,
     Iterable,
     Mapping,
 )
-from datetime import datetime
-from pathlib import Path
 from types import TracebackType
-from typing import IO, Any, Literal, Self
-from urllib.parse import quote
+from typing import TYPE_CHECKING, Any, Literal, Self
 
 import aiohttp
 import attrs
 
-from ._batch import Batch, BatchInput, run_batch
+from ._catalog_calls import CatalogCalls
 from ._clock import Clock, SystemClock
 from ._config import ClientConfig, mask_key
 from ._errors import (
-    AmbiguousSubmitError,
     ClientClosedError,
     EventLoopMismatch,
-    PixelByteError,
-    ResponseDecodeError,
-    ServerError,
-    TransportError,
-    ValidationError,
 )
 from ._files import Files
 from ._inputs import (
     ModelInput,
-    check_input,
-    check_slug,
-    local_cost,
-    validate_webhook_url,
 )
 from ._job import Job
-from ._models import CatalogModel, Estimate, JobInfo, JobStatus, Upload
-from ._pipeline import RequestPipeline, short
+from ._job_queries import JobQueries
+from ._links import JobLink, ReconcileLink
+from ._pipeline import RequestPipeline
 from ._polling import PollPolicy
+from ._receiver import WebhookReceiver
 from ._reconcile import (
-    DEFAULT_CLOCK_SKEW,
     DEFAULT_SETTLE,
-    AuditReport,
     Reconciler,
 )
 from ._retry import (
     RetryPolicy,
 )
-from ._serde import (
-    decode_catalog_model,
-    decode_estimate,
-    decode_job,
-    items_of,
-)
+from ._signing import WebhookEvent
 from ._slots import JobSlots
+from ._submitting import Submitter
 from ._transport import AiohttpTransport, Transport
-from .webhooks import (
-    WebhookEvent,
-    WebhookReceiver,
-    WebhookServer,
-    new_attempt_id,
-    tag_webhook_url,
-)
+from ._webhook_server import WebhookServer
+from ._wiring import WebhookWiring
+
+
+if TYPE_CHECKING:
+    from ._batch import Batch, BatchInput
+    from ._sharing import Hub
 
 
 __all__ = ["PixelByte"]
@@ -93,7 +74,7 @@ _SAFE_ID = re.compile(r"[A-Za-z0-9_.\-]+")
 _Mode = Literal["safe", "submit"]
 
 
-class PixelByte:
+class PixelByte(JobQueries, CatalogCalls):
     """
     The asyncio client for the PixelByte API.
 
@@ -128,6 +109,12 @@ class PixelByte:
             hour; at least twice the settle horizon plus two minutes);
             older ones are forgotten, so memory does not grow with the number of
             jobs a long-running process has run.
+        hub: A hub shared by several processes (`pixelbyte_async.redis.RedisHub`):
+            *max_concurrent_jobs* then counts the jobs in flight of every process
+            sharing it, and ``use_webhooks(hub, public_url=...)`` feeds waits from
+            deliveries received by any of them.  The client starts the hub if it
+            is not running, and then closes it on `aclose`.  See "Deploying with
+            several workers" in the docs.
 
     A client belongs to the event loop it is first used on; create it inside the
     running loop (``async with PixelByte() as pb:`` in your ``main()``).
@@ -153,6 +140,7 @@ class PixelByte:
         webhook: WebhookServer | None = None,
         settle: float | None = None,
         claim_window: float | None = None,
+        hub: Hub | None = None,
     ) -> None:
         overrides: dict[str, Any] = {
             k: v
@@ -183,18 +171,37 @@ class PixelByte:
             config, self.clock, self._transport, self._uniform, self._check_open
         )
         self._files = Files(self._pipeline)
-        self._job_link = _JobLink(self)
-        self._slots = JobSlots(config.max_concurrent_jobs)
+        limit = config.max_concurrent_jobs
+        self._slots = JobSlots(
+            limit, None if hub is None or limit is None else hub.slots(limit)
+        )
+        self._wiring = WebhookWiring(self, hub)
+        self._job_link = JobLink(
+            self.clock,
+            config,
+            self._wiring,
+            self._uniform,
+            self._pipeline,
+            self._files,
+            self._slots,
+        )
         self._reconciler = Reconciler(
-            self,
+            ReconcileLink(self.clock, self._wiring, self.get_job, self.list_jobs),
+            self._slots,
             settle=DEFAULT_SETTLE if settle is None else settle,
             retention=claim_window,
         )
+        self._submitter = Submitter(
+            self.clock,
+            config,
+            self._pipeline,
+            self._files,
+            self._slots,
+            self._reconciler,
+            self._wiring,
+            self._job_link,
+        )
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._webhook_receiver: WebhookReceiver | None = None
-        self._webhook_url: str | None = None
-        self._webhook_server: WebhookServer | None = None
-        self._owns_webhook_server = False
         if webhook is not None:
             self.use_webhooks(webhook)
 
@@ -202,6 +209,7 @@ class PixelByte:
 
     async def __aenter__(self) -> Self:
         self._check_open()
+        await self._wiring.start()
         return self
 
     async def __aexit__(
@@ -217,10 +225,7 @@ class PixelByte:
         if self._state == "closed":
             return
         self._state = "closed"
-        if self._webhook_receiver is not None:
-            self._webhook_receiver.detach(self)
-        if self._webhook_server is not None and self._owns_webhook_server:
-            await self._webhook_server.close()
+        await self._wiring.close()
         # A user-supplied transport is theirs to close; we only stop using it.
         if self._owns_transport:
             await self._transport.aclose()
@@ -272,7 +277,7 @@ class PixelByte:
 
     def use_webhooks(
         self,
-        receiver: WebhookReceiver | WebhookServer,
+        receiver: WebhookReceiver | WebhookServer | Hub,
         *,
         public_url: str | None = None,
     ) -> None:
@@ -285,40 +290,20 @@ class PixelByte:
         ``PollPolicy.webhook_grace`` past the ETA in case the delivery is lost.
         Deliveries for this client's jobs also free their job slots at once.
 
+        With a hub (`pixelbyte_async.redis.RedisHub`), deliveries are received by
+        any process (a `WebhookReceiver` with ``hub=``, or ``pixelbyte-async
+        webhook listen --redis``) and reach this one through the hub; while the hub
+        is unhealthy, waits poll.
+
         Args:
-            receiver: A `WebhookReceiver` mounted in your app, or a `WebhookServer`
-                (started by the client when needed, and then stopped on `aclose`).
+            receiver: A `WebhookReceiver` mounted in your app, a `WebhookServer`
+                (started by the client when needed, and then stopped on `aclose`),
+                or a hub shared by several processes.
             public_url: The https URL the API should call; required with a bare
-                receiver.
+                receiver or a hub.
 
         """
-        if isinstance(receiver, WebhookServer):
-            self._webhook_server = receiver
-            self._owns_webhook_server = not receiver.running
-            self._webhook_receiver = receiver.receiver
-            self._webhook_url = public_url
-        else:
-            if public_url is None:
-                raise ValidationError(
-                    "public_url is required with a WebhookReceiver", field="public_url"
-                )
-            self._webhook_receiver = receiver
-            self._webhook_url = public_url
-        if self._webhook_url is not None:
-            validate_webhook_url(self._webhook_url)
-        self._webhook_receiver.attach(self)
-
-    async def _our_webhook_url(self) -> str | None:
-        if self._webhook_receiver is None:
-            return None
-        if self._webhook_url is not None:
-            return self._webhook_url
-        server = self._webhook_server
-        if server is None:
-            return None
-        if not server.running:
-            await server.start()
-        return server.public_url
+        self._wiring.use(receiver, public_url)
 
     def _webhook_event(self, event: WebhookEvent) -> bool:
         """Observe a delivery for one of our jobs; return whether we know the job."""
@@ -376,127 +361,14 @@ class PixelByte:
 
         """
         self._check_open()
-        clock = self.clock
-        deadline = clock.monotonic() + (timeout or self.config.submit_timeout)
-        slug, payload = await self._prepare_input(model, input, deadline)
-        validate_webhook_url(webhook_url)
-        ours = await self._our_webhook_url()
-        if webhook_url is None and ours is not None:
-            attempt = attempt or new_attempt_id()
-            webhook_url = tag_webhook_url(ours, attempt)
-        else:
-            attempt = None
-        body: dict[str, Any] = {"model": slug, "input": payload}
-        if version is not None:
-            body["version"] = version
-        if webhook_url is not None:
-            body["webhookUrl"] = webhook_url
-
-        # Waiting for a slot is queueing, not the call: the time spent waiting
-        # moves the deadline, which uploads and the request share.
-        queued = clock.monotonic()
-        await self._slots.acquire(self.clock, self.config, self.config.slot_timeout)
-        deadline += clock.monotonic() - queued
-        started_at = clock.time()
-        reconciler = self._reconciler
-        with reconciler.submitting(slug):
-            try:
-                data, rid = await self._pipeline.request(
-                    "POST",
-                    "/v1/jobs/submit",
-                    json_body=body,
-                    deadline=deadline,
-                    mode="submit",
-                )
-                info = decode_job(data, rid)
-            except PixelByteError as exc:
-                self._slots.free()
-                if _is_ambiguous(exc):
-                    ambiguous = AmbiguousSubmitError(
-                        f"submit to {slug} may have created a job ({short(exc)}); "
-                        "it was not re-sent. Use PixelByte.reconcile(error) to find "
-                        "it.",
-                        model=slug,
-                        input=payload,
-                        webhook_url=webhook_url,
-                        started_at=started_at,
-                        attempt=attempt,
-                    )
-                    reconciler.ambiguous(ambiguous)
-                    raise ambiguous from exc
-                raise
-            except BaseException:
-                # Cancelled mid-flight: the submit's fate is unknown to us now.
-                self._slots.free()
-                raise
-        return self._track_submitted(
-            info,
-            slug,
-            payload,
-            started_at=started_at,
-            via_webhook=attempt is not None
-            or (ours is not None and webhook_url == ours),
-        )
-
-    def _track_submitted(
-        self,
-        info: JobInfo,
-        slug: str,
-        payload: dict[str, Any],
-        *,
-        started_at: float,
-        via_webhook: bool,
-    ) -> Job:
-        if info.status is JobStatus.UNKNOWN and info.raw_status is None:
-            info = attrs.evolve(info, status=JobStatus.PENDING)
-        if info.model is None:
-            info = attrs.evolve(info, model=slug)
-        if info.cost_micro_cents is None:
-            log.debug("submit response for %s carried no cost", info.id)
-        job = Job(self._job_link, info, input=payload, submitted_at=started_at)
-        job.via_webhook = via_webhook
-        self._reconciler.claims.add(job.id)
-        self._slots.bind(job)
-        if self._webhook_receiver is not None:
-            # A delivery may have raced the submit response: take it now.
-            event = self._webhook_receiver.event_for(job.id)
-            if event is not None:
-                job._observe(event.job, from_webhook=True)  # noqa: SLF001 -- same package
-        log.info(
-            "submitted %s to %s cost=%s request_id=%s",
-            job.id,
-            slug,
-            info.cost_micro_cents,
-            info.request_id,
-        )
-        if job.done:
-            self._slots.finished(job.id)
-        return job
-
-    async def _prepare_input(
-        self,
-        model: str | ModelInput,
-        input: Mapping[str, Any] | None,  # noqa: A002 -- the API's field name
-        deadline: float,
-    ) -> tuple[str, dict[str, Any]]:
-        """Validate a submit's input (uploading local frames); return (slug, input)."""
-        if isinstance(model, str):
-            if input is None:
-                raise ValidationError(
-                    "input is required with a model slug", field="input"
-                )
-            return check_slug(model), check_input(input)
-        if isinstance(model, ModelInput):
-            if input is not None:
-                raise ValidationError(
-                    "pass either a typed input or a slug with input, not both",
-                    field="input",
-                )
-            uploaded = await self._files.upload_frames(model, deadline)
-            return model.model_slug, uploaded.to_input()
-        raise ValidationError(
-            f"model must be a slug or a typed input, not {type(model).__name__}",
-            field="model",
+        await self._wiring.start()
+        return await self._submitter.submit(
+            model,
+            input,
+            webhook_url=webhook_url,
+            version=version,
+            timeout=timeout,
+            attempt=attempt,
         )
 
     async def run(
@@ -526,344 +398,11 @@ class PixelByte:
         Options: *journal*, *out_dir*, *max_cost_micro_cents*, *dry_run*,
         *retry_failed*, *wait_timeout*, *settle*, *fit*.
         """
+        from ._batch import run_batch  # noqa: PLC0415 -- batches load on first use
+
         return run_batch(self, inputs, **options)
 
     @property
     def jobs_in_flight(self) -> int:
         """How many of this client's job slots are taken."""
         return self._slots.used
-
-    async def get_job(self, job_id: str, *, timeout: float | None = None) -> Job:
-        """
-        Fetch a job by id and return a handle on it (e.g. after a restart).
-
-        Raises:
-            NotFound: No such job (or not yours).
-
-        """
-        if not isinstance(job_id, str) or not job_id.strip():
-            raise ValidationError("job_id must be a non-empty string", field="job_id")
-        safe_id = job_id if _SAFE_ID.fullmatch(job_id) else quote(job_id, safe="")
-        data, rid = await self._pipeline.request(
-            "GET", f"/v1/jobs/{safe_id}", timeout=timeout
-        )
-        existing = self._slots.jobs.get(job_id)
-        if existing is not None:
-            existing._observe_body(data, rid)  # noqa: SLF001 -- same package
-            return existing
-        return self._adopt(decode_job(data, rid))
-
-    def _adopt(self, info: JobInfo) -> Job:
-        existing = self._slots.jobs.get(info.id)
-        if existing is not None:
-            existing._observe(info)  # noqa: SLF001 -- same client
-            return existing
-        return Job(self._job_link, info)
-
-    async def list_jobs(
-        self,
-        *,
-        status: JobStatus | str | None = None,
-        model: str | None = None,
-        limit: int | None = None,
-        page_size: int = 100,
-    ) -> AsyncGenerator[Job, None]:
-        """
-        Iterate over your jobs, newest first, following ``nextCursor`` pages.
-
-        Args:
-            status: Only jobs in this status.
-            model: Only jobs of this model slug.
-            limit: Stop after this many jobs (default: all).
-            page_size: Jobs per request (1..100).
-
-        """
-        if not 1 <= page_size <= 100:  # noqa: PLR2004 -- the API's maximum
-            raise ValidationError("page_size must be 1..100", field="page_size")
-        params: dict[str, str] = {}
-        if status is not None:
-            params["status"] = (
-                JobStatus(status).value if isinstance(status, str) else status.value
-            )
-        if model is not None:
-            params["modelId"] = model  # the API's name for the slug filter (§4.4)
-        count = 0
-        cursor: str | None = None
-        while True:
-            size = page_size if limit is None else min(page_size, limit - count)
-            if size <= 0:
-                return
-            page_params = {**params, "limit": str(size)}
-            if cursor:
-                page_params["cursor"] = cursor
-            data, _ = await self._pipeline.request(
-                "GET", "/v1/jobs", params=page_params
-            )
-            items = items_of(data, "jobs")
-            for item in items:
-                yield self._adopt(decode_job(item))
-                count += 1
-                if limit is not None and count >= limit:
-                    return
-            next_cursor = data.get("nextCursor") if isinstance(data, dict) else None
-            has_more = data.get("hasMore") if isinstance(data, dict) else False
-            if (
-                not items
-                or not next_cursor
-                or has_more is False
-                or next_cursor == cursor
-            ):
-                return
-            cursor = str(next_cursor)
-
-    async def reconcile(
-        self,
-        error: AmbiguousSubmitError,
-        *,
-        settle: float | None = None,
-        timeout: float | None = None,
-        clock_skew: float = DEFAULT_CLOCK_SKEW,
-        exclude: Iterable[str] = (),
-        competing: Iterable[AmbiguousSubmitError] = (),
-    ) -> Job | None:
-        """
-        Find the job an ambiguous submit may have created, instead of paying twice.
-
-        A slow backend can create the job *after* the client gave up, so "no job
-        found" means nothing until a **settle horizon** has passed since the
-        attempt began (``error.started_at``).  Reconcile looks at the job list at a
-        gentle cadence (2 s, doubling to 30 s) for a job of the same model created
-        in the attempt's window (from its start to the end of its horizon, widened
-        by *clock_skew*) that nothing in this process claims and that is not in
-        *exclude* (ids a journal accounts for, for example).
-        With webhooks in use, a delivery carrying the attempt's nonce proves which
-        job is whose.  Build the error yourself to reconcile an attempt recorded by
-        an earlier process: ``AmbiguousSubmitError(msg, model=..., input=...,
-        webhook_url=None, started_at=...)``.
-
-        Args:
-            error: The `AmbiguousSubmitError` the submit raised.
-            settle: The horizon in seconds (default: the client's ``settle``, 300).
-            timeout: Give up looking after this many seconds (default: no limit
-                but the horizon); then `ReconcileTimeout` is raised, never ``None``.
-            clock_skew: How far the server's clock may be off ours.
-            exclude: Job ids that are known to belong to something else.
-            competing: Other attempts of unknown fate this client did not make
-                (e.g. other rows of a journal) that could own the same jobs; the
-                client's own ambiguous submits are taken into account anyway.
-
-        Returns:
-            The job, adopted into this client (it counts against the job limit), as
-            soon as it appears; ``None`` only once the horizon has passed with
-            nothing found (re-submitting is then safe).
-
-        Submits of the same model still in flight are waited for, and other
-        unreconciled ambiguous submits of the same model are taken into account:
-        when more than one attempt could own a job, nothing is guessed.
-
-        Raises:
-            ReconcileError: Several candidates, or competing ambiguous submits
-                (``.candidates``, ``.competing``): decide yourself; re-submitting
-                any of them may pay twice.
-            ReconcileTimeout: *timeout* ended before the horizon; the fate is
-                still unknown (``.settle_at`` says until when).
-
-        """
-        self._check_open()
-        return await self._reconciler.reconcile(
-            error,
-            settle=settle,
-            timeout=timeout,
-            clock_skew=clock_skew,
-            exclude=exclude,
-            competing=competing,
-        )
-
-    async def audit(
-        self,
-        *,
-        since: datetime | float,
-        until: datetime | float | None = None,
-        model: str | None = None,
-        exclude: Iterable[str] = (),
-    ) -> AuditReport:
-        """
-        List the account's jobs created in a window that nothing here claims.
-
-        A double charge that slipped through everything (another program using the
-        key, a lost submit nobody reconciled) is then at least found and priced.
-        Claimed are: jobs this client submitted, adopted or reconciled within its
-        ``claim_window`` (one hour by default), jobs in flight, and the ids in
-        *exclude* (for example a batch journal's ``job_ids()``).
-
-        Args:
-            since: Start of the window (a datetime, naive = UTC, or Unix seconds).
-            until: End of the window (default: now).
-            model: Only jobs of this model slug.
-            exclude: Job ids claimed elsewhere.
-
-        Returns:
-            An `AuditReport`; ``report.pending`` can still be cancelled for a
-            refund (``await report.cancel_pending()``), and every orphan's ``job``
-            can be waited for and downloaded.
-
-        .. versionadded:: 0.3.0
-
-        """
-        self._check_open()
-        return await self._reconciler.audit(
-            since=since, until=until, model=model, exclude=exclude
-        )
-
-    # -- estimate, catalog -----------------------------------------------------------
-
-    async def estimate(
-        self,
-        model: str | ModelInput,
-        input: Mapping[str, Any] | None = None,  # noqa: A002 -- the API's field name
-        *,
-        version: str | None = None,
-        local: bool = False,
-        timeout: float | None = None,
-    ) -> Estimate:
-        """
-        Estimate a job's cost without creating it.
-
-        With ``local=True`` the SDK's price table answers offline (raises
-        `ValidationError` for models it does not know).
-        """
-        if isinstance(model, str):
-            slug = check_slug(model)
-            payload = check_input(input or {})
-        else:
-            slug = model.model_slug
-            payload = _estimate_input(model)
-        if local:
-            cost = local_cost(slug, payload)
-            if cost is None:
-                raise ValidationError(f"no local price for {slug}", field="model")
-            return Estimate(
-                estimated_cost_micro_cents=cost,
-                base_cost_micro_cents=cost,
-                source="local",
-            )
-        body: dict[str, Any] = {"model": slug, "input": payload}
-        if version is not None:
-            body["version"] = version
-        data, _ = await self._pipeline.request(
-            "POST", "/v1/jobs/estimate", json_body=body, timeout=timeout
-        )
-        return decode_estimate(data)
-
-    async def models(self, *, timeout: float | None = None) -> list[CatalogModel]:
-        """List the public model catalogue."""
-        data, _ = await self._pipeline.request(
-            "GET", "/v1/catalog/models", timeout=timeout, auth="optional"
-        )
-        return [decode_catalog_model(item) for item in items_of(data, "models")]
-
-    async def model(self, slug: str, *, timeout: float | None = None) -> CatalogModel:
-        """Fetch one catalogue model, including its ``inputSchema``."""
-        check_slug(slug)
-        data, _ = await self._pipeline.request(
-            "GET",
-            f"/v1/catalog/models/{quote(slug, safe='/')}",
-            timeout=timeout,
-            auth="optional",
-        )
-        return decode_catalog_model(data)
-
-    # -- uploads and downloads ---------------------------------------------------------
-
-    async def upload(
-        self,
-        source: os.PathLike[str] | bytes | IO[bytes],
-        *,
-        filename: str | None = None,
-        content_type: str | None = None,
-        timeout: float | None = None,
-    ) -> str:
-        """
-        Upload a local file (or bytes) for use as a job input and return its URL.
-
-        Uses presign + PUT; the file is deleted by the API after 60 minutes.  The type
-        (sniffed from the content for images) and size are checked before anything
-        is sent.
-
-        *source* is a `pathlib.Path` (any ``os.PathLike``), ``bytes`` or a binary
-        file object; a ``str`` is refused, never opened, so a string from an
-        untrusted user cannot make the server upload its own files.
-        """
-        info = await self.upload_file(
-            source, filename=filename, content_type=content_type, timeout=timeout
-        )
-        return info.file_url
-
-    async def upload_file(
-        self,
-        source: os.PathLike[str] | bytes | IO[bytes],
-        *,
-        filename: str | None = None,
-        content_type: str | None = None,
-        timeout: float | None = None,
-    ) -> Upload:
-        """Like `upload`, but return the whole `Upload` (id, expiry …)."""
-        self._check_open()
-        return await self._files.upload(
-            source, filename=filename, content_type=content_type, timeout=timeout
-        )
-
-
-@attrs.frozen
-class _JobLink:
-    """What this client lends its jobs: the `JobClient` seam, and nothing more."""
-
-    _client: PixelByte
-
-    @property
-    def clock(self) -> Clock:
-        return self._client.clock
-
-    @property
-    def config(self) -> ClientConfig:
-        return self._client.config
-
-    @property
-    def webhooks(self) -> WebhookReceiver | None:
-        return self._client._webhook_receiver  # noqa: SLF001 -- its own client
-
-    def uniform(self, low: float, high: float) -> float:
-        return self._client._uniform(low, high)  # noqa: SLF001 -- its own client
-
-    async def request(
-        self, method: str, path: str, *, timeout: float | None = None
-    ) -> tuple[Any, str | None]:
-        return await self._client._pipeline.request(method, path, timeout=timeout)  # noqa: SLF001 -- its own client
-
-    async def download(
-        self, url: str, path: Path, *, timeout: float | None, overwrite: bool
-    ) -> Path:
-        return await self._client._files.download(  # noqa: SLF001 -- its own client
-            url, path, timeout=timeout, overwrite=overwrite
-        )
-
-    def finished(self, job: Job) -> None:
-        self._client._slots.finished(job.id)  # noqa: SLF001 -- its own client
-
-
-def _is_ambiguous(exc: PixelByteError) -> bool:
-    """Whether a failed submit may nevertheless have created a job."""
-    if isinstance(exc, TransportError):
-        return exc.request_sent
-    if isinstance(exc, ServerError):
-        return exc.code != "PUBSUB_PUBLISH_FAILED"
-    # A 2xx we could not read: the job was most likely created.
-    return isinstance(exc, ResponseDecodeError)
-
-
-def _estimate_input(model: ModelInput) -> dict[str, Any]:
-    try:
-        return model.to_input()
-    except ValidationError:
-        duration = getattr(model, "duration", None)
-        return {} if duration is None else {"duration": str(duration)}

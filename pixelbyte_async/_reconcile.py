@@ -17,9 +17,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import AsyncGenerator, Iterable, Iterator
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import attrs
 
@@ -35,17 +35,19 @@ from ._models import JobStatus
 
 
 if TYPE_CHECKING:
-    from ._client import PixelByte
     from ._job import Job
+    from ._slots import JobSlots
 
 
 __all__ = [
     "DEFAULT_CLAIM_WINDOW",
     "DEFAULT_CLOCK_SKEW",
     "DEFAULT_SETTLE",
+    "AttemptSource",
     "AuditOrphan",
     "AuditReport",
     "Claims",
+    "ReconcileClient",
     "Reconciler",
     "check_settle",
     "known_cost",
@@ -212,6 +214,51 @@ class AuditReport:
         return refunded
 
 
+class AttemptSource(Protocol):
+    """
+    What webhook deliveries proved: which attempt created which job.
+
+    Asynchronous, because with a hub the answer may come from deliveries another
+    process received (read from the hub's store).
+    """
+
+    async def job_for_attempt(self, attempt: str) -> str | None:
+        """The job the first verified delivery tagged with *attempt* named."""
+        ...
+
+    async def attempt_for(self, job_id: str) -> str | None:
+        """The attempt nonce a delivery for *job_id* carried, if one did."""
+        ...
+
+
+class ReconcileClient(Protocol):
+    """
+    What `Reconciler` needs of its client, and nothing more.
+
+    Its clock, the two read endpoints, and the webhook deliveries seen (``None``
+    without webhooks).  `PixelByte` lends a small adapter that satisfies this, so
+    this module never imports the client.
+    """
+
+    @property
+    def clock(self) -> Clock:
+        """The client's clock."""
+        ...
+
+    @property
+    def attempts(self) -> AttemptSource | None:
+        """Attempt → job attribution from webhook deliveries, if webhooks are on."""
+        ...
+
+    async def get_job(self, job_id: str) -> Job:
+        """`PixelByte.get_job`."""
+        ...
+
+    def list_jobs(self, *, model: str | None = None) -> AsyncGenerator[Job, None]:
+        """`PixelByte.list_jobs`, newest first."""
+        ...
+
+
 class Reconciler:
     """
     The client's memory of submits of unknown fate, and the code that settles them.
@@ -222,9 +269,15 @@ class Reconciler:
     """
 
     def __init__(
-        self, client: PixelByte, *, settle: float, retention: float | None = None
+        self,
+        client: ReconcileClient,
+        slots: JobSlots,
+        *,
+        settle: float,
+        retention: float | None = None,
     ) -> None:
         self._client = client
+        self._slots = slots
         self.settle = check_settle(settle)
         shortest = 2 * settle + DEFAULT_CLOCK_SKEW
         if retention is None:
@@ -267,7 +320,7 @@ class Reconciler:
 
     def claimed(self, job_id: str) -> bool:
         """Whether this process claims *job_id* (submitted, adopted, in flight)."""
-        return job_id in self.claims or job_id in self._client._slots.jobs  # noqa: SLF001 -- client and reconciler cooperate
+        return job_id in self.claims or job_id in self._slots.jobs
 
     # -- reconcile -----------------------------------------------------------------
 
@@ -328,26 +381,23 @@ class Reconciler:
 
     async def _attributed(self, error: AmbiguousSubmitError) -> Job | None:
         """The job a webhook delivery proved this attempt created, if any."""
-        receiver = self._client._webhook_receiver  # noqa: SLF001 -- client and reconciler cooperate
-        if error.attempt is None or receiver is None:
+        attempts = self._client.attempts
+        if error.attempt is None or attempts is None:
             return None
-        job_id = receiver.job_for_attempt(error.attempt)
+        job_id = await attempts.job_for_attempt(error.attempt)
         if job_id is None:
             return None
         return await self._client.get_job(job_id)
 
-    def _owner_attempt(self, job_id: str) -> str | None:
-        receiver = self._client._webhook_receiver  # noqa: SLF001 -- client and reconciler cooperate
-        if receiver is None:
-            return None
-        event = receiver.event_for(job_id)
-        return None if event is None else event.attempt
+    async def _owner_attempt(self, job_id: str) -> str | None:
+        attempts = self._client.attempts
+        return None if attempts is None else await attempts.attempt_for(job_id)
 
     def _attributable(
         self, error: AmbiguousSubmitError, competing: list[AmbiguousSubmitError]
     ) -> bool:
         """Whether webhook deliveries can still tell these attempts' jobs apart."""
-        if self._client._webhook_receiver is None:  # noqa: SLF001 -- client and reconciler cooperate
+        if self._client.attempts is None:
             return False
         return error.attempt is not None and all(
             e.attempt is not None for e in competing
@@ -385,7 +435,7 @@ class Reconciler:
             for job in found
             if job.id not in excluded
             and not self.claimed(job.id)
-            and self._owner_attempt(job.id) in {None, error.attempt}
+            and await self._owner_attempt(job.id) in {None, error.attempt}
         ]
 
     def _competing(
@@ -416,7 +466,7 @@ class Reconciler:
         self._resolve(error)
         job.input = dict(error.input)
         self.claims.add(job.id)
-        self._client._slots.adopt(job)  # noqa: SLF001 -- client and reconciler cooperate
+        self._slots.adopt(job)
         return job
 
     # -- audit -----------------------------------------------------------------------

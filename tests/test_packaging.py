@@ -17,9 +17,26 @@ def test_all_is_sorted_and_complete():
         for name, value in vars(pixelbyte_async).items()
         if not name.startswith("_") and not isinstance(value, types.ModuleType)
     }
-    public -= {"annotations", "Any"}
+    public -= {"annotations", "Any", "TYPE_CHECKING"}
+    public |= set(pixelbyte_async._LAZY)
     assert sorted(public) == sorted(pixelbyte_async.__all__)
     assert list(pixelbyte_async.__all__) == isort_order(pixelbyte_async.__all__)
+
+
+def test_batches_load_on_first_use():
+    """`import pixelbyte_async` leaves batches and SQLite out; their names resolve."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, pixelbyte_async as p\n"
+        "lazy = ('pixelbyte_async._batch', 'pixelbyte_async._journal', 'sqlite3')\n"
+        "assert not [m for m in lazy if m in sys.modules], sys.modules.keys()\n"
+        "for name in p._LAZY: assert getattr(p, name) is not None\n"
+        "from pixelbyte_async import *\n"
+        "assert run_batch is p.run_batch\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)  # noqa: S603 -- our own code
 
 
 def isort_order(names):

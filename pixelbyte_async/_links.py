@@ -1,0 +1,88 @@
+"""
+What a client lends its parts: `JobLink` (the `JobClient` seam) and `ReconcileLink`.
+
+Each is a small frozen object built from the client's parts, never from the client
+itself: a `Job` and the `Reconciler` see exactly the members their Protocol lists,
+and this module needs no import of `_client`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+
+if TYPE_CHECKING:
+    from ._clock import Clock
+    from ._config import ClientConfig
+    from ._files import Files
+    from ._job import Job, WebhookSource
+    from ._pipeline import RequestPipeline
+    from ._reconcile import AttemptSource
+    from ._slots import JobSlots
+    from ._wiring import WebhookWiring
+
+
+__all__ = ["JobLink", "ReconcileLink"]
+
+
+@attrs.frozen
+class JobLink:
+    """What a client lends its jobs: the `JobClient` seam, and nothing more."""
+
+    clock: Clock
+    config: ClientConfig
+    _wiring: WebhookWiring
+    _uniform: Callable[[float, float], float]
+    _pipeline: RequestPipeline
+    _files: Files
+    _slots: JobSlots
+
+    @property
+    def webhooks(self) -> WebhookSource | None:
+        return self._wiring.source()
+
+    def outage(self) -> asyncio.Future[None] | None:
+        return self._wiring.outage()
+
+    def uniform(self, low: float, high: float) -> float:
+        return self._uniform(low, high)
+
+    async def request(
+        self, method: str, path: str, *, timeout: float | None = None
+    ) -> tuple[Any, str | None]:
+        return await self._pipeline.request(method, path, timeout=timeout)
+
+    async def download(
+        self, url: str, path: Path, *, timeout: float | None, overwrite: bool
+    ) -> Path:
+        return await self._files.download(
+            url, path, timeout=timeout, overwrite=overwrite
+        )
+
+    def finished(self, job: Job) -> None:
+        self._slots.finished(job.id)
+
+
+@attrs.frozen
+class ReconcileLink:
+    """What a client lends its reconciler: the `ReconcileClient` seam."""
+
+    clock: Clock
+    _wiring: WebhookWiring
+    _get_job: Callable[[str], Awaitable[Job]]
+    _list_jobs: Callable[..., AsyncGenerator[Job, None]]
+
+    @property
+    def attempts(self) -> AttemptSource | None:
+        return self._wiring.attempts()
+
+    async def get_job(self, job_id: str) -> Job:
+        return await self._get_job(job_id)
+
+    def list_jobs(self, *, model: str | None = None) -> AsyncGenerator[Job, None]:
+        return self._list_jobs(model=model)

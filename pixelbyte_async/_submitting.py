@@ -1,0 +1,209 @@
+"""
+Submitting a job: the one path that spends money, and the care it takes.
+
+`Submitter.submit` validates the input (uploading local frames under the call's one
+deadline), tags the webhook URL with an attempt nonce, waits for a job slot, sends
+the POST once, and turns the answer into a tracked `Job`.  A submit whose fate is
+unknown (`is_ambiguous`) becomes an `AmbiguousSubmitError` remembered by the
+`Reconciler` and is never re-sent.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from ._errors import (
+    AmbiguousSubmitError,
+    PixelByteError,
+    ResponseDecodeError,
+    ServerError,
+    TransportError,
+    ValidationError,
+)
+from ._inputs import ModelInput, check_input, check_slug, validate_webhook_url
+from ._job import Job
+from ._models import JobInfo, JobStatus
+from ._pipeline import short
+from ._serde import decode_job
+from ._signing import new_attempt_id, tag_webhook_url
+
+
+if TYPE_CHECKING:
+    from ._clock import Clock
+    from ._config import ClientConfig
+    from ._files import Files
+    from ._links import JobLink
+    from ._pipeline import RequestPipeline
+    from ._reconcile import Reconciler
+    from ._slots import JobSlots, Slot
+    from ._wiring import WebhookWiring
+
+
+__all__ = ["Submitter", "is_ambiguous"]
+
+log = logging.getLogger("pixelbyte_async")
+
+
+@attrs.frozen
+class Submitter:
+    """A client's submit path, built from its parts (see `PixelByte.submit`)."""
+
+    clock: Clock
+    config: ClientConfig
+    _pipeline: RequestPipeline
+    _files: Files
+    _slots: JobSlots
+    _reconciler: Reconciler
+    _wiring: WebhookWiring
+    _job_link: JobLink
+
+    async def submit(
+        self,
+        model: str | ModelInput,
+        input: Mapping[str, Any] | None,  # noqa: A002 -- the API's field name
+        *,
+        webhook_url: str | None,
+        version: str | None,
+        timeout: float | None,
+        attempt: str | None,
+    ) -> Job:
+        """Validate, take a slot, send once, track; see `PixelByte.submit`."""
+        clock = self.clock
+        deadline = clock.monotonic() + (timeout or self.config.submit_timeout)
+        slug, payload = await self._prepare_input(model, input, deadline)
+        validate_webhook_url(webhook_url)
+        ours = await self._wiring.public_url()
+        if webhook_url is None and ours is not None:
+            attempt = attempt or new_attempt_id()
+            webhook_url = tag_webhook_url(ours, attempt)
+        else:
+            attempt = None
+        body: dict[str, Any] = {"model": slug, "input": payload}
+        if version is not None:
+            body["version"] = version
+        if webhook_url is not None:
+            body["webhookUrl"] = webhook_url
+
+        # Waiting for a slot is queueing, not the call: the time spent waiting
+        # moves the deadline, which uploads and the request share.
+        queued = clock.monotonic()
+        slot = await self._slots.acquire(
+            self.clock, self.config, self.config.slot_timeout
+        )
+        deadline += clock.monotonic() - queued
+        started_at = clock.time()
+        reconciler = self._reconciler
+        with reconciler.submitting(slug):
+            try:
+                data, rid = await self._pipeline.request(
+                    "POST",
+                    "/v1/jobs/submit",
+                    json_body=body,
+                    deadline=deadline,
+                    mode="submit",
+                )
+                info = decode_job(data, rid)
+            except PixelByteError as exc:
+                self._slots.free(slot)
+                if is_ambiguous(exc):
+                    ambiguous = AmbiguousSubmitError(
+                        f"submit to {slug} may have created a job ({short(exc)}); "
+                        "it was not re-sent. Use PixelByte.reconcile(error) to find "
+                        "it.",
+                        model=slug,
+                        input=payload,
+                        webhook_url=webhook_url,
+                        started_at=started_at,
+                        attempt=attempt,
+                    )
+                    reconciler.ambiguous(ambiguous)
+                    raise ambiguous from exc
+                raise
+            except BaseException:
+                # Cancelled mid-flight: the submit's fate is unknown to us now.
+                self._slots.free(slot)
+                raise
+        return self._track(
+            info,
+            slug,
+            payload,
+            slot=slot,
+            started_at=started_at,
+            via_webhook=attempt is not None
+            or (ours is not None and webhook_url == ours),
+        )
+
+    def _track(
+        self,
+        info: JobInfo,
+        slug: str,
+        payload: dict[str, Any],
+        *,
+        slot: Slot,
+        started_at: float,
+        via_webhook: bool,
+    ) -> Job:
+        if info.status is JobStatus.UNKNOWN and info.raw_status is None:
+            info = attrs.evolve(info, status=JobStatus.PENDING)
+        if info.model is None:
+            info = attrs.evolve(info, model=slug)
+        if info.cost_micro_cents is None:
+            log.debug("submit response for %s carried no cost", info.id)
+        job = Job(self._job_link, info, input=payload, submitted_at=started_at)
+        job.via_webhook = via_webhook
+        self._reconciler.claims.add(job.id)
+        self._slots.bind(job, slot)
+        # A delivery may have raced the submit response: take it now.
+        event = self._wiring.event_for(job.id)
+        if event is not None:
+            job._observe(event.job, from_webhook=True)  # noqa: SLF001 -- same package
+        log.info(
+            "submitted %s to %s cost=%s request_id=%s",
+            job.id,
+            slug,
+            info.cost_micro_cents,
+            info.request_id,
+        )
+        if job.done:
+            self._slots.finished(job.id)
+        return job
+
+    async def _prepare_input(
+        self,
+        model: str | ModelInput,
+        input: Mapping[str, Any] | None,  # noqa: A002 -- the API's field name
+        deadline: float,
+    ) -> tuple[str, dict[str, Any]]:
+        """Validate a submit's input (uploading local frames); return (slug, input)."""
+        if isinstance(model, str):
+            if input is None:
+                raise ValidationError(
+                    "input is required with a model slug", field="input"
+                )
+            return check_slug(model), check_input(input)
+        if isinstance(model, ModelInput):
+            if input is not None:
+                raise ValidationError(
+                    "pass either a typed input or a slug with input, not both",
+                    field="input",
+                )
+            uploaded = await self._files.upload_frames(model, deadline)
+            return model.model_slug, uploaded.to_input()
+        raise ValidationError(
+            f"model must be a slug or a typed input, not {type(model).__name__}",
+            field="model",
+        )
+
+
+def is_ambiguous(exc: PixelByteError) -> bool:
+    """Whether a failed submit may nevertheless have created a job."""
+    if isinstance(exc, TransportError):
+        return exc.request_sent
+    if isinstance(exc, ServerError):
+        return exc.code != "PUBSUB_PUBLISH_FAILED"
+    # A 2xx we could not read: the job was most likely created.
+    return isinstance(exc, ResponseDecodeError)

@@ -1,0 +1,156 @@
+"""
+Where a client's webhook deliveries come from, and the lifecycle of what feeds them.
+
+`WebhookWiring` holds the client's choice (`PixelByte.use_webhooks`): a
+`WebhookReceiver` mounted in the user's app, a `WebhookServer` the client may start,
+or a hub shared by several processes; plus the hubs the client started itself (it
+closes those, and only those).  It answers the questions the rest of the client asks:
+which URL a submit sends (`public_url`), where a job waits for its delivery now
+(`source`: ``None`` while a hub is unhealthy, so waits poll), when to wake a parked
+wait (`outage`), and which attempt created which job (`attempts`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+import attrs
+
+from ._errors import ValidationError
+from ._inputs import validate_webhook_url
+from ._receiver import WebhookReceiver
+from ._webhook_server import WebhookServer
+
+
+if TYPE_CHECKING:
+    from ._handoff import WebhookObserver
+    from ._reconcile import AttemptSource
+    from ._sharing import Hub
+    from ._signing import WebhookEvent
+
+
+__all__ = ["WebhookWiring"]
+
+
+class WebhookWiring:
+    """A client's webhook source (receiver, server or hub) and the hubs it owns."""
+
+    def __init__(self, observer: WebhookObserver, hub: Hub | None) -> None:
+        self._observer = observer
+        #: The hub of ``PixelByte(hub=...)`` (job slots), if any.
+        self.hub = hub
+        #: Where deliveries come from (``None``: the client polls).
+        self.receiver: WebhookReceiver | Hub | None = None
+        #: The hub feeding waits, when `use` was given one.
+        self.webhook_hub: Hub | None = None
+        self._url: str | None = None
+        self._server: WebhookServer | None = None
+        self._owns_server = False
+        self._owned_hubs: list[Hub] = []
+
+    def use(
+        self, receiver: WebhookReceiver | WebhookServer | Hub, public_url: str | None
+    ) -> None:
+        """See `PixelByte.use_webhooks`."""
+        if isinstance(receiver, WebhookServer):
+            self._server = receiver
+            self._owns_server = not receiver.running
+            self.receiver = receiver.receiver
+            self._url = public_url
+        else:
+            if public_url is None:
+                what = type(receiver).__name__
+                raise ValidationError(
+                    f"public_url is required with a {what}", field="public_url"
+                )
+            self.receiver = receiver
+            self._url = public_url
+            if not isinstance(receiver, WebhookReceiver):
+                self.webhook_hub = receiver
+        if self._url is not None:
+            validate_webhook_url(self._url)
+        self.receiver.attach(self._observer)
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the hubs in use that are not running (then they are ours to close)."""
+        for hub in (self.hub, self.webhook_hub):
+            if hub is not None and not hub.running and hub not in self._owned_hubs:
+                self._owned_hubs.append(hub)
+                await hub.start()
+
+    async def close(self) -> None:
+        """Stop observing; stop the server and the hubs the client started."""
+        if self.receiver is not None:
+            self.receiver.detach(self._observer)
+        if self._server is not None and self._owns_server:
+            await self._server.close()
+        for hub in self._owned_hubs:
+            await hub.aclose()
+
+    # -- what the client asks --------------------------------------------------------
+
+    async def public_url(self) -> str | None:
+        """The URL a submit sends as ``webhookUrl`` (starting our server if need be)."""
+        if self.receiver is None:
+            return None
+        if self._url is not None:
+            return self._url
+        server = self._server
+        if server is None:
+            return None
+        if not server.running:
+            await server.start()
+        return server.public_url
+
+    def source(self) -> WebhookReceiver | Hub | None:
+        """Where a job waits for its delivery now (``None``: poll)."""
+        hub = self.webhook_hub
+        if hub is not None and not (hub.running and hub.healthy):
+            return None  # deliveries may be missed: poll until the hub is back
+        return self.receiver
+
+    def outage(self) -> asyncio.Future[None] | None:
+        """A future resolved when the hub feeding waits goes down."""
+        hub = self.webhook_hub
+        return None if hub is None or not hub.running else hub.outage()
+
+    def event_for(self, job_id: str) -> WebhookEvent | None:
+        """A delivery already seen for *job_id* (it may race the submit answer)."""
+        return None if self.receiver is None else self.receiver.event_for(job_id)
+
+    def attempts(self) -> AttemptSource | None:
+        """Attempt → job attribution; a hub's comes from every process's deliveries."""
+        if self.webhook_hub is not None:
+            return _HubAttempts(self.webhook_hub)
+        return None if self.receiver is None else _ReceiverAttempts(self.receiver)
+
+
+@attrs.frozen
+class _ReceiverAttempts:
+    """A `WebhookReceiver` seen as an `AttemptSource` (what it received)."""
+
+    _receiver: WebhookReceiver | Hub
+
+    async def job_for_attempt(self, attempt: str) -> str | None:
+        return self._receiver.job_for_attempt(attempt)
+
+    async def attempt_for(self, job_id: str) -> str | None:
+        event = self._receiver.event_for(job_id)
+        return None if event is None else event.attempt
+
+
+@attrs.frozen
+class _HubAttempts:
+    """A hub seen as an `AttemptSource`: what any process received (its store)."""
+
+    _hub: Hub
+
+    async def job_for_attempt(self, attempt: str) -> str | None:
+        return await self._hub.fetch_attempt(attempt)
+
+    async def attempt_for(self, job_id: str) -> str | None:
+        event = await self._hub.fetch_event(job_id)
+        return None if event is None else event.attempt
