@@ -217,13 +217,16 @@ class VirtualClock:
 
 
 async def sleep_or_until(
-    clock: Clock, seconds: float, done: asyncio.Future[Any] | None = None
+    clock: Clock,
+    seconds: float,
+    done: asyncio.Future[Any] | None = None,
+    also: asyncio.Future[Any] | None = None,
 ) -> None:
     """
-    Sleep *seconds* on *clock*, or less if *done* completes first.
+    Sleep *seconds* on *clock*, or less if *done* (or *also*) completes first.
 
-    One timer and one future, no task: thousands of waiters stay cheap.  *done* is
-    only watched, never cancelled or awaited for its result.
+    One timer and no task: thousands of waiters stay cheap.  The futures are only
+    watched, never cancelled or awaited for their result.
     """
     wake: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
@@ -231,12 +234,13 @@ async def sleep_or_until(
         if not wake.done():
             wake.set_result(None)
 
-    if done is not None:
-        done.add_done_callback(on_wake)
+    watched = [f for f in (done, also) if f is not None]
+    for future in watched:
+        future.add_done_callback(on_wake)
     timer = clock.call_later(seconds, on_wake)
     try:
         await wake
     finally:
         timer.cancel()
-        if done is not None:
-            done.remove_done_callback(on_wake)
+        for future in watched:
+            future.remove_done_callback(on_wake)

@@ -30,7 +30,7 @@ from ._serde import decode_job, url_problem
 
 
 if TYPE_CHECKING:
-    from .webhooks import WebhookEvent
+    from ._signing import WebhookEvent
 
 
 __all__ = ["Job", "JobClient", "WebhookSource"]
@@ -80,7 +80,11 @@ class JobClient(Protocol):
 
     @property
     def webhooks(self) -> WebhookSource | None:
-        """Where deliveries come from, when the client uses webhooks."""
+        """Where deliveries come from, when the client uses webhooks (and can now)."""
+        ...
+
+    def outage(self) -> asyncio.Future[None] | None:
+        """A future resolved when the webhook source stops delivering (a hub)."""
         ...
 
     def uniform(self, low: float, high: float) -> float:
@@ -324,7 +328,8 @@ class Job:
             return
         future = receiver.future_for(self.id)
         try:
-            await sleep_or_until(clock, seconds, future)
+            # A hub going down wakes us too: from then on, we poll.
+            await sleep_or_until(clock, seconds, future, self._client.outage())
         finally:
             receiver.release(self.id)
 

@@ -1,5 +1,9 @@
 """
 Job slots: the client's limit on jobs in flight (``max_concurrent_jobs``).
+
+In one process, a counter.  With a hub (`PixelByte(hub=...)`), the limit is the
+account's, shared by every process through the hub's leased slots; this process
+still tracks its own jobs (to free their slots and to sweep them).
 """
 
 from __future__ import annotations
@@ -8,6 +12,8 @@ import asyncio
 import math
 from typing import TYPE_CHECKING
 
+import anyio
+
 from ._clock import Clock, sleep_or_until
 from ._config import ClientConfig
 from ._errors import RequestTimeout
@@ -15,9 +21,19 @@ from ._errors import RequestTimeout
 
 if TYPE_CHECKING:
     from ._job import Job
+    from ._sharing import SharedSlots
 
 
-__all__ = ["JobSlots"]
+__all__ = ["JobSlots", "Slot"]
+
+
+class Slot:
+    """One taken job slot: its hub lease, if the slots are shared."""
+
+    __slots__ = ("lease",)
+
+    def __init__(self, lease: str | None = None) -> None:
+        self.lease = lease
 
 
 class JobSlots:
@@ -30,8 +46,10 @@ class JobSlots:
     waiting on, so "submit everything, then wait for everything" cannot deadlock.
     """
 
-    def __init__(self, limit: int | None) -> None:
+    def __init__(self, limit: int | None, shared: SharedSlots | None = None) -> None:
         self.limit = limit
+        #: The hub's account-wide slots (then *limit* is the account's).
+        self.shared = shared
         self.used = 0
         self.jobs: dict[str, Job] = {}
         self._released: asyncio.Future[None] | None = None
@@ -42,28 +60,44 @@ class JobSlots:
         if released is not None and not released.done():
             released.set_result(None)
 
-    def free(self) -> None:
+    def free(self, slot: Slot | None = None) -> None:
+        """Give back a slot whose submit created no job we know of."""
         self.used -= 1
+        if slot is not None and slot.lease is not None and self.shared is not None:
+            self.shared.release_soon(slot.lease)
         self._notify()
 
-    def bind(self, job: Job) -> None:
+    def bind(self, job: Job, slot: Slot | None = None) -> None:
+        """Track *job*, created by the submit that took *slot*."""
         self.jobs[job.id] = job
+        if slot is not None and slot.lease is not None and self.shared is not None:
+            self.shared.bind(slot.lease, job.id)
 
     def finished(self, job_id: str) -> None:
+        """*job_id* has ended: free its slot (here and account-wide)."""
         if self.jobs.pop(job_id, None) is not None:
-            self.free()
+            self.used -= 1
+            if self.shared is not None:
+                self.shared.release_job(job_id)
+            self._notify()
 
     def adopt(self, job: Job) -> None:
+        """Count a job found in flight (reconciled) as one of ours."""
         if job.id not in self.jobs and not job.done:
             self.used += 1
             self.jobs[job.id] = job
+            if self.shared is not None:
+                self.shared.adopt(job.id)
 
     async def acquire(
         self, clock: Clock, config: ClientConfig, timeout: float | None
-    ) -> None:
+    ) -> Slot:
+        """Wait for a slot (at most *timeout* seconds) and take it."""
+        if self.shared is not None:
+            return await self._acquire_shared(self.shared, clock, config, timeout)
         if self.limit is None:
             self.used += 1
-            return
+            return Slot()
         deadline = clock.monotonic() + (timeout if timeout is not None else math.inf)
         while self.used >= self.limit:
             remaining = deadline - clock.monotonic()
@@ -81,6 +115,36 @@ class JobSlots:
             pause = min(remaining, config.poll.near_interval)
             await sleep_or_until(clock, pause, self._released)
         self.used += 1
+        return Slot()
+
+    async def _acquire_shared(
+        self,
+        shared: SharedSlots,
+        clock: Clock,
+        config: ClientConfig,
+        timeout: float | None,
+    ) -> Slot:
+        """
+        Wait in the hub's queue; meanwhile sweep our own unwatched jobs.
+
+        Our own finished-but-unnoticed jobs may be what holds the account's
+        slots, so the sweep runs beside the wait, as with a local limit.
+        """
+        deadline = clock.monotonic() + (timeout if timeout is not None else math.inf)
+
+        async def sweep() -> None:
+            while True:
+                await clock.sleep(config.poll.near_interval)
+                await self._sweep(clock, config, deadline)
+
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(sweep)
+            try:
+                lease = await shared.acquire(timeout)
+            finally:
+                tasks.cancel_scope.cancel()
+        self.used += 1
+        return Slot(lease)
 
     async def _sweep(self, clock: Clock, config: ClientConfig, deadline: float) -> None:
         """

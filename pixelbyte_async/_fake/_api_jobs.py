@@ -158,6 +158,8 @@ class SubmitHandlers:
             request_id=call.request_id,
             job_id=new_job_id(),
         )
+        if limit is not None:
+            state.peak_active = max(state.peak_active, active + 1)
         if state.early_webhooks > 0 and webhook_url is not None:
             state.early_webhooks -= 1
             state.force_terminal(job.id, "completed")

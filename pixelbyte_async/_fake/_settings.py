@@ -80,6 +80,18 @@ class FakeSettings:
         self._state.concurrent_job_limit = value
 
     @property
+    def peak_active_jobs(self) -> int:
+        """
+        The most jobs pending or processing at once, counted at each accepted submit.
+
+        Counted only while `concurrent_job_limit` is set (a limit as high as you
+        like will do): it is what a test of a client-side job limit asserts on.
+
+        .. versionadded:: 0.3.0
+        """
+        return self._state.peak_active
+
+    @property
     def concurrency_retry_after(self) -> int:
         """Return (or set) ``details.retryAfter`` of ``CONCURRENT_JOBS_EXCEEDED``."""
         return self._state.concurrency_retry_after

@@ -36,6 +36,9 @@ class FakeState:
     allow_http_webhooks: bool = False
     concurrent_job_limit: int | None = None
     concurrency_retry_after: int = 30
+    #: The most jobs pending or processing at once, seen at accepted submits
+    #: (counted while *concurrent_job_limit* is set).
+    peak_active: int = 0
     initial_balance: int | None = None
     webhook_secret: str = "whsec_test_sandbox"  # noqa: S105 -- a public sandbox value
     cdn_url: str = ""

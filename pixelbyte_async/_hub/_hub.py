@@ -164,6 +164,11 @@ class RedisHub:
         return self._link.healthy
 
     @property
+    def running(self) -> bool:
+        """Whether the hub was started and not closed (healthy or not)."""
+        return self._link.running()
+
+    @property
     def waiting(self) -> int:
         """How many job ids have a waiter in this process right now."""
         return self._memory.waiting

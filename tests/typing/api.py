@@ -97,3 +97,15 @@ async def typed_webhooks_and_batches() -> None:
                 limit: int = exc.limit_micro_cents
                 del limit
     del event, signature, status, reason, summary
+
+
+async def hub_shapes() -> None:
+    """A RedisHub is what `PixelByte(hub=)` and `use_webhooks` accept."""
+    from pixelbyte_async.redis import RedisHub  # noqa: PLC0415 -- optional extra
+    from pixelbyte_async.webhooks import WebhookReceiver  # noqa: PLC0415
+
+    hub = RedisHub("redis://localhost:6379/0", key_prefix="app", account="main")
+    async with PixelByte(hub=hub, max_concurrent_jobs=20) as pb:
+        pb.use_webhooks(hub, public_url="https://hooks.example.com/pixelbyte")
+        receiver = WebhookReceiver("whsec_x", hub=hub)
+        del receiver
