@@ -42,8 +42,10 @@ __all__ = [
     "decode_estimate",
     "decode_job",
     "decode_json",
+    "decode_status",
     "decode_upload",
     "error_fields",
+    "job_id_of",
     "parse_datetime",
     "unwrap",
     "url_problem",
@@ -234,7 +236,7 @@ def _shown(value: str) -> str:
     return value if len(value) <= _SHOWN_CHARS else value[:_SHOWN_CHARS] + "..."
 
 
-def _decode_status(raw: object, job_id: str) -> JobStatus:
+def decode_status(raw: object, job_id: str) -> JobStatus:
     """Decode a job status; warn once per distinct value the SDK does not know."""
     status = JobStatus.parse(raw)
     if status is JobStatus.UNKNOWN and raw is not None:
@@ -252,7 +254,7 @@ def _decode_status(raw: object, job_id: str) -> JobStatus:
     return status
 
 
-def _job_id(data: Mapping[str, Any]) -> str:
+def job_id_of(data: Mapping[str, Any]) -> str:
     for key in ("jobId", "job_id", "id"):
         value = data.get(key)
         if isinstance(value, str) and value:
@@ -361,7 +363,7 @@ def decode_job(
     """
     obj = _require_object(data, "a job")
     get = obj.get
-    job_id = _job_id(obj)
+    job_id = job_id_of(obj)
     raw_status = get("status")
     output = get("output")
     outputs = _outputs(obj) if (get("outputs") or isinstance(output, dict)) else ()
@@ -395,7 +397,7 @@ def decode_job(
             refunded_value = fallback.refunded_micro_cents
     return JobInfo(
         id=job_id,
-        status=_decode_status(raw_status, job_id),
+        status=decode_status(raw_status, job_id),
         raw_status=_opt_str(raw_status),
         progress=lenient_float(get("progress")),
         model=model,

@@ -25,7 +25,7 @@ import attrs
 
 from ._errors import ResponseDecodeError, WebhookVerificationError
 from ._models import JobInfo, JobStatus
-from ._serde import _decode_status, _job_id, decode_job
+from ._serde import decode_job, decode_status, job_id_of
 
 
 SIGNATURE_HEADER = "X-PixelByte-Signature"
@@ -315,12 +315,12 @@ def _read(raw: bytes, timestamp: int, attempt: str | None) -> SignedDelivery:
     if not isinstance(payload, dict):
         raise WebhookVerificationError("body is not a JSON object", reason="not_json")
     try:
-        job_id = _job_id(payload)
+        job_id = job_id_of(payload)
     except ResponseDecodeError as exc:
         raise WebhookVerificationError(
             "payload has no jobId", reason="malformed"
         ) from exc
-    status = _decode_status(payload.get("status"), job_id)
+    status = decode_status(payload.get("status"), job_id)
     return SignedDelivery(job_id, status, timestamp, payload, attempt=attempt, raw=raw)
 
 

@@ -21,7 +21,7 @@ import attrs
 
 from pixelbyte_async._errors import ResponseDecodeError
 from pixelbyte_async._serde import decode_job
-from pixelbyte_async.webhooks import WebhookEvent
+from pixelbyte_async._signing import WebhookEvent
 
 
 __all__ = [

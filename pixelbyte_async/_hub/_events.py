@@ -18,7 +18,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable
 
-from pixelbyte_async.webhooks import WebhookEvent
+from pixelbyte_async._signing import WebhookEvent
 
 from ._codec import ATTEMPT_RE, CONFLICT, EVENT, RELEASED, encode_event, parse_event
 from ._link import FAULTS, HubSettings, HubUnavailable, RedisLink

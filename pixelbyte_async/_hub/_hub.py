@@ -21,7 +21,8 @@ from types import TracebackType
 from typing import Any, Self
 
 from pixelbyte_async._clock import Clock, SystemClock
-from pixelbyte_async.webhooks import WebhookEvent, WebhookObserver
+from pixelbyte_async._handoff import WebhookObserver
+from pixelbyte_async._signing import WebhookEvent
 
 from ._codec import check_name
 from ._events import EventExchange

@@ -19,7 +19,8 @@ import math
 import threading
 from collections import OrderedDict
 
-from pixelbyte_async.webhooks import WebhookEvent, WebhookObserver
+from pixelbyte_async._handoff import WebhookObserver
+from pixelbyte_async._signing import WebhookEvent
 
 from ._codec import RawEvent, build_event
 from ._link import HubSettings, Loop, RedisLink
