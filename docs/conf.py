@@ -57,7 +57,7 @@ nitpicky = True
 _ELSEWHERE = [
     *("aiohttp", "attrs", "anyio", "asyncio", "_asyncio", r"collections\.abc"),
     *("datetime", "enum", "fnmatch", "os", "pathlib", "random", "time", "types"),
-    *("typing", "IO", "redis"),
+    *("typing", "IO", "redis", r"concurrent\.futures"),
 ]
 nitpick_ignore_regex = [
     (r"py:.*", rf"({'|'.join(_ELSEWHERE)})(\..*)?"),
@@ -74,6 +74,14 @@ nitpick_ignore = [
     # What a Job needs from its client (pixelbyte_async._job): jobs are made by the
     # client, never by users.
     ("py:class", "pixelbyte_async._job.JobClient"),
+    # What a hub offers the client (pixelbyte_async._sharing): a Protocol that
+    # `pixelbyte_async.redis.RedisHub` satisfies; users pass a RedisHub.
+    ("py:class", "Hub"),
+    ("py:class", "pixelbyte_async._sharing.Hub"),
+    # What a receiver or hub feeds (pixelbyte_async._handoff): the client itself.
+    ("py:class", "pixelbyte_async._handoff.WebhookObserver"),
+    # What a slot group needs of its hub (pixelbyte_async._hub._leases): a RedisHub.
+    ("py:class", "pixelbyte_async._hub._leases.SlotsHub"),
 ]
 
 # Docstrings name public objects by their short names (`Job.wait` in the webhooks
@@ -84,6 +92,7 @@ PUBLIC_MODULES = (
     "pixelbyte_async",
     "pixelbyte_async.testing",
     "pixelbyte_async.webhooks",
+    "pixelbyte_async.redis",
 )
 
 

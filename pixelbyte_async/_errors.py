@@ -15,8 +15,8 @@ escape.  Classes are grouped by what the caller should *do*::
     ├── ReconcileError                  reconcile cannot tell which job is whose
     │   └── ReconcileTimeout (TimeoutError) its timeout ended before the settle horizon
     ├── EventLoopMismatch (RuntimeError) a client was used from a second event loop
-    ├── BudgetExceeded                  a batch would cost more than allowed (_batch.py)
-    ├── JournalError                    a batch journal is in use or unreadable (_journal.py)
+    ├── BudgetExceeded                  a batch would cost more than allowed (_batch/)
+    ├── JournalError                    a batch journal is in use or unreadable (_journal/)
     ├── APIError                        the server answered with an error
     │   ├── InvalidRequestError   400   INVALID_INPUT, INVALID_MODEL_SLUG, JOB_CANNOT_BE_CANCELLED …
     │   ├── AuthenticationError   401   UNAUTHORIZED, INVALID_API_KEY, API_KEY_EXPIRED …

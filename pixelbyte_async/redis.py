@@ -22,13 +22,13 @@ call, so a waiter that subscribes first and then reads the stored state can miss
 nothing.
 
 **Faults** (the lessons of Celery's Redis result backend).  Pub/sub is fire and
-forget: while a process is disconnected it misses messages.  So `healthy` turns
+forget: while a process is disconnected it misses messages.  So `RedisHub.healthy` turns
 false at once (one WARNING on the ``pixelbyte_async`` logger per outage, and the
 *on_health* callbacks) and the client falls back to polling; on reconnect the hub
 subscribes again and then re-reads the stored state of every job it has waiters
 for, which resolves those whose event arrived meanwhile.  An event published while
 Redis is away still reaches this process's waiters, is kept in a bounded outbox and
-is published again on reconnect; `publish` raises `HubUnavailable` so that the
+is published again on reconnect; `RedisHub.publish` raises `HubUnavailable` so that the
 webhook endpoint can answer 503 and the API retries the delivery too.  Job slots
 fall back to a per-process limit while Redis is away, never to "unlimited" and
 never to "wait forever".
@@ -36,10 +36,10 @@ never to "wait forever".
 **What is stored.**  Only what a delivery carried: the JSON payload, its
 timestamp and its ``pb_attempt`` nonce, and the lease ids of job slots.  Never an
 API key or a webhook secret.  The URL's password is masked wherever the hub shows
-its URL (`repr`, logs).
+its URL (``repr``, logs).
 
 The hub belongs to the event loop it was started on, like a `PixelByte` client;
-`publish_threadsafe` is the way in from another thread.
+`RedisHub.publish_threadsafe` is the way in from another thread.
 
 .. versionadded:: 0.3.0
 """

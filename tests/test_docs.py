@@ -17,6 +17,7 @@ from pathlib import Path
 import attrs
 import pixelbyte_async
 import pixelbyte_async.testing
+import pixelbyte_async.redis
 import pixelbyte_async.webhooks
 import pytest
 from pixelbyte_async import PRICES, PollPolicy, RetryPolicy
@@ -112,6 +113,7 @@ def test_testing_guide_tests_pass_under_pytest(tmp_path):
         ("api.md", pixelbyte_async),
         ("api-testing.md", pixelbyte_async.testing),
         ("api-webhooks.md", pixelbyte_async.webhooks),
+        ("api-redis.md", pixelbyte_async.redis),
     ],
 )
 def test_every_public_name_is_in_the_reference(page, module):
