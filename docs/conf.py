@@ -71,9 +71,9 @@ nitpick_ignore = [
     # The batch's narrow view of its client (pixelbyte_async._seams): internal, and
     # `PixelByte` is what users pass.
     ("py:class", "BatchClient"),
-    # What a Job needs from its client (pixelbyte_async._job): jobs are made by the
+    # What a Job needs from its client (pixelbyte_async._job_state): jobs are made by the
     # client, never by users.
-    ("py:class", "pixelbyte_async._job.JobClient"),
+    ("py:class", "pixelbyte_async._job_state.JobClient"),
     # What a hub offers the client (pixelbyte_async._sharing): a Protocol that
     # `pixelbyte_async.redis.RedisHub` satisfies; users pass a RedisHub.
     ("py:class", "Hub"),

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ._audit_report import AuditOrphan as AuditOrphan
+from ._audit_report import AuditReport as AuditReport
 from ._client import PixelByte as PixelByte
 from ._clock import Clock as Clock
 from ._clock import SystemClock as SystemClock
@@ -67,8 +69,6 @@ from ._models import JobOutput as JobOutput
 from ._models import JobStatus as JobStatus
 from ._models import Upload as Upload
 from ._polling import PollPolicy as PollPolicy
-from ._reconcile import AuditOrphan as AuditOrphan
-from ._reconcile import AuditReport as AuditReport
 from ._retry import RetryPolicy as RetryPolicy
 from ._transport import MockTransport as MockTransport
 from ._transport import Request as Request

@@ -13,10 +13,11 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
+from ._audit_report import AuditReport
 from ._errors import AmbiguousSubmitError, ValidationError
 from ._job import Job
 from ._models import JobInfo, JobStatus
-from ._reconcile import DEFAULT_CLOCK_SKEW, AuditReport
+from ._reconcile import DEFAULT_CLOCK_SKEW
 from ._serde import decode_job, items_of
 
 

@@ -20,7 +20,8 @@ if TYPE_CHECKING:
     from ._clock import Clock
     from ._config import ClientConfig
     from ._files import Files
-    from ._job import Job, WebhookSource
+    from ._job import Job
+    from ._job_state import JobState, WebhookSource
     from ._pipeline import RequestPipeline
     from ._reconcile import AttemptSource
     from ._slots import JobSlots
@@ -64,7 +65,7 @@ class JobLink:
             url, path, timeout=timeout, overwrite=overwrite
         )
 
-    def finished(self, job: Job) -> None:
+    def finished(self, job: JobState) -> None:
         self._slots.finished(job.id)
 
 

@@ -21,8 +21,7 @@ from collections.abc import AsyncGenerator, Iterable, Iterator
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Protocol
 
-import attrs
-
+from ._audit_report import AuditOrphan, AuditReport
 from ._clock import Clock, sleep_or_until
 from ._errors import (
     AmbiguousSubmitError,
@@ -31,7 +30,6 @@ from ._errors import (
     ReconcileTimeout,
     ValidationError,
 )
-from ._models import JobStatus
 
 
 if TYPE_CHECKING:
@@ -44,13 +42,10 @@ __all__ = [
     "DEFAULT_CLOCK_SKEW",
     "DEFAULT_SETTLE",
     "AttemptSource",
-    "AuditOrphan",
-    "AuditReport",
     "Claims",
     "ReconcileClient",
     "Reconciler",
     "check_settle",
-    "known_cost",
 ]
 
 #: How long after an ambiguous submit began "no job found" is taken as proof that
@@ -75,15 +70,6 @@ def check_settle(value: float) -> float:
     if not 0 <= value < math.inf:
         raise ValidationError("settle must be a finite number >= 0", field="settle")
     return value
-
-
-def known_cost(orphans: Iterable[AuditOrphan]) -> int:
-    """What *orphans* are known to cost (failed and cancelled ones are refunded)."""
-    return sum(
-        o.cost_micro_cents or 0
-        for o in orphans
-        if o.status not in {JobStatus.FAILED, JobStatus.CANCELLED}
-    )
 
 
 def timestamp(value: datetime | float) -> float:
@@ -152,66 +138,6 @@ class SubmitInFlight:
         """Mark the submit as answered (or failed)."""
         if not self.done.done():
             self.done.set_result(None)
-
-
-@attrs.frozen(kw_only=True)
-class AuditOrphan:
-    """
-    A job of the account that nothing in this process (or the given journal) claims.
-
-    Attributes:
-        job: A handle on it: `Job.wait`, `Job.download` and `Job.cancel` work.
-        status: Its status when the audit looked.
-        created_at: When the API says it was created.
-        cost_micro_cents: What it cost, when the API said so (else ``None``).
-
-    """
-
-    job: Job
-    status: JobStatus
-    created_at: datetime | None
-    cost_micro_cents: int | None
-
-
-@attrs.frozen(kw_only=True)
-class AuditReport:
-    """
-    What `PixelByte.audit` found: the account's unclaimed jobs in a window.
-
-    A job here was created by nobody this process knows of: another program using
-    the same key, or a paid job whose submit answer was lost and never reconciled.
-    Pending ones can still be cancelled for a refund (`cancel_pending`); the others
-    can be adopted (wait for them and download them through `AuditOrphan.job`).
-
-    .. versionadded:: 0.3.0
-    """
-
-    since: float
-    until: float
-    orphans: tuple[AuditOrphan, ...]
-
-    @property
-    def cost_micro_cents(self) -> int:
-        """The known cost of the orphans (failed and cancelled ones are refunded)."""
-        return known_cost(self.orphans)
-
-    @property
-    def unknown_cost(self) -> int:
-        """How many orphans the API gave no cost for."""
-        return sum(1 for o in self.orphans if o.cost_micro_cents is None)
-
-    @property
-    def pending(self) -> tuple[AuditOrphan, ...]:
-        """The orphans that can still be cancelled (refunded)."""
-        return tuple(o for o in self.orphans if o.status is JobStatus.PENDING)
-
-    async def cancel_pending(self) -> int:
-        """Cancel every pending orphan; return the micro-cents refunded."""
-        refunded = 0
-        for orphan in self.pending:
-            refund = await orphan.job.cancel()
-            refunded += refund or 0
-        return refunded
 
 
 class AttemptSource(Protocol):

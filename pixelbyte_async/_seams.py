@@ -15,13 +15,13 @@ from typing import IO, TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     import os
 
+    from ._audit_report import AuditReport
     from ._clock import Clock
     from ._config import ClientConfig
     from ._errors import AmbiguousSubmitError
     from ._inputs import ModelInput
     from ._job import Job
     from ._models import Estimate
-    from ._reconcile import AuditReport
 
 
 __all__ = ["BatchClient"]

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import logging
 
+from pixelbyte_async._audit_report import AuditOrphan
 from pixelbyte_async._errors import PixelByteError
 from pixelbyte_async._journal import Journal
-from pixelbyte_async._reconcile import DEFAULT_CLOCK_SKEW, AuditOrphan
+from pixelbyte_async._reconcile import DEFAULT_CLOCK_SKEW
 from pixelbyte_async._seams import BatchClient
 
 from ._budget import usd

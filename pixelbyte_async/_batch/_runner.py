@@ -16,9 +16,10 @@ from typing import TYPE_CHECKING, Literal, Self
 
 import anyio
 
+from pixelbyte_async._audit_report import AuditOrphan
 from pixelbyte_async._errors import ValidationError
 from pixelbyte_async._journal import Journal
-from pixelbyte_async._reconcile import AuditOrphan, check_settle
+from pixelbyte_async._reconcile import check_settle
 
 from ._audit import audit
 from ._budget import Budget

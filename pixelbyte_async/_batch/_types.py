@@ -11,6 +11,7 @@ from typing import Any, Literal, TypeAlias
 
 import attrs
 
+from pixelbyte_async._audit_report import AuditOrphan, known_cost
 from pixelbyte_async._errors import (
     AuthenticationError,
     ClientClosedError,
@@ -20,7 +21,6 @@ from pixelbyte_async._errors import (
 )
 from pixelbyte_async._inputs import ModelInput
 from pixelbyte_async._journal import JournalError
-from pixelbyte_async._reconcile import AuditOrphan, known_cost
 
 
 __all__ = [

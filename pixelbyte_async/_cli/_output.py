@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, TextIO
 
+from pixelbyte_async._audit_report import AuditOrphan
 from pixelbyte_async._batch import BatchInputError, BudgetExceeded
 from pixelbyte_async._cmdline import EXIT_CODES, _CLIError, _print_error
 from pixelbyte_async._errors import (
@@ -38,7 +39,6 @@ from pixelbyte_async._errors import (
 )
 from pixelbyte_async._journal import JournalError
 from pixelbyte_async._models import JobInfo, JobStatus
-from pixelbyte_async._reconcile import AuditOrphan
 
 
 def _exit_code(exc: BaseException) -> int:
