@@ -1,22 +1,28 @@
 """
-What happens to a verified delivery inside a webhook receiver.
+What happens to a delivery inside a webhook receiver, from its bytes to its answer.
 
-`DeliveryDispatch` de-duplicates it by job id, attributes its submit attempt,
+`DeliveryIntake` verifies and counts it, and turns what became of it into the HTTP
+answer.  `DeliveryDispatch` de-duplicates it by job id, attributes its submit attempt,
 remembers it, hands it to waiters and attached clients on their event loops and to
 the ``on_event`` hook, and reports it to ``on_unknown`` when nobody knows the job
 ``unknown_grace`` seconds later.  The job is decoded only for somebody who receives
 it: a retry, or a delivery nobody waits for, costs no decoding.  The receiver's
-settings are read live, through `ReceiverSettings`.
+settings are read live, through `ReceiverSettings`.  With a hub, `SharedDispatch`
+publishes each delivery to it first, and the hub's answer decides what happens here.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import hmac
 import logging
 import threading
-from typing import Protocol
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Protocol
 
 from ._clock import Clock
+from ._errors import WebhookVerificationError
 from ._handoff import (
     DelayedCalls,
     EventHook,
@@ -27,26 +33,147 @@ from ._handoff import (
     hand_out,
 )
 from ._receiver_state import AttachedClients, JobWaiters, RecentDeliveries
-from ._signing import Remembered, SignedDelivery, WebhookEvent, restore
+from ._signing import (
+    Remembered,
+    SignedDelivery,
+    WebhookEvent,
+    read_delivery,
+    restore,
+)
 
 
-__all__ = ["DeliveryDispatch", "ReceiverSettings"]
+if TYPE_CHECKING:
+    from ._sharing import PublishingHub
+
+
+__all__ = ["DeliveryDispatch", "DeliveryIntake", "ReceiverSettings", "SharedDispatch"]
 
 log = logging.getLogger("pixelbyte_async.webhooks")
 
 _Loop = asyncio.AbstractEventLoop
+# A delivery as received: its raw body, its headers and its URL (or query string).
+_Request = tuple[bytes | bytearray | memoryview | str, Mapping[str, str], str | None]
+_Override = Callable[[WebhookEvent], bool] | None
+
+# The answers to a verified delivery: new, a duplicate, or not shared (with a hub).
+_ANSWERS = {True: (200, "ok"), False: (200, "duplicate")}
+_UNSHARED = (503, "hub_unavailable")
 
 
 class ReceiverSettings(Protocol):
     """What the dispatch reads of its receiver (public attributes, read when used)."""
 
     clock: Clock
+    tolerance: float
+    max_body: int
     retention: float
     max_events: int
     on_event: EventHook | None
     on_unknown: EventHook | None
     unknown_grace: float
     stats: dict[str, int]
+
+
+class DeliveryIntake:
+    """
+    Verifies and counts one delivery, hands it on, and answers ``(status, reason)``.
+
+    A verified delivery goes to *local*, or with a *hub* to its `SharedDispatch`
+    (`shared`), or to the *override* an answer is asked with: a `dispatch` of a
+    subclass of the receiver (or patched in), which sees every delivery, as ever.
+    *lock* is the receiver's (it guards ``stats``).
+    """
+
+    def __init__(
+        self,
+        settings: ReceiverSettings,
+        lock: threading.Lock,
+        keys: list[hmac.HMAC],
+        *,
+        local: DeliveryDispatch,
+        hub: PublishingHub | None,
+    ) -> None:
+        self._settings = settings
+        self._lock = lock
+        self._keys = keys
+        self._local = local
+        #: Publishes to the hub first, if there is one.
+        self.shared = (
+            None if hub is None else SharedDispatch(hub, local, settings, lock)
+        )
+
+    def answer(self, request: _Request, override: _Override) -> tuple[int, str]:
+        """Verify and hand on one delivery, in this thread (see the receiver's `handle`)."""
+        delivery = self._verified(*request)
+        if isinstance(delivery, tuple):
+            return delivery
+        shared = self.shared
+        try:
+            if override is not None:
+                accepted = override(delivery.event())
+                if not accepted:
+                    self._count("duplicates")
+            elif shared is None:
+                accepted = self._local.accept(delivery, received=True)
+            else:
+                accepted = shared.accept(delivery, received=True)
+        except ConnectionError:
+            if shared is None:
+                raise
+            return _UNSHARED
+        return _ANSWERS[accepted]
+
+    async def answer_async(
+        self, request: _Request, override: _Override
+    ) -> tuple[int, str]:
+        """`answer` on an event loop: a hub's answer is awaited, never blocked on."""
+        shared = self.shared
+        if shared is None:
+            return self.answer(request, override)
+        if override is not None:
+            # The override is synchronous: it waits for the hub in a thread.
+            return await asyncio.to_thread(self.answer, request, override)
+        delivery = self._verified(*request)
+        if isinstance(delivery, tuple):
+            return delivery
+        try:
+            return _ANSWERS[await shared.accept_async(delivery, received=True)]
+        except ConnectionError:
+            return _UNSHARED
+
+    def too_large(self) -> tuple[int, str]:
+        """The answer to a body refused for its size before it was read in full."""
+        self._count("received")
+        self._count("rejected")
+        return 413, "too_large"
+
+    def _count(self, stat: str) -> None:
+        with self._lock:
+            self._settings.stats[stat] += 1
+
+    def _verified(
+        self,
+        body: bytes | bytearray | memoryview | str,
+        headers: Mapping[str, str],
+        url: str | None,
+    ) -> SignedDelivery | tuple[int, str]:
+        """The verified delivery, or the answer to one that is not (counted)."""
+        self._count("received")
+        settings = self._settings
+        try:
+            return read_delivery(
+                body,
+                headers,
+                self._keys,
+                tolerance=settings.tolerance,
+                now=settings.clock.time(),
+                max_body=settings.max_body,
+                url=url,
+            )
+        except WebhookVerificationError as exc:
+            self._count("rejected")
+            log.warning("rejected webhook delivery: %s (%s)", exc.reason, exc)
+            return (413 if exc.reason == "too_large" else 401), exc.reason
 
 
 class DeliveryDispatch:
@@ -186,3 +313,108 @@ class DeliveryDispatch:
         on_unknown = self._settings.on_unknown
         if on_unknown is not None:
             self._hooks.run(on_unknown, restore(record), _running_loop())
+
+
+class SharedDispatch:
+    """
+    Publishes each verified delivery to a hub, then dispatches it here (*local*).
+
+    Nothing is de-duplicated here before publishing: the hub's answer decides.
+
+    * New everywhere: dispatched by *local* to this receiver's own waiters, clients
+      and hooks (which still skips what this receiver has handed out already, so
+      nothing is delivered twice here); True.
+    * A duplicate: nothing happens here (the process that got it first dispatched
+      it); False, counted in ``stats["duplicates"]`` when *received*.
+    * The hub cannot share it (``HubUnavailable``, no answer within the hub's
+      ``connect_timeout``, or a hub that is not running): dispatched here all the
+      same, as the hub feeds its own waiters, then `ConnectionError`, so that the
+      endpoint answers 503 and the API retries (and the retry is published again).
+
+    *lock* is the receiver's (it guards ``stats``).
+    """
+
+    def __init__(
+        self,
+        hub: PublishingHub,
+        local: DeliveryDispatch,
+        settings: ReceiverSettings,
+        lock: threading.Lock,
+    ) -> None:
+        self.hub = hub
+        self._local = local
+        self._settings = settings
+        self._lock = lock
+
+    def accept(self, delivery: SignedDelivery, *, received: bool) -> bool:
+        """Publish from a thread with no event loop, waiting for the hub's answer."""
+        if _running_loop() is not None:
+            raise RuntimeError(
+                "a WebhookReceiver with a hub cannot wait for the hub's answer on a "
+                "running event loop: await its handle_async() there"
+            )
+        try:
+            first = self._publish_blocking(delivery.event())
+        except ConnectionError:
+            self._local.accept(delivery, received=False)
+            raise
+        return self._settle(delivery, first=first, received=received)
+
+    async def accept_async(self, delivery: SignedDelivery, *, received: bool) -> bool:
+        """Publish from a coroutine: on the hub's loop, or through it from another."""
+        try:
+            first = await self._publish(delivery.event())
+        except ConnectionError:
+            self._local.accept(delivery, received=False)
+            raise
+        return self._settle(delivery, first=first, received=received)
+
+    def _settle(self, delivery: SignedDelivery, *, first: bool, received: bool) -> bool:
+        if not first:
+            if received:
+                with self._lock:
+                    self._settings.stats["duplicates"] += 1
+            return False
+        self._local.accept(delivery, received=False)
+        return True
+
+    async def _publish(self, event: WebhookEvent) -> bool:
+        hub = self.hub
+        if not hub.running:
+            raise _unshared(event, "the hub is not running")
+        try:
+            return await hub.publish(event)
+        except RuntimeError:
+            # Another event loop than the hub's: through the hub's own, bounded.
+            answer = asyncio.wrap_future(self._send(event))
+            try:
+                return await asyncio.wait_for(answer, hub.connect_timeout)
+            except TimeoutError as exc:
+                raise _late(event, hub.connect_timeout) from exc
+
+    def _send(self, event: WebhookEvent) -> concurrent.futures.Future[bool]:
+        """Schedule the publication of *event* on the hub's loop."""
+        try:
+            return self.hub.publish_threadsafe(event)
+        except RuntimeError as exc:
+            raise _unshared(event, "the hub is not running") from exc
+
+    def _publish_blocking(self, event: WebhookEvent) -> bool:
+        """The hub's answer, waited for in this thread for its ``connect_timeout``."""
+        timeout = self.hub.connect_timeout
+        try:
+            return self._send(event).result(timeout)
+        except TimeoutError as exc:
+            raise _late(event, timeout) from exc
+        except concurrent.futures.CancelledError as exc:
+            raise _unshared(event, "the hub was closed") from exc
+
+
+def _late(event: WebhookEvent, timeout: float) -> ConnectionError:
+    return _unshared(event, f"the hub did not answer within {timeout:g} s")
+
+
+def _unshared(event: WebhookEvent, why: str) -> ConnectionError:
+    """The error (logged) for a delivery the hub could not share."""
+    log.warning("webhook for %s not shared through the hub: %s", event.job_id, why)
+    return ConnectionError(f"the webhook for {event.job_id} was not shared: {why}")

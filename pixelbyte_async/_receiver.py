@@ -2,10 +2,11 @@
 The webhook receiver: verify, de-duplicate and dispatch deliveries.
 
 Owns `WebhookReceiver`: its settings and ``stats``, the framework-agnostic `handle`
-and `dispatch`, waiting on a job's delivery, attaching clients, and its aiohttp
-handler.  Verification is ``_signing``'s, what happens to a verified delivery
-``_dispatch``'s, what it remembers ``_receiver_state``'s, and its hooks and the
-hand-off to other event loops ``_handoff``'s.
+(and `handle_async`) and `dispatch`, waiting on a job's delivery, attaching clients,
+and its aiohttp handler.  Verification is ``_signing``'s, what happens to a verified
+delivery ``_dispatch``'s (publishing it to a hub first, when there is one), what it
+remembers ``_receiver_state``'s, and its hooks and the hand-off to other event loops
+``_handoff``'s.
 """
 
 from __future__ import annotations
@@ -13,14 +14,12 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
-import logging
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 from ._clock import Clock, SystemClock
-from ._dispatch import DeliveryDispatch
-from ._errors import WebhookVerificationError
+from ._dispatch import DeliveryDispatch, DeliveryIntake
 from ._handoff import (
     EventHook,
     HookRunner,
@@ -36,7 +35,6 @@ from ._signing import (
     Secrets,
     SignedDelivery,
     WebhookEvent,
-    read_delivery,
     signing_keys,
 )
 
@@ -45,16 +43,18 @@ if TYPE_CHECKING:
     import aiohttp
     import aiohttp.web
 
+    from ._sharing import PublishingHub
+
 
 __all__ = ["WebhookReceiver"]
-
-log = logging.getLogger("pixelbyte_async.webhooks")
 
 # Retries end ~341 s after the first attempt (1+4+16+64+256 s), each attempt may take
 # up to 30 s, a retry's timestamp is good for the 300 s tolerance, and reconciling an
 # ambiguous submit looks back over a 300 s settle horizon: ~1,120 s in all.  Thirty
 # minutes covers that with a margin and still forgets a finished job soon.
 _DEFAULT_RETENTION = 1800.0
+# The counters of `WebhookReceiver.stats`, all 0 at first.
+_STATS = ("received", "accepted", "duplicates", "rejected", "unknown")
 
 
 class WebhookReceiver:
@@ -95,9 +95,19 @@ class WebhookReceiver:
             all), with margin.  Keep it above *tolerance*, so that a replayed
             delivery is refused as stale before it is forgotten.  Pruning is
             amortised O(1) on each call, with no background task.
+        hub: A started hub shared by processes (`pixelbyte_async.redis.RedisHub`)
+            to publish each verified delivery to, with no de-duplication here
+            first; its answer decides.  New everywhere: 200 ``ok``, dispatched
+            here.  A duplicate: 200 ``duplicate``, nothing happens here.  Not
+            shared (``HubUnavailable``, no answer within its ``connect_timeout``,
+            or not running): 503 ``hub_unavailable`` (the API retries, and the
+            retry is published again), dispatched here all the same.  Waiters,
+            clients and hooks here still get a delivery once; waits elsewhere
+            are the hub's.  On an event loop, await `handle_async`.
 
     .. versionadded:: 0.1.0
     .. versionchanged:: 0.2.0 *retention*; safe from any thread.
+    .. versionchanged:: 0.3.0 *hub*.
 
     """
 
@@ -113,12 +123,13 @@ class WebhookReceiver:
         unknown_grace: float = 5.0,
         max_events: int = 50_000,
         retention: float = _DEFAULT_RETENTION,
+        hub: PublishingHub | None = None,
     ) -> None:
         if not retention > 0:
             raise ValueError(
                 f"retention must be a positive number of seconds, not {retention!r}"
             )
-        self._keys = signing_keys(secret)
+        keys = signing_keys(secret)
         self.tolerance = tolerance
         self.max_body = max_body
         self.clock: Clock = clock or SystemClock()
@@ -134,13 +145,7 @@ class WebhookReceiver:
         self._waiters = JobWaiters()
         self._clients = AttachedClients()
         self._hooks = HookRunner(self._lock)
-        self.stats: dict[str, int] = {
-            "received": 0,
-            "accepted": 0,
-            "duplicates": 0,
-            "rejected": 0,
-            "unknown": 0,
-        }
+        self.stats: dict[str, int] = dict.fromkeys(_STATS, 0)
         self._dispatch = DeliveryDispatch(
             self,
             self._lock,
@@ -149,16 +154,21 @@ class WebhookReceiver:
             clients=self._clients,
             hooks=self._hooks,
         )
+        self._intake = DeliveryIntake(
+            self, self._lock, keys, local=self._dispatch, hub=hub
+        )
+
+    @property
+    def hub(self) -> PublishingHub | None:
+        """The hub every verified delivery is published to, if any."""
+        shared = self._intake.shared
+        return None if shared is None else shared.hub
 
     def __repr__(self) -> str:
         return (
             f"WebhookReceiver(events={self._recent.events}, "
             f"waiting={len(self._waiters)}, stats={self.stats})"
         )
-
-    def _count(self, stat: str) -> None:
-        with self._lock:
-            self.stats[stat] += 1
 
     def _sizes(self) -> dict[str, int]:
         """The sizes of the per-job structures (for tests and debugging)."""
@@ -185,7 +195,9 @@ class WebhookReceiver:
 
         200 for new and duplicate deliveries (the API must stop retrying), 401 for
         verification failures, 413 for oversize bodies.  Safe from any thread; the
-        answer never waits for an event loop.
+        answer never waits for an event loop.  With a *hub*, 503 when it could not
+        share the delivery; the answer waits for the hub, so call it in a thread
+        with no event loop (on one, await `handle_async`, or get `RuntimeError`).
 
         Args:
             body: The raw request body, exactly as received.
@@ -197,30 +209,32 @@ class WebhookReceiver:
         .. versionchanged:: 0.2.0 *url*; safe from any thread.
 
         """
-        self._count("received")
-        try:
-            delivery = read_delivery(
-                body,
-                headers,
-                self._keys,
-                tolerance=self.tolerance,
-                now=self.clock.time(),
-                max_body=self.max_body,
-                url=url,
-            )
-        except WebhookVerificationError as exc:
-            self._count("rejected")
-            log.warning("rejected webhook delivery: %s (%s)", exc.reason, exc)
-            return (413 if exc.reason == "too_large" else 401), exc.reason
+        return self._intake.answer((body, headers, url), self._override())
+
+    async def handle_async(
+        self,
+        body: bytes | bytearray | memoryview | str,
+        headers: Mapping[str, str],
+        *,
+        url: str | None = None,
+    ) -> tuple[int, str]:
+        """
+        `handle` for a coroutine (an aiohttp or FastAPI handler): the same answers.
+
+        With a *hub*, the hub's answer is awaited: on the hub's event loop directly,
+        from another loop through the hub's (for its ``connect_timeout`` at most).
+        Without one, this is `handle`.
+
+        .. versionadded:: 0.3.0
+
+        """
+        return await self._intake.answer_async((body, headers, url), self._override())
+
+    def _override(self) -> Callable[[WebhookEvent], bool] | None:
+        """A `dispatch` of a subclass (or patched in): it sees every delivery."""
         dispatch = self.dispatch
-        if getattr(dispatch, "__func__", None) is WebhookReceiver.dispatch:
-            accepted = self._dispatch.accept(delivery, received=True)
-        else:
-            # A dispatch of a subclass (or patched in) sees every delivery, as ever.
-            accepted = dispatch(delivery.event())
-            if not accepted:
-                self._count("duplicates")
-        return (200, "ok") if accepted else (200, "duplicate")
+        own = getattr(dispatch, "__func__", None) is WebhookReceiver.dispatch
+        return None if own else dispatch
 
     def dispatch(self, event: WebhookEvent) -> bool:
         """
@@ -230,8 +244,16 @@ class WebhookReceiver:
         *url* so that ``event.attempt`` is set).  Safe from any thread: the
         de-duplication and the attribution of ``event.attempt`` happen at once,
         the hand-off to waiters and clients on their own event loop.
+
+        With a *hub*, *event* is published first and the answer is the hub's; a
+        `ConnectionError` (``HubUnavailable``...) means it was not shared: answer
+        503.  Call it in a thread with no event loop (on one: `RuntimeError`).
         """
-        return self._dispatch.accept(SignedDelivery.of(event), received=False)
+        delivery = SignedDelivery.of(event)
+        shared = self._intake.shared
+        if shared is not None:
+            return shared.accept(delivery, received=False)
+        return self._dispatch.accept(delivery, received=False)
 
     def _prune(self, now: float) -> None:
         """Forget what is older than *retention* or over *max_events* (lock held)."""
@@ -316,21 +338,18 @@ class WebhookReceiver:
         An aiohttp handler: mount it with ``app.router.add_post(path, handler)``.
 
         Oversize bodies get 413 from ``Content-Length`` alone, or as soon as the
-        streamed body passes the limit.  The query string goes to `handle` as
-        *url* (for ``pb_attempt``).
+        streamed body passes the limit.  The query string goes to `handle` (with a
+        *hub*, `handle_async`) as *url* (for ``pb_attempt``).
         """
         declared = request.content_length
-        if declared is not None and declared > self.max_body:
-            self._count("received")
-            self._count("rejected")
-            return _reply(413, "too_large")
-        body = await _read_body(request.content, self.max_body)
-        if body is None:
-            self._count("received")
-            self._count("rejected")
-            return _reply(413, "too_large")
-        status, reason = self.handle(body, request.headers, url=request.query_string)
-        return _reply(status, reason)
+        if declared is None or declared <= self.max_body:
+            body = await _read_body(request.content, self.max_body)
+            if body is not None:
+                url, headers = request.query_string, request.headers
+                if self._intake.shared is None:
+                    return _reply(*self.handle(body, headers, url=url))
+                return _reply(*await self.handle_async(body, headers, url=url))
+        return _reply(*self._intake.too_large())
 
     def aiohttp_app(self, path: str = "/") -> aiohttp.web.Application:
         """Return a sub-application to mount: ``app.add_subapp("/hooks", r.aiohttp_app())``."""

@@ -1,5 +1,5 @@
 """
-What a hub shared by several processes offers the client: `Hub` and `SharedSlots`.
+What a hub shared by several processes offers: `Hub`, `SharedSlots`, `PublishingHub`.
 
 `PixelByte(hub=...)` takes any object of this shape; `pixelbyte_async.redis.RedisHub`
 is the one the package ships.  The client never imports it (Redis is an optional
@@ -13,11 +13,15 @@ extra): these Protocols are the whole seam.  A hub is two things at once:
 
 When the hub is not `healthy` (Redis away), waits poll and slots fall back to a
 per-process limit; `outage` wakes parked waits so they start polling at once.
+
+`WebhookReceiver(hub=...)` needs much less of a hub: `PublishingHub`, a way to
+publish each delivery it verified, from its event loop or from another thread.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 from typing import TYPE_CHECKING, Protocol
 
 
@@ -26,7 +30,7 @@ if TYPE_CHECKING:
     from ._signing import WebhookEvent
 
 
-__all__ = ["Hub", "SharedSlots"]
+__all__ = ["Hub", "PublishingHub", "SharedSlots"]
 
 
 class SharedSlots(Protocol):
@@ -112,4 +116,35 @@ class Hub(Protocol):
 
     def slots(self, limit: int) -> SharedSlots:
         """The account-wide job slots, *limit* across every process."""
+        ...
+
+
+class PublishingHub(Protocol):
+    """
+    What a `WebhookReceiver` needs of a hub: publishing the deliveries it verified.
+
+    `publish` answers True for a delivery new everywhere and False for a duplicate,
+    and raises a `ConnectionError` (``HubUnavailable``) when the hub cannot share
+    it.  It runs on the hub's event loop; `publish_threadsafe` is the way in from
+    any other thread, whose answer the receiver awaits for `connect_timeout`.
+    """
+
+    @property
+    def running(self) -> bool:
+        """Whether `start` has been called and `aclose` has not."""
+        ...
+
+    @property
+    def connect_timeout(self) -> float:
+        """Seconds a call to the store may take (how long a thread waits for one)."""
+        ...
+
+    async def publish(self, event: WebhookEvent) -> bool:
+        """Share *event* with every process; True if it is new everywhere."""
+        ...
+
+    def publish_threadsafe(
+        self, event: WebhookEvent
+    ) -> concurrent.futures.Future[bool]:
+        """Schedule `publish` on the hub's event loop from any thread."""
         ...

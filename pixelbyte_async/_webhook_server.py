@@ -22,6 +22,8 @@ from ._signing import Secrets
 if TYPE_CHECKING:
     import aiohttp.web
 
+    from ._sharing import PublishingHub
+
 
 __all__ = ["WebhookServer"]
 
@@ -217,14 +219,19 @@ class WebhookServer:
             idle keep-alive time included.  The API allows a delivery 30 s and sends
             a few hundred bytes.
         max_connections: Connections open at once.
+        hub: A hub shared by several processes (`pixelbyte_async.redis.RedisHub`)
+            that the receiver publishes every verified delivery to; the answer is
+            200 ``ok``, 200 ``duplicate`` or 503 ``hub_unavailable`` (see
+            `WebhookReceiver`).  With *receiver*, it must be that receiver's hub.
         **receiver_kwargs: More `WebhookReceiver` options.
 
     Raises:
-        ValueError: *read_timeout* is not a positive finite number or
-            *max_connections* not a positive integer.
+        ValueError: *read_timeout* is not a positive finite number,
+            *max_connections* not a positive integer, or *hub* not *receiver*'s.
 
     .. versionadded:: 0.1.0
     .. versionchanged:: 0.2.0 *read_timeout* and *max_connections*.
+    .. versionchanged:: 0.3.0 *hub*.
 
     """
 
@@ -239,6 +246,7 @@ class WebhookServer:
         public_url: str | None = None,
         read_timeout: float = _DEFAULT_READ_TIMEOUT,
         max_connections: int = _DEFAULT_MAX_CONNECTIONS,
+        hub: PublishingHub | None = None,
         **receiver_kwargs: Any,
     ) -> None:
         if (
@@ -261,7 +269,9 @@ class WebhookServer:
         if receiver is None:
             if secret is None:
                 raise ValueError("pass a webhook secret or a receiver")
-            receiver = WebhookReceiver(secret, **receiver_kwargs)
+            receiver = WebhookReceiver(secret, hub=hub, **receiver_kwargs)
+        elif hub is not None and receiver.hub is not hub:
+            raise ValueError("pass hub= to the receiver, or give no receiver")
         self.receiver = receiver
         self.host = host
         self.port = port

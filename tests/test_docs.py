@@ -16,8 +16,8 @@ from pathlib import Path
 
 import attrs
 import pixelbyte_async
-import pixelbyte_async.testing
 import pixelbyte_async.redis
+import pixelbyte_async.testing
 import pixelbyte_async.webhooks
 import pytest
 from pixelbyte_async import PRICES, PollPolicy, RetryPolicy

@@ -102,28 +102,32 @@ async def test_job_slots_count_every_process_sharing_the_hub(fake, hubs):
     """Two processes, max_concurrent_jobs=2 for the account: never 3 in flight."""
     a, b = hubs
     limit, per_process = 2, 4
-    async with bound_client(fake, hub=a, max_concurrent_jobs=limit) as pa:
-        async with bound_client(fake, hub=b, max_concurrent_jobs=limit) as pb_:
-            for client, hub in ((pa, a), (pb_, b)):
-                client.use_webhooks(hub, public_url=HOOK)
-            submits = [
-                asyncio.ensure_future(client.submit(transition(10 * n + i)))
-                for n in range(per_process)
-                for i, client in enumerate((pa, pb_))
-            ]
-            finished: set[str] = set()
-            while len(finished) < len(submits):
-                await until(
-                    lambda: len(set(fake.jobs) - finished) == limit
+    async with (
+        bound_client(fake, hub=a, max_concurrent_jobs=limit) as pa,
+        bound_client(fake, hub=b, max_concurrent_jobs=limit) as pb_,
+    ):
+        for client, hub in ((pa, a), (pb_, b)):
+            client.use_webhooks(hub, public_url=HOOK)
+        submits = [
+            asyncio.ensure_future(client.submit(transition(10 * n + i)))
+            for n in range(per_process)
+            for i, client in enumerate((pa, pb_))
+        ]
+        finished: set[str] = set()
+        while len(finished) < len(submits):
+            await until(
+                lambda: (
+                    len(set(fake.jobs) - finished) == limit
                     or len(fake.jobs) == len(submits)
                 )
-                running = sorted(set(fake.jobs) - finished)
-                assert len(running) <= limit
-                for job_id in running:
-                    # Each delivery lands in the process that did not submit it.
-                    await deliver_elsewhere(fake, b, job_id)
-                    finished.add(job_id)
-            jobs = await asyncio.wait_for(asyncio.gather(*submits), 10)
+            )
+            running = sorted(set(fake.jobs) - finished)
+            assert len(running) <= limit
+            for job_id in running:
+                # Each delivery lands in the process that did not submit it.
+                await deliver_elsewhere(fake, b, job_id)
+                finished.add(job_id)
+        jobs = await asyncio.wait_for(asyncio.gather(*submits), 10)
     assert len({j.id for j in jobs}) == 2 * per_process == len(fake.jobs)
     assert fake.peak_active_jobs == limit
     assert fake.ledger.double_charged() == []
@@ -240,7 +244,7 @@ async def test_waits_poll_while_redis_is_away_and_never_hang(own_redis, prefix, 
 
 async def test_without_a_hub_nothing_changes(fake):
     async with bound_client(fake) as pb:
-        assert pb._slots.shared is None  # noqa: SLF001
+        assert pb._slots.shared is None
         job = await pb.submit(transition())
         fake.complete_now(job.id)
         assert (await job.refresh()).status is JobStatus.COMPLETED
@@ -252,4 +256,4 @@ def test_the_hub_satisfies_the_client_s_protocol() -> None:
 
     hub = RedisHub("redis://127.0.0.1:1/0")
     pb = PixelByte(api_key="pb_test_x", hub=hub, max_concurrent_jobs=3)
-    assert pb._slots.shared is hub.slots(3)  # noqa: SLF001
+    assert pb._slots.shared is hub.slots(3)

@@ -376,7 +376,39 @@ def _add_webhook_parser(sub: Any) -> None:
         help="stop after N events (scripts, tests)",
     )
     _secret_option(wl)
+    _add_redis_options(wl)
     _debug_option(wl.add_argument, top=False)
+
+
+def _add_redis_options(wl: argparse.ArgumentParser) -> None:
+    """``webhook listen``'s hub: every verified delivery is published to Redis."""
+    hub = wl.add_argument_group(
+        "sharing deliveries with other processes (pip install 'pixelbyte-async[redis]')"
+    )
+    hub.add_argument(
+        "--redis",
+        default=None,
+        metavar="URL",
+        help="publish every verified delivery to this Redis hub (redis://, rediss://), "
+        "so that waits in every process sharing it resolve; a retry already seen "
+        "by any of them is a duplicate, and while Redis is away deliveries get 503 "
+        "(the API retries them). Default $PIXELBYTE_REDIS_URL; prefer it to a "
+        "password in the arguments. The password is never printed",
+    )
+    hub.add_argument(
+        "--redis-prefix",
+        default=None,
+        metavar="PREFIX",
+        help="with --redis: the first part of every key and channel (RedisHub's "
+        "key_prefix, default pixelbyte)",
+    )
+    hub.add_argument(
+        "--redis-account",
+        default=None,
+        metavar="NAME",
+        help="with --redis: the account the processes share (RedisHub's account, "
+        "default 'default')",
+    )
 
 
 def _add_sandbox_parser(sub: Any) -> None:

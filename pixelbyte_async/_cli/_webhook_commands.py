@@ -2,19 +2,24 @@
 ``webhook verify`` and ``webhook listen``: check deliveries with the webhook secret.
 
 ``verify`` checks one delivery saved to a file (headers from ``-H`` or a headers
-file); ``listen`` runs a `WebhookServer` and prints every verified delivery.
-Neither talks to the API.
+file); ``listen`` runs a `WebhookServer` and prints every verified delivery, and
+with ``--redis`` (or ``$PIXELBYTE_REDIS_URL``) publishes each to a `RedisHub` it
+starts and closes (`_started_hub`).  Neither talks to the API.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
+from urllib.parse import urlsplit
 
+from pixelbyte_async._cmdline import _CLIError
 from pixelbyte_async._errors import ValidationError
 from pixelbyte_async.webhooks import (
     WebhookEvent,
@@ -26,6 +31,10 @@ from pixelbyte_async.webhooks import (
 from ._connection import _listening
 from ._options import _secrets
 from ._output import _print_json
+
+
+if TYPE_CHECKING:
+    from pixelbyte_async.redis import RedisHub
 
 
 async def _webhook(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
@@ -101,12 +110,79 @@ async def _webhook_listen(args: argparse.Namespace, out: TextIO, err: TextIO) ->
         if args.max_events is not None and seen >= args.max_events:
             done.set()
 
-    receiver = WebhookReceiver(_secrets(args), on_event=on_event)
-    server = WebhookServer(
-        receiver=receiver, host=args.host, port=args.port, path=args.path
-    )
-    await _listening(server, option="--port", host_option="--host")
-    async with server:
-        print(f"Listening on {server.url} (Ctrl-C stops)", file=err, flush=True)
-        await done.wait()
+    secrets = _secrets(args)
+    async with contextlib.AsyncExitStack() as stack:
+        hub = await _started_hub(args, stack)
+        receiver = WebhookReceiver(secrets, on_event=on_event, hub=hub)
+        server = WebhookServer(
+            receiver=receiver, host=args.host, port=args.port, path=args.path, hub=hub
+        )
+        await _listening(server, option="--port", host_option="--host")
+        async with server:
+            shared = "" if hub is None else f" and publishing to {hub.url}"
+            print(
+                f"Listening on {server.url}{shared} (Ctrl-C stops)",
+                file=err,
+                flush=True,
+            )
+            await done.wait()
     return 0
+
+
+async def _started_hub(
+    args: argparse.Namespace, stack: contextlib.AsyncExitStack
+) -> RedisHub | None:
+    """
+    The hub of ``--redis`` (else ``$PIXELBYTE_REDIS_URL``), started; None without.
+
+    It is closed when *stack* is.  An unreachable Redis is no error (the hub keeps
+    trying and deliveries get 503 meanwhile); a URL that is not one, or a missing
+    redis-py, is.  No message repeats the URL: it may carry a password.
+    """
+    url = getattr(args, "redis", None)
+    source = "--redis"
+    if not url:
+        url, source = os.environ.get("PIXELBYTE_REDIS_URL"), "$PIXELBYTE_REDIS_URL"
+    names = {
+        "key_prefix": getattr(args, "redis_prefix", None),
+        "account": getattr(args, "redis_account", None),
+    }
+    options = {name: value for name, value in names.items() if value is not None}
+    if not url:
+        if options:
+            raise ValidationError(
+                "--redis-prefix and --redis-account need --redis or "
+                "$PIXELBYTE_REDIS_URL",
+                field="redis",
+            )
+        return None
+    unusable = ValidationError(
+        f"{source} must be a Redis URL such as redis://localhost:6379/0 "
+        "(or rediss:// for TLS)",
+        field="redis",
+    )
+    try:
+        scheme = urlsplit(url).scheme
+    except ValueError:
+        scheme = ""
+    if scheme not in {"redis", "rediss", "unix"}:
+        raise unusable
+    try:
+        from pixelbyte_async.redis import RedisHub  # noqa: PLC0415 -- optional extra
+    except ImportError as exc:
+        raise _CLIError(
+            f"{source} needs redis-py: pip install 'pixelbyte-async[redis]'",
+            family="usage",
+        ) from exc
+    try:
+        hub = RedisHub(url, **options)
+    except ValueError as exc:
+        raise ValidationError(
+            f"--redis-prefix or --redis-account: {exc}", field="redis"
+        ) from exc
+    stack.push_async_callback(hub.aclose)
+    try:
+        await hub.start()
+    except ValueError as exc:  # a part of the URL redis-py cannot read
+        raise unusable from exc
+    return hub

@@ -101,8 +101,8 @@ async def typed_webhooks_and_batches() -> None:
 
 async def hub_shapes() -> None:
     """A RedisHub is what `PixelByte(hub=)` and `use_webhooks` accept."""
-    from pixelbyte_async.redis import RedisHub  # noqa: PLC0415 -- optional extra
-    from pixelbyte_async.webhooks import WebhookReceiver  # noqa: PLC0415
+    from pixelbyte_async.redis import RedisHub
+    from pixelbyte_async.webhooks import WebhookReceiver
 
     hub = RedisHub("redis://localhost:6379/0", key_prefix="app", account="main")
     async with PixelByte(hub=hub, max_concurrent_jobs=20) as pb:
