@@ -78,6 +78,12 @@ nitpick_ignore = [
     # `pixelbyte_async.redis.RedisHub` satisfies; users pass a RedisHub.
     ("py:class", "Hub"),
     ("py:class", "pixelbyte_async._sharing.Hub"),
+    ("py:class", "PublishingHub"),
+    # Type aliases of the receiver's signature (pixelbyte_async._signing and
+    # _handoff): a secret or several (str | bytes | a sequence of them); a hook
+    # called with each WebhookEvent.  Their Args sections say so in words.
+    ("py:class", "Secrets"),
+    ("py:class", "EventHook"),
     # What a receiver or hub feeds (pixelbyte_async._handoff): the client itself.
     ("py:class", "pixelbyte_async._handoff.WebhookObserver"),
     # What a slot group needs of its hub (pixelbyte_async._hub._leases): a RedisHub.

@@ -14,6 +14,9 @@ How a page's examples run, so that the visible code stays what a user would writ
   top level of a block runs *x* on the page's loop instead of a new one, so a full
   program that ends in ``asyncio.run(main())`` runs unchanged.
 * Blocks that start with ``>>>`` are doctests (synchronous code only).
+* ``__page__.redis_url()`` starts a ``redis-server`` of the page's own (on a free
+  port, stopped with the page) for the pages about the Redis hub; without one the
+  page is skipped locally and fails under CI, as the hub's tests do.
 * ``% skip: next "reason"`` skips the next block (code that needs a bot token, say);
   ``% invisible-code-block: python`` runs setup the reader does not need to see.
 * A ``{code-block} python`` captioned ``tests/...`` is a file of pytest tests: it is
@@ -31,6 +34,7 @@ import asyncio
 import doctest
 import inspect
 import os
+import sys
 import tempfile
 import unittest
 from pathlib import Path
@@ -85,6 +89,23 @@ class _Page:
         self._cwd = Path.cwd()
         self._environ = dict(os.environ)
         self.pb: pixelbyte_async.PixelByte | None = None
+        self._redis: Any = None
+
+    def redis_url(self) -> str:
+        """The URL of a redis-server of this page's own, started on first use."""
+        if self._redis is None:
+            sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+            try:
+                from redis_fixture import RedisServer, require_redis  # noqa: PLC0415
+            finally:
+                sys.path.pop(0)
+            require_redis()
+            directory = Path(self._tmp.name) / "redis"
+            directory.mkdir()
+            server = RedisServer(directory)
+            server.start()
+            self._redis = server
+        return str(self._redis.url)
 
     def open(self, namespace: dict[str, Any]) -> None:
         os.chdir(self._tmp.name)
@@ -122,6 +143,8 @@ class _Page:
             self.runner.run(self.fake.close())
         finally:
             self.runner.close()
+            if self._redis is not None:
+                self._redis.stop()
             pixelbyte_async.PixelByte = _RealPixelByte  # type: ignore[misc]
             _restore_environ(self._environ)
             os.chdir(self._cwd)

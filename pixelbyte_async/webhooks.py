@@ -24,6 +24,13 @@ immediate); waiters, attached clients and coroutine hooks are then handed to the
 event loop they belong to with ``loop.call_soon_threadsafe``.  Nothing else touches
 a loop, a future or a `Job` from a foreign thread.
 
+**Several processes.**  With ``hub=`` (a `pixelbyte_async.redis.RedisHub`), every
+verified delivery is published through the hub and resolves the waits of every
+process sharing it; the hub's answer decides the reply: 200 ``ok`` (new), 200
+``duplicate`` (any process had it already), 503 ``hub_unavailable`` (Redis away: the
+API retries).  From a coroutine, use `WebhookReceiver.handle_async`; `handle` then
+waits for the hub only in a thread with no event loop (a synchronous view).
+
 **Attribution.**  `tag_webhook_url` adds a per-submit-attempt nonce (``pb_attempt``,
 made by `new_attempt_id`) to the ``webhookUrl``; the API calls that URL back, so a
 delivery tells which submit attempt created which job
