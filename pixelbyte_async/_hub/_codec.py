@@ -20,8 +20,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import attrs
 
 from pixelbyte_async._errors import ResponseDecodeError
-from pixelbyte_async._serde import decode_job
-from pixelbyte_async._signing import WebhookEvent
+from pixelbyte_async._models import JobStatus
+from pixelbyte_async._signing import SignedDelivery, WebhookEvent
 
 
 __all__ = [
@@ -223,20 +223,21 @@ def parse_event(raw: bytes) -> RawEvent | None:
 
 def build_event(raw: RawEvent) -> WebhookEvent | None:
     """Decode the payload as `verify` does; None unless a terminal event of its job."""
+    delivery = SignedDelivery(
+        raw.job_id,
+        JobStatus.UNKNOWN,  # read from the payload by `event`
+        raw.timestamp,
+        raw.payload,
+        attempt=raw.attempt,
+        raw=None,
+    )
     try:
-        info = decode_job(raw.payload)
+        event = delivery.event()
     except (ResponseDecodeError, ValueError, TypeError):
         return None
-    if info.id != raw.job_id or not info.status.is_terminal:
+    if event.job_id != raw.job_id or not event.status.is_terminal:
         return None
-    return WebhookEvent(
-        job_id=info.id,
-        status=info.status,
-        job=info,
-        timestamp=raw.timestamp,
-        payload=raw.payload,
-        attempt=raw.attempt,
-    )
+    return event
 
 
 def check_name(what: str, value: str) -> str:
