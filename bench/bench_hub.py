@@ -12,11 +12,24 @@ The Redis hub across processes: event latency, Redis commands per job, job slots
   (commands run inside the Lua script are counted by Redis too).
 * Slots: 4 processes × 6 tasks share a limit of 8 (acquire, hold ~5 ms, release);
   a sampler reads the leases alive in Redis all along.  Target: peak <= limit.
+* The client path (``--client-jobs``, default 10,000; 0 skips it): 4 worker
+  processes, each a ``PixelByte(hub=..., max_concurrent_jobs=--client-limit)`` with
+  ``use_webhooks(hub, public_url=<receiver>)`` running ``--client-tasks`` loops of
+  submit → ``wait()``, against a `FakePixelByte` in this process (real time, jobs
+  sped up to ~0.5 s, deliveries sent by the fake itself); one receiver process, a
+  ``WebhookServer(secret, hub=hub)``, publishes every delivery.  Latency is from the
+  fake starting a delivery's POST to ``wait()`` returning in another process;
+  Redis commands per job from ``INFO commandstats`` (the sampler's own calls
+  taken off); slots in use sampled from Redis, at admission, and as the fake
+  counted jobs in flight.  Targets: p99 <= 10 ms (as one process), peak <= limit,
+  every job completed and charged once.
 
 Starts its own ``redis-server`` on 127.0.0.1 (or ``--url``).  Writes
-bench/results/hub.json.
+bench/results/hub.json (``--client-only``: the client path alone, printed, not
+written).
 
     python bench/bench_hub.py [--events 10000] [--workers 4] [--rates 1000,2000]
+        [--client-jobs 10000] [--client-tasks 40] [--client-limit 128] [--client-only]
 """
 
 from __future__ import annotations
@@ -27,6 +40,7 @@ import json
 import os
 import select
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -34,12 +48,15 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aioredis
+from pixelbyte_async import KlingO1StartEndFrame, PixelByte
 from pixelbyte_async.redis import RedisHub
-from pixelbyte_async.webhooks import signature_headers, verify
+from pixelbyte_async.testing import FakePixelByte
+from pixelbyte_async.webhooks import WebhookServer, signature_headers, verify
 
 
 HERE = Path(__file__).resolve()
@@ -143,6 +160,69 @@ async def worker_slots(
 
         await asyncio.gather(*(run() for _ in range(tasks)))
         say({"waits": waits, "peak": slots.peak})
+
+
+async def worker_receive(url: str, prefix: str) -> None:
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    published: dict[str, float] = {}
+
+    class StampingHub(RedisHub):
+        """Notes when the receiver hands each delivery to the hub."""
+
+        async def publish(self, event: Any) -> bool:
+            published.setdefault(event.job_id, time.monotonic())
+            return await super().publish(event)
+
+    cpu = time.process_time()
+    async with (
+        StampingHub(url, key_prefix=prefix) as hub,
+        WebhookServer(SECRET, hub=hub) as server,
+    ):
+        say({"url": server.url})
+        await stop.wait()
+        say({"cpu_s": time.process_time() - cpu, "published": published})
+
+
+async def worker_client(url: str, prefix: str, api: str, *rest: str) -> None:
+    """Loops of submit -> wait() through PixelByte(hub=...); one job number each."""
+    api_key, hook, first, count, tasks, limit = rest
+    numbers = iter(range(int(first), int(first) + int(count)))
+    returned: dict[str, float] = {}
+    statuses: dict[str, int] = {}
+    hub = RedisHub(url, key_prefix=prefix)
+    cpu = time.process_time()
+    async with PixelByte(
+        api_key=api_key, base_url=api, hub=hub, max_concurrent_jobs=int(limit)
+    ) as pb:
+        pb.use_webhooks(hub, public_url=hook)
+
+        async def loop() -> None:
+            for n in numbers:
+                job = await pb.submit(
+                    KlingO1StartEndFrame(
+                        image_url="https://e.x/a.jpg",
+                        end_image_url="https://e.x/b.jpg",
+                        prompt=f"bench {n}",
+                    )
+                )
+                done = await job.wait(timeout=600)
+                returned[job.id] = time.monotonic()
+                key = done.status.value
+                statuses[key] = statuses.get(key, 0) + 1
+
+        await asyncio.gather(*(loop() for _ in range(int(tasks))))
+        slots = hub.slots(int(limit))
+        say(
+            {
+                "returned": returned,
+                "statuses": statuses,
+                "cpu_s": time.process_time() - cpu,
+                "peak": slots.peak,
+                "fallback_admissions": slots.fallback_admissions,
+                "delivered": hub.stats["delivered"],
+            }
+        )
 
 
 # -- the parent --------------------------------------------------------------------
@@ -299,10 +379,121 @@ async def slots_run(
     }
 
 
+def delivery_clock(fake: Any) -> Callable[[float], float]:
+    """Map the fake's (virtual wall-clock) delivery times to `time.monotonic`."""
+    start, scale, origin = (float(x) for x in fake.clock.share().split(","))
+    return lambda at: origin + (at - start) / scale
+
+
+async def client_run(
+    url: str, jobs: int, procs: int, tasks: int, limit: int
+) -> dict[str, Any]:
+    prefix = "c" + uuid.uuid4().hex[:8]
+    share = jobs // procs
+    async with FakePixelByte(
+        time_scale=1.0,
+        speedup=500,  # a Kling job (5 s queued + 240 s) takes 0.49 s
+        allow_http_webhooks=True,
+        auto_webhooks=True,
+        webhook_secret=SECRET,
+        concurrent_job_limit=10**6,  # counts peak_active_jobs; never refuses
+    ) as fake:
+        receiver = await spawn("receive", url, prefix)
+        hook = (await line(receiver))["url"]
+        before = await commandstats(url)
+        began = time.monotonic()
+        clients = [
+            await spawn(
+                *("client", url, prefix, fake.url, fake.api_key, hook),
+                *(str(p * share), str(share), str(tasks), str(limit)),
+            )
+            for p in range(procs)
+        ]
+        samples: list[int] = []
+        async with RedisHub(url, key_prefix=prefix) as hub:
+            slots = hub.slots(limit)
+            done = asyncio.ensure_future(asyncio.gather(*(line(p) for p in clients)))
+            while not done.done():
+                samples.append(await slots.in_use())
+                await asyncio.sleep(0.005)
+            results = done.result()
+        took = time.monotonic() - began
+        after = await commandstats(url)
+        receiver.terminate()
+        received = await line(receiver)
+        for proc in [receiver, *clients]:
+            await proc.wait()
+        to_monotonic = delivery_clock(fake)
+        delivered = {}
+        for d in fake.webhook_deliveries:
+            if d.ok:
+                delivered.setdefault(d.job_id, to_monotonic(d.time))
+        gets = fake.count("GET", "/v1/jobs/*")
+        peak_active = fake.peak_active_jobs
+        double = len(fake.ledger.double_charged())
+        made = len(fake.jobs)
+    total = share * procs
+    returned = {job: at for r in results for job, at in r["returned"].items()}
+    latencies = [(at - delivered[job]) * 1000 for job, at in returned.items()]
+    published = received["published"]
+    to_publish = [(published[job] - delivered[job]) * 1000 for job in returned]
+    to_return = [(at - published[job]) * 1000 for job, at in returned.items()]
+    statuses: dict[str, int] = {}
+    for r in results:
+        for key, n in r["statuses"].items():
+            statuses[key] = statuses.get(key, 0) + n
+    delta = {
+        name: after.get(name, 0) - before.get(name, 0)
+        for name in sorted(set(after) | set(before))
+    }
+    for name in ("evalsha", "time", "zcount"):  # the sampler's own (IN_USE_LUA)
+        delta[name] = delta.get(name, 0) - len(samples)
+    delta.pop("info", None)  # our own measurement
+    delta = {name: calls for name, calls in delta.items() if calls > 0}
+    return {
+        "jobs": total,
+        "processes": procs,
+        "tasks_per_process": tasks,
+        "limit": limit,
+        "seconds": round(took, 2),
+        "jobs_per_s": round(total / took, 1),
+        "statuses": statuses,
+        "fake_jobs": made,
+        "double_charged": double,
+        "gets_per_job": round(gets / total, 4),
+        "latency_ms_p50": round(statistics.median(latencies), 3),
+        "latency_ms_p90": round(pct(latencies, 0.90), 3),
+        "latency_ms_p99": round(pct(latencies, 0.99), 3),
+        "latency_ms_max": round(max(latencies), 3),
+        "delivery_to_published_ms_p50_p99": [
+            round(statistics.median(to_publish), 3),
+            round(pct(to_publish, 0.99), 3),
+        ],
+        "published_to_returned_ms_p50_p99": [
+            round(statistics.median(to_return), 3),
+            round(pct(to_return, 0.99), 3),
+        ],
+        "redis_calls_per_job": {k: round(v / total, 3) for k, v in delta.items()},
+        "redis_calls_per_job_total": round(sum(delta.values()) / total, 3),
+        "peak_in_use_sampled": max(samples),
+        "peak_in_use_at_admission": max(r["peak"] for r in results),
+        "peak_active_jobs_at_api": peak_active,
+        "mean_in_use_sampled": round(statistics.mean(samples), 2),
+        "fallback_admissions": sum(r["fallback_admissions"] for r in results),
+        "client_cpu_ms_per_job": round(
+            sum(r["cpu_s"] for r in results) * 1000 / total, 3
+        ),
+        "receiver_cpu_ms_per_job": round(received["cpu_s"] * 1000 / total, 3),
+    }
+
+
 async def main(ns: argparse.Namespace) -> dict[str, Any]:
     server = None if ns.url else Server()
     url = ns.url or server.url  # type: ignore[union-attr]
+    client = (ns.client_jobs, ns.workers, ns.client_tasks, ns.client_limit)
     try:
+        if ns.client_only:
+            return {"client": await client_run(url, *client)}
         return {
             "events": [
                 await events_run(url, ns.events, ns.workers, rate, attach=attach)
@@ -310,10 +501,43 @@ async def main(ns: argparse.Namespace) -> dict[str, Any]:
                 for attach in (False, True)
             ],
             "slots": await slots_run(url, ns.workers, ns.limit, 6, ns.rounds),
+            **({"client": await client_run(url, *client)} if ns.client_jobs else {}),
         }
     finally:
         if server is not None:
             server.stop()
+
+
+def print_client(cl: dict[str, Any]) -> None:
+    limit = cl["limit"]
+    peak = max(cl["peak_in_use_sampled"], cl["peak_in_use_at_admission"])
+    print(
+        f"client path: {cl['jobs']} jobs through PixelByte(hub=) in "
+        f"{cl['processes']} processes x {cl['tasks_per_process']} loops, "
+        f"{cl['seconds']} s ({cl['jobs_per_s']} jobs/s): {cl['statuses']}, "
+        f"{cl['double_charged']} double charges, {cl['gets_per_job']} GETs/job"
+    )
+    print(
+        f"  delivery -> wait() returned in another process: p50 "
+        f"{cl['latency_ms_p50']:.2f} ms, p99 {cl['latency_ms_p99']:.2f} ms, max "
+        f"{cl['latency_ms_max']:.2f} ms "
+        f"({'met' if cl['latency_ms_p99'] <= 10 else 'MISSED'}: p99 <= 10 ms); "
+        f"of which delivery -> publish() in the receiver p50/p99 "
+        f"{cl['delivery_to_published_ms_p50_p99']} ms, publish() -> returned "
+        f"{cl['published_to_returned_ms_p50_p99']} ms"
+    )
+    print(
+        f"  Redis calls per job: {cl['redis_calls_per_job_total']} "
+        f"({cl['redis_calls_per_job']})"
+    )
+    print(
+        f"  slots, limit {limit}: peak {cl['peak_in_use_sampled']} sampled / "
+        f"{cl['peak_in_use_at_admission']} at admission / "
+        f"{cl['peak_active_jobs_at_api']} jobs active at the API "
+        f"({'met' if peak <= limit else 'MISSED'}), mean {cl['mean_in_use_sampled']}; "
+        f"CPU per job: clients {cl['client_cpu_ms_per_job']} ms, receiver "
+        f"{cl['receiver_cpu_ms_per_job']} ms"
+    )
 
 
 def run_worker(argv: list[str]) -> None:
@@ -324,6 +548,10 @@ def run_worker(argv: list[str]) -> None:
         )
     elif mode == "publish":
         asyncio.run(worker_publish(url, prefix, int(rest[0]), float(rest[1])))
+    elif mode == "receive":
+        asyncio.run(worker_receive(url, prefix))
+    elif mode == "client":
+        asyncio.run(worker_client(url, prefix, *rest))
     else:
         asyncio.run(worker_slots(url, prefix, int(rest[0]), int(rest[1]), int(rest[2])))
 
@@ -344,8 +572,15 @@ if __name__ == "__main__":
     )
     parser.add_argument("--limit", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=40)
+    parser.add_argument("--client-jobs", type=int, default=10_000)
+    parser.add_argument("--client-tasks", type=int, default=40)
+    parser.add_argument("--client-limit", type=int, default=128)
+    parser.add_argument("--client-only", action="store_true")
     args = parser.parse_args()
     res = asyncio.run(main(args))
+    if args.client_only:
+        print_client(res["client"])
+        sys.exit(0)
     out = Path(__file__).parent / "results" / "hub.json"
     out.write_text(json.dumps(res, indent=2) + "\n")
     sl = res["slots"]
@@ -371,3 +606,5 @@ if __name__ == "__main__":
         f"mean {sl['mean_in_use_sampled']}, {sl['acquisitions_per_s']} acquisitions/s, "
         f"wait p50 {sl['acquire_wait_ms_p50']} ms p99 {sl['acquire_wait_ms_p99']} ms"
     )
+    if "client" in res:
+        print_client(res["client"])

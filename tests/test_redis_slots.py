@@ -209,3 +209,52 @@ async def test_kill_9_frees_the_slots_within_the_lease_time(redis_server, prefix
 
 async def finish_line(proc):
     return json.loads(await read_line(proc))
+
+
+async def test_a_group_made_with_a_short_lease_is_the_one_a_client_joins(hubs):
+    """`slots(limit)` without a lease takes the group's own; a clash is still an error."""
+    a, _ = hubs
+    group = a.slots(4, lease=2.0)
+    assert a.slots(4) is group  # what PixelByte(hub=a, max_concurrent_jobs=4) asks
+    assert group.lease == 2.0
+    with pytest.raises(ValueError, match="lease=2"):
+        a.slots(4, lease=30.0)
+    assert a.slots(5, name="fresh").lease == 60.0  # the default for a new group
+
+
+async def test_a_release_wakes_one_waiter_of_a_process_not_all(hubs):
+    """
+    Ten waiters of one process queue for one slot: each release lets the next in
+    with about one admission attempt, not ten (a thundering herd).
+    """
+    a, _ = hubs
+    slots = a.slots(1, retry_interval=30.0)  # only a release can wake a waiter
+    link = a._link  # noqa: SLF001 -- counting the admission scripts run
+    calls = {"acquire": 0}
+    real_call = link.call
+
+    async def counting(script, *args, **kwargs):
+        calls[script] = calls.get(script, 0) + 1
+        return await real_call(script, *args, **kwargs)
+
+    link.call = counting
+    try:
+        holding = await slots.acquire(timeout=1)
+        waiters = [
+            asyncio.ensure_future(slots.acquire(timeout=WAIT)) for _ in range(10)
+        ]
+        await until(lambda: calls["acquire"] == 11)  # each tried once, then queued
+        for _ in range(10):
+            await slots.release(holding)
+            with anyio.fail_after(WAIT):
+                done, _ = await asyncio.wait(
+                    waiters, return_when=asyncio.FIRST_COMPLETED
+                )
+            (winner,) = done
+            waiters.remove(winner)
+            holding = winner.result()
+        attempts_after_queueing = calls["acquire"] - 11
+    finally:
+        link.call = real_call
+    # One attempt per release (two wake-ups per release at most: ours and Redis').
+    assert attempts_after_queueing <= 2 * 10, attempts_after_queueing

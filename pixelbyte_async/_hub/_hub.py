@@ -341,17 +341,20 @@ class RedisHub:
         limit: int,
         *,
         name: str = "jobs",
-        lease: float = 60.0,
+        lease: float | None = None,
         fallback_limit: int | None = None,
         retry_interval: float = 1.0,
     ) -> RedisSlots:
         """
         Return the account-wide job slots *name* (one object per name and hub).
 
-        See `RedisSlots` for the arguments.
+        See `RedisSlots` for the arguments.  Without *lease*, an existing group is
+        taken with its own lease (so ``hub.slots(20, lease=10)`` made first is the
+        group ``PixelByte(hub=hub, max_concurrent_jobs=20)`` then uses); a new one
+        gets 60 s.
 
         Raises:
-            ValueError: The group exists here with other settings.
+            ValueError: The group exists here with another limit or lease.
 
         """
         return self._slot_groups.slots(
