@@ -28,7 +28,7 @@ a loop, a future or a `Job` from a foreign thread.
 verified delivery is published through the hub and resolves the waits of every
 process sharing it; the hub's answer decides the reply: 200 ``ok`` (new), 200
 ``duplicate`` (any process had it already), 503 ``hub_unavailable`` (Redis away: the
-API retries).  From a coroutine, use `WebhookReceiver.handle_async`; `handle` then
+API retries).  From a coroutine, use `WebhookReceiver.handle_async`; `WebhookReceiver.handle` then
 waits for the hub only in a thread with no event loop (a synchronous view).
 
 **Attribution.**  `tag_webhook_url` adds a per-submit-attempt nonce (``pb_attempt``,

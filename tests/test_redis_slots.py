@@ -229,7 +229,7 @@ async def test_a_release_wakes_one_waiter_of_a_process_not_all(hubs):
     """
     a, _ = hubs
     slots = a.slots(1, retry_interval=30.0)  # only a release can wake a waiter
-    link = a._link  # noqa: SLF001 -- counting the admission scripts run
+    link = a._link
     calls = {"acquire": 0}
     real_call = link.call
 
