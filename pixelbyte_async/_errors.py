@@ -6,7 +6,7 @@ escape.  Classes are grouped by what the caller should *do*::
 
     PixelByteError                      root; never raised directly
     ├── ValidationError (ValueError)    bad input caught locally; nothing was sent
-    │   └── BatchInputError             bad batch rows, every one listed (_batch.py)
+    │   └── BatchInputError             bad batch rows, every one listed (_batch/)
     ├── ClientClosedError (RuntimeError) the client was used after aclose()
     ├── TransportError                  could not talk to the API (connect/read); retryable
     │   └── RequestTimeout (TimeoutError) the call's deadline passed

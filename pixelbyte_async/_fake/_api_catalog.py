@@ -6,10 +6,8 @@ Everything they show comes from the static tables of `_catalog`.
 
 from __future__ import annotations
 
-from ._catalog import (
-    MODELS,
-    PROVIDERS,
-    ProviderSpec,
+from ._catalog import MODELS, PROVIDERS, ProviderSpec, resolve_model
+from ._catalog_json import (
     catalog_capability_groups,
     catalog_categories,
     catalog_model_detail,
@@ -18,7 +16,6 @@ from ._catalog import (
     model_detail,
     model_summary,
     provider_json,
-    resolve_model,
 )
 from ._http import ApiError, Call, Reply
 
