@@ -12,7 +12,6 @@ health and releases, closed with the hub.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import itertools
 import math
@@ -110,9 +109,7 @@ class RedisSlots:
             procs_key=key("slots-procs", name),
         )
         self._ids = itertools.count()
-        # This process's waiters, first come first: a release wakes the first one
-        # only (the others would each run the admission script in vain).
-        self._waiting: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._wake: asyncio.Future[None] | None = None
         #: The most leases seen in use account-wide right after an admission.
         self.peak = 0
         #: Admissions made under the per-process fallback limit.
@@ -142,37 +139,18 @@ class RedisSlots:
 
     # -- waking ----------------------------------------------------------------------------
 
-    def _notify(self, count: int | None = 1) -> None:
-        """Wake the first *count* waiters of this process (None: every one)."""
-        waiting = self._waiting
-        while waiting and (count is None or count > 0):
-            wake = waiting.popleft()
-            if not wake.done():
-                wake.set_result(None)
-                count = None if count is None else count - 1
+    def _notify(self) -> None:
+        wake, self._wake = self._wake, None
+        if wake is not None and not wake.done():
+            wake.set_result(None)
 
-    def _queue_up(self, *, first: bool) -> asyncio.Future[None]:
-        """A waiter's place in this process's line (at the front if it was there)."""
-        wake: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        if first:
-            self._waiting.appendleft(wake)
-        else:
-            self._waiting.append(wake)
-        return wake
-
-    def _leave_line(self, wake: asyncio.Future[None] | None) -> None:
-        """A waiter leaves: drop its place, and pass on a wake-up it did not use."""
-        if wake is None:
-            return
-        if wake.done():
-            self._notify()  # woken, but gone without the slot: the next one tries
-        else:
-            wake.cancel()
-            with contextlib.suppress(ValueError):
-                self._waiting.remove(wake)
+    def _wake_future(self) -> asyncio.Future[None]:
+        if self._wake is None or self._wake.done():
+            self._wake = asyncio.get_running_loop().create_future()
+        return self._wake
 
     def _health_changed(self, *, healthy: bool) -> None:
-        self._notify(None)
+        self._notify()
         if healthy:
             self._leases.kick_renewer()
 
@@ -202,7 +180,6 @@ class RedisSlots:
         waiter = self._new_id("w")
         lease = self._new_id("l")
         queued = False
-        wake: asyncio.Future[None] | None = None
         try:
             while True:
                 if not link.running():
@@ -223,14 +200,13 @@ class RedisSlots:
                     except FAULTS:
                         continue  # the hub is unhealthy now: fall back below
                     if granted:
-                        queued, wake = False, None
+                        queued = False
                         self.peak = max(self.peak, int(used))
                         self._leases.held[lease] = None
                         return lease
                     queued = True
                     pause = self.retry_interval * link.uniform(0.5, 1.5)
                 elif len(self._leases.held) < self.fallback_limit:
-                    wake = None
                     self.fallback_admissions += 1
                     self._leases.held[lease] = None
                     return lease
@@ -242,12 +218,8 @@ class RedisSlots:
                         "by this process)",
                         request_sent=False,
                     )
-                if wake is None or wake.done():
-                    # Woken and still waiting: first in line again (as in Redis).
-                    wake = self._queue_up(first=wake is not None)
-                await sleep_or_until(clock, min(pause, remaining), wake)
+                await sleep_or_until(clock, min(pause, remaining), self._wake_future())
         finally:
-            self._leave_line(wake)
             if queued:
                 # Leave the queue at once rather than block it until expiry.
                 with (
@@ -333,7 +305,7 @@ class RedisSlots:
     async def _close(self) -> None:
         """Stop renewing and give back every lease of this process."""
         await self._leases.close()
-        self._notify(None)
+        self._notify()
 
 
 class SlotGroups:
