@@ -220,3 +220,26 @@ async def test_a_group_made_with_a_short_lease_is_the_one_a_client_joins(hubs):
     with pytest.raises(ValueError, match="lease=2"):
         a.slots(4, lease=30.0)
     assert a.slots(5, name="fresh").lease == 60.0  # the default for a new group
+
+
+async def test_every_release_lets_the_next_waiter_in_without_its_retry_timer(hubs):
+    """
+    Ten waiters of one process queue for one slot, with a retry timer too long to
+    matter: each release admits exactly one of them, at once.  (A cheaper wake-up
+    that woke only the first waiter of each process failed this: its order can
+    differ from Redis' queue, and the waiter whose turn it was slept on.)
+    """
+    a, _ = hubs
+    slots = a.slots(1, retry_interval=30.0)  # only a release can wake a waiter
+    holding = await slots.acquire(timeout=1)
+    waiters = [asyncio.ensure_future(slots.acquire(timeout=WAIT)) for _ in range(10)]
+    await until(lambda: a._link.running() and len(waiters) == 10)
+    await asyncio.sleep(0.05)  # let every waiter make its first attempt and queue
+    for _ in range(10):
+        await slots.release(holding)
+        with anyio.fail_after(5):
+            done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        (winner,) = done
+        waiters.remove(winner)
+        holding = winner.result()
+    assert await slots.in_use() == 1

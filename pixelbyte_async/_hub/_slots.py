@@ -110,6 +110,10 @@ class RedisSlots:
         )
         self._ids = itertools.count()
         self._wake: asyncio.Future[None] | None = None
+        # Releases seen on the channel: an attempt that fails while one arrives
+        # tries again at once (it may have run just before the slot was freed, and
+        # the wake-up found nobody asleep).
+        self._releases = 0
         #: The most leases seen in use account-wide right after an admission.
         self.peak = 0
         #: Admissions made under the per-process fallback limit.
@@ -143,6 +147,11 @@ class RedisSlots:
         wake, self._wake = self._wake, None
         if wake is not None and not wake.done():
             wake.set_result(None)
+
+    def _released(self) -> None:
+        """A slot was released in Redis (by any process): waiters try again."""
+        self._releases += 1
+        self._notify()
 
     def _wake_future(self) -> asyncio.Future[None]:
         if self._wake is None or self._wake.done():
@@ -193,6 +202,7 @@ class RedisSlots:
                         lease,
                         ms(self._queue_ttl),
                     ]
+                    releases = self._releases
                     try:
                         granted, _rank, used = await link.call(
                             "acquire", self._keys, args
@@ -205,6 +215,8 @@ class RedisSlots:
                         self._leases.held[lease] = None
                         return lease
                     queued = True
+                    if self._releases != releases:
+                        continue  # a slot was freed during this attempt: try again
                     pause = self.retry_interval * link.uniform(0.5, 1.5)
                 elif len(self._leases.held) < self.fallback_limit:
                     self.fallback_admissions += 1
@@ -351,7 +363,7 @@ class SlotGroups:
         """A slot of group *name* was released (in any process): wake its waiters."""
         group = self._groups.get(name)
         if group is not None:
-            group._notify()  # noqa: SLF001 -- the hub owns its slot groups
+            group._released()  # noqa: SLF001 -- the hub owns its slot groups
 
     def health_changed(self, healthy: bool) -> None:
         """Tell every group that the hub's health changed."""
