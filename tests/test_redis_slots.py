@@ -243,3 +243,23 @@ async def test_every_release_lets_the_next_waiter_in_without_its_retry_timer(hub
         waiters.remove(winner)
         holding = winner.result()
     assert await slots.in_use() == 1
+
+
+async def test_every_release_lets_the_next_waiter_in_across_processes(hubs):
+    """The same with the waiters of two processes: the turn is never lost."""
+    a, b = hubs
+    slots = [a.slots(1, retry_interval=30.0), b.slots(1, retry_interval=30.0)]
+    holding, owner = await slots[0].acquire(timeout=1), slots[0]
+    waiters = {
+        asyncio.ensure_future(slots[n % 2].acquire(timeout=WAIT)): slots[n % 2]
+        for n in range(10)
+    }
+    await asyncio.sleep(0.05)  # let every waiter make its first attempt and queue
+    for _ in range(10):
+        await owner.release(holding)
+        with anyio.fail_after(5):
+            done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        (winner,) = done
+        owner = waiters.pop(winner)
+        holding = winner.result()
+    assert await slots[0].in_use() == 1

@@ -83,7 +83,8 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
 # KEYS: leases, queue (score: arrival), queue expiry (score: ms), sequence
 # ARGV: limit, lease ms, waiter id, lease id, queue ttl ms
-# Returns {granted, rank in the queue, leases in use}.
+# Returns {granted, rank in the queue, leases in use, place in the queue (its
+# arrival number: the queue's order, stable while others come and go)}.
 ACQUIRE_LUA = (
     _NOW_LUA
     + """
@@ -93,8 +94,10 @@ for _, waiter in ipairs(gone) do
   redis.call('ZREM', KEYS[2], waiter)
   redis.call('ZREM', KEYS[3], waiter)
 end
-if not redis.call('ZSCORE', KEYS[2], ARGV[3]) then
-  redis.call('ZADD', KEYS[2], redis.call('INCR', KEYS[4]), ARGV[3])
+local seq = redis.call('ZSCORE', KEYS[2], ARGV[3])
+if not seq then
+  seq = redis.call('INCR', KEYS[4])
+  redis.call('ZADD', KEYS[2], seq, ARGV[3])
 end
 local keep = math.max(tonumber(ARGV[2]), tonumber(ARGV[5])) * 2
 redis.call('ZADD', KEYS[3], now + tonumber(ARGV[5]), ARGV[3])
@@ -109,7 +112,7 @@ if rank < tonumber(ARGV[1]) - used then
   granted = 1
 end
 for i = 1, 4 do redis.call('PEXPIRE', KEYS[i], keep) end
-return {granted, rank, used}
+return {granted, rank, used, tonumber(seq)}
 """
 )
 

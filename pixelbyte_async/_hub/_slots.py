@@ -12,6 +12,7 @@ health and releases, closed with the hub.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import itertools
 import math
@@ -44,9 +45,11 @@ class RedisSlots:
 
     **Fairness.**  Waiters queue in Redis in arrival order (FIFO across all
     processes): a waiter is admitted only when fewer waiters are ahead of it than
-    there are free slots.  A release wakes the waiters of every process at once
-    (a pub/sub message); a slot freed by an expired lease is noticed within
-    *retry_interval* (jittered).  A waiter whose process died leaves the queue
+    there are free slots.  A release (a pub/sub message) wakes, in each process,
+    its first waiter in the queue's order; while a slot stays free after an
+    attempt, the next waiter that has not tried since the release is woken, and an
+    attempt that was on the wire when a release came tries again at once.  A slot
+    freed by an expired lease is noticed within *retry_interval* (jittered).  A waiter whose process died leaves the queue
     after ``max(2 s, 5 × retry_interval)``.
 
     **Redis away.**  Admission falls back to a per-process limit, *fallback_limit*
@@ -109,11 +112,18 @@ class RedisSlots:
             procs_key=key("slots-procs", name),
         )
         self._ids = itertools.count()
-        self._wake: asyncio.Future[None] | None = None
-        # Releases seen on the channel: an attempt that fails while one arrives
-        # tries again at once (it may have run just before the slot was freed, and
-        # the wake-up found nobody asleep).
+        # This process's sleeping waiters, in Redis' queue order.  A release wakes
+        # one; while a slot stays free after an attempt, the next one that has not
+        # tried since that release is woken, until one gets it or all have tried.
+        self._waiting: list[tuple[float, str, asyncio.Future[None]]] = []
+        # Each waiter's place in Redis' queue (its arrival number), so that this
+        # process's line is in the queue's order.
+        self._places: dict[str, float] = {}
+        # Releases seen on the channel, and when each waiter last tried: an
+        # attempt that fails while a release arrives tries again at once (it may
+        # have run just before the slot was freed).
         self._releases = 0
+        self._tried: dict[str, int] = {}
         #: The most leases seen in use account-wide right after an admission.
         self.peak = 0
         #: Admissions made under the per-process fallback limit.
@@ -143,23 +153,49 @@ class RedisSlots:
 
     # -- waking ----------------------------------------------------------------------------
 
-    def _notify(self) -> None:
-        wake, self._wake = self._wake, None
-        if wake is not None and not wake.done():
-            wake.set_result(None)
+    def _notify(self, *, every: bool = False, local: bool = False) -> None:
+        """
+        Wake the first sleeping waiter that has not tried since the last release.
+
+        *local*: the first one, tried or not (a slot freed here while Redis is
+        away); *every*: all of them (health changed, or closing).
+        """
+        for entry in list(self._waiting):
+            _, waiter, wake = entry
+            fresh = local or self._tried.get(waiter, -1) < self._releases
+            if not (every or fresh):
+                continue
+            self._waiting.remove(entry)
+            if not wake.done():
+                wake.set_result(None)
+                if not every:
+                    return
 
     def _released(self) -> None:
-        """A slot was released in Redis (by any process): waiters try again."""
+        """A slot was released in Redis (by any process): its next waiter tries."""
         self._releases += 1
         self._notify()
 
-    def _wake_future(self) -> asyncio.Future[None]:
-        if self._wake is None or self._wake.done():
-            self._wake = asyncio.get_running_loop().create_future()
-        return self._wake
+    def _sleep_in_line(
+        self, waiter: str, wake: asyncio.Future[None] | None
+    ) -> asyncio.Future[None]:
+        """The waiter's place in line: the one it has, or a new one at the end."""
+        if wake is None or wake.done():
+            wake = asyncio.get_running_loop().create_future()
+            place = self._places.get(waiter, math.inf)  # never queued in Redis: last
+            bisect.insort(self._waiting, (place, waiter, wake), key=lambda e: e[0])
+        return wake
+
+    def _leave_line(self, waiter: str, wake: asyncio.Future[None] | None) -> None:
+        self._tried.pop(waiter, None)
+        place = self._places.pop(waiter, math.inf)
+        if wake is not None and not wake.done():
+            wake.cancel()
+            with contextlib.suppress(ValueError):
+                self._waiting.remove((place, waiter, wake))
 
     def _health_changed(self, *, healthy: bool) -> None:
-        self._notify()
+        self._notify(every=True)
         if healthy:
             self._leases.kick_renewer()
 
@@ -189,33 +225,22 @@ class RedisSlots:
         waiter = self._new_id("w")
         lease = self._new_id("l")
         queued = False
+        wake: asyncio.Future[None] | None = None
         try:
             while True:
                 if not link.running():
                     raise RuntimeError("the RedisHub of these job slots is closed")
                 pause = _MAX_PAUSE
                 if self.hub.healthy:
-                    args = [
-                        self.limit,
-                        ms(self.lease),
-                        waiter,
-                        lease,
-                        ms(self._queue_ttl),
-                    ]
-                    releases = self._releases
                     try:
-                        granted, _rank, used = await link.call(
-                            "acquire", self._keys, args
-                        )
+                        admitted = await self._try_in_redis(waiter, lease)
                     except FAULTS:
                         continue  # the hub is unhealthy now: fall back below
-                    if granted:
+                    if admitted:
                         queued = False
-                        self.peak = max(self.peak, int(used))
-                        self._leases.held[lease] = None
                         return lease
                     queued = True
-                    if self._releases != releases:
+                    if admitted is None:
                         continue  # a slot was freed during this attempt: try again
                     pause = self.retry_interval * link.uniform(0.5, 1.5)
                 elif len(self._leases.held) < self.fallback_limit:
@@ -230,8 +255,10 @@ class RedisSlots:
                         "by this process)",
                         request_sent=False,
                     )
-                await sleep_or_until(clock, min(pause, remaining), self._wake_future())
+                wake = self._sleep_in_line(waiter, wake)
+                await sleep_or_until(clock, min(pause, remaining), wake)
         finally:
+            self._leave_line(waiter, wake)
             if queued:
                 # Leave the queue at once rather than block it until expiry.
                 with (
@@ -239,6 +266,26 @@ class RedisSlots:
                     contextlib.suppress(*FAULTS),
                 ):
                     await link.call("leave", self._keys[1:3], [waiter])
+
+    async def _try_in_redis(self, waiter: str, lease: str) -> bool | None:
+        """
+        One admission attempt: True (admitted), False (queued), None (try again now).
+
+        A slot still free after it belongs to a waiter ahead in Redis' queue (or to
+        the next one, after an admission): the next waiter here that has not tried
+        since the last release is woken for it.
+        """
+        args = [self.limit, ms(self.lease), waiter, lease, ms(self._queue_ttl)]
+        releases = self._tried[waiter] = self._releases
+        granted, _rank, used, place = await self._link.call("acquire", self._keys, args)
+        self._places[waiter] = float(place)
+        if int(used) < self.limit:
+            self._notify()
+        if granted:
+            self.peak = max(self.peak, int(used))
+            self._leases.held[lease] = None
+            return True
+        return None if self._releases != releases else False
 
     def bind(self, lease: str, job_id: str) -> None:
         """Note that *lease* is the slot of *job_id* (see `release_job`)."""
@@ -268,7 +315,9 @@ class RedisSlots:
     def _forget(self, lease: str) -> bool:
         if not self._leases.forget(lease):
             return False
-        self._notify()
+        if not self.hub.healthy:
+            self._notify(local=True)  # admitted here while Redis is away: next one
+        # (Healthy: the release message wakes a waiter once Redis has freed it.)
         return True
 
     async def release(self, lease: str) -> None:
@@ -317,7 +366,7 @@ class RedisSlots:
     async def _close(self) -> None:
         """Stop renewing and give back every lease of this process."""
         await self._leases.close()
-        self._notify()
+        self._notify(every=True)
 
 
 class SlotGroups:
