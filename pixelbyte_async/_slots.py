@@ -24,16 +24,7 @@ if TYPE_CHECKING:
     from ._sharing import SharedSlots
 
 
-__all__ = ["JobSlots", "Slot"]
-
-
-class Slot:
-    """One taken job slot: its hub lease, if the slots are shared."""
-
-    __slots__ = ("lease",)
-
-    def __init__(self, lease: str | None = None) -> None:
-        self.lease = lease
+__all__ = ["JobSlots"]
 
 
 class JobSlots:
@@ -60,18 +51,18 @@ class JobSlots:
         if released is not None and not released.done():
             released.set_result(None)
 
-    def free(self, slot: Slot | None = None) -> None:
-        """Give back a slot whose submit created no job we know of."""
+    def free(self, lease: str | None) -> None:
+        """Give back a slot (and its hub *lease*) whose submit made no job we know."""
         self.used -= 1
-        if slot is not None and slot.lease is not None and self.shared is not None:
-            self.shared.release_soon(slot.lease)
+        if lease is not None and self.shared is not None:
+            self.shared.release_soon(lease)
         self._notify()
 
-    def bind(self, job: Job, slot: Slot | None = None) -> None:
-        """Track *job*, created by the submit that took *slot*."""
+    def bind(self, job: Job, lease: str | None) -> None:
+        """Track *job*, created by the submit that took the slot of hub *lease*."""
         self.jobs[job.id] = job
-        if slot is not None and slot.lease is not None and self.shared is not None:
-            self.shared.bind(slot.lease, job.id)
+        if lease is not None and self.shared is not None:
+            self.shared.bind(lease, job.id)
 
     def finished(self, job_id: str) -> None:
         """*job_id* has ended: free its slot (here and account-wide)."""
@@ -91,13 +82,17 @@ class JobSlots:
 
     async def acquire(
         self, clock: Clock, config: ClientConfig, timeout: float | None
-    ) -> Slot:
-        """Wait for a slot (at most *timeout* seconds) and take it."""
+    ) -> str | None:
+        """
+        Wait for a slot (at most *timeout* seconds) and take it.
+
+        Returns its lease in the hub's account-wide slots, or None without a hub.
+        """
         if self.shared is not None:
             return await self._acquire_shared(self.shared, clock, config, timeout)
         if self.limit is None:
             self.used += 1
-            return Slot()
+            return None
         deadline = clock.monotonic() + (timeout if timeout is not None else math.inf)
         while self.used >= self.limit:
             remaining = deadline - clock.monotonic()
@@ -115,7 +110,7 @@ class JobSlots:
             pause = min(remaining, config.poll.near_interval)
             await sleep_or_until(clock, pause, self._released)
         self.used += 1
-        return Slot()
+        return None
 
     async def _acquire_shared(
         self,
@@ -123,7 +118,7 @@ class JobSlots:
         clock: Clock,
         config: ClientConfig,
         timeout: float | None,
-    ) -> Slot:
+    ) -> str:
         """
         Wait in the hub's queue; meanwhile sweep our own unwatched jobs.
 
@@ -144,7 +139,7 @@ class JobSlots:
             finally:
                 tasks.cancel_scope.cancel()
         self.used += 1
-        return Slot(lease)
+        return lease
 
     async def _sweep(self, clock: Clock, config: ClientConfig, deadline: float) -> None:
         """

@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from ._links import JobLink
     from ._pipeline import RequestPipeline
     from ._reconcile import Reconciler
-    from ._slots import JobSlots, Slot
+    from ._slots import JobSlots
     from ._wiring import WebhookWiring
 
 
@@ -91,7 +91,7 @@ class Submitter:
         # Waiting for a slot is queueing, not the call: the time spent waiting
         # moves the deadline, which uploads and the request share.
         queued = clock.monotonic()
-        slot = await self._slots.acquire(
+        lease = await self._slots.acquire(
             self.clock, self.config, self.config.slot_timeout
         )
         deadline += clock.monotonic() - queued
@@ -108,7 +108,7 @@ class Submitter:
                 )
                 info = decode_job(data, rid)
             except PixelByteError as exc:
-                self._slots.free(slot)
+                self._slots.free(lease)
                 if is_ambiguous(exc):
                     ambiguous = AmbiguousSubmitError(
                         f"submit to {slug} may have created a job ({short(exc)}); "
@@ -125,13 +125,13 @@ class Submitter:
                 raise
             except BaseException:
                 # Cancelled mid-flight: the submit's fate is unknown to us now.
-                self._slots.free(slot)
+                self._slots.free(lease)
                 raise
         return self._track(
             info,
             slug,
             payload,
-            slot=slot,
+            lease=lease,
             started_at=started_at,
             via_webhook=attempt is not None
             or (ours is not None and webhook_url == ours),
@@ -143,7 +143,7 @@ class Submitter:
         slug: str,
         payload: dict[str, Any],
         *,
-        slot: Slot,
+        lease: str | None,
         started_at: float,
         via_webhook: bool,
     ) -> Job:
@@ -156,7 +156,7 @@ class Submitter:
         job = Job(self._job_link, info, input=payload, submitted_at=started_at)
         job.via_webhook = via_webhook
         self._reconciler.claims.add(job.id)
-        self._slots.bind(job, slot)
+        self._slots.bind(job, lease)
         # A delivery may have raced the submit response: take it now.
         event = self._wiring.event_for(job.id)
         if event is not None:
