@@ -12,7 +12,7 @@ import json
 import os
 import sqlite3
 import time
-from typing import Any, Literal, TypeAlias
+from typing import Any, Literal, TypeAlias, get_args
 
 import attrs
 
@@ -46,16 +46,7 @@ State: TypeAlias = Literal[
 ]
 
 #: Every row state, in lifecycle order.
-STATES: tuple[State, ...] = (
-    "planned",
-    "submitting",
-    "submitted",
-    "completed",
-    "failed",
-    "cancelled",
-    "downloaded",
-    "needs_attention",
-)
+STATES: tuple[State, ...] = get_args(State)
 
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS meta (
