@@ -16,7 +16,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
 import statistics
 import sys
 import time
@@ -24,6 +23,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
+from _pinning import pin_client, pin_to_last_cpu
 from pixelbyte_async import KlingO1StartEndFrame, PixelByte
 from pixelbyte_async.testing import FakePixelByte
 
@@ -60,24 +60,6 @@ async def sdk_loop(pb: PixelByte, job_id: str, n: int, concurrency: int) -> floa
     return n / (time.perf_counter() - start)
 
 
-def _cpus() -> list[int]:
-    return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
-
-
-def _pin_to_last_cpu() -> None:
-    """Run the fake server on its own core, away from the client (less noise)."""
-    cpus = _cpus()
-    if len(cpus) > 1:
-        os.sched_setaffinity(0, {cpus[-1]})
-
-
-def pin_client() -> None:
-    """Keep this (client) process off the fake server's core."""
-    cpus = _cpus()
-    if len(cpus) > 1:
-        os.sched_setaffinity(0, set(cpus[:-1]))
-
-
 @contextlib.asynccontextmanager
 async def fake_process(*extra: str) -> AsyncIterator[dict[str, str]]:
     """Run ``python -m pixelbyte_async.testing`` and yield what it prints."""
@@ -89,7 +71,7 @@ async def fake_process(*extra: str) -> AsyncIterator[dict[str, str]]:
         "0",
         *extra,
         stdout=asyncio.subprocess.PIPE,
-        preexec_fn=_pin_to_last_cpu,
+        preexec_fn=pin_to_last_cpu,
     )
     wanted = {"PIXELBYTE_BASE_URL", "PIXELBYTE_API_KEY"}
     try:

@@ -84,6 +84,7 @@ from pathlib import Path
 from typing import Any
 
 import pixelbyte_async
+from _pinning import cpus, pin_client, pin_to_last_cpu
 from pixelbyte_async import (
     AmbiguousSubmitError,
     Job,
@@ -158,23 +159,6 @@ async def serve_fake(shared_clock: str, keep: float) -> None:
             _trim_fake(fake, keep)
 
 
-def _cpus() -> list[int]:
-    return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
-
-
-def _pin_to_last_cpu() -> None:
-    cpus = _cpus()
-    if len(cpus) > 1:
-        os.sched_setaffinity(0, {cpus[-1]})
-
-
-def pin_client() -> None:
-    """Keep this (client) process off the fake's core."""
-    cpus = _cpus()
-    if len(cpus) > 1:
-        os.sched_setaffinity(0, set(cpus[:-1]))
-
-
 @contextlib.asynccontextmanager
 async def fake_process(shared_clock: str, keep: float) -> AsyncIterator[dict[str, str]]:
     """Start this script as the fake (``--serve-fake``) and yield what it prints."""
@@ -186,7 +170,7 @@ async def fake_process(shared_clock: str, keep: float) -> AsyncIterator[dict[str
         "--fake-keep",
         str(keep),
         stdout=asyncio.subprocess.PIPE,
-        preexec_fn=_pin_to_last_cpu,
+        preexec_fn=pin_to_last_cpu,
     )
     wanted = {"PIXELBYTE_BASE_URL", "PIXELBYTE_API_KEY", "PIXELBYTE_WEBHOOK_SECRET"}
     try:
@@ -853,7 +837,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         "date": time.strftime("%Y-%m-%d"),
         "source": source_fingerprint(),
         "python": sys.version.split()[0],
-        "cpus": len(_cpus()) or os.cpu_count(),
+        "cpus": len(cpus()) or os.cpu_count(),
         "command": "python bench/bench_soak.py " + " ".join(sys.argv[1:]),
         "before_fix": {
             "jobs": 20_000,

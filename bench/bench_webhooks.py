@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from _pinning import cpus
 from aiohttp import web
 from pixelbyte_async import KlingO1StartEndFrame, PixelByte, PollPolicy, VirtualClock
 from pixelbyte_async.testing import FakePixelByte
@@ -151,22 +152,18 @@ async def requests_per_job(mode: str) -> dict[str, float]:
 # -- receiver throughput: WebhookServer vs a bare aiohttp handler -----------------------
 
 
-def _cpus() -> list[int]:
-    return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
-
-
 @contextlib.contextmanager
 def server_core() -> Iterator[set[int]]:
     """Pin this (server) process to the last core; yield the others (may be empty)."""
-    cpus = _cpus()
-    if len(cpus) < 2:
+    mine = cpus()
+    if len(mine) < 2:
         yield set()
         return
-    os.sched_setaffinity(0, {cpus[-1]})
+    os.sched_setaffinity(0, {mine[-1]})
     try:
-        yield set(cpus[:-1])
+        yield set(mine[:-1])
     finally:
-        os.sched_setaffinity(0, set(cpus))
+        os.sched_setaffinity(0, set(mine))
 
 
 def bare_app(secret: str) -> web.Application:
