@@ -149,6 +149,38 @@ async def test_a_job_finished_by_a_delivery_elsewhere_frees_its_slot_at_once(
     assert fake.count("GET", "/v1/jobs/*") == 0  # no sweep, no poll: the hub did it
 
 
+async def test_the_woken_wait_runs_before_its_slot_goes_back_to_redis(fake, hubs):
+    """
+    One delivery both wakes the wait and frees the job's slot: the wait resumes
+    first, the release's Redis call one loop turn later (it would otherwise take
+    its turn on the loop, and the core, in front of the waiting caller).
+    """
+    a, b = hubs
+    order: list[str] = []
+    link = a._link
+    call = link.call
+
+    async def recording_call(script, keys, args):
+        order.append(script)
+        return await call(script, keys, args)
+
+    async with bound_client(fake, hub=a, max_concurrent_jobs=2) as pb:
+        pb.use_webhooks(a, public_url=HOOK)
+        job = await pb.submit(transition())
+
+        async def wait_then_note() -> None:
+            await job.wait()
+            order.append("wait returned")
+
+        waiting = asyncio.ensure_future(wait_then_note())
+        await until(lambda: a.waiting == 1)
+        link.call = recording_call
+        assert await deliver_elsewhere(fake, b, job.id)
+        await asyncio.wait_for(waiting, 5)
+        await until(lambda: "release" in order)
+    assert order[:2] == ["wait returned", "release"]
+
+
 async def lose_a_submit(pb: PixelByte, fake: FakePixelByte) -> AmbiguousSubmitError:
     """A submit whose answer is lost: the job exists, the client does not know it."""
     fake.inject(Fault.drop_after(), method="POST", path=SUBMIT)

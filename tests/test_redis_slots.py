@@ -262,3 +262,46 @@ async def test_every_release_lets_the_next_waiter_in_across_processes(hubs):
     await hand_on_one_slot(
         [a.slots(1, retry_interval=30.0), b.slots(1, retry_interval=30.0)]
     )
+
+
+async def _released_messages(redis_server, prefix, action) -> int:
+    """Run *action*, counting the 'slot released' messages on the account's bus."""
+    async with redis_server.client() as raw:
+        pubsub = raw.pubsub()
+        await pubsub.subscribe(f"{prefix}:{{default}}:bus")
+        await pubsub.get_message(timeout=1)  # the subscribe confirmation
+        await action()
+        seen = 0
+        while (message := await pubsub.get_message(timeout=0.2)) is not None:
+            seen += message["type"] == "message" and message["data"][:1] == b"r"
+        await pubsub.aclose()
+    return seen
+
+
+async def test_a_release_nobody_waits_for_wakes_no_process(redis_server, prefix, hubs):
+    """
+    A release tells the other processes only when a waiter is queued: with free
+    slots every process would otherwise wake (and contend for the cores) for each
+    job that ends, just when the job's own waiter has to run.
+    """
+    a, b = hubs
+    slots_a, slots_b = a.slots(2), b.slots(2)
+
+    async def unqueued() -> None:
+        for _ in range(3):
+            await slots_a.release(await slots_a.acquire(timeout=1))
+
+    assert await _released_messages(redis_server, prefix, unqueued) == 0
+
+    async def queued() -> None:
+        held = [await slots_a.acquire(timeout=1), await slots_a.acquire(timeout=1)]
+        waiter = asyncio.ensure_future(slots_b.acquire(timeout=WAIT))
+        async with redis_server.client() as raw:
+            queue = f"{prefix}:{{default}}:slots-queue:jobs"
+            await until(_equals(lambda: raw.zcard(queue), 1))
+        await slots_a.release(held[0])
+        with anyio.fail_after(WAIT):
+            await slots_b.release(await waiter)
+        await slots_a.release(held[1])
+
+    assert await _released_messages(redis_server, prefix, queued) == 1

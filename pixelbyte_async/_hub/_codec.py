@@ -137,13 +137,17 @@ return {added, redis.call('ZCARD', KEYS[2])}
 """
 )
 
-# KEYS: leases   ARGV: channel, message, lease ids...
+# KEYS: leases, queue   ARGV: channel, message, lease ids...
+# Tells the processes only when somebody is queued: a waiter whose attempt comes
+# after this script sees the free slot itself (each script is atomic).
 RELEASE_LUA = """
 local removed = 0
 for i = 3, #ARGV do
   removed = removed + redis.call('ZREM', KEYS[1], ARGV[i])
 end
-if removed > 0 then redis.call('PUBLISH', ARGV[1], ARGV[2]) end
+if removed > 0 and redis.call('EXISTS', KEYS[2]) == 1 then
+  redis.call('PUBLISH', ARGV[1], ARGV[2])
+end
 return removed
 """
 

@@ -58,16 +58,23 @@ class HeldLeases:
     The leases of *group* that this process holds, kept registered in Redis.
 
     *leases_key* is the group's sorted set of leases, *procs_key* the one of the
-    processes renewing them.
+    processes renewing them, *queue_key* the one of the waiters queued for a slot.
     """
 
     def __init__(
-        self, group: LeaseGroup, link: RedisLink, *, leases_key: str, procs_key: str
+        self,
+        group: LeaseGroup,
+        link: RedisLink,
+        *,
+        leases_key: str,
+        procs_key: str,
+        queue_key: str,
     ) -> None:
         self._group = group
         self._link = link
         self._leases_key = leases_key
         self._procs_key = procs_key
+        self._queue_key = queue_key
         #: Lease id -> the job id it is bound to (None until `bind`).
         self.held: dict[str, str | None] = {}
         #: Job id -> its lease id.
@@ -111,12 +118,15 @@ class HeldLeases:
             self._releaser = self._spawn(self._drain_releases(), "release")
 
     async def _drain_releases(self) -> None:
+        # One loop turn first: the job's own waiter, woken by the same delivery
+        # (two hops: its future, then its task), runs before the Redis call.
+        await asyncio.sleep(0)
         while self._to_release:
             batch, self._to_release = self._to_release, []
             await self.release_in_redis(batch)
 
     async def release_in_redis(self, leases: list[str]) -> None:
-        """ZREM *leases* and tell every process; a lease Redis misses expires."""
+        """ZREM *leases*, telling the processes if one queues; a lease missed expires."""
         if not self._group.hub.healthy:
             return
         message = RELEASED + self._group.name.encode()
@@ -124,7 +134,7 @@ class HeldLeases:
             with contextlib.suppress(*FAULTS):
                 await self._link.call(
                     "release",
-                    [self._leases_key],
+                    [self._leases_key, self._queue_key],
                     [self._link.channel, message, *leases],
                 )
 

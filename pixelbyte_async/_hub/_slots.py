@@ -110,6 +110,7 @@ class RedisSlots:
             self._link,
             leases_key=self._keys[0],
             procs_key=key("slots-procs", name),
+            queue_key=self._keys[1],
         )
         self._ids = itertools.count()
         # This process's sleeping waiters, in Redis' queue order.  A release wakes
