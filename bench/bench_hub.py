@@ -1,11 +1,11 @@
 """
 The Redis hub across processes: event latency, Redis commands per job, job slots.
 
-* Events: 4 worker processes wait on 10,000 jobs (2,500 each; every worker receives
-  every event, as with one channel per account), one publisher process publishes
+* Events: 4 worker processes wait on 10,000 jobs (2,500 each; Redis sends each
+  event only to the worker watching its job), one publisher process publishes
   each delivery once, paced at each of ``--rates`` per second; once with no
-  client attached (events nobody here waits for stay undecoded) and once with a
-  stand-in client attached to every hub (every event decoded everywhere).  Latency is from the
+  client attached and once with a stand-in client attached to every hub (each
+  event that arrives is handed to it too).  Latency is from the
   publisher calling ``publish()`` to the waiting future resolving in another
   process (both read ``CLOCK_MONOTONIC``).  Target: p99 <= 5 ms.
 * Redis commands per job: ``INFO commandstats`` before and after the event run

@@ -172,10 +172,12 @@ class PixelByte(JobQueries, CatalogCalls):
         )
         self._files = Files(self._pipeline)
         limit = config.max_concurrent_jobs
-        self._slots = JobSlots(
-            limit, None if hub is None or limit is None else hub.slots(limit)
-        )
         self._wiring = WebhookWiring(self, hub)
+        self._slots = JobSlots(
+            limit,
+            None if hub is None or limit is None else hub.slots(limit),
+            tracker=self._wiring,
+        )
         self._job_link = JobLink(
             self.clock,
             config,

@@ -107,7 +107,7 @@ class Hub(Protocol):
         ...
 
     def attach(self, client: WebhookObserver) -> None:
-        """Feed *client* every event (its ``_webhook_event``)."""
+        """Feed *client* every event that reaches this process (``_webhook_event``)."""
         ...
 
     def detach(self, client: WebhookObserver) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import anyio
 
@@ -24,7 +24,19 @@ if TYPE_CHECKING:
     from ._sharing import SharedSlots
 
 
-__all__ = ["JobSlots"]
+__all__ = ["JobSlots", "JobTracker"]
+
+
+class JobTracker(Protocol):
+    """Told when the client starts and stops tracking a job (a hub routes by it)."""
+
+    def track(self, job_id: str) -> None:
+        """*job_id* is in flight here: its delivery must reach this process."""
+        ...
+
+    def untrack(self, job_id: str) -> None:
+        """*job_id* is no longer tracked here."""
+        ...
 
 
 class JobSlots:
@@ -37,10 +49,16 @@ class JobSlots:
     waiting on, so "submit everything, then wait for everything" cannot deadlock.
     """
 
-    def __init__(self, limit: int | None, shared: SharedSlots | None = None) -> None:
+    def __init__(
+        self,
+        limit: int | None,
+        shared: SharedSlots | None = None,
+        tracker: JobTracker | None = None,
+    ) -> None:
         self.limit = limit
         #: The hub's account-wide slots (then *limit* is the account's).
         self.shared = shared
+        self._tracker = tracker
         self.used = 0
         self.jobs: dict[str, Job] = {}
         self._released: asyncio.Future[None] | None = None
@@ -61,12 +79,16 @@ class JobSlots:
     def bind(self, job: Job, lease: str | None) -> None:
         """Track *job*, created by the submit that took the slot of hub *lease*."""
         self.jobs[job.id] = job
+        if self._tracker is not None:
+            self._tracker.track(job.id)
         if lease is not None and self.shared is not None:
             self.shared.bind(lease, job.id)
 
     def finished(self, job_id: str) -> None:
         """*job_id* has ended: free its slot (here and account-wide)."""
         if self.jobs.pop(job_id, None) is not None:
+            if self._tracker is not None:
+                self._tracker.untrack(job_id)
             self.used -= 1
             if self.shared is not None:
                 self.shared.release_job(job_id)
@@ -77,6 +99,8 @@ class JobSlots:
         if job.id not in self.jobs and not job.done:
             self.used += 1
             self.jobs[job.id] = job
+            if self._tracker is not None:
+                self._tracker.track(job.id)
             if self.shared is not None:
                 self.shared.adopt(job.id)
 

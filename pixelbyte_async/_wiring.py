@@ -4,7 +4,9 @@ Where a client's webhook deliveries come from, and the lifecycle of what feeds t
 `WebhookWiring` holds the client's choice (`PixelByte.use_webhooks`): a
 `WebhookReceiver` mounted in the user's app, a `WebhookServer` the client may start,
 or a hub shared by several processes; plus the hubs the client started itself (it
-closes those, and only those).  It answers the questions the rest of the client asks:
+closes those, and only those).  It keeps the hub told which jobs the client tracks
+(a hub sends a delivery only to the processes watching its job).  It answers the
+questions the rest of the client asks:
 which URL a submit sends (`public_url`), where a job waits for its delivery now
 (`source`: ``None`` while a hub is unhealthy, so waits poll), when to wake a parked
 wait (`outage`), and which attempt created which job (`attempts`).
@@ -48,6 +50,9 @@ class WebhookWiring:
         self._server: WebhookServer | None = None
         self._owns_server = False
         self._owned_hubs: list[Hub] = []
+        # Jobs the client tracks, each watched on the hub feeding waits (one
+        # `future_for` each, released when the job ends or the client closes).
+        self._watched: set[str] = set()
 
     def use(
         self, receiver: WebhookReceiver | WebhookServer | Hub, public_url: str | None
@@ -83,12 +88,41 @@ class WebhookWiring:
 
     async def close(self) -> None:
         """Stop observing; stop the server and the hubs the client started."""
+        for job_id in list(self._watched):
+            self.untrack(job_id)
         if self.receiver is not None:
             self.receiver.detach(self._observer)
         if self._server is not None and self._owns_server:
             await self._server.close()
         for hub in self._owned_hubs:
             await hub.aclose()
+
+    # -- the jobs the client tracks (a `JobTracker`) ------------------------------------
+
+    def track(self, job_id: str) -> None:
+        """
+        Watch *job_id* on the hub feeding waits, so its delivery comes here.
+
+        Also with nobody waiting: the client frees the job's slot when it sees the
+        delivery.  Without a running hub (or from another loop) nothing is
+        watched; those jobs are then found by the slot sweep.
+        """
+        hub = self.webhook_hub
+        if hub is None or not hub.running or job_id in self._watched:
+            return
+        try:
+            hub.future_for(job_id)
+        except RuntimeError:  # the hub runs on another event loop
+            return
+        self._watched.add(job_id)
+
+    def untrack(self, job_id: str) -> None:
+        """Stop watching *job_id* (a no-op for a job not watched)."""
+        hub = self.webhook_hub
+        if job_id in self._watched:
+            self._watched.discard(job_id)
+            if hub is not None:
+                hub.release(job_id)
 
     # -- what the client asks --------------------------------------------------------
 

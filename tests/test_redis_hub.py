@@ -143,11 +143,16 @@ async def test_the_first_attempt_attribution_wins_everywhere(
     from pixelbyte_async.redis import RedisHub
 
     a, b = hubs
+    for hub in hubs:  # both wait for both jobs, so both see both events
+        hub.future_for("job_x")
+        hub.future_for("job_y")
+        await hub.refresh()
     await a.publish(make_event("job_x", attempt="att_same"))
     with caplog.at_level(logging.WARNING, logger="pixelbyte_async"):
         assert await b.publish(make_event("job_y", attempt="att_same")) is True
 
     await until(lambda: a.event_for("job_y") is not None)
+    await until(lambda: b.event_for("job_x") is not None)
     assert a.job_for_attempt("att_same") == "job_x"
     assert b.job_for_attempt("att_same") == "job_x"
     assert "already attributed to job_x" in caplog.text
@@ -160,8 +165,8 @@ async def test_the_first_attempt_attribution_wins_everywhere(
         assert event.attempt == "att_same"  # what the delivery carried
 
 
-async def test_attached_clients_observe_every_event(hubs):
-    """An attached client gets _webhook_event(event) on its loop for each event."""
+async def test_attached_clients_observe_the_events_that_reach_their_process(hubs):
+    """An attached client gets _webhook_event(event) on its loop for each event here."""
     a, b = hubs
     loop = asyncio.get_running_loop()
     seen = []
@@ -173,13 +178,49 @@ async def test_attached_clients_observe_every_event(hubs):
 
     client = Client()
     b.attach(client)
+    watched = [b.future_for("job_obs_1"), b.future_for("job_obs_2")]
+    await b.refresh()  # both registered with Redis
     await a.publish(make_event("job_obs_1"))
     await until(lambda: len(seen) == 1)
     b.detach(client)
     await a.publish(make_event("job_obs_2"))
-    await until(lambda: b.event_for("job_obs_2") is not None)
+    with anyio.fail_after(WAIT):
+        await asyncio.gather(*watched)
 
     assert seen == [("job_obs_1", True)]
+
+
+async def test_an_event_reaches_only_the_processes_waiting_for_its_job(
+    redis_server, prefix, hubs
+):
+    """
+    Events are routed: a process that waits for nothing of a job is not woken by
+    its delivery (with one channel for all, every process would decode every event
+    and compete for the cores just when the waiting process has to run).
+    """
+    from pixelbyte_async.redis import RedisHub
+
+    a, b = hubs
+    async with RedisHub(redis_server.url, key_prefix=prefix) as idle:
+        future_a, future_b = a.future_for("job_r1"), b.future_for("job_r2")
+        both = [a.future_for("job_r3"), b.future_for("job_r3")]
+        await a.refresh()
+        await b.refresh()
+        for job in ("job_r1", "job_r2", "job_r3"):
+            await idle.publish(make_event(job))
+        with anyio.fail_after(WAIT):
+            await asyncio.gather(future_a, future_b, *both)
+        await idle.publish(make_event("job_nobody"))
+        await asyncio.sleep(0.05)  # what would have reached them, has
+
+        assert a.event_for("job_r2") is None
+        assert b.event_for("job_r1") is None
+        assert a.event_for("job_nobody") is None
+        assert b.event_for("job_nobody") is None
+        assert (a.stats["delivered"], b.stats["delivered"]) == (2, 2)
+        async with redis_server.client() as raw:
+            left = [k.decode() async for k in raw.scan_iter(f"{prefix}:*:w:*")]
+        assert left == []  # a terminal event ends its routing entry
 
 
 async def test_events_that_are_not_terminal_resolve_nothing(hubs):

@@ -35,6 +35,7 @@ __all__ = [
     "RELEASED",
     "RELEASE_LUA",
     "RENEW_LUA",
+    "WATCH_LUA",
     "RawEvent",
     "build_event",
     "check_name",
@@ -55,14 +56,17 @@ EVENT = b"e"
 CONFLICT = b"c"
 RELEASED = b"r"
 
-# KEYS: event key [, attempt key]
-# ARGV: message JSON, ttl s, job id, channel, terminal ("1"/"0")
+# KEYS: event key, watchers key [, attempt key]
+# ARGV: message JSON, ttl s, job id, inbox channel prefix, terminal ("1"/"0")
+# A new terminal event is stored, then sent to the inbox of each process that
+# watches its job (their ids in the watchers set, which it ends): a process that
+# waits for nothing of this job is not woken.
 PUBLISH_LUA = """
 local kind = 'e'
 local owner = false
-if #KEYS > 1 then
-  if not redis.call('SET', KEYS[2], ARGV[3], 'NX', 'EX', ARGV[2]) then
-    owner = redis.call('GET', KEYS[2])
+if #KEYS > 2 then
+  if not redis.call('SET', KEYS[3], ARGV[3], 'NX', 'EX', ARGV[2]) then
+    owner = redis.call('GET', KEYS[3])
     if owner == ARGV[3] then owner = false else kind = 'c' end
   end
 end
@@ -71,8 +75,26 @@ local value = kind .. ARGV[1]
 if not redis.call('SET', KEYS[1], value, 'NX', 'EX', ARGV[2]) then
   return {0, owner}
 end
-redis.call('PUBLISH', ARGV[4], value)
+for _, who in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+  redis.call('PUBLISH', ARGV[4] .. who, value)
+end
+redis.call('DEL', KEYS[2])
 return {1, owner}
+"""
+
+# KEYS: event key, watchers key, event key, watchers key, ...
+# ARGV: this process's id, ttl s
+# Watches each job (its next event comes to this process's inbox) and returns
+# what is stored for it, in one atomic step: an event published before is
+# returned, one published after is sent.  No gap either way.
+WATCH_LUA = """
+local stored = {}
+for i = 1, #KEYS, 2 do
+  redis.call('SADD', KEYS[i + 1], ARGV[1])
+  redis.call('EXPIRE', KEYS[i + 1], ARGV[2])
+  stored[#stored + 1] = redis.call('GET', KEYS[i])
+end
+return stored
 """
 
 # Server time in ms, so that the hosts' clocks never matter.

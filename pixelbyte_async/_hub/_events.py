@@ -2,11 +2,12 @@
 The Redis side of the hub's events: publish, de-duplicate, store, read back.
 
 `EventExchange` publishes a verified event with one atomic script (de-duplicated by
-job id, stored for *event_ttl*, its attempt attributed, sent on the channel), keeps
-what could not be published while Redis was away in a bounded outbox, routes the
-channel's messages, and reads stored state: for new waiters (one checker task, MGET
-batches), after each reconnection (catch up), and on request.  What it learns goes
-to the `EventMemory`, which feeds the waiters.
+job id, stored for *event_ttl*, its attempt attributed, sent to the inbox of each
+process watching the job), keeps what could not be published while Redis was away
+in a bounded outbox, routes the messages this process receives, and watches jobs:
+one script per batch registers this process for a job's event and reads what is
+stored, for new waiters (one checker task), after each reconnection (catch up), and
+on request.  What it learns goes to the `EventMemory`, which feeds the waiters.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ __all__ = ["EventExchange"]
 
 log = logging.getLogger("pixelbyte_async")
 
-_BATCH = 500  # job ids per MGET when reading stored state
+_BATCH = 500  # job ids per script (or MGET) when reading stored state
 
 
 class EventExchange:
@@ -66,11 +67,12 @@ class EventExchange:
 
     async def catch_up(self) -> None:
         """
-        Catch up once subscribed: re-read and publish the outbox.
+        Catch up once subscribed: watch and re-read, then publish the outbox.
 
-        The stored state of every job with a waiter is read again (events that
-        came while this process was away), the events kept while Redis was away
-        are published, and only then is the hub declared healthy (by its link).
+        Every job with a waiter is watched again (a restarted Redis forgot who
+        watches what) and its stored state read (events that came while this
+        process was away), the events kept while Redis was away are published, and
+        only then is the hub declared healthy (by its link).
         """
         ids = self._memory.unresolved(forget_checks=True)
         resolved = await self.read_stored(ids)
@@ -84,7 +86,7 @@ class EventExchange:
             )
 
     def on_message(self, data: bytes) -> None:
-        """Route one message of the channel: a slot release, or an event."""
+        """Route one message received: a slot release, or an event."""
         kind, body = data[:1], data[1:]
         if kind == RELEASED:
             self._released(body.decode("utf-8", "replace"))
@@ -97,13 +99,25 @@ class EventExchange:
             return
         self._memory.deliver(raw, attributed=kind == EVENT)
 
-    async def read_stored(self, job_ids: list[str]) -> int:
-        """Deliver the stored events of *job_ids*; return how many were found."""
+    async def read_stored(self, job_ids: list[str], *, watch: bool = True) -> int:
+        """
+        Deliver the stored events of *job_ids*; return how many were found.
+
+        With *watch*, this process is also registered for each job's event (one
+        atomic script per batch, so nothing published meanwhile is missed).
+        """
         found = 0
-        client = self._link.client()
+        link = self._link
         for start in range(0, len(job_ids), _BATCH):
             batch = job_ids[start : start + _BATCH]
-            values = await client.mget([self._link.key("ev", j) for j in batch])
+            if watch:
+                keys = [k for j in batch for k in (link.key("ev", j), link.key("w", j))]
+                values = await link.scripts["watch"](
+                    keys=keys,
+                    args=[self._hub.instance_id, math.ceil(self._hub.event_ttl)],
+                )
+            else:
+                values = await link.client().mget([link.key("ev", j) for j in batch])
             for job_id, raw in zip(batch, values, strict=True):
                 if isinstance(raw, bytes) and raw[:1] in {EVENT, CONFLICT}:
                     parsed = parse_event(raw[1:])
@@ -121,10 +135,10 @@ class EventExchange:
 
     async def _check_stored(self) -> None:
         """
-        Read the stored state of new waiters' jobs (one task at a time, MGET batches).
+        Watch new waiters' jobs and read their stored state (one task, batches).
 
-        The subscription is up before the read, so an event published after it
-        arrives as a message: no gap.  If the subscription is down, the re-read
+        The inbox subscription is up before the watch, so an event published after
+        it arrives as a message: no gap.  If the subscription is down, the watch
         after the reconnection covers these jobs.
         """
         link, memory = self._link, self._memory
@@ -158,7 +172,7 @@ class EventExchange:
         event = self._memory.event_for(job_id)
         if event is not None or not self._link.healthy:
             return event
-        await self.read_stored([job_id])
+        await self.read_stored([job_id], watch=False)
         return self._memory.event_for(job_id)
 
     async def fetch_attempt(self, attempt: str) -> str | None:
@@ -173,7 +187,7 @@ class EventExchange:
         return raw.decode() if isinstance(raw, bytes) else None
 
     async def refresh(self) -> int:
-        """Re-read the stored state of every job with a waiter here."""
+        """Watch again, and re-read the stored state of, every job waited for here."""
         self._link.require_loop()
         return await self.read_stored(self._memory.unresolved())
 
@@ -185,7 +199,7 @@ class EventExchange:
         link.require_loop()
         message = encode_event(event)
         terminal = event.status.is_terminal
-        keys = [link.key("ev", event.job_id)]
+        keys = [link.key("ev", event.job_id), link.key("w", event.job_id)]
         attempt = event.attempt
         if attempt is not None and ATTEMPT_RE.fullmatch(attempt):
             keys.append(link.key("at", attempt))
@@ -196,7 +210,7 @@ class EventExchange:
                     message,
                     math.ceil(self._hub.event_ttl),
                     event.job_id,
-                    link.channel,
+                    link.inbox_prefix,
                     "1" if terminal else "0",
                 ],
             )
@@ -244,7 +258,7 @@ class EventExchange:
                 job_id, message = next(iter(self._outbox.items()))
             parsed = parse_event(message)
             if parsed is not None:
-                keys = [link.key("ev", job_id)]
+                keys = [link.key("ev", job_id), link.key("w", job_id)]
                 if parsed.attempt is not None:
                     keys.append(link.key("at", parsed.attempt))
                 await link.scripts["publish"](
@@ -253,7 +267,7 @@ class EventExchange:
                         message,
                         math.ceil(self._hub.event_ttl),
                         job_id,
-                        link.channel,
+                        link.inbox_prefix,
                         "1",
                     ],
                 )

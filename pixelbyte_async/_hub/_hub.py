@@ -57,11 +57,12 @@ class RedisHub:
         url: A redis-py URL: ``redis://``, ``rediss://`` (TLS), with an ACL user
             and password (``redis://user:password@host:6379/0``) if need be.
         key_prefix: The first part of every key and channel name.
-        account: The PixelByte account the processes share (one channel, one
-            set of job slots per account).
+        account: The PixelByte account the processes share (one set of keys and
+            channels, one set of job slots per account).
         event_ttl: Seconds Redis keeps a job's terminal event and an attempt's
             attribution (default 24 h).  A waiter that starts within it still
-            sees the event.
+            sees the event.  Also how long a process stays registered for the
+            event of a job it watches (it is sent only to those).
         retention: Seconds this process remembers an event it has seen (for
             `event_for`), as `WebhookReceiver`'s *retention*.
         max_events: A hard cap on the events remembered in this process.
@@ -242,8 +243,9 @@ class RedisHub:
         Return a future resolved by *job_id*'s terminal event from any process.
 
         One future per job id is shared by every waiter of this process, and no
-        task is made per job (new job ids are checked against the stored state in
-        batches).  Already done if the event is known.  Call `release` with the
+        task is made per job: new job ids are watched (from then on, Redis sends
+        their event to this process) and checked against the stored state, in
+        batches.  Already done if the event is known.  Call `release` with the
         same id when you stop waiting.
 
         Raises:
@@ -279,7 +281,7 @@ class RedisHub:
 
     async def refresh(self) -> int:
         """
-        Re-read the stored state of every job with a waiter here.
+        Watch again, and re-read the stored state of, every job with a waiter here.
 
         The hub does this by itself after each reconnection.  Returns how many of
         those jobs turned out to have ended.
@@ -287,7 +289,13 @@ class RedisHub:
         return await self._exchange.refresh()
 
     def attach(self, client: WebhookObserver) -> None:
-        """Let *client* observe every event (``client._webhook_event``)."""
+        """
+        Let *client* observe every event that reaches this process.
+
+        That is, ``client._webhook_event(event)`` for the events this process
+        publishes, and for those of the jobs it watches (`future_for`), which
+        are the only ones Redis sends it.
+        """
         self._memory.attach(client)
 
     def detach(self, client: WebhookObserver) -> None:

@@ -41,6 +41,7 @@ from ._codec import (
     PUBLISH_LUA,
     RELEASE_LUA,
     RENEW_LUA,
+    WATCH_LUA,
     mask_url,
 )
 
@@ -108,6 +109,7 @@ def _connect(
         "release": client.register_script(RELEASE_LUA),
         "in_use": client.register_script(IN_USE_LUA),
         "leave": client.register_script(LEAVE_LUA),
+        "watch": client.register_script(WATCH_LUA),
     }
     return client, bus, scripts
 
@@ -139,7 +141,12 @@ class RedisLink:
         #: ``uniform(a, b)`` used for jitter.
         self.uniform = uniform
         self._base = base
+        #: The account's channel: slot releases, seen by every process.
         self.channel = f"{base}:bus"
+        #: Prefix of each process's inbox channel (add its `instance_id`).
+        self.inbox_prefix = f"{base}:to:"
+        #: This process's inbox: the events of the jobs it watches.
+        self.inbox = self.inbox_prefix + hub.instance_id
         self._health_changed = health_changed
         self._outage_note = outage_note
         self._catch_up: Callable[[], Awaitable[None]] | None = None
@@ -380,12 +387,13 @@ class RedisLink:
             self._first_attempt_done()
 
     async def _subscribe(self, pubsub: Any) -> None:
+        channels = {self.channel.encode(), self.inbox.encode()}
         with anyio.fail_after(self._hub.connect_timeout):
-            await pubsub.subscribe(self.channel)
-            while True:
+            await pubsub.subscribe(*channels)
+            while channels:
                 message = await pubsub.get_message(timeout=self._hub.connect_timeout)
                 if message is not None and message.get("type") == "subscribe":
-                    return
+                    channels.discard(message.get("channel"))
 
     async def _subscribed_now(self) -> None:
         """Subscribed: catch up (see the hub's), and only then turn healthy."""

@@ -4,8 +4,8 @@ What one process of the hub knows of the events, and who waits for them here.
 `EventMemory` keeps the terminal events this process has seen (retention- and
 count-bounded; an event nobody here waits for stays parsed but not decoded until
 asked for), the attempt → job attributions they carried (first wins), one shared
-future per waited-for job id, and the observers (clients) fed every event on their
-own loop.  It is thread-safe and does no Redis I/O: the exchange feeds it and asks
+future per waited-for job id, and the observers (clients) fed every event here on
+their own loop.  It is thread-safe and does no Redis I/O: the exchange feeds it and asks
 it which jobs still need their stored state read.
 """
 
@@ -231,7 +231,7 @@ class EventMemory:
         return None if entry is None else entry[1]
 
     def attach(self, client: WebhookObserver) -> None:
-        """Let *client* observe every event (``client._webhook_event``)."""
+        """Let *client* observe every event here (``client._webhook_event``)."""
         try:
             loop: Loop | None = asyncio.get_running_loop()
         except RuntimeError:
