@@ -123,6 +123,37 @@ async def test_a_redis_restart_mid_run_hangs_no_wait(own_redis, prefix, caplog):
         assert await slots.in_use() == 0
 
 
+async def test_after_a_restart_that_lost_redis_data_waits_are_watched_again(
+    own_redis, prefix
+):
+    """
+    Redis restarts empty (no persistence): it no longer knows which process
+    watches which job, so each hub watches its waited-for jobs again on
+    reconnection, and a delivery that comes later still reaches them.
+    """
+    from pixelbyte_async.redis import RedisHub
+
+    health = Health()
+    url = own_redis.url
+    async with (
+        RedisHub(url, key_prefix=prefix, on_health=health, **QUICK) as a,
+        RedisHub(url, key_prefix=prefix, **QUICK) as b,
+    ):
+        future = a.future_for("job_after_restart")
+        await a.refresh()
+        own_redis.stop()
+        await health.becomes(False)
+        own_redis.start()
+        await health.becomes(True)
+        await until(lambda: b.healthy, WAIT)
+
+        assert await b.publish(make_event("job_after_restart")) is True
+        with anyio.fail_after(WAIT):
+            event = await future
+    assert event.job_id == "job_after_restart"
+    assert a.stats["delivered"] == 1
+
+
 def _equals(read, expected):
     async def check() -> bool:
         try:
