@@ -421,3 +421,42 @@ async def test_resubmit_after_failure_is_not_double_charged(fake, session):
     fp = input_fingerprint(KLING, KLING_INPUT)
     assert fake.ledger.charges_by_fingerprint() == {fp: 2}
     assert fake.ledger.double_charged() == []
+
+
+async def test_finished_jobs_cost_a_submit_and_the_webhook_sender_nothing(
+    session, monkeypatch
+):
+    """
+    The fake serves long runs (10,000 jobs in bench_hub): the concurrency check
+    and the webhook sender look at jobs still running or undelivered only, never
+    again at every job ever made.  (Counted in `status_at` calls, not timed.)
+    """
+    from pixelbyte_async._fake._jobs import FakeJob
+    from pixelbyte_async.webhooks import WebhookServer
+
+    calls = 0
+    status_at = FakeJob.status_at
+
+    def counting(self, now):
+        nonlocal calls
+        calls += 1
+        return status_at(self, now)
+
+    async with (
+        WebhookServer("whsec_test_sandbox") as hooks,
+        FakePixelByte(concurrent_job_limit=1000, allow_http_webhooks=True) as fake,
+    ):
+        for _ in range(50):
+            await submit_ok(session, fake, webhookUrl=hooks.url)
+        fake.advance(300)
+        delivered = await fake.deliver_webhooks()
+        assert len(delivered) == 50
+        assert all(d.ok for d in delivered)
+        await submit_ok(session, fake, webhookUrl=hooks.url)  # forgets the 50
+
+        monkeypatch.setattr(FakeJob, "status_at", counting)
+        await submit_ok(session, fake)
+        assert calls <= 3, calls  # the two jobs running, not the 50 finished
+        calls = 0
+        assert await fake.deliver_webhooks() == []
+        assert calls <= 2, calls

@@ -43,6 +43,12 @@ class FakeState:
     webhook_secret: str = "whsec_test_sandbox"  # noqa: S105 -- a public sandbox value
     cdn_url: str = ""
     jobs: dict[str, FakeJob] = attrs.field(factory=dict)
+    #: The jobs not yet seen in a terminal state: `active_jobs` looks at these
+    #: only, so a submit costs the same after 10,000 finished jobs as after 10.
+    live: dict[str, FakeJob] = attrs.field(factory=dict)
+    #: The jobs with a webhook URL whose delivery is not finished (the webhook
+    #: sender looks at these only).
+    awaiting_webhook: dict[str, FakeJob] = attrs.field(factory=dict)
     uploads: dict[str, FakeUpload] = attrs.field(factory=dict)
     ledger_entries: list[LedgerEntry] = attrs.field(factory=list)
     unsettled_failures: set[str] = attrs.field(factory=set)
@@ -109,7 +115,11 @@ class FakeState:
     def active_jobs(self) -> int:
         """Return how many jobs are pending or processing now."""
         now = self.now()
-        return sum(1 for j in self.jobs.values() if j.status_at(now) not in TERMINAL)
+        live = self.live
+        # A job never leaves a terminal state: forget it once seen there.
+        for job_id in [i for i, j in live.items() if j.status_at(now) in TERMINAL]:
+            del live[job_id]
+        return len(live)
 
     def create_job(
         self,
@@ -159,6 +169,9 @@ class FakeState:
 
     def _register(self, job: FakeJob) -> None:
         self.jobs[job.id] = job
+        self.live[job.id] = job
+        if job.webhook_url is not None:
+            self.awaiting_webhook[job.id] = job
         self.ledger_entries.append(
             LedgerEntry(
                 job_id=job.id,

@@ -87,16 +87,19 @@ class WebhookSender:
         body["completedAt"] = iso(job.finished_at)
         return body
 
+    def _finish(self, job: FakeJob) -> None:
+        """*job*'s delivery is over (delivered, dropped or given up)."""
+        self.finished.add(job.id)
+        self.state.awaiting_webhook.pop(job.id, None)
+
     def due(self) -> list[FakeJob]:
         """Return the jobs whose next webhook attempt is due now."""
         self.state.settle()
         now = self.state.now()
         return [
             job
-            for job in self.state.jobs.values()
-            if job.webhook_url is not None
-            and job.id not in self.finished
-            and job.status_at(now) in {"completed", "failed"}
+            for job in self.state.awaiting_webhook.values()
+            if job.status_at(now) in {"completed", "failed"}
             and now >= self.next_at.get(job.id, job.finished_at)
         ]
 
@@ -194,7 +197,7 @@ class WebhookSender:
                     note="dropped (injected)",
                 )
             )
-            self.finished.add(job.id)
+            self._finish(job)
             return made
         if fault == "bad_signature":
             made.append(
@@ -227,7 +230,7 @@ class WebhookSender:
                 )
             )
         if genuine.ok or attempt > len(RETRY_DELAYS):
-            self.finished.add(job.id)
+            self._finish(job)
         else:
             self.next_at[job.id] = now + RETRY_DELAYS[attempt - 1]
         return made
