@@ -264,25 +264,29 @@ async def test_every_release_lets_the_next_waiter_in_across_processes(hubs):
     )
 
 
-async def _released_messages(redis_server, prefix, action) -> int:
-    """Run *action*, counting the 'slot released' messages on the account's bus."""
+async def _turn_messages(redis_server, prefix, action) -> list[tuple[str, bytes]]:
+    """Run *action*; return the 'your turn' messages sent: (process inbox, body)."""
     async with redis_server.client() as raw:
         pubsub = raw.pubsub()
-        await pubsub.subscribe(f"{prefix}:{{default}}:bus")
+        await pubsub.psubscribe(f"{prefix}:{{default}}:*")
         await pubsub.get_message(timeout=1)  # the subscribe confirmation
         await action()
-        seen = 0
+        seen = []
         while (message := await pubsub.get_message(timeout=0.2)) is not None:
-            seen += message["type"] == "message" and message["data"][:1] == b"r"
+            if message["type"] == "pmessage" and message["data"][:1] == b"r":
+                seen.append((message["channel"].decode(), message["data"]))
         await pubsub.aclose()
     return seen
 
 
-async def test_a_release_nobody_waits_for_wakes_no_process(redis_server, prefix, hubs):
+async def test_a_release_wakes_only_the_process_whose_turn_it_is(
+    redis_server, prefix, hubs
+):
     """
-    A release tells the other processes only when a waiter is queued: with free
-    slots every process would otherwise wake (and contend for the cores) for each
-    job that ends, just when the job's own waiter has to run.
+    A release tells nobody when nobody is queued (every process would otherwise
+    wake, and contend for the cores, for each job that ends), and otherwise only
+    the process of the waiter first in line, naming it: one admission attempt per
+    turn, not one per process.
     """
     a, b = hubs
     slots_a, slots_b = a.slots(2), b.slots(2)
@@ -291,17 +295,54 @@ async def test_a_release_nobody_waits_for_wakes_no_process(redis_server, prefix,
         for _ in range(3):
             await slots_a.release(await slots_a.acquire(timeout=1))
 
-    assert await _released_messages(redis_server, prefix, unqueued) == 0
+    assert await _turn_messages(redis_server, prefix, unqueued) == []
 
     async def queued() -> None:
         held = [await slots_a.acquire(timeout=1), await slots_a.acquire(timeout=1)]
-        waiter = asyncio.ensure_future(slots_b.acquire(timeout=WAIT))
         async with redis_server.client() as raw:
             queue = f"{prefix}:{{default}}:slots-queue:jobs"
+            first = asyncio.ensure_future(slots_b.acquire(timeout=WAIT))
             await until(_equals(lambda: raw.zcard(queue), 1))
+            second = asyncio.ensure_future(slots_a.acquire(timeout=WAIT))
+            await until(_equals(lambda: raw.zcard(queue), 2))
         await slots_a.release(held[0])
         with anyio.fail_after(WAIT):
-            await slots_b.release(await waiter)
+            lease = await first
+        assert not second.done()
+        await slots_b.release(lease)
+        with anyio.fail_after(WAIT):
+            await slots_a.release(await second)
         await slots_a.release(held[1])
 
-    assert await _released_messages(redis_server, prefix, queued) == 1
+    told = await _turn_messages(redis_server, prefix, queued)
+    inbox = f"{prefix}:{{default}}:to:"
+    assert [(c.removeprefix(inbox), m.split(b"\n")[0]) for c, m in told] == [
+        (b.instance_id, b"rjobs"),
+        (a.instance_id, b"rjobs"),
+    ]
+    assert told[0][1].split(b"\n")[1].startswith(b.instance_id.encode() + b":w")
+
+
+async def test_a_waiter_that_gives_up_its_turn_passes_it_on(redis_server, prefix, hubs):
+    """
+    The first in line is told its turn came, but its caller cancels it before it
+    tries: leaving the queue passes the turn to the next waiter (of another
+    process) at once, not after its retry timer.
+    """
+    a, b = hubs
+    slots_a = a.slots(1, retry_interval=30.0)
+    slots_b = b.slots(1, retry_interval=30.0)
+    holding = await slots_a.acquire(timeout=1)
+    async with redis_server.client() as raw:
+        queue = f"{prefix}:{{default}}:slots-queue:jobs"
+        first = asyncio.ensure_future(slots_b.acquire(timeout=WAIT))
+        await until(_equals(lambda: raw.zcard(queue), 1))
+        second = asyncio.ensure_future(slots_a.acquire(timeout=WAIT))
+        await until(_equals(lambda: raw.zcard(queue), 2))
+
+    await slots_a.release(holding)  # names the first waiter ...
+    first.cancel()  # ... which goes away without trying
+    with anyio.fail_after(5):
+        lease = await second
+    assert first.cancelled()
+    await slots_a.release(lease)

@@ -43,6 +43,8 @@ __all__ = [
     "mask_url",
     "ms",
     "parse_event",
+    "parse_released",
+    "released_message",
 ]
 
 _NAME_RE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
@@ -51,7 +53,7 @@ ATTEMPT_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 # A message (and a stored event) is one kind byte and a JSON document:
 #   e{"job":..,"ts":..,"attempt":..,"payload":{..}}  event, attempt attributed to it
 #   c{...}                                          event, attempt names another job
-#   r<slot group name>                              a job slot was released
+#   r<slot group name>\n<waiter>,<waiter>          their turn for a job slot came
 EVENT = b"e"
 CONFLICT = b"c"
 RELEASED = b"r"
@@ -103,19 +105,49 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
 
+# Drops the queue's expired waiters (their processes stopped asking), then tells
+# the waiters now first in line, as many as there are free slots, that their turn
+# has come: one message to the inbox of each of their processes, naming them
+# ("r<group>\n<waiter>,<waiter>").  Waiter ids start with their process's id.
+_TELL_LUA = """
+local function purge(queue, expiry, now)
+  for _, waiter in ipairs(redis.call('ZRANGEBYSCORE', expiry, '-inf', now)) do
+    redis.call('ZREM', queue, waiter)
+    redis.call('ZREM', expiry, waiter)
+  end
+end
+local function tell(queue, free, inbox, message, except)
+  if free <= 0 then return end
+  local order, names = {}, {}
+  for _, waiter in ipairs(redis.call('ZRANGE', queue, 0, free - 1)) do
+    local process = string.match(waiter, '^([^:]+):')
+    if process and waiter ~= except then
+      if not names[process] then
+        names[process] = {}
+        order[#order + 1] = process
+      end
+      table.insert(names[process], waiter)
+    end
+  end
+  for _, process in ipairs(order) do
+    redis.call('PUBLISH', inbox .. process,
+      message .. '\\n' .. table.concat(names[process], ','))
+  end
+end
+"""
+
 # KEYS: leases, queue (score: arrival), queue expiry (score: ms), sequence
-# ARGV: limit, lease ms, waiter id, lease id, queue ttl ms
+# ARGV: limit, lease ms, waiter id, lease id, queue ttl ms, inbox prefix, message
 # Returns {granted, rank in the queue, leases in use, place in the queue (its
-# arrival number: the queue's order, stable while others come and go)}.
+# arrival number: the queue's order, stable while others come and go)}.  A slot
+# found free by expiry, or still free after this admission, is told to the
+# waiters whose turn it is.
 ACQUIRE_LUA = (
     _NOW_LUA
+    + _TELL_LUA
     + """
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-local gone = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now)
-for _, waiter in ipairs(gone) do
-  redis.call('ZREM', KEYS[2], waiter)
-  redis.call('ZREM', KEYS[3], waiter)
-end
+local expired = redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+purge(KEYS[2], KEYS[3], now)
 local seq = redis.call('ZSCORE', KEYS[2], ARGV[3])
 if not seq then
   seq = redis.call('INCR', KEYS[4])
@@ -132,6 +164,9 @@ if rank < tonumber(ARGV[1]) - used then
   redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[4])
   used = used + 1
   granted = 1
+end
+if granted == 1 or expired > 0 then
+  tell(KEYS[2], tonumber(ARGV[1]) - used, ARGV[6], ARGV[7], ARGV[3])
 end
 for i = 1, 4 do redis.call('PEXPIRE', KEYS[i], keep) end
 return {granted, rank, used, tonumber(seq)}
@@ -159,25 +194,43 @@ return {added, redis.call('ZCARD', KEYS[2])}
 """
 )
 
-# KEYS: leases, queue   ARGV: channel, message, lease ids...
-# Tells the processes only when somebody is queued: a waiter whose attempt comes
-# after this script sees the free slot itself (each script is atomic).
-RELEASE_LUA = """
+# KEYS: leases, queue, queue expiry   ARGV: inbox prefix, message, limit, lease ids...
+# Tells the waiters whose turn it is now (none when nobody is queued: a waiter
+# whose attempt comes after this script sees the free slot itself).
+RELEASE_LUA = (
+    _NOW_LUA
+    + _TELL_LUA
+    + """
 local removed = 0
-for i = 3, #ARGV do
+for i = 4, #ARGV do
   removed = removed + redis.call('ZREM', KEYS[1], ARGV[i])
 end
 if removed > 0 and redis.call('EXISTS', KEYS[2]) == 1 then
-  redis.call('PUBLISH', ARGV[1], ARGV[2])
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+  purge(KEYS[2], KEYS[3], now)
+  tell(KEYS[2], tonumber(ARGV[3]) - redis.call('ZCARD', KEYS[1]), ARGV[1], ARGV[2],
+    false)
 end
 return removed
 """
+)
 
-# KEYS: queue, queue expiry   ARGV: waiter id
-LEAVE_LUA = """
-redis.call('ZREM', KEYS[1], ARGV[1])
-return redis.call('ZREM', KEYS[2], ARGV[1])
+# KEYS: queue, queue expiry, leases   ARGV: waiter id, inbox prefix, message, limit
+# A waiter that gives up may have held a turn: it passes to those behind it.
+LEAVE_LUA = (
+    _NOW_LUA
+    + _TELL_LUA
+    + """
+local queued = redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+if queued > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
+  tell(KEYS[1], tonumber(ARGV[4]) - redis.call('ZCARD', KEYS[3]), ARGV[2], ARGV[3],
+    false)
+end
+return queued
 """
+)
 
 # KEYS: leases   Returns the leases not yet expired.
 IN_USE_LUA = _NOW_LUA + "return redis.call('ZCOUNT', KEYS[1], now, '+inf')\n"
@@ -279,3 +332,14 @@ def check_name(what: str, value: str) -> str:
 def ms(seconds: float) -> int:
     """Return *seconds* in whole milliseconds, at least 1."""
     return max(1, math.ceil(seconds * 1000))
+
+
+def released_message(group: str) -> str:
+    """The start of the message that tells waiters of *group* their turn came."""
+    return RELEASED.decode() + group
+
+
+def parse_released(body: bytes) -> tuple[str, list[str]]:
+    """Return the slot group and the waiters named by a turn message (kind byte off)."""
+    group, _, names = body.decode("utf-8", "replace").partition("\n")
+    return group, [n for n in names.split(",") if n]

@@ -21,7 +21,15 @@ from collections.abc import Callable
 
 from pixelbyte_async._signing import WebhookEvent
 
-from ._codec import ATTEMPT_RE, CONFLICT, EVENT, RELEASED, encode_event, parse_event
+from ._codec import (
+    ATTEMPT_RE,
+    CONFLICT,
+    EVENT,
+    RELEASED,
+    encode_event,
+    parse_event,
+    parse_released,
+)
 from ._link import FAULTS, HubSettings, HubUnavailable, RedisLink
 from ._memory import EventMemory
 
@@ -37,8 +45,8 @@ class EventExchange:
     """
     Shares one hub's events through Redis and feeds what it reads to *memory*.
 
-    *released* is called with a slot group's name when the channel says that one
-    of its slots was released.
+    *released* is called with a slot group's name and the waiters named when a
+    message says that their turn for one of its slots came.
     """
 
     def __init__(
@@ -47,7 +55,7 @@ class EventExchange:
         link: RedisLink,
         memory: EventMemory,
         *,
-        released: Callable[[str], None],
+        released: Callable[[str, list[str]], None],
     ) -> None:
         self._hub = hub
         self._link = link
@@ -89,7 +97,7 @@ class EventExchange:
         """Route one message received: a slot release, or an event."""
         kind, body = data[:1], data[1:]
         if kind == RELEASED:
-            self._released(body.decode("utf-8", "replace"))
+            self._released(*parse_released(body))
             return
         if kind not in {EVENT, CONFLICT}:
             return

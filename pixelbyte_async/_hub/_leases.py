@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 from pixelbyte_async._clock import Clock, sleep_or_until
 
-from ._codec import RELEASED, ms
+from ._codec import ms, released_message
 from ._link import FAULTS, RedisLink
 
 
@@ -51,6 +51,7 @@ class LeaseGroup(Protocol):
     hub: SlotsHub
     name: str
     lease: float
+    limit: int
 
 
 class HeldLeases:
@@ -58,7 +59,7 @@ class HeldLeases:
     The leases of *group* that this process holds, kept registered in Redis.
 
     *leases_key* is the group's sorted set of leases, *procs_key* the one of the
-    processes renewing them, *queue_key* the one of the waiters queued for a slot.
+    processes renewing them, *queue_keys* the waiters' queue and its expiry.
     """
 
     def __init__(
@@ -68,13 +69,13 @@ class HeldLeases:
         *,
         leases_key: str,
         procs_key: str,
-        queue_key: str,
+        queue_keys: tuple[str, str],
     ) -> None:
         self._group = group
         self._link = link
         self._leases_key = leases_key
         self._procs_key = procs_key
-        self._queue_key = queue_key
+        self._queue_keys = queue_keys
         #: Lease id -> the job id it is bound to (None until `bind`).
         self.held: dict[str, str | None] = {}
         #: Job id -> its lease id.
@@ -126,16 +127,22 @@ class HeldLeases:
             await self.release_in_redis(batch)
 
     async def release_in_redis(self, leases: list[str]) -> None:
-        """ZREM *leases*, telling the processes if one queues; a lease missed expires."""
-        if not self._group.hub.healthy:
+        """ZREM *leases*, telling the waiters whose turn it is; a lease missed expires."""
+        group = self._group
+        if not group.hub.healthy:
             return
-        message = RELEASED + self._group.name.encode()
+        link = self._link
         async with self._sync:
             with contextlib.suppress(*FAULTS):
-                await self._link.call(
+                await link.call(
                     "release",
-                    [self._leases_key, self._queue_key],
-                    [self._link.channel, message, *leases],
+                    [self._leases_key, *self._queue_keys],
+                    [
+                        link.inbox_prefix,
+                        released_message(group.name),
+                        group.limit,
+                        *leases,
+                    ],
                 )
 
     # -- renewing ------------------------------------------------------------------------

@@ -141,11 +141,10 @@ class RedisLink:
         #: ``uniform(a, b)`` used for jitter.
         self.uniform = uniform
         self._base = base
-        #: The account's channel: slot releases, seen by every process.
-        self.channel = f"{base}:bus"
         #: Prefix of each process's inbox channel (add its `instance_id`).
         self.inbox_prefix = f"{base}:to:"
-        #: This process's inbox: the events of the jobs it watches.
+        #: This process's one channel: the events of the jobs it watches, and the
+        #: turns of its slot waiters.  No message goes to every process.
         self.inbox = self.inbox_prefix + hub.instance_id
         self._health_changed = health_changed
         self._outage_note = outage_note
@@ -387,13 +386,12 @@ class RedisLink:
             self._first_attempt_done()
 
     async def _subscribe(self, pubsub: Any) -> None:
-        channels = {self.channel.encode(), self.inbox.encode()}
         with anyio.fail_after(self._hub.connect_timeout):
-            await pubsub.subscribe(*channels)
-            while channels:
+            await pubsub.subscribe(self.inbox)
+            while True:
                 message = await pubsub.get_message(timeout=self._hub.connect_timeout)
                 if message is not None and message.get("type") == "subscribe":
-                    channels.discard(message.get("channel"))
+                    return
 
     async def _subscribed_now(self) -> None:
         """Subscribed: catch up (see the hub's), and only then turn healthy."""

@@ -3,7 +3,8 @@ Account-wide job slots in Redis: `RedisSlots`, and the slot groups of one hub.
 
 `RedisSlots` is a counting semaphore with leases, shared by every process of an
 account: waiters queue in Redis in arrival order, are admitted by one Lua script,
-are woken by a release message on the hub's channel, and fall back to a
+are woken by name when their turn comes (a message to their process's inbox, sent
+by the script that freed the slot), and fall back to a
 per-process limit while Redis is away.  The leases a process holds are kept by
 `HeldLeases`.  `SlotGroups` are a hub's groups by name: made once, told about
 health and releases, closed with the hub.
@@ -22,7 +23,7 @@ import anyio
 from pixelbyte_async._clock import sleep_or_until
 from pixelbyte_async._errors import RequestTimeout
 
-from ._codec import check_name, ms
+from ._codec import check_name, ms, released_message
 from ._leases import HeldLeases, SlotsHub
 from ._link import FAULTS, HubUnavailable
 
@@ -110,21 +111,20 @@ class RedisSlots:
             self._link,
             leases_key=self._keys[0],
             procs_key=key("slots-procs", name),
-            queue_key=self._keys[1],
+            queue_keys=(self._keys[1], self._keys[2]),
         )
         self._ids = itertools.count()
-        # This process's sleeping waiters, in Redis' queue order.  A release wakes
-        # one; while a slot stays free after an attempt, the next one that has not
-        # tried since that release is woken, until one gets it or all have tried.
+        # This process's sleeping waiters, in Redis' queue order.  Redis names the
+        # ones whose turn came (see _TELL_LUA); without names, the first is woken.
         self._waiting: list[tuple[float, str, asyncio.Future[None]]] = []
         # Each waiter's place in Redis' queue (its arrival number), so that this
         # process's line is in the queue's order.
         self._places: dict[str, float] = {}
-        # Releases seen on the channel, and when each waiter last tried: an
-        # attempt that fails while a release arrives tries again at once (it may
-        # have run just before the slot was freed).
-        self._releases = 0
-        self._tried: dict[str, int] = {}
+        # The waiters inside `acquire` now, and those of them named while awake
+        # (their attempt on the wire may have run just before the slot was
+        # freed: if it failed, they try again at once).
+        self._live: set[str] = set()
+        self._called: set[str] = set()
         #: The most leases seen in use account-wide right after an admission.
         self.peak = 0
         #: Admissions made under the per-process fallback limit.
@@ -154,28 +154,29 @@ class RedisSlots:
 
     # -- waking ----------------------------------------------------------------------------
 
-    def _notify(self, *, every: bool = False, local: bool = False) -> None:
-        """
-        Wake the first sleeping waiter that has not tried since the last release.
-
-        *local*: the first one, tried or not (a slot freed here while Redis is
-        away); *every*: all of them (health changed, or closing).
-        """
+    def _notify(self, *, every: bool = False) -> None:
+        """Wake the first sleeping waiter (*every*: all of them)."""
         for entry in list(self._waiting):
-            _, waiter, wake = entry
-            fresh = local or self._tried.get(waiter, -1) < self._releases
-            if not (every or fresh):
-                continue
             self._waiting.remove(entry)
+            wake = entry[2]
             if not wake.done():
                 wake.set_result(None)
                 if not every:
                     return
 
-    def _released(self) -> None:
-        """A slot was released in Redis (by any process): its next waiter tries."""
-        self._releases += 1
-        self._notify()
+    def _released(self, names: list[str]) -> None:
+        """Redis says the turn of *names* came: wake them (or the first, unnamed)."""
+        if not names:
+            self._notify()
+            return
+        wanted = set(names)
+        for entry in list(self._waiting):
+            if entry[1] in wanted:
+                wanted.discard(entry[1])
+                self._waiting.remove(entry)
+                if not entry[2].done():
+                    entry[2].set_result(None)
+        self._called.update(wanted & self._live)  # awake: their attempt retries
 
     def _sleep_in_line(
         self, waiter: str, wake: asyncio.Future[None] | None
@@ -188,7 +189,8 @@ class RedisSlots:
         return wake
 
     def _leave_line(self, waiter: str, wake: asyncio.Future[None] | None) -> None:
-        self._tried.pop(waiter, None)
+        self._live.discard(waiter)
+        self._called.discard(waiter)
         place = self._places.pop(waiter, math.inf)
         if wake is not None and not wake.done():
             wake.cancel()
@@ -227,6 +229,7 @@ class RedisSlots:
         lease = self._new_id("l")
         queued = False
         wake: asyncio.Future[None] | None = None
+        self._live.add(waiter)
         try:
             while True:
                 if not link.running():
@@ -266,27 +269,37 @@ class RedisSlots:
                     anyio.move_on_after(self.hub.connect_timeout, shield=True),
                     contextlib.suppress(*FAULTS),
                 ):
-                    await link.call("leave", self._keys[1:3], [waiter])
+                    await link.call(
+                        "leave",
+                        [self._keys[1], self._keys[2], self._keys[0]],
+                        [waiter, *self._turn_args(), self.limit],
+                    )
+
+    def _turn_args(self) -> list[str]:
+        """Where a script tells waiters their turn came: inbox prefix, message."""
+        return [self._link.inbox_prefix, released_message(self.name)]
 
     async def _try_in_redis(self, waiter: str, lease: str) -> bool | None:
         """
         One admission attempt: True (admitted), False (queued), None (try again now).
 
-        A slot still free after it belongs to a waiter ahead in Redis' queue (or to
-        the next one, after an admission): the next waiter here that has not tried
-        since the last release is woken for it.
+        None when Redis named this waiter while the attempt was on the wire: it
+        may have run just before the slot was freed.
         """
         args = [self.limit, ms(self.lease), waiter, lease, ms(self._queue_ttl)]
-        releases = self._tried[waiter] = self._releases
-        granted, _rank, used, place = await self._link.call("acquire", self._keys, args)
+        self._called.discard(waiter)
+        granted, _rank, used, place = await self._link.call(
+            "acquire", self._keys, args + self._turn_args()
+        )
         self._places[waiter] = float(place)
-        if int(used) < self.limit:
-            self._notify()
         if granted:
             self.peak = max(self.peak, int(used))
             self._leases.held[lease] = None
             return True
-        return None if self._releases != releases else False
+        if waiter in self._called:
+            self._called.discard(waiter)
+            return None
+        return False
 
     def bind(self, lease: str, job_id: str) -> None:
         """Note that *lease* is the slot of *job_id* (see `release_job`)."""
@@ -317,8 +330,8 @@ class RedisSlots:
         if not self._leases.forget(lease):
             return False
         if not self.hub.healthy:
-            self._notify(local=True)  # admitted here while Redis is away: next one
-        # (Healthy: the release message wakes a waiter once Redis has freed it.)
+            self._notify()  # admitted here while Redis is away: the next one
+        # (Healthy: Redis names the waiter whose turn it is once it freed the slot.)
         return True
 
     async def release(self, lease: str) -> None:
@@ -409,11 +422,11 @@ class SlotGroups:
             )
         return group
 
-    def released(self, name: str) -> None:
-        """A slot of group *name* was released (in any process): wake its waiters."""
+    def released(self, name: str, waiters: list[str]) -> None:
+        """The turn of *waiters* of group *name* came: wake them."""
         group = self._groups.get(name)
         if group is not None:
-            group._released()  # noqa: SLF001 -- the hub owns its slot groups
+            group._released(waiters)  # noqa: SLF001 -- the hub owns its slot groups
 
     def health_changed(self, healthy: bool) -> None:
         """Tell every group that the hub's health changed."""
