@@ -294,3 +294,39 @@ async def test_slots_never_wait_forever_nor_admit_without_limit(own_redis, prefi
         own_redis.start()
         await health.becomes(True)
         await until(_equals(slots.in_use, 1), WAIT)
+
+
+async def test_aclose_ends_even_when_a_read_swallows_its_cancellation(
+    redis_server, prefix, monkeypatch
+):
+    """
+    A redis-py read can swallow the cancellation that stops the hub's listener
+    (seen once in 20 bench runs: a publisher's `async with RedisHub` never
+    returned).  The listener checks that the hub is closing after every read,
+    and `aclose` closes the connection under a read that outlives the cancel.
+    """
+    import redis.asyncio.client
+    from pixelbyte_async.redis import RedisHub
+
+    read = redis.asyncio.client.PubSub.get_message
+    swallowed = []
+
+    async def swallowing(self, *args, **kwargs):
+        try:
+            return await read(self, *args, **kwargs)
+        except asyncio.CancelledError:
+            if swallowed:
+                raise
+            swallowed.append(True)
+            return None
+
+    monkeypatch.setattr(redis.asyncio.client.PubSub, "get_message", swallowing)
+    hub = RedisHub(
+        redis_server.url, key_prefix=prefix, ping_interval=30, connect_timeout=1
+    )
+    await hub.start()
+    assert hub.healthy
+    with anyio.fail_after(5):
+        await hub.aclose()
+    assert swallowed
+    assert not hub.running

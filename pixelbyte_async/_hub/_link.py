@@ -247,9 +247,18 @@ class RedisLink:
         tasks = [t for t in (self._listener, *others) if t is not None]
         for task in tasks:
             task.cancel()
+        if tasks:
+            _, late = await asyncio.wait(tasks, timeout=self._hub.connect_timeout)
+            if late:
+                # A redis-py read can swallow the cancellation: closing the
+                # connections ends it (the listener sees the hub closed after it).
+                await self.disconnect()
+                for task in late:
+                    task.cancel()
+                await asyncio.wait(late, timeout=self._hub.connect_timeout)
         for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, *FAULTS):
-                await task
+            if task.done() and not task.cancelled():
+                task.exception()  # retrieved: a fault while closing is no news
         self._healthy = False
         self._subscribed = False
         outage, self._outage = self._outage, None
@@ -403,7 +412,7 @@ class RedisLink:
     async def _pump(self, pubsub: Any) -> None:
         """Route messages until the connection fails (ping when it is quiet)."""
         pinged = False
-        while True:
+        while self.running():  # checked after each read: it may outlive a cancel
             message = await pubsub.get_message(timeout=self._hub.ping_interval)
             if message is None:
                 if pinged:
