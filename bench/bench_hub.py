@@ -292,6 +292,16 @@ async def commandstats(url: str) -> dict[str, int]:
     return {k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in info.items()}
 
 
+async def redis_cpu(url: str) -> float:
+    """CPU seconds the Redis server has used so far."""
+    client = aioredis.Redis.from_url(url)
+    try:
+        info = await client.info("cpu")
+    finally:
+        await client.aclose()
+    return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
+
+
 async def events_run(
     url: str, events: int, workers: int, rate: float, *, attach: bool
 ) -> dict[str, Any]:
@@ -405,6 +415,7 @@ async def client_run(
         hook = (await line(receiver))["url"]
         before = await commandstats(url)
         began = time.monotonic()
+        here_cpu, redis_cpu_before = time.process_time(), await redis_cpu(url)
         clients = [
             await spawn(
                 *("client", url, prefix, fake.url, fake.api_key, hook),
@@ -422,6 +433,8 @@ async def client_run(
             results = done.result()
         took = time.monotonic() - began
         after = await commandstats(url)
+        here_cpu = time.process_time() - here_cpu
+        redis_cpu_used = await redis_cpu(url) - redis_cpu_before
         receiver.terminate()
         received = await line(receiver)
         for proc in [receiver, *clients]:
@@ -487,6 +500,10 @@ async def client_run(
             sum(r["cpu_s"] for r in results) * 1000 / total, 3
         ),
         "receiver_cpu_ms_per_job": round(received["cpu_s"] * 1000 / total, 3),
+        # The fake API and the sampler (this process), and Redis: the machine's
+        # other loads (the API is not on the clients' machine in production).
+        "fake_cpu_ms_per_job": round(here_cpu * 1000 / total, 3),
+        "redis_cpu_ms_per_job": round(redis_cpu_used * 1000 / total, 3),
     }
 
 
@@ -546,7 +563,8 @@ def print_client(cl: dict[str, Any], label: str) -> None:
         f"{cl['peak_active_jobs_at_api']} jobs active at the API "
         f"({'met' if peak <= limit else 'MISSED'}), mean {cl['mean_in_use_sampled']}; "
         f"CPU per job: clients {cl['client_cpu_ms_per_job']} ms, receiver "
-        f"{cl['receiver_cpu_ms_per_job']} ms"
+        f"{cl['receiver_cpu_ms_per_job']} ms, fake API and sampler "
+        f"{cl['fake_cpu_ms_per_job']} ms, Redis {cl['redis_cpu_ms_per_job']} ms"
     )
 
 
