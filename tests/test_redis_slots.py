@@ -279,6 +279,17 @@ async def _turn_messages(redis_server, prefix, action) -> list[tuple[str, bytes]
     return seen
 
 
+async def _queue_two(redis_server, prefix, first_slots, second_slots):
+    """Start two waiters, of *first_slots* then *second_slots*, queued in that order."""
+    async with redis_server.client() as raw:
+        queue = f"{prefix}:{{default}}:slots-queue:jobs"
+        first = asyncio.ensure_future(first_slots.acquire(timeout=WAIT))
+        await until(_equals(lambda: raw.zcard(queue), 1))
+        second = asyncio.ensure_future(second_slots.acquire(timeout=WAIT))
+        await until(_equals(lambda: raw.zcard(queue), 2))
+    return first, second
+
+
 async def test_a_release_wakes_only_the_process_whose_turn_it_is(
     redis_server, prefix, hubs
 ):
@@ -299,12 +310,7 @@ async def test_a_release_wakes_only_the_process_whose_turn_it_is(
 
     async def queued() -> None:
         held = [await slots_a.acquire(timeout=1), await slots_a.acquire(timeout=1)]
-        async with redis_server.client() as raw:
-            queue = f"{prefix}:{{default}}:slots-queue:jobs"
-            first = asyncio.ensure_future(slots_b.acquire(timeout=WAIT))
-            await until(_equals(lambda: raw.zcard(queue), 1))
-            second = asyncio.ensure_future(slots_a.acquire(timeout=WAIT))
-            await until(_equals(lambda: raw.zcard(queue), 2))
+        first, second = await _queue_two(redis_server, prefix, slots_b, slots_a)
         await slots_a.release(held[0])
         with anyio.fail_after(WAIT):
             lease = await first
@@ -333,12 +339,7 @@ async def test_a_waiter_that_gives_up_its_turn_passes_it_on(redis_server, prefix
     slots_a = a.slots(1, retry_interval=30.0)
     slots_b = b.slots(1, retry_interval=30.0)
     holding = await slots_a.acquire(timeout=1)
-    async with redis_server.client() as raw:
-        queue = f"{prefix}:{{default}}:slots-queue:jobs"
-        first = asyncio.ensure_future(slots_b.acquire(timeout=WAIT))
-        await until(_equals(lambda: raw.zcard(queue), 1))
-        second = asyncio.ensure_future(slots_a.acquire(timeout=WAIT))
-        await until(_equals(lambda: raw.zcard(queue), 2))
+    first, second = await _queue_two(redis_server, prefix, slots_b, slots_a)
 
     await slots_a.release(holding)  # names the first waiter ...
     first.cancel()  # ... which goes away without trying
