@@ -21,7 +21,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Generic, Protocol, TypeVar
 
-from ._clock import Clock
+from ._clock import Clock, resolve
 from ._signing import SignedDelivery, WebhookEvent
 
 
@@ -150,7 +150,7 @@ def _resolve(
     fed = False
     for future in futures:
         if not future.done():
-            future.set_result(event)
+            resolve(future, event)  # its waits resume in the next loop turn
             fed = True
     return fed
 

@@ -503,3 +503,35 @@ async def test_a_rediss_url_talks_tls_to_a_real_server(tls_server, prefix):
         assert await a.publish(make_event("job_tls")) is True
         with anyio.fail_after(WAIT):
             assert (await future).job_id == "job_tls"
+
+
+async def test_a_woken_wait_runs_before_the_attached_client_is_fed(hubs):
+    """
+    The wait that needs an event runs first; the attached client (which only
+    updates its bookkeeping) is fed after it, in the same loop turn.
+    """
+    from pixelbyte_async._clock import SystemClock, sleep_or_until
+
+    a, b = hubs
+    order: list[str] = []
+
+    class Client:
+        def _webhook_event(self, event):
+            order.append("client fed")
+            return True
+
+    b.attach(Client())
+    future = b.future_for("job_first")
+    await b.refresh()
+
+    async def wait() -> None:
+        await sleep_or_until(SystemClock(), 60, future)
+        order.append("wait resumed")
+
+    waiting = asyncio.ensure_future(wait())
+    await asyncio.sleep(0)
+    await a.publish(make_event("job_first"))
+    with anyio.fail_after(WAIT):
+        await waiting
+    await until(lambda: len(order) == 2)
+    assert order == ["wait resumed", "client fed"]

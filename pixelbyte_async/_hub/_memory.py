@@ -19,6 +19,7 @@ import math
 import threading
 from collections import OrderedDict
 
+from pixelbyte_async._clock import resolve
 from pixelbyte_async._handoff import WebhookObserver
 from pixelbyte_async._signing import WebhookEvent
 
@@ -150,11 +151,14 @@ class EventMemory:
         clients: list[tuple[WebhookObserver, Loop | None]],
     ) -> None:
         if future is not None and not future.done():
-            future.set_result(event)
+            resolve(future, event)  # its waits resume in the next loop turn
         here = self._link.loop
         for client, loop in clients:
-            if loop is None or loop is here:
+            if loop is None:
                 self._feed(client, event)
+            elif loop is here:
+                # After the waits just woken: the wait that needs the event first.
+                loop.call_soon(self._feed, client, event)
             else:
                 with contextlib.suppress(RuntimeError):  # that loop is closed
                     loop.call_soon_threadsafe(self._feed, client, event)
