@@ -535,3 +535,35 @@ async def test_a_woken_wait_runs_before_the_attached_client_is_fed(hubs):
         await waiting
     await until(lambda: len(order) == 2)
     assert order == ["wait resumed", "client fed"]
+
+
+async def test_a_woken_wait_runs_before_the_next_message_is_read(
+    redis_server, prefix, hubs
+):
+    """
+    Two deliveries arrive together: the wait the first one woke runs before the
+    hub goes on to read (and decode) the second.
+    """
+    from pixelbyte_async._clock import SystemClock, sleep_or_until
+    from pixelbyte_async._hub._codec import EVENT, encode_event
+
+    _, b = hubs
+    first, second = b.future_for("job_n1"), b.future_for("job_n2")
+    await b.refresh()
+    seen_when_resumed = []
+
+    async def wait() -> None:
+        await sleep_or_until(SystemClock(), 60, first)
+        seen_when_resumed.append(b.event_for("job_n2"))
+
+    waiting = asyncio.ensure_future(wait())
+    await asyncio.sleep(0)
+    inbox = f"{prefix}:{{default}}:to:{b.instance_id}"
+    async with redis_server.client() as raw:
+        async with raw.pipeline(transaction=False) as both:  # one write, one read
+            for job in ("job_n1", "job_n2"):
+                both.publish(inbox, EVENT + encode_event(make_event(job)))
+            await both.execute()
+        with anyio.fail_after(WAIT):
+            await asyncio.gather(waiting, second)
+    assert seen_when_resumed == [None]

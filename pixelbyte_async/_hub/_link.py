@@ -428,6 +428,9 @@ class RedisLink:
                 data = message.get("data")
                 if isinstance(data, bytes) and self._on_message is not None:
                     self._on_message(data)
+                    # A turn for the waits this message woke, before redis-py
+                    # reads the next one.
+                    await asyncio.sleep(0)
             elif kind == "subscribe":
                 # Subscribed again without us (cannot happen with no retries,
                 # but if it does, what was sent meanwhile must be read).
