@@ -123,14 +123,14 @@ def _trim_fake(fake: FakePixelByte, keep: float) -> int:
             break
         if job.status_at(now) not in {"completed", "failed", "cancelled"}:
             break
-        if job.webhook_url is not None and job.id not in sender.finished:
+        if job.id in state.awaiting_webhook:
             break
         old.append(job.id)
     for job_id in old:
         del state.jobs[job_id]
+        state.live.pop(job_id, None)
         sender.attempts.pop(job_id, None)
         sender.next_at.pop(job_id, None)
-        sender.finished.discard(job_id)
     # Records only: nothing reads them in this process.
     state.requests.clear()
     state.cdn_requests.clear()

@@ -60,7 +60,6 @@ class WebhookSender:
         self.state = state
         self.attempts: dict[str, int] = {}
         self.next_at: dict[str, float] = {}
-        self.finished: set[str] = set()
         self._session: aiohttp.ClientSession | None = None
         self._lock = asyncio.Lock()
         self.faults: collections.deque[WebhookFault] = collections.deque()
@@ -89,7 +88,6 @@ class WebhookSender:
 
     def _finish(self, job: FakeJob) -> None:
         """*job*'s delivery is over (delivered, dropped or given up)."""
-        self.finished.add(job.id)
         self.state.awaiting_webhook.pop(job.id, None)
 
     def due(self) -> list[FakeJob]:
@@ -120,7 +118,7 @@ class WebhookSender:
         """Deliver *job_id*'s webhook at once (the ``early`` fault)."""
         async with self._lock:
             job = self.state.jobs[job_id]
-            if job.webhook_url is None or job.id in self.finished:
+            if job.id not in self.state.awaiting_webhook:  # none, or it is over
                 return []
             return await self._attempt(job)
 
