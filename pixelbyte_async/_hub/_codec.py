@@ -21,7 +21,7 @@ import attrs
 
 from pixelbyte_async._errors import ResponseDecodeError
 from pixelbyte_async._models import JobStatus
-from pixelbyte_async._signing import SignedDelivery, WebhookEvent
+from pixelbyte_async._signing import _ATTEMPT_RE, SignedDelivery, WebhookEvent
 
 
 __all__ = [
@@ -44,11 +44,12 @@ __all__ = [
     "ms",
     "parse_event",
     "parse_released",
-    "released_message",
+    "turn_args",
 ]
 
 _NAME_RE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
-ATTEMPT_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+#: A ``pb_attempt`` nonce, as `pixelbyte_async.webhooks.verify` accepts one.
+ATTEMPT_RE = _ATTEMPT_RE
 
 # A message (and a stored event) is one kind byte and a JSON document:
 #   e{"job":..,"ts":..,"attempt":..,"payload":{..}}  event, attempt attributed to it
@@ -105,11 +106,16 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
 
-# Drops the queue's expired waiters (their processes stopped asking), then tells
-# the waiters now first in line, as many as there are free slots, that their turn
-# has come: one message to the inbox of each of their processes, naming them
+# `free` drops the expired leases and counts the free slots; `purge` drops the
+# queue's expired waiters (their processes stopped asking); `tell` tells the
+# waiters now first in line, as many as there are free slots, that their turn has
+# come: one message to the inbox of each of their processes, naming them
 # ("r<group>\n<waiter>,<waiter>").  Waiter ids start with their process's id.
 _TELL_LUA = """
+local function free(leases, limit, now)
+  redis.call('ZREMRANGEBYSCORE', leases, '-inf', now)
+  return tonumber(limit) - redis.call('ZCARD', leases)
+end
 local function purge(queue, expiry, now)
   for _, waiter in ipairs(redis.call('ZRANGEBYSCORE', expiry, '-inf', now)) do
     redis.call('ZREM', queue, waiter)
@@ -206,10 +212,8 @@ for i = 4, #ARGV do
   removed = removed + redis.call('ZREM', KEYS[1], ARGV[i])
 end
 if removed > 0 and redis.call('EXISTS', KEYS[2]) == 1 then
-  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
   purge(KEYS[2], KEYS[3], now)
-  tell(KEYS[2], tonumber(ARGV[3]) - redis.call('ZCARD', KEYS[1]), ARGV[1], ARGV[2],
-    false)
+  tell(KEYS[2], free(KEYS[1], ARGV[3], now), ARGV[1], ARGV[2], false)
 end
 return removed
 """
@@ -224,9 +228,7 @@ LEAVE_LUA = (
 local queued = redis.call('ZREM', KEYS[1], ARGV[1])
 redis.call('ZREM', KEYS[2], ARGV[1])
 if queued > 0 then
-  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
-  tell(KEYS[1], tonumber(ARGV[4]) - redis.call('ZCARD', KEYS[3]), ARGV[2], ARGV[3],
-    false)
+  tell(KEYS[1], free(KEYS[3], ARGV[4], now), ARGV[2], ARGV[3], false)
 end
 return queued
 """
@@ -334,9 +336,13 @@ def ms(seconds: float) -> int:
     return max(1, math.ceil(seconds * 1000))
 
 
-def released_message(group: str) -> str:
-    """The start of the message that tells waiters of *group* their turn came."""
-    return RELEASED.decode() + group
+def turn_args(inbox_prefix: str, group: str) -> list[str]:
+    """
+    The script arguments that say where to tell waiters of *group* their turn came.
+
+    The inboxes' prefix, and the start of the message (see `parse_released`).
+    """
+    return [inbox_prefix, RELEASED.decode() + group]
 
 
 def parse_released(body: bytes) -> tuple[str, list[str]]:

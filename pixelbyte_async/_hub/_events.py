@@ -207,20 +207,10 @@ class EventExchange:
         link.require_loop()
         message = encode_event(event)
         terminal = event.status.is_terminal
-        keys = [link.key("ev", event.job_id), link.key("w", event.job_id)]
         attempt = event.attempt
-        if attempt is not None and ATTEMPT_RE.fullmatch(attempt):
-            keys.append(link.key("at", attempt))
         try:
-            first, owner = await link.scripts["publish"](
-                keys=keys,
-                args=[
-                    message,
-                    math.ceil(self._hub.event_ttl),
-                    event.job_id,
-                    link.inbox_prefix,
-                    "1" if terminal else "0",
-                ],
+            first, owner = await self._run_publish(
+                event.job_id, attempt, message, terminal=terminal
             )
         except FAULTS as exc:
             link.trouble(exc)
@@ -258,27 +248,32 @@ class EventExchange:
                 link.trouble(exc)
         return bool(first)
 
+    async def _run_publish(
+        self, job_id: str, attempt: str | None, message: bytes, *, terminal: bool
+    ) -> list[object]:
+        """Run the publish script for one event; return its ``[first, owner]``."""
+        link = self._link
+        keys = [link.key("ev", job_id), link.key("w", job_id)]
+        if attempt is not None and ATTEMPT_RE.fullmatch(attempt):
+            keys.append(link.key("at", attempt))
+        args = [
+            message,
+            math.ceil(self._hub.event_ttl),
+            job_id,
+            link.inbox_prefix,
+            "1" if terminal else "0",
+        ]
+        result: list[object] = await link.scripts["publish"](keys=keys, args=args)
+        return result
+
     async def _flush_outbox(self) -> None:
         """Publish the events kept while Redis was away (stops at the first fault)."""
-        link = self._link
         while self._outbox:
             with self._outbox_lock:
                 job_id, message = next(iter(self._outbox.items()))
             parsed = parse_event(message)
             if parsed is not None:
-                keys = [link.key("ev", job_id), link.key("w", job_id)]
-                if parsed.attempt is not None:
-                    keys.append(link.key("at", parsed.attempt))
-                await link.scripts["publish"](
-                    keys=keys,
-                    args=[
-                        message,
-                        math.ceil(self._hub.event_ttl),
-                        job_id,
-                        link.inbox_prefix,
-                        "1",
-                    ],
-                )
+                await self._run_publish(job_id, parsed.attempt, message, terminal=True)
             with self._outbox_lock:
                 if self._outbox.get(job_id) is message:
                     del self._outbox[job_id]

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 from pixelbyte_async._clock import Clock, sleep_or_until
 
-from ._codec import ms, released_message
+from ._codec import ms, turn_args
 from ._link import FAULTS, RedisLink
 
 
@@ -137,12 +137,7 @@ class HeldLeases:
                 await link.call(
                     "release",
                     [self._leases_key, *self._queue_keys],
-                    [
-                        link.inbox_prefix,
-                        released_message(group.name),
-                        group.limit,
-                        *leases,
-                    ],
+                    [*turn_args(link.inbox_prefix, group.name), group.limit, *leases],
                 )
 
     # -- renewing ------------------------------------------------------------------------

@@ -23,7 +23,7 @@ import anyio
 from pixelbyte_async._clock import sleep_or_until
 from pixelbyte_async._errors import RequestTimeout
 
-from ._codec import check_name, ms, released_message
+from ._codec import check_name, ms, turn_args
 from ._leases import HeldLeases, SlotsHub
 from ._link import FAULTS, HubUnavailable
 
@@ -272,12 +272,8 @@ class RedisSlots:
                     await link.call(
                         "leave",
                         [self._keys[1], self._keys[2], self._keys[0]],
-                        [waiter, *self._turn_args(), self.limit],
+                        [waiter, *turn_args(link.inbox_prefix, self.name), self.limit],
                     )
-
-    def _turn_args(self) -> list[str]:
-        """Where a script tells waiters their turn came: inbox prefix, message."""
-        return [self._link.inbox_prefix, released_message(self.name)]
 
     async def _try_in_redis(self, waiter: str, lease: str) -> bool | None:
         """
@@ -289,7 +285,7 @@ class RedisSlots:
         args = [self.limit, ms(self.lease), waiter, lease, ms(self._queue_ttl)]
         self._called.discard(waiter)
         granted, _rank, used, place = await self._link.call(
-            "acquire", self._keys, args + self._turn_args()
+            "acquire", self._keys, args + turn_args(self._link.inbox_prefix, self.name)
         )
         self._places[waiter] = float(place)
         if granted:
