@@ -115,7 +115,8 @@ class RedisSlots:
         )
         self._ids = itertools.count()
         # This process's sleeping waiters, in Redis' queue order.  Redis names the
-        # ones whose turn came (see _TELL_LUA); without names, the first is woken.
+        # ones whose turn came (see _TELL_LUA); while Redis is away, a slot freed
+        # here wakes the first.
         self._waiting: list[tuple[float, str, asyncio.Future[None]]] = []
         # Each waiter's place in Redis' queue (its arrival number), so that this
         # process's line is in the queue's order.
@@ -165,10 +166,7 @@ class RedisSlots:
                     return
 
     def _released(self, names: list[str]) -> None:
-        """Redis says the turn of *names* came: wake them (or the first, unnamed)."""
-        if not names:
-            self._notify()
-            return
+        """Redis says the turn of *names* came: wake them."""
         wanted = set(names)
         for entry in list(self._waiting):
             if entry[1] in wanted:
