@@ -149,3 +149,86 @@ async def test_auto_webhooks(session, receiver):
                 break
             await asyncio.sleep(0.01)
         assert len(receiver.hits) == 1
+
+
+# -- the auto sender's timing (real time, a sender that would otherwise sleep) ------
+
+
+class Arrivals:
+    """A webhook endpoint that notes which jobs' deliveries arrived."""
+
+    def __init__(self) -> None:
+        self.jobs: list[str] = []
+        self.changed = asyncio.Event()
+
+    async def hook(self, request: web.Request) -> web.Response:
+        self.jobs.append(json.loads(await request.read())["jobId"])
+        self.changed.set()
+        return web.Response(text="ok")
+
+    async def until(self, count: int) -> list[str]:
+        async with asyncio.timeout(10):
+            while len(self.jobs) < count:
+                self.changed.clear()
+                await self.changed.wait()
+        return self.jobs
+
+
+@pytest.fixture(name="arrivals")
+async def _arrivals():
+    arrivals = Arrivals()
+    app = web.Application()
+    app.router.add_post("/hook", arrivals.hook)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    arrivals.url = f"http://127.0.0.1:{runner.addresses[0][1]}/hook"  # type: ignore[attr-defined]
+    yield arrivals
+    await runner.cleanup()
+
+
+@pytest.fixture(name="lazy_sender")
+def _lazy_sender(monkeypatch):
+    """Make the auto sender's idle poll an hour: only a due time can wake it."""
+    monkeypatch.setattr("pixelbyte_async._fake._server._AUTO_WEBHOOK_INTERVAL", 3600.0)
+
+
+def realtime_fake() -> FakePixelByte:
+    return FakePixelByte(time_scale=1.0, allow_http_webhooks=True, auto_webhooks=True)
+
+
+@pytest.mark.usefixtures("lazy_sender")
+async def test_auto_webhooks_go_out_when_the_job_ends(session, arrivals):
+    """The sender sleeps until the next delivery is due, not until its next poll."""
+    async with realtime_fake() as fake:
+        fake.script_next(JobScript(queue_seconds=0, processing_seconds=0.02))
+        job_id = await submit_ok(session, fake, webhookUrl=arrivals.url)
+        assert await arrivals.until(1) == [job_id]
+        assert fake.jobs[job_id].status == "completed"
+
+
+@pytest.mark.usefixtures("lazy_sender")
+async def test_a_job_ending_sooner_wakes_the_sleeping_sender(session, arrivals):
+    """A job due before the sender's planned wake-up wakes it (and a force-ended one)."""
+    async with realtime_fake() as fake:
+        fake.script_next(
+            JobScript(queue_seconds=0, processing_seconds=3000),
+            JobScript(queue_seconds=0, processing_seconds=0.02),
+            JobScript(queue_seconds=0, processing_seconds=3000),
+        )
+        slow = await submit_ok(session, fake, webhookUrl=arrivals.url)
+        await asyncio.sleep(0)  # the sender now sleeps until the slow job's end
+        quick = await submit_ok(session, fake, webhookUrl=arrivals.url)
+        assert await arrivals.until(1) == [quick]
+        forced = await submit_ok(session, fake, webhookUrl=arrivals.url)
+        fake.complete_now(forced)
+        assert await arrivals.until(2) == [quick, forced]
+        assert slow not in arrivals.jobs
+
+
+async def test_a_cancelled_job_is_no_longer_awaited(session, receiver):
+    """Cancelling a job drops it from the sender's list (no webhook, no rescans)."""
+    async with FakePixelByte(allow_http_webhooks=True) as fake:
+        job_id = await submit_ok(session, fake, webhookUrl=receiver.url)
+        await api(session, fake, "POST", f"/v1/jobs/{job_id}/cancel")
+        assert job_id not in fake._state.awaiting_webhook

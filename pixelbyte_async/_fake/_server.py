@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import types
 from typing import Literal, Self
 
@@ -32,7 +31,6 @@ __all__ = ["SANDBOX_API_KEY", "FakePixelByte"]
 #: The API key a `FakePixelByte` accepts unless told otherwise.  Not a secret.
 SANDBOX_API_KEY = "pb_test_sandbox_key"
 
-_log = logging.getLogger("pixelbyte_async.testing")
 _AUTO_WEBHOOK_INTERVAL = 0.05
 _SHUTDOWN_TIMEOUT = 1.0
 
@@ -80,8 +78,10 @@ class FakePixelByte(FakeSettings, FakeControls):
         allow_http_webhooks: Accept ``http://`` webhook URLs on loopback hosts
             (for local receivers); other http URLs are refused as the API does.
         webhook_secret: The secret webhooks are signed with.
-        auto_webhooks: Deliver due webhooks from a background task, polling every
-            50 ms of real time; otherwise call `deliver_webhooks`.
+        auto_webhooks: Deliver webhooks from a background task, each when it falls
+            due (its job ends, or a retry's time comes), as the API does; with a
+            frozen clock (``time_scale=0``) it looks every 50 ms of real time.
+            Otherwise call `deliver_webhooks`.
         speedup: Jobs run this many times faster than their scripts (and the
             models' typical times) say, while the clock and every timestamp stay
             as they are: with ``time_scale=1`` that is a sandbox in real time whose
@@ -170,7 +170,9 @@ class FakePixelByte(FakeSettings, FakeControls):
             raise
         self._state.cdn_url = self._cdn_url
         if self._auto_webhooks:
-            self._webhook_task = asyncio.create_task(self._deliver_forever())
+            self._webhook_task = asyncio.create_task(
+                self._webhooks.run(_AUTO_WEBHOOK_INTERVAL)
+            )
 
     async def _listen(self, app: web.Application, port: int) -> str:
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=_SHUTDOWN_TIMEOUT)
@@ -249,13 +251,3 @@ class FakePixelByte(FakeSettings, FakeControls):
     def __repr__(self) -> str:
         where = self._url or "not started"
         return f"<FakePixelByte {self._phase} at {where}>"
-
-    # -- the background webhook sender ------------------------------------------------
-
-    async def _deliver_forever(self) -> None:
-        while True:
-            try:
-                await self._webhooks.deliver_due()
-            except Exception:  # noqa: BLE001 -- the background sender must outlive any one failure
-                _log.exception("webhook delivery failed")
-            await asyncio.sleep(_AUTO_WEBHOOK_INTERVAL)

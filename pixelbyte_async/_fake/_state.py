@@ -7,6 +7,7 @@ The fake's whole state, free of HTTP: jobs, uploads, money, records and faults.
 from __future__ import annotations
 
 import collections
+from collections.abc import Callable
 from typing import Any, Literal, TypeAlias
 
 import attrs
@@ -49,6 +50,11 @@ class FakeState:
     #: The jobs with a webhook URL whose delivery is not finished (the webhook
     #: sender looks at these only).
     awaiting_webhook: dict[str, FakeJob] = attrs.field(factory=dict)
+    #: Told when a job in `awaiting_webhook` is created or made to end now (the
+    #: webhook sender, so it can wake sooner than it planned).
+    on_webhook_due: Callable[[FakeJob], None] | None = attrs.field(
+        default=None, repr=False, eq=False
+    )
     uploads: dict[str, FakeUpload] = attrs.field(factory=dict)
     ledger_entries: list[LedgerEntry] = attrs.field(factory=list)
     unsettled_failures: set[str] = attrs.field(factory=set)
@@ -172,6 +178,7 @@ class FakeState:
         self.live[job.id] = job
         if job.webhook_url is not None:
             self.awaiting_webhook[job.id] = job
+            self._webhook_due(job)
         self.ledger_entries.append(
             LedgerEntry(
                 job_id=job.id,
@@ -188,6 +195,7 @@ class FakeState:
     def cancel(self, job: FakeJob) -> int:
         """Cancel a pending *job* now and refund it; return the refund."""
         job.cancelled_at = self.now()
+        self.awaiting_webhook.pop(job.id, None)  # cancellation sends no webhook
         self.unsettled_failures.discard(job.id)
         self._refund(job, at=job.cancelled_at, reason="cancelled")
         return job.cost
@@ -218,12 +226,18 @@ class FakeState:
         if message is not None:
             changes["error_message"] = message
         job.script = attrs.evolve(job.script, **changes)
+        if job.id in self.awaiting_webhook:
+            self._webhook_due(job)
         if outcome == "failed":
             self.unsettled_failures.add(job_id)
         else:
             self.unsettled_failures.discard(job_id)
         self.settle()
         return job
+
+    def _webhook_due(self, job: FakeJob) -> None:
+        if self.on_webhook_due is not None:
+            self.on_webhook_due(job)
 
     def _refund(self, job: FakeJob, *, at: float, reason: str) -> None:
         self.ledger_entries.append(

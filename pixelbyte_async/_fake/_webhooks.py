@@ -1,9 +1,11 @@
 """
 Webhook delivery from the fake, signed exactly as the API contract (section 8) says.
 
-Deliveries happen when asked (`FakePixelByte.deliver_webhooks`) or from one polling
-task (``auto_webhooks=True``); job state stays lazy either way.  Failed attempts are
-retried after 1, 4, 16, 64 and 256 *virtual* seconds, then given up.
+Deliveries happen when asked (`FakePixelByte.deliver_webhooks`) or from one background
+task (``auto_webhooks=True``, `WebhookSender.run`) that sleeps until the next delivery
+is due, as the API sends each webhook when its job ends; job state stays lazy either
+way.  Failed attempts are retried after 1, 4, 16, 64 and 256 *virtual* seconds, then
+given up.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import collections
 import hashlib
 import hmac
 import json
+import logging
 import random
 from typing import Any, Literal, TypeAlias
 
@@ -37,6 +40,8 @@ WebhookOrder: TypeAlias = Literal["job", "reverse", "shuffle"]
 #: Virtual seconds between attempts; one first attempt plus one retry per delay.
 RETRY_DELAYS = (1.0, 4.0, 16.0, 64.0, 256.0)
 _TIMEOUT = aiohttp.ClientTimeout(total=30)
+_DELIVERABLE = frozenset({"completed", "failed"})
+_log = logging.getLogger("pixelbyte_async.testing")
 
 
 def sign(secret: str, timestamp: str, body: bytes) -> str:
@@ -65,6 +70,11 @@ class WebhookSender:
         self.faults: collections.deque[WebhookFault] = collections.deque()
         self.order: WebhookOrder = "job"
         self._rng = random.Random(0)  # noqa: S311 -- test ordering, not security
+        #: While `run` sleeps: the future that wakes it, and the virtual time it
+        #: plans to wake at (a job due sooner wakes it through `notice`).
+        self._nudge: asyncio.Future[None] | None = None
+        self._wake_at = 0.0
+        state.on_webhook_due = self.notice
 
     def payload(self, job: FakeJob, status: str) -> dict[str, Any]:
         """Return the webhook body of a terminal *job*."""
@@ -92,19 +102,30 @@ class WebhookSender:
 
     def due(self) -> list[FakeJob]:
         """Return the jobs whose next webhook attempt is due now."""
+        return self._scan()[0]
+
+    def _scan(self) -> tuple[list[FakeJob], float | None]:
+        """Return the jobs due now, and when (virtual time) the next other one is."""
         self.state.settle()
         now = self.state.now()
-        return [
-            job
-            for job in self.state.awaiting_webhook.values()
-            if job.status_at(now) in {"completed", "failed"}
-            and now >= self.next_at.get(job.id, job.finished_at)
-        ]
+        due: list[FakeJob] = []
+        soonest: float | None = None
+        for job in self.state.awaiting_webhook.values():
+            at = self.next_at.get(job.id, job.finished_at)
+            if now >= at and job.status_at(now) in _DELIVERABLE:
+                due.append(job)
+            elif soonest is None or at < soonest:
+                soonest = at
+        return due, soonest
 
     async def deliver_due(self) -> list[WebhookDelivery]:
         """Attempt every due delivery once, in `order`; return the attempts."""
+        return (await self._deliver_due())[0]
+
+    async def _deliver_due(self) -> tuple[list[WebhookDelivery], float | None]:
+        """`deliver_due`, and when the next delivery will be due (virtual time)."""
         async with self._lock:
-            jobs = self.due()
+            jobs, soonest = self._scan()
             if self.order == "reverse":
                 jobs.reverse()
             elif self.order == "shuffle":
@@ -112,7 +133,45 @@ class WebhookSender:
             made: list[WebhookDelivery] = []
             for job in jobs:
                 made.extend(await self._attempt(job))
-            return made
+                retry_at = self.next_at.get(job.id)
+                if job.id in self.state.awaiting_webhook and retry_at is not None:
+                    soonest = retry_at if soonest is None else min(soonest, retry_at)
+            return made, soonest
+
+    async def run(self, poll: float) -> None:
+        """
+        Deliver each webhook when it falls due, until cancelled.
+
+        With a running clock (``time_scale > 0``) the task sleeps until the next
+        delivery is due, *poll* real seconds at most; a job that becomes due sooner
+        (created, or ended by `FakePixelByte.complete_now`) wakes it.  With a frozen
+        clock only `advance` moves time, so it looks every *poll* seconds.
+        """
+        loop = asyncio.get_running_loop()
+        while True:
+            soonest: float | None = None
+            try:
+                soonest = (await self._deliver_due())[1]
+            except Exception:  # noqa: BLE001 -- the background sender must outlive any one failure
+                _log.exception("webhook delivery failed")
+            now, scale = self.state.now(), self.state.clock.time_scale
+            delay = poll
+            if soonest is not None and scale > 0:
+                delay = min(poll, max(0.0, (soonest - now) / scale))
+            self._wake_at = now + delay * scale
+            self._nudge = nudge = loop.create_future()
+            timer = loop.call_later(delay, _wake, nudge)
+            try:
+                await nudge
+            finally:
+                timer.cancel()
+                self._nudge = None
+
+    def notice(self, job: FakeJob) -> None:
+        """*job*'s delivery may be due before `run` planned to wake: wake it."""
+        nudge = self._nudge
+        if nudge is not None and job.finished_at < self._wake_at:
+            _wake(nudge)
 
     async def deliver_now(self, job_id: str) -> list[WebhookDelivery]:
         """Deliver *job_id*'s webhook at once (the ``early`` fault)."""
@@ -235,6 +294,12 @@ class WebhookSender:
 
     async def close(self) -> None:
         """Close the HTTP session, if one was opened."""
+        self.state.on_webhook_due = None
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+def _wake(nudge: asyncio.Future[None]) -> None:
+    if not nudge.done():
+        nudge.set_result(None)
