@@ -25,6 +25,13 @@ The Redis hub across processes: event latency, Redis commands per job, job slots
   job from ``INFO commandstats`` (the sampler's own calls taken off); slots in use
   sampled from Redis, at admission, and as the fake counted jobs in flight.
   Targets: p99 <= 5 ms, peak <= limit, every job completed and charged once.
+  Each process reports its full (generation 2) garbage collections: with aiohttp
+  and redis-py loaded, one takes tens of milliseconds and stalls everything that
+  process waits for.  ``--gc-freeze`` has every process call ``gc.freeze()`` after
+  start-up (its imports leave the collector's view), as latency-minded deployments
+  do, and this process, whose fake API keeps a record of every job, freezes those
+  every second (the real API is not on the clients' machine); without it,
+  CPython's defaults.
 
 Starts its own ``redis-server`` on 127.0.0.1 (or ``--url``).  Writes
 bench/results/hub.json (``--client-only``: the client path alone, printed, not
@@ -32,13 +39,14 @@ written).
 
     python bench/bench_hub.py [--events 10000] [--workers 4] [--rates 1000,2000]
         [--client-jobs 10000] [--steady-tasks 10] [--client-tasks 40]
-        [--client-limit 128] [--client-only]
+        [--client-limit 128] [--client-only] [--gc-freeze]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import select
@@ -64,6 +72,35 @@ from pixelbyte_async.webhooks import WebhookServer, signature_headers, verify
 
 HERE = Path(__file__).resolve()
 SECRET = "whsec_bench"  # noqa: S105 -- a test secret
+GC_FREEZE = "PIXELBYTE_BENCH_GC_FREEZE"  # set by --gc-freeze for every process
+
+
+class FullCollections:
+    """Notes how long each full (generation 2) collection of this process takes."""
+
+    def __init__(self) -> None:
+        self.pauses_ms: list[float] = []
+        self._began = 0.0
+        gc.callbacks.append(self._note)
+
+    def _note(self, phase: str, info: dict[str, Any]) -> None:
+        if info["generation"] != 2:
+            return
+        if phase == "start":
+            self._began = time.perf_counter()
+        else:
+            self.pauses_ms.append(round((time.perf_counter() - self._began) * 1000, 1))
+
+    def close(self) -> None:
+        gc.callbacks.remove(self._note)
+
+
+def start_up() -> FullCollections:
+    """Called once imports are done: freeze them if asked, then watch collections."""
+    if os.environ.get(GC_FREEZE):
+        gc.collect()
+        gc.freeze()
+    return FullCollections()
 
 
 def pct(values: list[float], q: float) -> float:
@@ -177,6 +214,7 @@ async def worker_receive(url: str, prefix: str) -> None:
             published.setdefault(event.job_id, time.monotonic())
             return await super().publish(event)
 
+    full_gc = start_up()
     cpu = time.process_time()
     async with (
         StampingHub(url, key_prefix=prefix) as hub,
@@ -184,7 +222,13 @@ async def worker_receive(url: str, prefix: str) -> None:
     ):
         say({"url": server.url})
         await stop.wait()
-        say({"cpu_s": time.process_time() - cpu, "published": published})
+        say(
+            {
+                "cpu_s": time.process_time() - cpu,
+                "published": published,
+                "gc_pauses_ms": full_gc.pauses_ms,
+            }
+        )
 
 
 async def worker_client(url: str, prefix: str, api: str, *rest: str) -> None:
@@ -194,6 +238,7 @@ async def worker_client(url: str, prefix: str, api: str, *rest: str) -> None:
     returned: dict[str, float] = {}
     statuses: dict[str, int] = {}
     hub = RedisHub(url, key_prefix=prefix)
+    full_gc = start_up()
     cpu = time.process_time()
     async with PixelByte(
         api_key=api_key, base_url=api, hub=hub, max_concurrent_jobs=int(limit)
@@ -221,6 +266,7 @@ async def worker_client(url: str, prefix: str, api: str, *rest: str) -> None:
                 "returned": returned,
                 "statuses": statuses,
                 "cpu_s": time.process_time() - cpu,
+                "gc_pauses_ms": full_gc.pauses_ms,
                 "peak": slots.peak,
                 "fallback_admissions": slots.fallback_admissions,
                 "delivered": hub.stats["delivered"],
@@ -403,6 +449,7 @@ async def client_run(
 ) -> dict[str, Any]:
     prefix = "c" + uuid.uuid4().hex[:8]
     share = jobs // procs
+    fake_pauses = FullCollections()
     async with FakePixelByte(
         time_scale=1.0,
         speedup=500,  # a Kling job (5 s queued + 240 s) takes 0.49 s
@@ -427,9 +474,13 @@ async def client_run(
         async with RedisHub(url, key_prefix=prefix) as hub:
             slots = hub.slots(limit)
             done = asyncio.ensure_future(asyncio.gather(*(line(p) for p in clients)))
+            frozen = time.monotonic()
             while not done.done():
                 samples.append(await slots.in_use())
                 await asyncio.sleep(0.005)
+                if os.environ.get(GC_FREEZE) and time.monotonic() - frozen > 1:
+                    gc.freeze()  # the fake's records only grow: keep them out of walks
+                    frozen = time.monotonic()
             results = done.result()
         took = time.monotonic() - began
         after = await commandstats(url)
@@ -448,6 +499,7 @@ async def client_run(
         peak_active = fake.peak_active_jobs
         double = len(fake.ledger.double_charged())
         made = len(fake.jobs)
+    fake_pauses.close()
     total = share * procs
     returned = {job: at for r in results for job, at in r["returned"].items()}
     latencies = [(at - delivered[job]) * 1000 for job, at in returned.items()]
@@ -500,6 +552,12 @@ async def client_run(
             sum(r["cpu_s"] for r in results) * 1000 / total, 3
         ),
         "receiver_cpu_ms_per_job": round(received["cpu_s"] * 1000 / total, 3),
+        "gc_frozen": bool(os.environ.get(GC_FREEZE)),
+        "full_gc_pauses_ms": {
+            "clients": sorted(p for r in results for p in r["gc_pauses_ms"]),
+            "receiver": received["gc_pauses_ms"],
+            "fake_api": fake_pauses.pauses_ms,
+        },
         # The fake API and the sampler (this process), and Redis: the machine's
         # other loads (the API is not on the clients' machine in production).
         "fake_cpu_ms_per_job": round(here_cpu * 1000 / total, 3),
@@ -566,6 +624,12 @@ def print_client(cl: dict[str, Any], label: str) -> None:
         f"{cl['receiver_cpu_ms_per_job']} ms, fake API and sampler "
         f"{cl['fake_cpu_ms_per_job']} ms, Redis {cl['redis_cpu_ms_per_job']} ms"
     )
+    pauses = cl["full_gc_pauses_ms"]
+    print(
+        f"  full GC pauses ({'after gc.freeze()' if cl['gc_frozen'] else 'CPython defaults'}),"
+        f" ms: clients {pauses['clients']}, receiver {pauses['receiver']}, fake API "
+        f"{pauses['fake_api']}"
+    )
 
 
 def run_worker(argv: list[str]) -> None:
@@ -605,7 +669,16 @@ if __name__ == "__main__":
     parser.add_argument("--client-tasks", type=int, default=40)
     parser.add_argument("--client-limit", type=int, default=128)
     parser.add_argument("--client-only", action="store_true")
+    parser.add_argument(
+        "--gc-freeze",
+        action="store_true",
+        help="every process calls gc.freeze() after start-up",
+    )
     args = parser.parse_args()
+    if args.gc_freeze:
+        os.environ[GC_FREEZE] = "1"  # inherited by the worker processes
+        gc.collect()
+        gc.freeze()
     res = asyncio.run(main(args))
     if args.client_only:
         for key, label in (("client_steady", "steady"), ("client", "saturated")):
