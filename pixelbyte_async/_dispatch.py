@@ -240,9 +240,10 @@ class DeliveryDispatch:
                 stats["accepted"] += 1
                 futures = self._waiters.take(job_id)
                 clients, home = self._clients.routes()
-                if futures or clients:
+                shared = bool(futures or clients) or self._settings.on_event is not None
+                if shared:
                     delivery.event()  # made already, unless they came since the hint
-                record = delivery.remembered()
+                record = delivery.remembered(shared=shared)
                 self._recent.remember(job_id, record, now)
             self.prune(now)  # the max_events cap
         if conflict is not None:

@@ -115,6 +115,35 @@ async def test_a_delivery_posted_here_resolves_a_wait_in_another_process(hubs):
     assert b.stats["duplicates"] == 1
 
 
+async def test_a_receiver_with_a_hub_keeps_no_decoded_event_nobody_here_wanted(hubs):
+    """
+    Publishing needs the event decoded; remembering it does not.
+
+    A receiver process keeps up to ``max_events`` deliveries (50,000) in the receiver
+    and in the hub: as decoded events, some ten objects each for every full garbage
+    collection to walk.  Both keep compact forms, made into events again on demand.
+    """
+    import gc
+
+    from pixelbyte_async._models import JobInfo
+
+    def decoded_jobs() -> int:
+        gc.collect()
+        return sum(type(o) is JobInfo for o in gc.get_objects())
+
+    _, b = hubs
+    receiver = WebhookReceiver(SECRET, hub=b)
+    before = decoded_jobs()
+    for n in range(40):
+        body, headers = signed(f"job_c{n}")
+        assert await receiver.handle_async(body, headers) == (200, "ok")
+    assert decoded_jobs() <= before
+    event = receiver.event_for("job_c3")
+    assert event is not None
+    assert event.video_url == "https://cdn.muvi.video/outputs/job_c3.mp4"
+    assert b.event_for("job_c4").video_url.endswith("job_c4.mp4")  # type: ignore[union-attr]
+
+
 async def test_the_hub_decides_what_is_a_duplicate(hubs):
     """A retry received by another process is a duplicate there too."""
     a, b = hubs

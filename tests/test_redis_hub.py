@@ -95,6 +95,41 @@ async def test_a_late_waiter_sees_the_stored_event(redis_server, prefix, hubs):
         assert late.future_for("job_late").done()
 
 
+async def test_events_nobody_here_waits_for_are_kept_as_bytes(hubs):
+    """
+    The publishing process (a receiver) keeps no object graph per delivery.
+
+    A decoded event is some ten objects for the garbage collector to walk in every
+    full collection, 50,000 of them kept by default; the hub's JSON form is one
+    ``bytes``, decoded again only if somebody here asks.
+    """
+    import gc
+
+    from pixelbyte_async._models import JobInfo
+
+    def decoded_jobs() -> int:
+        gc.collect()
+        return sum(type(o) is JobInfo for o in gc.get_objects())
+
+    a, _ = hubs
+    before = decoded_jobs()
+    for n in range(50):
+        assert await a.publish(make_event(f"job_kept_{n}", attempt=f"att_k{n}"))
+    assert decoded_jobs() <= before
+
+    event = a.event_for("job_kept_7")
+    assert event is not None
+    assert (event.job_id, event.attempt, event.status.value) == (
+        "job_kept_7",
+        "att_k7",
+        "completed",
+    )
+    assert event.job == make_event("job_kept_7").job
+    assert a.event_for("job_kept_7") is event  # made once, then kept
+    assert a.future_for("job_kept_8").result().job_id == "job_kept_8"
+    assert a.job_for_attempt("att_k9") == "job_kept_9"
+
+
 async def test_one_shared_future_per_job_and_release_forgets_it(hubs):
     """future_for shares one future per job id; the last release cancels it."""
     _, b = hubs

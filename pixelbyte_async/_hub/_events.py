@@ -105,7 +105,7 @@ class EventExchange:
         if raw is None:
             self._memory.undecodable()
             return
-        self._memory.deliver(raw, attributed=kind == EVENT)
+        self._memory.deliver(raw, attributed=kind == EVENT, form=body)
 
     async def read_stored(self, job_ids: list[str], *, watch: bool = True) -> int:
         """
@@ -131,7 +131,9 @@ class EventExchange:
                     parsed = parse_event(raw[1:])
                     if parsed is None or parsed.job_id != job_id:
                         self._memory.undecodable()
-                    elif self._memory.deliver(parsed, attributed=raw[:1] == EVENT):
+                    elif self._memory.deliver(
+                        parsed, attributed=raw[:1] == EVENT, form=raw[1:]
+                    ):
                         found += 1
         return found
 
@@ -214,7 +216,7 @@ class EventExchange:
             )
         except FAULTS as exc:
             link.trouble(exc)
-            fresh = self._memory.deliver(event, attributed=True)
+            fresh = self._memory.deliver(event, attributed=True, form=message)
             if terminal:
                 with self._outbox_lock:
                     self._outbox[event.job_id] = message
@@ -238,7 +240,7 @@ class EventExchange:
             return True
         if first:
             self._hub.stats["published"] += 1
-            self._memory.deliver(event, attributed=owner is None)
+            self._memory.deliver(event, attributed=owner is None, form=message)
         else:
             self._hub.stats["duplicates"] += 1
         if self._outbox:
