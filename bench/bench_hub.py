@@ -18,9 +18,9 @@ The Redis hub across processes: event latency, Redis commands per job, job slots
   against a `FakePixelByte` in this process (real time, jobs sped up to ~0.5 s,
   deliveries sent by the fake itself); one receiver process, a
   ``WebhookServer(secret, hub=hub)``, publishes every delivery.  Run twice: steady
-  (``--steady-tasks`` loops per process, default 10: about 75 jobs/s, the cores
-  partly idle) and saturated (``--client-tasks``, default 40: as fast as the two
-  cores go, submitters queued for slots).  Latency is from the fake starting a
+  (``--steady-tasks`` loops per process, default 10: about 80 jobs/s) and
+  saturated (``--client-tasks``, default 40: every slot busy and submitters
+  queued for slots, about 250 jobs/s; the two cores are still about half idle).  Latency is from the fake starting a
   delivery's POST to ``wait()`` returning in another process; Redis commands per
   job from ``INFO commandstats`` (the sampler's own calls taken off); slots in use
   sampled from Redis, at admission, and as the fake counted jobs in flight.
@@ -331,22 +331,24 @@ async def line(proc: asyncio.subprocess.Process) -> Any:
     return text if text == "READY" else json.loads(text)
 
 
-async def commandstats(url: str) -> dict[str, int]:
+async def redis_info(url: str, section: str) -> dict[str, Any]:
+    """One section of the Redis server's ``INFO``, on a connection of its own."""
     client = aioredis.Redis.from_url(url)
     try:
-        info = await client.info("commandstats")
+        info: dict[str, Any] = await client.info(section)
     finally:
         await client.aclose()
+    return info
+
+
+async def commandstats(url: str) -> dict[str, int]:
+    info = await redis_info(url, "commandstats")
     return {k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in info.items()}
 
 
 async def redis_cpu(url: str) -> float:
     """CPU seconds the Redis server has used so far."""
-    client = aioredis.Redis.from_url(url)
-    try:
-        info = await client.info("cpu")
-    finally:
-        await client.aclose()
+    info = await redis_info(url, "cpu")
     return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
 
 

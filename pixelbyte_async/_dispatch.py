@@ -240,10 +240,12 @@ class DeliveryDispatch:
                 stats["accepted"] += 1
                 futures = self._waiters.take(job_id)
                 clients, home = self._clients.routes()
-                shared = bool(futures or clients) or self._settings.on_event is not None
-                if shared:
-                    delivery.event()  # made already, unless they came since the hint
-                record = delivery.remembered(shared=shared)
+                if futures or clients or self._settings.on_event is not None:
+                    # Handed out: remembered as made (already, unless they came
+                    # since the hint), so every later asker gets the same event.
+                    record = delivery.event()
+                else:
+                    record = delivery.remembered()
                 self._recent.remember(job_id, record, now)
             self.prune(now)  # the max_events cap
         if conflict is not None:

@@ -338,9 +338,8 @@ class SignedDelivery:
 
     Decoding the job is most of a delivery's cost, and a retry or a delivery nobody
     waits for never needs it: `event` decodes it the first time it is asked for, and
-    `remembered` is the event if one was made and handed out, else only what
-    `restore` needs to make it.  ``decode_job`` raises only for a missing job id,
-    read already.
+    `remembered` is only what `restore` needs to make it.  ``decode_job`` raises
+    only for a missing job id, read already.
     """
 
     job_id: str
@@ -384,17 +383,15 @@ class SignedDelivery:
             )
         return self._event
 
-    def remembered(self, *, shared: bool) -> Remembered:
+    def remembered(self) -> Remembered:
         """
-        What to remember of this delivery: its event, or the compact form.
+        The compact form to remember (the event if there is no raw body).
 
-        The event if it was made and *shared* (handed to waiters, clients or hooks
-        here), or if there is no raw body; else the compact form.  An event made for
-        something else (publishing it to a hub) is not kept: it is some ten objects
-        that every full garbage collection walks, 50,000 of them kept by default;
-        `restore` makes it again if somebody asks later.
+        Compact even if the event was made to publish it to a hub: a decoded event
+        is some ten objects that every full garbage collection walks, 50,000 of them
+        kept by default; `restore` makes it again if somebody asks later.
         """
-        if self.raw is None or (shared and self._event is not None):
+        if self.raw is None:
             return self.event()
         return (self.raw, self.timestamp, self.attempt)
 

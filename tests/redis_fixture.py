@@ -245,6 +245,17 @@ def make_event(
     return verify(raw, headers, SECRET, url=url)
 
 
+def decoded_jobs() -> int:
+    """How many decoded jobs (`JobInfo`) are alive: what a remembered event costs."""
+    import gc
+
+    from pixelbyte_async._models import JobInfo
+
+    gc.collect()
+    # type() and not isinstance(): Django's lazy settings object would load itself.
+    return sum(type(o) is JobInfo for o in gc.get_objects())
+
+
 async def until(
     condition: Callable[[], bool | Awaitable[bool]], timeout: float = 10.0
 ) -> None:

@@ -5,9 +5,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import json
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import NamedTuple
 
 import pytest
@@ -36,6 +38,22 @@ class Receiver(NamedTuple):
     statuses: list[int]
 
 
+@contextlib.asynccontextmanager
+async def serve_hook(
+    hook: Callable[[web.Request], Awaitable[web.Response]],
+) -> AsyncIterator[str]:
+    """Serve *hook* at ``POST /hook`` on a free local port; yield its URL."""
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}/hook"
+    finally:
+        await runner.cleanup()
+
+
 @pytest.fixture(name="receiver")
 async def _receiver():
     hits: list[tuple[dict[str, str], bytes]] = []
@@ -45,14 +63,8 @@ async def _receiver():
         hits.append((dict(request.headers), await request.read()))
         return web.Response(status=statuses.pop(0) if statuses else 200)
 
-    app = web.Application()
-    app.router.add_post("/hook", hook)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    port = runner.addresses[0][1]
-    yield Receiver(f"http://127.0.0.1:{port}/hook", hits, statuses)
-    await runner.cleanup()
+    async with serve_hook(hook) as url:
+        yield Receiver(url, hits, statuses)
 
 
 def test_signature_test_vector():
@@ -158,6 +170,7 @@ class Arrivals:
     """A webhook endpoint that notes which jobs' deliveries arrived."""
 
     def __init__(self) -> None:
+        self.url = ""
         self.jobs: list[str] = []
         self.changed = asyncio.Event()
 
@@ -177,14 +190,8 @@ class Arrivals:
 @pytest.fixture(name="arrivals")
 async def _arrivals():
     arrivals = Arrivals()
-    app = web.Application()
-    app.router.add_post("/hook", arrivals.hook)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    arrivals.url = f"http://127.0.0.1:{runner.addresses[0][1]}/hook"  # type: ignore[attr-defined]
-    yield arrivals
-    await runner.cleanup()
+    async with serve_hook(arrivals.hook) as arrivals.url:
+        yield arrivals
 
 
 @pytest.fixture(name="lazy_sender")

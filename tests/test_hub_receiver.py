@@ -30,6 +30,7 @@ from pixelbyte_async.webhooks import (
 
 from redis_fixture import (  # noqa: F401 -- fixtures
     SECRET,
+    decoded_jobs,
     free_port,
     hubs_fixture,
     make_event,
@@ -123,14 +124,6 @@ async def test_a_receiver_with_a_hub_keeps_no_decoded_event_nobody_here_wanted(h
     and in the hub: as decoded events, some ten objects each for every full garbage
     collection to walk.  Both keep compact forms, made into events again on demand.
     """
-    import gc
-
-    from pixelbyte_async._models import JobInfo
-
-    def decoded_jobs() -> int:
-        gc.collect()
-        return sum(type(o) is JobInfo for o in gc.get_objects())
-
     _, b = hubs
     receiver = WebhookReceiver(SECRET, hub=b)
     before = decoded_jobs()

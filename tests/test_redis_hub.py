@@ -15,6 +15,7 @@ import pytest
 
 from redis_fixture import (  # noqa: F401 -- fixtures
     SECRET,
+    decoded_jobs,
     hubs_fixture,
     make_event,
     prefix_fixture,
@@ -103,14 +104,6 @@ async def test_events_nobody_here_waits_for_are_kept_as_bytes(hubs):
     full collection, 50,000 of them kept by default; the hub's JSON form is one
     ``bytes``, decoded again only if somebody here asks.
     """
-    import gc
-
-    from pixelbyte_async._models import JobInfo
-
-    def decoded_jobs() -> int:
-        gc.collect()
-        return sum(type(o) is JobInfo for o in gc.get_objects())
-
     a, _ = hubs
     before = decoded_jobs()
     for n in range(50):

@@ -128,11 +128,12 @@ class EventExchange:
                 values = await link.client().mget([link.key("ev", j) for j in batch])
             for job_id, raw in zip(batch, values, strict=True):
                 if isinstance(raw, bytes) and raw[:1] in {EVENT, CONFLICT}:
-                    parsed = parse_event(raw[1:])
+                    body = raw[1:]
+                    parsed = parse_event(body)
                     if parsed is None or parsed.job_id != job_id:
                         self._memory.undecodable()
                     elif self._memory.deliver(
-                        parsed, attributed=raw[:1] == EVENT, form=raw[1:]
+                        parsed, attributed=raw[:1] == EVENT, form=body
                     ):
                         found += 1
         return found

@@ -119,8 +119,8 @@ class HeldLeases:
             self._releaser = self._spawn(self._drain_releases(), "release")
 
     async def _drain_releases(self) -> None:
-        # One loop turn first: the job's own waiter, woken by the same delivery
-        # (two hops: its future, then its task), runs before the Redis call.
+        # One loop turn first: the job's own wait, woken by the same delivery
+        # (`resolve`: its task runs in the next turn), runs before the Redis call.
         await asyncio.sleep(0)
         while self._to_release:
             batch, self._to_release = self._to_release, []

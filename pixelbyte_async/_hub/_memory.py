@@ -3,10 +3,11 @@ What one process of the hub knows of the events, and who waits for them here.
 
 `EventMemory` keeps the terminal events this process has seen (retention- and
 count-bounded; an event nobody here waits for is kept in the hub's JSON form, one
-``bytes`` for the garbage collector to skip, and decoded only when asked for), the attempt → job attributions they carried (first wins), one shared
-future per waited-for job id, and the observers (clients) fed every event here on
-their own loop.  It is thread-safe and does no Redis I/O: the exchange feeds it and asks
-it which jobs still need their stored state read.
+``bytes`` for the garbage collector to skip, and decoded only when asked for), the
+attempt → job attributions they carried (first wins), one shared future per
+waited-for job id, and the observers (clients) fed every event here on their own
+loop.  It is thread-safe and does no Redis I/O: the exchange feeds it and asks it
+which jobs still need their stored state read.
 """
 
 from __future__ import annotations
@@ -137,8 +138,9 @@ class EventMemory:
             if built is None:
                 self.undecodable()
                 return False
-            item = built
-        event = item
+            event = built
+        else:
+            event = item
         with self._lock:
             if job_id in self._events:
                 return False

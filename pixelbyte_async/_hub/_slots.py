@@ -4,8 +4,8 @@ Account-wide job slots in Redis: `RedisSlots`, and the slot groups of one hub.
 `RedisSlots` is a counting semaphore with leases, shared by every process of an
 account: waiters queue in Redis in arrival order, are admitted by one Lua script,
 are woken by name when their turn comes (a message to their process's inbox, sent
-by the script that freed the slot), and fall back to a
-per-process limit while Redis is away.  The leases a process holds are kept by
+by the script that freed the slot), and fall back to a per-process limit while
+Redis is away.  The leases a process holds are kept by
 `HeldLeases`.  `SlotGroups` are a hub's groups by name: made once, told about
 health and releases, closed with the hub.
 """
@@ -46,12 +46,13 @@ class RedisSlots:
 
     **Fairness.**  Waiters queue in Redis in arrival order (FIFO across all
     processes): a waiter is admitted only when fewer waiters are ahead of it than
-    there are free slots.  A release (a pub/sub message) wakes, in each process,
-    its first waiter in the queue's order; while a slot stays free after an
-    attempt, the next waiter that has not tried since the release is woken, and an
-    attempt that was on the wire when a release came tries again at once.  A slot
-    freed by an expired lease is noticed within *retry_interval* (jittered).  A waiter whose process died leaves the queue
-    after ``max(2 s, 5 × retry_interval)``.
+    there are free slots.  The script that frees a slot (a release, a waiter
+    giving up, an admission that leaves one free, a lease found expired) names the
+    waiters whose turn it is, in a message to each one's process (its inbox); a
+    waiter named while its attempt was on the wire tries again at once.  Otherwise
+    waiters try again every *retry_interval* (jittered), which is how a slot freed
+    by an expired lease is noticed when nobody else asks.  A waiter whose process
+    died leaves the queue after ``max(2 s, 5 × retry_interval)``.
 
     **Redis away.**  Admission falls back to a per-process limit, *fallback_limit*
     (default: *limit* divided by the number of processes last seen renewing
@@ -189,11 +190,14 @@ class RedisSlots:
     def _leave_line(self, waiter: str, wake: asyncio.Future[None] | None) -> None:
         self._live.discard(waiter)
         self._called.discard(waiter)
-        place = self._places.pop(waiter, math.inf)
+        self._places.pop(waiter, None)
         if wake is not None and not wake.done():
             wake.cancel()
-            with contextlib.suppress(ValueError):
-                self._waiting.remove((place, waiter, wake))
+            # By identity: its place may have been learnt after it went to sleep.
+            for i, entry in enumerate(self._waiting):
+                if entry[2] is wake:
+                    del self._waiting[i]
+                    break
 
     def _health_changed(self, *, healthy: bool) -> None:
         self._notify(every=True)
