@@ -9,11 +9,12 @@ from typing import Any
 
 import attrs
 
+from ._errors import ValidationError
 from ._polling import PollPolicy
 from ._retry import RetryPolicy
 
 
-__all__ = ["DEFAULT_BASE_URL", "ClientConfig", "mask_key"]
+__all__ = ["DEFAULT_BASE_URL", "ClientConfig", "clean_key", "mask_key"]
 
 DEFAULT_BASE_URL = "https://api.muvi.video"
 
@@ -40,7 +41,33 @@ class _SecretStr(str):
         return repr(mask_key(str.__str__(self)))
 
 
+def clean_key(value: str | None) -> str | None:
+    """
+    Return the API key *value* without surrounding whitespace (``None`` if empty).
+
+    A key read with ``$(cat key.txt)`` or from a file keeps its newline; that is
+    stripped.  Whitespace or a control character *inside* the key is a copy
+    gone wrong, refused here (the key itself is never shown) instead of reaching
+    an HTTP header.
+
+    Raises:
+        ValidationError: The key holds whitespace or control characters inside.
+
+    """
+    if value is None:
+        return None
+    value = value.strip()
+    if any(ch.isspace() or not ch.isprintable() for ch in value):
+        raise ValidationError(
+            "the API key has whitespace or control characters inside it (not "
+            "shown); copy it again from the dashboard",
+            field="api_key",
+        )
+    return value or None
+
+
 def _secret(value: str | None) -> str | None:
+    value = clean_key(value)
     return None if value is None else _SecretStr(value)
 
 

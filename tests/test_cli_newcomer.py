@@ -366,6 +366,28 @@ async def test_no_key_json_error(live, capsys, monkeypatch):
 
 
 @pytest.mark.anyio
+async def test_a_pasted_key_with_its_newline_works(live, capsys, monkeypatch):
+    """Issue 21 finding 10: ``$(cat key.txt)`` keeps a newline; it is stripped."""
+    monkeypatch.setenv("PIXELBYTE_API_KEY", KEY + "\n")
+    assert await cli("jobs", "--json") == 0
+    assert "Traceback" not in capsys.readouterr().err
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("broken", [KEY[:9] + " " + KEY[9:], KEY + "\x01"])
+async def test_a_key_with_inner_whitespace_is_exit_4_unshown(
+    live, broken, capsys, monkeypatch
+):
+    """A key with a space or a control character inside: one line, exit 4, no request."""
+    monkeypatch.setenv("PIXELBYTE_API_KEY", broken)
+    assert await cli("jobs") == EXIT_CODES["auth"]
+    line = one_line(capsys)
+    assert "PIXELBYTE_API_KEY" in line
+    assert KEY[9:] not in line
+    assert live.requests == []
+
+
+@pytest.mark.anyio
 async def test_public_and_local_commands_need_no_key(live, capsys, monkeypatch):
     """models (the public catalogue) and estimate --local work without a key."""
     monkeypatch.delenv("PIXELBYTE_API_KEY")

@@ -15,6 +15,7 @@ from pixelbyte_async import (
     ClientConfig,
     KlingO1StartEndFrame,
     PixelByte,
+    ValidationError,
     VirtualClock,
     WebhookVerificationError,
 )
@@ -151,3 +152,35 @@ def test_secret_never_in_verification_errors():
         verify(body, headers, "whsec_VERYSECRET", now=1760000000)
     assert "VERYSECRET" not in str(info.value)
     assert "VERYSECRET" not in repr(info.value)
+
+
+# -- issue 21, finding 10: a key pasted with a newline ------------------------------------
+
+
+@pytest.mark.parametrize("pasted", [f"{KEY}\n", f"  {KEY}\r\n", f"\t{KEY} "])
+async def test_a_key_with_surrounding_whitespace_is_stripped(monkeypatch, pasted):
+    """A key read from a file or a shell with its newline works as the bare key."""
+    async with FakePixelByte(api_key=KEY) as fake:
+        monkeypatch.setenv("PIXELBYTE_API_KEY", pasted)
+        async with PixelByte(base_url=fake.url, clock=fake.clock) as pb:
+            assert pb.config.api_key == KEY
+            job = await pb.submit(
+                KlingO1StartEndFrame(
+                    image_url="https://e.x/a.jpg", end_image_url="https://e.x/b.jpg"
+                )
+            )
+        async with PixelByte(api_key=pasted, base_url=fake.url) as pb:
+            assert (await pb.get_job(job.id)).id == job.id
+
+
+@pytest.mark.parametrize(
+    "broken",
+    [f"{KEY[:8]} {KEY[8:]}", f"{KEY[:8]}\n{KEY[8:]}", f"{KEY}\x00", f"{KEY}\x7fx"],
+    ids=["inner-space", "inner-newline", "nul", "del"],
+)
+def test_a_key_with_inner_whitespace_or_controls_is_refused_unshown(broken):
+    with pytest.raises(ValidationError) as refused:
+        ClientConfig(api_key=broken)
+    assert refused.value.field == "api_key"
+    assert KEY[8:] not in str(refused.value)
+    assert "whitespace or control characters" in str(refused.value)

@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 from pixelbyte_async._cmdline import _CLIError
+from pixelbyte_async._config import clean_key
 from pixelbyte_async._errors import ValidationError
 
 from ._options import _base_url_problem
@@ -47,6 +48,11 @@ def _check_connection(args: argparse.Namespace) -> None:
         if args.api_key is not None
         else os.environ.get("PIXELBYTE_API_KEY")
     )
+    try:
+        key = clean_key(key)
+    except ValidationError as exc:
+        where = "--api-key" if args.api_key is not None else "$PIXELBYTE_API_KEY"
+        raise _CLIError(f"{where}: {exc}", family="auth") from None
     if not key:
         raise _CLIError(
             "no API key: set PIXELBYTE_API_KEY (or pass --api-key, which other "
