@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import email.utils
 import heapq
 import itertools
+import math
 import threading
 import time
 import weakref
@@ -22,6 +24,7 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 
 __all__ = [
     "Clock",
+    "ServerOffset",
     "SystemClock",
     "Timer",
     "VirtualClock",
@@ -284,3 +287,62 @@ def resolve(future: asyncio.Future[T], value: T) -> None:
         sleepers = _sleepers.pop(future, ())
     for wake in sleepers:
         wake()
+
+
+class ServerOffset:
+    """
+    How far the API's clock is ahead of ours (seconds), bounded by what it said.
+
+    Every answer's ``Date`` header names the second the server was in while our
+    request was out: seen between our times *sent* and *received*, it puts the
+    offset in ``[date - received, date + 1 - sent]``.  The bounds of every answer
+    are intersected, so they narrow to a fraction of a second after a few answers;
+    they widen slowly with time (clocks drift) and start again from the newest
+    answer when it disagrees with them (a clock was stepped).
+    """
+
+    __slots__ = ("_at", "_header", "_header_unix", "high", "low")
+
+    #: How fast two clocks may drift apart (seconds per second): 100 ppm, an
+    #: unsynchronised VM's quartz; NTP keeps real clocks far closer.
+    DRIFT = 1e-4
+
+    def __init__(self) -> None:
+        self.low = -math.inf
+        self.high = math.inf
+        self._at = 0.0
+        self._header: str | None = None
+        self._header_unix = 0.0
+
+    @property
+    def known(self) -> bool:
+        """Whether an answer has bounded the offset yet."""
+        return self.high < math.inf
+
+    def bounds(self, fallback: float) -> tuple[float, float]:
+        """``(low, high)`` bounds of the offset; ``(-fallback, fallback)`` if unknown."""
+        if not self.known:
+            return (-fallback, fallback)
+        return (self.low, self.high)
+
+    def observe(self, header: str | None, *, sent: float, received: float) -> None:
+        """Narrow the bounds by an answer dated *header*, between *sent* and *received*."""
+        if not header:
+            return
+        if header != self._header:
+            try:
+                parsed = email.utils.parsedate_to_datetime(header)
+            except (TypeError, ValueError):
+                return
+            if parsed.tzinfo is None:
+                return  # not an HTTP date (those are always GMT)
+            self._header, self._header_unix = header, parsed.timestamp()
+        low = self._header_unix - received
+        high = self._header_unix + 1.0 - sent
+        if self.known:
+            slack = self.DRIFT * max(0.0, received - self._at)
+            low, high = max(low, self.low - slack), min(high, self.high + slack)
+            if low > high:  # a clock was stepped: trust the newest answer alone
+                low = self._header_unix - received
+                high = self._header_unix + 1.0 - sent
+        self.low, self.high, self._at = low, high, received

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 import attrs
 
-from ._clock import Clock
+from ._clock import Clock, ServerOffset
 from ._config import ClientConfig
 from ._errors import (
     APIError,
@@ -78,6 +78,8 @@ class RequestPipeline:
         self.guard = guard
         self._header_cache: dict[str, dict[str, str]] = {}
         self._api_origin = origin(config.base_url)
+        #: The API's clock against ours, from the ``Date`` of every answer.
+        self.server_offset = ServerOffset()
 
     def _shared_headers(self, auth: Auth) -> Mapping[str, str]:
         """The headers for *auth*, built once; never mutate the result."""
@@ -148,7 +150,7 @@ class RequestPipeline:
         first_error: PixelByteError | None = None
         if request.timeout is not None and request.timeout > 0:
             try:
-                response = await self.transport.send(request)
+                response = await self._send(request)
                 result = self._handle(response, method, path)
             except PixelByteError as exc:
                 first_error = exc
@@ -164,9 +166,7 @@ class RequestPipeline:
                 return result
 
         async def attempt(remaining: float) -> tuple[Any, str | None]:
-            response = await self.transport.send(
-                attrs.evolve(request, timeout=remaining)
-            )
+            response = await self._send(attrs.evolve(request, timeout=remaining))
             return self._handle(response, method, path)
 
         decide = self.decide_submit if mode == "submit" else self.decide_safe
@@ -177,6 +177,15 @@ class RequestPipeline:
             what=f"{method} {path}",
             first_error=first_error,
         )
+
+    async def _send(self, request: Request) -> Response:
+        """Send *request*; learn the API's clock from the answer's ``Date``."""
+        sent = self.clock.time()
+        response = await self.transport.send(request)
+        self.server_offset.observe(
+            response.headers.get("date"), sent=sent, received=self.clock.time()
+        )
+        return response
 
     def decide_safe(self, exc: PixelByteError, attempt: int) -> float | None:
         return self.config.retry.delay_for(exc, attempt, self._uniform)

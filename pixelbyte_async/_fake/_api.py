@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Awaitable, Callable
+from email.utils import formatdate
 from typing import Any, Literal, TypeAlias
 
 from aiohttp import web
@@ -62,6 +63,20 @@ class _Api:
     # -- plumbing -------------------------------------------------------------------
 
     def route(
+        self, fn: Callable[[Call], Reply], *, auth: Auth, group: Group
+    ) -> Handler:
+        """Wrap a handler with recording, faults, auth, envelopes, errors and dates."""
+        answer = self._answering(fn, auth=auth, group=group)
+
+        async def handle(request: web.Request) -> web.StreamResponse:
+            response = await answer(request)
+            # Dated by the server's own clock, as a real server dates its answers.
+            response.headers["Date"] = formatdate(self.state.now(), usegmt=True)
+            return response
+
+        return handle
+
+    def _answering(
         self, fn: Callable[[Call], Reply], *, auth: Auth, group: Group
     ) -> Handler:
         """Wrap a handler with recording, faults, auth, envelopes and error mapping."""

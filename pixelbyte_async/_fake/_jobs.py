@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal, TypeAlias
+from typing import Any, Literal, Protocol, TypeAlias
 
 import attrs
 from attrs import validators as v
-
-from pixelbyte_async._clock import Clock
 
 from ._catalog import ModelSpec
 from ._util import EPSILON, input_fingerprint
@@ -82,6 +80,14 @@ class JobScript:
     )
 
 
+class WallClock(Protocol):
+    """What a `FakeJob` reads the time from: the fake server's clock."""
+
+    def time(self) -> float:
+        """Return the server's wall-clock time (Unix seconds)."""
+        ...
+
+
 @attrs.define(kw_only=True)
 class FakeJob:
     """
@@ -102,7 +108,7 @@ class FakeJob:
         cost: The charge in micro-cents.
         request_id: The ``requestId`` of the submit that created it.
         cancelled_at: Virtual Unix time of cancellation, if it was cancelled.
-        clock: The clock `status` reads.
+        clock: The server's clock, which `status` reads.
 
     """
 
@@ -116,7 +122,7 @@ class FakeJob:
     cost: int
     request_id: str
     cancelled_at: float | None = None
-    _clock: Clock = attrs.field(alias="clock", repr=False, eq=False)
+    _clock: WallClock = attrs.field(alias="clock", repr=False, eq=False)
 
     @property
     def estimated_completion_time(self) -> float:

@@ -87,6 +87,12 @@ class FakePixelByte(FakeSettings, FakeControls):
             as they are: with ``time_scale=1`` that is a sandbox in real time whose
             Kling job takes 240 / *speedup* seconds (``python -m
             pixelbyte_async.testing --time-scale``).
+        clock_offset: How far the server's clock runs ahead of *clock* (seconds;
+            negative: behind): ``createdAt``, every other timestamp and the
+            ``Date`` of its answers are off by that much, as a real server's clock
+            may be.  Every answer is dated (``Date``) by the server's clock.
+
+            .. versionadded:: 0.3.0
 
     Raises:
         ValueError: Conflicting or out-of-range arguments.
@@ -111,6 +117,7 @@ class FakePixelByte(FakeSettings, FakeControls):
         webhook_secret: str = "whsec_test_sandbox",  # noqa: S107 -- a public sandbox value, not a secret
         auto_webhooks: bool = False,
         speedup: float = 1.0,
+        clock_offset: float = 0.0,
     ) -> None:
         if clock is not None and time_scale:
             raise ValueError("pass either clock or time_scale, not both")
@@ -131,6 +138,7 @@ class FakePixelByte(FakeSettings, FakeControls):
             initial_balance=balance_micro_cents,
             webhook_secret=webhook_secret,
             speedup=float(speedup),
+            clock_offset=float(clock_offset),
         )
         self._host = host
         self._port = port

@@ -40,6 +40,22 @@ class FakeSettings:
         """
         self._state.clock.advance(seconds)
 
+    @property
+    def clock_offset(self) -> float:
+        """
+        Return (or set) how far the server's clock runs ahead of `clock` (seconds).
+
+        Negative: behind.  Job timestamps and the ``Date`` of every answer follow
+        the server's clock, as a real server's do.
+
+        .. versionadded:: 0.3.0
+        """
+        return self._state.clock_offset
+
+    @clock_offset.setter
+    def clock_offset(self, value: float) -> None:
+        self._state.clock_offset = float(value)
+
     # -- knobs --------------------------------------------------------------------------
 
     @property

@@ -77,14 +77,20 @@ class FakeState:
     #: Jobs run this many times faster than their scripts say (the sandbox
     #: process: real-time timestamps, shorter jobs).
     speedup: float = 1.0
+    #: How far the server's clock is ahead of `clock` (seconds; negative: behind).
+    clock_offset: float = 0.0
+
+    def time(self) -> float:
+        """Return the server's wall-clock time (`FakeJob.status` reads it)."""
+        return self.clock.time() + self.clock_offset
 
     def price(self, model: ModelSpec, value: dict[str, Any]) -> int:
         """What this account pays for *model* with *value*."""
         return round(model.cost(value) * self.price_factor)
 
     def now(self) -> float:
-        """Return virtual wall-clock time."""
-        return self.clock.time()
+        """Return the server's virtual wall-clock time (`clock`, plus its offset)."""
+        return self.clock.time() + self.clock_offset
 
     def settle(self) -> None:
         """
@@ -157,7 +163,7 @@ class FakeState:
             script=script,
             cost=self.price(model, input),
             request_id=request_id,
-            clock=self.clock,
+            clock=self,
         )
         if self.creation_delay > 0:
             self.deferred.append(job)
