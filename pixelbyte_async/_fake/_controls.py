@@ -11,11 +11,14 @@ from __future__ import annotations
 import types
 from collections.abc import Mapping
 from fnmatch import fnmatchcase
+from typing import Any
 
+from ._catalog import InputError, resolve_model
 from ._faults import Fault, FaultHandle, Origin
 from ._jobs import FakeJob, FakeUpload, JobScript
 from ._records import CdnRequest, Ledger, RecordedRequest, WebhookDelivery
 from ._state import FakeState
+from ._util import new_job_id, new_request_id
 from ._webhooks import WebhookFault, WebhookOrder, WebhookSender
 
 
@@ -52,6 +55,57 @@ class FakeControls:
 
         """
         self._state.scripted.extend(scripts)
+
+    def submit_elsewhere(
+        self,
+        model: str,
+        input: Mapping[str, Any],  # noqa: A002 -- the API's field name
+        *,
+        after: float = 0.0,
+        webhook_url: str | None = None,
+    ) -> FakeJob:
+        """
+        Create (and charge) a job as another submitter on the same account would.
+
+        Another app, machine or person using the key (the dashboard, a batch
+        beside a bot): the job appears in the job list like any other, and no
+        client here made it.  Tests of shared accounts use it to check that a
+        client never takes such a job for its own.
+
+        Args:
+            model: The model slug.
+            input: The job's input (checked as the API checks a submit's).
+            after: Create it this many virtual seconds from now (a submit still on
+                its way), instead of now.
+            webhook_url: Where its delivery goes, if anywhere.
+
+        Raises:
+            ValueError: Unknown model or invalid input.
+
+        .. versionadded:: 0.3.0
+        """
+        state = self._state
+        spec = resolve_model(model)
+        if spec is None:
+            raise ValueError(f"unknown model {model!r}")
+        value = dict(input)
+        try:
+            spec.validate(value, complete=True)
+        except InputError as exc:
+            raise ValueError(f"invalid input: {exc.field} {exc.reason}") from None
+        state.creation_delay = max(0.0, float(after))
+        try:
+            job = state.create_job(
+                model=spec,
+                version=spec.current_version,
+                input=value,
+                webhook_url=webhook_url,
+                request_id=new_request_id(),
+                job_id=new_job_id(),
+            )
+        finally:
+            state.creation_delay = 0.0
+        return job
 
     @property
     def jobs(self) -> Mapping[str, FakeJob]:

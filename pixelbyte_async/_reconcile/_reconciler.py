@@ -1,0 +1,577 @@
+"""
+`Reconciler`: a client's submits of unknown fate, recorded in its ledger, and settling them.
+
+The API has no idempotency key, so a submit whose answer was lost (a read timeout,
+a dropped connection, a 5xx) may or may not have created a paid job — and a slow
+backend may create it *after* the client gave up.  "No job found" therefore only
+means something once a **settle horizon** has passed since the attempt began.
+
+A job is taken for an attempt's only with proof: a verified delivery carrying the
+attempt's nonce (for a job made inside its window that nobody else has), or the
+job list, when the ledger explains every other job of the model around the window
+(nobody else submitting could have made it).  Where the account shows submitters
+the ledger does not know, the job list proves nothing, and `ReconcileError` says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+from collections.abc import Iterable, Iterator
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+import attrs
+
+from pixelbyte_async._clock import ServerOffset, sleep_or_until
+from pixelbyte_async._errors import (
+    AmbiguousSubmitError,
+    PixelByteError,
+    ReconcileError,
+    ReconcileTimeout,
+    ValidationError,
+)
+from pixelbyte_async._ledger import Attempt, SubmitLedger
+
+from ._audit import audit
+from ._claims import (
+    DEFAULT_CLAIM_WINDOW,
+    DEFAULT_CLOCK_SKEW,
+    FIRST_LOOK_INTERVAL,
+    MAX_LOOK_INTERVAL,
+    Claims,
+    ReconcileClient,
+    SubmitInFlight,
+    attempt_id,
+    check_settle,
+    iso,
+)
+from ._windows import LOOKBACK, Sighting, Verdict, Window, classify
+
+
+if TYPE_CHECKING:
+    from pixelbyte_async._audit_report import AuditReport
+    from pixelbyte_async._job import Job
+    from pixelbyte_async._slots import JobSlots
+
+
+__all__ = ["Reconciler"]
+
+log = logging.getLogger("pixelbyte_async")
+
+#: After its horizon, a lost submit tagged with a nonce keeps waiting for the
+#: delivery that proves its job while a candidate runs, and this long after the
+#: last one ended (the API sends the delivery when a job ends).
+DELIVERY_GRACE = 60.0
+#: How far back the ledger is read for attempts whose window may reach a job.
+_ATTEMPTS_BACK = 3600.0
+
+
+@attrs.define
+class _Survey:
+    """What earlier looks of one reconcile learnt before its attempt's window."""
+
+    looked: bool = False
+    #: Unexplained jobs from before the window (re-checked at every look).
+    before: dict[str, Job] = attrs.Factory(dict)
+
+
+@attrs.define
+class _Look:
+    """One look at the account for one attempt: the jobs and what they say."""
+
+    verdict: Verdict
+    jobs: dict[str, Job]
+
+    def candidates(self) -> list[Job]:
+        return [self.jobs[i] for i in self.verdict.candidates]
+
+    def foreign(self) -> list[Job]:
+        return [self.jobs[i] for i in self.verdict.foreign]
+
+
+class Reconciler:
+    """
+    The client's memory of submits, its ledger, and the code that settles lost ones.
+
+    One per `PixelByte`.  Everything kept here is pruned by time: claims after
+    *retention*, unresolved ambiguous submits once their horizon and the retention
+    window have passed; the ledger keeps its own retention.
+    """
+
+    def __init__(
+        self,
+        client: ReconcileClient,
+        slots: JobSlots,
+        *,
+        settle: float,
+        ledger: SubmitLedger,
+        owner: str,
+        offset: ServerOffset,
+        retention: float | None = None,
+    ) -> None:
+        self._client = client
+        self._slots = slots
+        self.settle = check_settle(settle)
+        self.ledger = ledger
+        self.owner = owner
+        self.offset = offset
+        shortest = 2 * settle + DEFAULT_CLOCK_SKEW
+        if retention is None:
+            retention = max(DEFAULT_CLAIM_WINDOW, shortest)
+        if not retention >= shortest:
+            raise ValidationError(
+                "claim_window must be at least twice the settle horizon plus "
+                f"{DEFAULT_CLOCK_SKEW:.0f} s of clock skew",
+                field="claim_window",
+            )
+        self.claims = Claims(client.clock, retention)
+        self.in_flight: set[SubmitInFlight] = set()
+        self.unresolved: list[AmbiguousSubmitError] = []
+        self._rejected: set[tuple[str, str]] = set()
+
+    # -- the submit path -------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def submitting(self, model: str) -> Iterator[SubmitInFlight]:
+        """Track one submit request of *model* while it is on the wire."""
+        tracker = SubmitInFlight(model)
+        self.in_flight.add(tracker)
+        try:
+            yield tracker
+        finally:
+            self.in_flight.discard(tracker)
+            tracker.finish()
+
+    async def sending(
+        self,
+        attempt: str,
+        model: str,
+        *,
+        started_at: float,
+        ends_by: float,
+        tagged: bool,
+        list_price: int | None,
+    ) -> None:
+        """
+        Record an attempt about to be sent, in the ledger (before it is sent).
+
+        Raises:
+            LedgerError: The ledger cannot be used; nothing was sent.
+
+        """
+        await self.ledger.begin(
+            Attempt(
+                id=attempt,
+                model=model,
+                started_at=started_at,
+                ends_by=ends_by,
+                state="sending",
+                owner=self.owner,
+                tagged=tagged,
+                list_price=list_price,
+                offset=self._measured(),
+            )
+        )
+
+    async def created(self, attempt: str, job_id: str) -> None:
+        """The submit of *attempt* answered with *job_id*: it is ours (in the ledger)."""
+        try:
+            await self.ledger.claim(
+                job_id,
+                how="submitted",
+                at=self._client.clock.time(),
+                attempt=attempt,
+            )
+        except PixelByteError as exc:  # the job exists whatever the ledger says
+            log.error("ledger: could not record job %s: %s", job_id, exc)  # noqa: TRY400 -- one line, the job is fine
+
+    async def ended(self, attempt: str, *, lost: AmbiguousSubmitError | None) -> None:
+        """The submit of *attempt* failed: its fate is unknown (*lost*) or no job."""
+        if lost is not None:
+            self.ambiguous(lost)
+        try:
+            await self.ledger.mark(
+                attempt,
+                "unknown" if lost is not None else "none",
+                at=self._client.clock.time(),
+            )
+        except PixelByteError as exc:
+            log.error("ledger: could not record attempt %s: %s", attempt, exc)  # noqa: TRY400 -- one line
+
+    def ambiguous(self, error: AmbiguousSubmitError) -> None:
+        """Remember an ambiguous submit until it is reconciled (or ages out)."""
+        self._prune_unresolved()
+        self.unresolved.append(error)
+
+    def _resolve(self, error: AmbiguousSubmitError) -> None:
+        self.unresolved = [e for e in self.unresolved if e is not error]
+
+    def _prune_unresolved(self) -> None:
+        horizon = self._client.clock.time() - self.settle - self.claims.retention
+        if self.unresolved and self.unresolved[0].started_at < horizon:
+            self.unresolved = [e for e in self.unresolved if e.started_at >= horizon]
+
+    @property
+    def client(self) -> ReconcileClient:
+        """What the client lends this reconciler."""
+        return self._client
+
+    def claimed(self, job_id: str) -> bool:
+        """Whether this process claims *job_id* (submitted, adopted, in flight)."""
+        return job_id in self.claims or job_id in self._slots.jobs
+
+    def _measured(self) -> tuple[float, float] | None:
+        return (self.offset.low, self.offset.high) if self.offset.known else None
+
+    def offset_of(
+        self, attempt: Attempt | None, fallback: float
+    ) -> tuple[float, float]:
+        """The clock offset bounds for *attempt*'s times: its sender's, else ours."""
+        if attempt is not None and attempt.offset is not None:
+            return attempt.offset
+        return self.offset.bounds(fallback)
+
+    # -- the audit -----------------------------------------------------------------
+
+    async def audit(
+        self,
+        *,
+        since: datetime | float,
+        until: datetime | float | None,
+        model: str | None,
+        exclude: Iterable[str],
+    ) -> AuditReport:
+        """See `PixelByte.audit`."""
+        return await audit(self, since=since, until=until, model=model, exclude=exclude)
+
+    # -- reconcile -----------------------------------------------------------------
+
+    async def reconcile(
+        self,
+        error: AmbiguousSubmitError,
+        *,
+        settle: float | None,
+        timeout: float | None,
+        clock_skew: float,
+        exclude: Iterable[str],
+        competing: Iterable[AmbiguousSubmitError] = (),
+    ) -> Job | None:
+        """See `PixelByte.reconcile`."""
+        horizon = self.settle if settle is None else check_settle(settle)
+        clock = self._client.clock
+        settle_at = error.started_at + horizon
+        deadline = math.inf if timeout is None else clock.monotonic() + timeout
+        excluded = set(exclude)
+        me = await self._recorded(error)
+        rivals = [e for e in competing if e is not error]
+        if not any(e is error for e in self.unresolved):
+            # Concurrent reconciles of one model must see each other as competing.
+            self.unresolved.append(error)
+        interval = FIRST_LOOK_INTERVAL
+        survey = _Survey()
+        while True:
+            job = await self._proven(error, me, horizon, clock_skew)
+            if job is not None:
+                return job
+            look = await self._look(
+                error,
+                me,
+                horizon=horizon,
+                clock_skew=clock_skew,
+                excluded=excluded,
+                competing=rivals,
+                survey=survey,
+            )
+            now = clock.time()
+            if now >= settle_at and not look.verdict.waiting:
+                # The whole window has been seen: if the ledger explains every
+                # other job around it, its one job is the attempt's.
+                sole = look.verdict.sole
+                if sole is not None:
+                    job = await self._take(error, me, look.jobs[sole], how="list")
+                    if job is not None:
+                        return job
+                    continue  # claimed elsewhere meanwhile: look again at once
+                if not look.verdict.candidates:
+                    await self._none(error, me)
+                    return None
+                if not self._may_still_prove(error, look, now):
+                    raise await self._cannot_tell(error, me, look, settle_at)
+            left = deadline - clock.monotonic()
+            if left <= 0:
+                raise ReconcileTimeout(
+                    f"reconcile's timeout ended before the settle horizon: the submit "
+                    f"to {error.model} may still create a job until "
+                    f"{iso(settle_at)}; do not re-send it before then (call "
+                    "reconcile again)",
+                    settle_at=settle_at,
+                )
+            pause = interval if now >= settle_at else min(interval, settle_at - now)
+            await sleep_or_until(clock, max(min(pause, left), 0.0))
+            interval = min(interval * 2, MAX_LOOK_INTERVAL)
+
+    async def _recorded(self, error: AmbiguousSubmitError) -> Attempt:
+        """*error*'s attempt as the ledger has it; recorded now if it is not there."""
+        found = await self.ledger.attempt(attempt_id(error))
+        if found is not None:
+            return found
+        # Built by hand for an earlier process's attempt: from now on other
+        # processes (and the audit) know it too.
+        made = attrs.evolve(_as_attempt(error), owner=self.owner)
+        await self.ledger.begin(made)
+        return made
+
+    def window(self, attempt: Attempt, horizon: float, clock_skew: float) -> Window:
+        """
+        Where *attempt*'s job can appear (server time), with *horizon* to make it.
+
+        From its start to its horizon; while it is still on the wire with no
+        word, to its deadline if that is later.
+        """
+        until = attempt.started_at + horizon
+        if attempt.state == "sending":
+            until = max(until, attempt.ends_by)
+        return Window.of(attempt.started_at, until, self.offset_of(attempt, clock_skew))
+
+    async def _proven(
+        self,
+        error: AmbiguousSubmitError,
+        me: Attempt,
+        horizon: float,
+        clock_skew: float,
+    ) -> Job | None:
+        """The job a delivery (here or in the ledger) proved this attempt made."""
+        known = await self.ledger.attempt(me.id)
+        if known is not None and known.job_id is not None and not known.open:
+            return self._claim(error, await self._client.get_job(known.job_id))
+        source = self._client.attempts
+        if not error.tagged or source is None:
+            return None
+        job_id = await source.job_for_attempt(me.id)
+        if job_id is None or (me.id, job_id) in self._rejected:
+            return None
+        why = None
+        if self.claimed(job_id):
+            why = "this process's own submit made it"
+        else:
+            job = await self._client.get_job(job_id)
+            created = job.info.created_at
+            if not self.window(me, horizon, clock_skew).holds(
+                None if created is None else created.timestamp()
+            ):
+                why = "it was created outside the attempt's window"
+            else:
+                taken = await self._take(error, me, job, how="delivery")
+                if taken is not None:
+                    return taken
+                why = "another attempt or submit owns it"
+        self._rejected.add((me.id, job_id))
+        log.warning(
+            "a delivery names attempt %s for job %s, but %s; not taken as proof",
+            me.id,
+            job_id,
+            why,
+        )
+        return None
+
+    async def _look(
+        self,
+        error: AmbiguousSubmitError,
+        me: Attempt,
+        *,
+        horizon: float,
+        clock_skew: float,
+        excluded: set[str],
+        competing: list[AmbiguousSubmitError],
+        survey: _Survey,
+    ) -> _Look:
+        """List the model's jobs around the window and sort out the unclaimed ones."""
+        clock = self._client.clock
+        listed: dict[str, Job] = {}
+        # The first look reaches back before the window, for other submitters;
+        # later ones list the window and re-check what the first found.
+        floor = self.window(me, horizon, clock_skew).low
+        if not survey.looked:
+            floor -= LOOKBACK
+        async with contextlib.aclosing(
+            self._client.list_jobs(model=error.model)
+        ) as jobs:
+            async for job in jobs:
+                created = job.info.created_at
+                if created is not None and created.timestamp() < floor:
+                    break
+                listed[job.id] = job
+        listed = {**survey.before, **listed}
+        # Sorted by the window as measured now: the listing's own answers may
+        # have just measured the API's clock (never before a lost first submit).
+        mine = self.window(me, horizon, clock_skew)
+        # Submits of this model on the wire here: let them finish (each within its
+        # own deadline) so theirs become claimed (or competing ambiguous submits).
+        pending = [f.done for f in self.in_flight if f.model == error.model]
+        if pending:
+            await asyncio.wait(pending)
+        now = clock.time()
+        attempts = {
+            a.id: a
+            for a in await self.ledger.attempts(
+                model=error.model,
+                since=floor - _ATTEMPTS_BACK,
+                until=now,
+                open_only=True,
+            )
+        }
+        # Lost submits this process knows of (and the caller's) that the ledger
+        # may not have: a user-built error, an earlier run's journal.
+        for other in (*competing, *self.unresolved):
+            if other is not error and other.model == error.model:
+                attempts.setdefault(attempt_id(other), _as_attempt(other))
+        maybe = [
+            job
+            for job in listed.values()
+            if job.id not in excluded and not self.claimed(job.id)
+        ]
+        claims = await self.ledger.claims([job.id for job in maybe])
+        source = self._client.attempts
+        unclaimed: list[Sighting] = []
+        for job in maybe:
+            if job.id in claims:
+                continue
+            if source is not None and await source.attempt_for(job.id) not in {
+                None,
+                me.id,
+            }:
+                continue  # a delivery says another attempt made it
+            created = job.info.created_at
+            unclaimed.append(
+                Sighting(job.id, None if created is None else created.timestamp())
+            )
+        verdict = classify(
+            unclaimed,
+            mine=mine,
+            me=me.id,
+            attempts=attempts.values(),
+            window_of=lambda a: self.window(a, horizon, clock_skew),
+            now=now,
+        )
+        survey.looked = True
+        # Jobs before the window cannot change: later looks re-check them only.
+        survey.before = {
+            i: job
+            for i, job in listed.items()
+            if (c := job.info.created_at) is not None and c.timestamp() < mine.low
+        }
+        return _Look(verdict, listed)
+
+    def _may_still_prove(
+        self, error: AmbiguousSubmitError, look: _Look, now: float
+    ) -> bool:
+        """Whether a delivery may still prove which candidate is the attempt's."""
+        if not error.tagged or self._client.attempts is None:
+            return False
+        ended: list[float] = []
+        for job in look.candidates():
+            if not job.status.is_terminal:
+                return True
+            done = job.info.completed_at
+            ended.append(now if done is None else done.timestamp())
+        return bool(ended) and now < max(ended) + DELIVERY_GRACE
+
+    async def _take(
+        self, error: AmbiguousSubmitError, me: Attempt, job: Job, *, how: str
+    ) -> Job | None:
+        """Claim *job* for *me* in the ledger; the job, or ``None`` if it is taken."""
+        in_the_way = await self.ledger.claim(
+            job.id,
+            how="delivery" if how == "delivery" else "list",
+            at=self._client.clock.time(),
+            attempt=me.id,
+        )
+        if in_the_way is not None:
+            return None
+        if how == "list":
+            # The list shows no outputs: the handle is made from the job itself.
+            # (Should this fail, the ledger has the claim: reconcile again.)
+            job = await self._client.get_job(job.id)
+        return self._claim(error, job)
+
+    def _claim(self, error: AmbiguousSubmitError, job: Job) -> Job:
+        self._resolve(error)
+        job.input = dict(error.input)
+        self.claims.add(job.id)
+        self._slots.adopt(job)
+        return job
+
+    async def _none(self, error: AmbiguousSubmitError, me: Attempt) -> None:
+        self._resolve(error)
+        await self.ledger.mark(me.id, "none", at=self._client.clock.time())
+
+    async def _cannot_tell(
+        self,
+        error: AmbiguousSubmitError,
+        me: Attempt,
+        look: _Look,
+        settle_at: float,
+    ) -> ReconcileError:
+        """The error for candidates no proof can tie to the attempt (it is parked)."""
+        verdict = look.verdict
+        candidates = look.candidates()
+        rivals = [_as_error(a) for a in verdict.rivals]
+        parts = [
+            (
+                f"{len(candidates)} {error.model} job(s) appeared in the window of "
+                "the lost submit"
+            )
+        ]
+        if rivals:
+            parts.append(
+                f"{len(rivals)} other submit(s) of unknown fate could own them"
+            )
+        if verdict.foreign:
+            parts.append(
+                "this account has other submitters the ledger does not know "
+                f"({len(verdict.foreign)} other {error.model} job(s) it cannot "
+                "explain)"
+            )
+        elif not rivals:
+            parts.append("only one of them can be its own")
+        await self.ledger.mark(me.id, "parked", at=self._client.clock.time())
+        return ReconcileError(
+            "; ".join(parts)
+            + ": the SDK will not guess which is yours. Webhooks prove it (each "
+            "delivery names the submit that made its job), as does one ledger shared "
+            "by every submitter (the same file on one machine, a hub across "
+            "machines).",
+            candidates=candidates,
+            competing=rivals,
+            foreign=look.foreign(),
+            settle_at=settle_at,
+        )
+
+
+def _as_attempt(error: AmbiguousSubmitError) -> Attempt:
+    """An attempt record for an `AmbiguousSubmitError` (its fate is unknown)."""
+    return Attempt(
+        id=attempt_id(error),
+        model=error.model,
+        started_at=error.started_at,
+        ends_by=error.started_at,
+        state="unknown",
+        owner="",
+        tagged=error.tagged,
+    )
+
+
+def _as_error(attempt: Attempt) -> AmbiguousSubmitError:
+    """A rival attempt as an `AmbiguousSubmitError` (another process's: no input)."""
+    return AmbiguousSubmitError(
+        f"a submit to {attempt.model} of unknown fate (attempt {attempt.id}, "
+        f"{'this process' if attempt.owner == '' else attempt.owner})",
+        model=attempt.model,
+        input={},
+        webhook_url=None,
+        started_at=attempt.started_at,
+        attempt=attempt.id,
+    )
