@@ -78,6 +78,18 @@ nitpick_ignore = [
     # `pixelbyte_async.redis.RedisHub` satisfies; users pass a RedisHub.
     ("py:class", "Hub"),
     ("py:class", "pixelbyte_async._sharing.Hub"),
+    # What a ledger records (pixelbyte_async._ledger._records): users pass a path or a
+    # ledger to PixelByte; the SDK makes and reads the records.
+    ("py:class", "pixelbyte_async._ledger._records.Attempt"),
+    ("py:class", "pixelbyte_async._ledger._records.Claim"),
+    # Type aliases whose values are spelt out where they are used: a ledger spec
+    # (a path, None or a ledger: PixelByte's *ledger*), a price's basis
+    # (AuditOrphan.price_basis).
+    ("py:class", "LedgerSpec"),
+    ("py:class", "PriceBasis"),
+    # The fake job's view of the fake server's clock (pixelbyte_async._fake._jobs):
+    # the fake makes its jobs, users read them.
+    ("py:class", "pixelbyte_async._fake._jobs.WallClock"),
     ("py:class", "PublishingHub"),
     # Type aliases of the receiver's signature (pixelbyte_async._signing and
     # _handoff): a secret or several (str | bytes | a sequence of them); a hook

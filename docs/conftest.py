@@ -109,6 +109,10 @@ class _Page:
 
     def open(self, namespace: dict[str, Any]) -> None:
         os.chdir(self._tmp.name)
+        # The page's submits are recorded in a ledger of its own, not the user's.
+        os.environ["PIXELBYTE_LEDGER"] = str(
+            Path(self._tmp.name) / ".ledger" / "ledger.sqlite3"
+        )
         self.runner.run(self.fake.start())
         fake = self.fake
 

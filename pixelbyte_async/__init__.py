@@ -60,6 +60,9 @@ from ._inputs import KlingO1StartEndFrame as KlingO1StartEndFrame
 from ._inputs import ModelInput as ModelInput
 from ._inputs import Price as Price
 from ._job import Job as Job
+from ._ledger import LedgerError as LedgerError
+from ._ledger import MemoryLedger as MemoryLedger
+from ._ledger import SubmitLedger as SubmitLedger
 from ._models import CatalogModel as CatalogModel
 from ._models import Estimate as Estimate
 from ._models import EstimateLine as EstimateLine
@@ -91,6 +94,7 @@ if TYPE_CHECKING:
     from ._batch import read_batch_file as read_batch_file
     from ._batch import run_batch as run_batch
     from ._journal import JournalError as JournalError
+    from ._ledger import SqliteLedger as SqliteLedger
 
 #: Imported on first use: batches and their SQLite journal are not needed to
 #: submit and wait, and importing them costs a quarter of the package's import time.
@@ -107,6 +111,7 @@ _LAZY = {
     "read_batch_file": "._batch",
     "run_batch": "._batch",
     "JournalError": "._journal",
+    "SqliteLedger": "._ledger",
 }
 
 __all__ = [
@@ -146,6 +151,8 @@ __all__ = [
     "JobStatus",
     "JournalError",
     "KlingO1StartEndFrame",
+    "LedgerError",
+    "MemoryLedger",
     "MissingOutputError",
     "MockTransport",
     "ModelInput",
@@ -166,7 +173,9 @@ __all__ = [
     "ResponseTooLarge",
     "RetryPolicy",
     "ServerError",
+    "SqliteLedger",
     "StreamResponse",
+    "SubmitLedger",
     "SystemClock",
     "Timer",
     "Transport",

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
 import re
+import secrets
+import socket
 import types
 import warnings
 from collections.abc import (
@@ -38,11 +41,13 @@ from ._inputs import (
 )
 from ._job import Job
 from ._job_queries import JobQueries
+from ._ledger import LedgerSpec, SubmitLedger, ledger_for
 from ._links import JobLink, ReconcileLink
 from ._pipeline import RequestPipeline
 from ._polling import PollPolicy
 from ._receiver import WebhookReceiver
 from ._reconcile import (
+    DEFAULT_CLAIM_WINDOW,
     DEFAULT_SETTLE,
     Reconciler,
 )
@@ -72,6 +77,11 @@ _SAFE_ID = re.compile(r"[A-Za-z0-9_.\-]+")
 
 
 _Mode = Literal["safe", "submit"]
+
+
+def _owner() -> str:
+    """Who sends a client's submits, as the ledger names it: ``host:pid:client``."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
 
 
 class PixelByte(JobQueries, CatalogCalls):
@@ -115,6 +125,14 @@ class PixelByte(JobQueries, CatalogCalls):
             deliveries received by any of them.  The client starts the hub if it
             is not running, and then closes it on `aclose`.  See "Deploying with
             several workers" in the docs.
+        ledger: Where the submits of this account are recorded, so that a lost
+            submit's job is never taken from another submitter (see "Sharing an
+            account" in the docs): a file path (an SQLite file every process of
+            the machine may share), ``None`` (this process's memory only), or a
+            `SubmitLedger` to share between clients.  Default:
+            ``$PIXELBYTE_LEDGER`` (a path, or ``:memory:``), else one file per
+            account in the user's state directory.  A ledger the client opened
+            is closed by `aclose`.
 
     A client belongs to the event loop it is first used on; create it inside the
     running loop (``async with PixelByte() as pb:`` in your ``main()``).
@@ -141,6 +159,7 @@ class PixelByte(JobQueries, CatalogCalls):
         settle: float | None = None,
         claim_window: float | None = None,
         hub: Hub | None = None,
+        ledger: LedgerSpec = _UNSET,
     ) -> None:
         overrides: dict[str, Any] = {
             k: v
@@ -187,11 +206,20 @@ class PixelByte(JobQueries, CatalogCalls):
             self._files,
             self._slots,
         )
+        self._ledger, self._owns_ledger = ledger_for(
+            ledger,
+            api_key=config.api_key,
+            default=ledger is _UNSET,
+            memory_retention=max(claim_window or 0.0, DEFAULT_CLAIM_WINDOW),
+        )
         self._reconciler = Reconciler(
             ReconcileLink(self.clock, self._wiring, self.get_job, self.list_jobs),
             self._slots,
             settle=DEFAULT_SETTLE if settle is None else settle,
             retention=claim_window,
+            ledger=self._ledger,
+            owner=_owner(),
+            offset=self._pipeline.server_offset,
         )
         self._submitter = Submitter(
             self.clock,
@@ -228,9 +256,20 @@ class PixelByte(JobQueries, CatalogCalls):
             return
         self._state = "closed"
         await self._wiring.close()
+        if self._owns_ledger:
+            await self._ledger.aclose()
         # A user-supplied transport is theirs to close; we only stop using it.
         if self._owns_transport:
             await self._transport.aclose()
+
+    @property
+    def ledger(self) -> SubmitLedger:
+        """
+        Where this client records its submits and whose job is whose (see *ledger*).
+
+        .. versionadded:: 0.3.0
+        """
+        return self._ledger
 
     @property
     def closed(self) -> bool:

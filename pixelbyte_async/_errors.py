@@ -320,9 +320,11 @@ class AmbiguousSubmitError(PixelByteError):
         webhook_url: The webhook URL that was sent, if any.
         started_at: Wall-clock time (Unix seconds) when the attempt began; the
             settle horizon of `PixelByte.reconcile` counts from it.
-        attempt: The attempt's nonce (the ``pb_attempt`` parameter of its
-            ``webhookUrl``) when webhooks are in use, else ``None``.
+        attempt: The attempt's id in the ledger, also the nonce (``pb_attempt``)
+            of its ``webhookUrl`` when webhooks are in use (see `tagged`).
+            ``None`` only in errors built by hand.
 
+    .. versionchanged:: 0.3.0 *attempt* is set with or without webhooks.
     """
 
     def __init__(
@@ -342,6 +344,13 @@ class AmbiguousSubmitError(PixelByteError):
         self.started_at = started_at
         self.attempt = attempt
 
+    @property
+    def tagged(self) -> bool:
+        """Whether the ``webhookUrl`` sent carries *attempt* (deliveries prove its job)."""
+        if self.attempt is None or self.webhook_url is None:
+            return False
+        return f"pb_attempt={self.attempt}" in self.webhook_url
+
 
 class ReconcileError(PixelByteError):
     """
@@ -352,10 +361,18 @@ class ReconcileError(PixelByteError):
     API has no idempotency key and does not echo inputs, so the SDK does not guess:
     guessing wrong would give one input's video to another, or pay twice.
 
+    Or the account has other submitters the ledger does not know, so the job list
+    cannot prove that a job in the attempt's window is its own.
+
     Attributes:
         candidates: The jobs that could be the one.
         competing: Other unreconciled ambiguous submits that could own them.
+        foreign: Jobs of the model no recorded submit could have made: the sign
+            of other submitters (another app, machine or person on the key).
+        settle_at: Unix time the attempt's settle horizon ends (``None`` if not
+            given): a job it made may still appear until then.
 
+    .. versionchanged:: 0.3.0 *foreign* and *settle_at*.
     """
 
     def __init__(
@@ -364,10 +381,14 @@ class ReconcileError(PixelByteError):
         *,
         candidates: list[Job],
         competing: list[AmbiguousSubmitError] | None = None,
+        foreign: list[Job] | None = None,
+        settle_at: float | None = None,
     ) -> None:
         super().__init__(message)
         self.candidates = candidates
         self.competing = competing or []
+        self.foreign = foreign or []
+        self.settle_at = settle_at
 
 
 class ReconcileTimeout(ReconcileError, TimeoutError):
@@ -382,9 +403,10 @@ class ReconcileTimeout(ReconcileError, TimeoutError):
 
     """
 
+    settle_at: float
+
     def __init__(self, message: str, *, settle_at: float) -> None:
-        super().__init__(message, candidates=[])
-        self.settle_at = settle_at
+        super().__init__(message, candidates=[], settle_at=settle_at)
 
 
 class EventLoopMismatch(PixelByteError, RuntimeError):

@@ -63,6 +63,14 @@ class Price:
     flat: int | None = None
     typical_seconds: float | None = None
     default_duration: int = 5
+    max_duration: int = 10
+
+    @property
+    def highest(self) -> int | None:
+        """The most one job can cost (the longest duration), or ``None``."""
+        if self.flat is not None:
+            return self.flat
+        return None if self.per_second is None else self.per_second * self.max_duration
 
     def cost(self, input: Mapping[str, Any]) -> int | None:  # noqa: A002 -- API field name
         """Return the cost of a job with *input*, or ``None`` if it cannot be told."""

@@ -10,6 +10,7 @@ unknown (`is_ambiguous`) becomes an `AmbiguousSubmitError` remembered by the
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -24,7 +25,13 @@ from ._errors import (
     TransportError,
     ValidationError,
 )
-from ._inputs import ModelInput, check_input, check_slug, validate_webhook_url
+from ._inputs import (
+    ModelInput,
+    check_input,
+    check_slug,
+    local_cost,
+    validate_webhook_url,
+)
 from ._job import Job
 from ._models import JobInfo, JobStatus
 from ._pipeline import short
@@ -46,6 +53,10 @@ if TYPE_CHECKING:
 __all__ = ["Submitter", "is_ambiguous"]
 
 log = logging.getLogger("pixelbyte_async")
+
+#: How long recording an attempt in the ledger may take before it is sent (its
+#: deadline starts after the write): part of how long it may be on the wire.
+_LEDGER_WRITE_ALLOWANCE = 10.0
 
 
 @attrs.frozen
@@ -77,11 +88,11 @@ class Submitter:
         slug, payload = await self._prepare_input(model, input, deadline)
         validate_webhook_url(webhook_url)
         ours = await self._wiring.public_url()
-        if webhook_url is None and ours is not None:
-            attempt = attempt or new_attempt_id()
+        attempt = attempt or new_attempt_id()
+        tagged = webhook_url is None and ours is not None
+        if tagged:
+            assert ours is not None  # noqa: S101 -- narrowed by `tagged`
             webhook_url = tag_webhook_url(ours, attempt)
-        else:
-            attempt = None
         body: dict[str, Any] = {"model": slug, "input": payload}
         if version is not None:
             body["version"] = version
@@ -94,9 +105,26 @@ class Submitter:
         lease = await self._slots.acquire(
             self.clock, self.config, self.config.slot_timeout
         )
-        deadline += clock.monotonic() - queued
         started_at = clock.time()
         reconciler = self._reconciler
+        try:
+            # In the ledger before it is sent: if this process dies with the
+            # request on the wire, every other process knows its fate is unknown.
+            await reconciler.sending(
+                attempt,
+                slug,
+                started_at=started_at,
+                ends_by=started_at
+                + max(deadline - queued, 0.0)
+                + _LEDGER_WRITE_ALLOWANCE,
+                tagged=tagged,
+                list_price=local_cost(slug, payload),
+            )
+        except BaseException:
+            self._slots.free(lease)
+            raise
+        # The slot wait and the ledger's write are queueing, not the call.
+        deadline += clock.monotonic() - queued
         with reconciler.submitting(slug):
             try:
                 data, rid = await self._pipeline.request(
@@ -120,22 +148,26 @@ class Submitter:
                         started_at=started_at,
                         attempt=attempt,
                     )
-                    reconciler.ambiguous(ambiguous)
+                    await reconciler.ended(attempt, lost=ambiguous)
                     raise ambiguous from exc
+                await reconciler.ended(attempt, lost=None)
                 raise
             except BaseException:
-                # Cancelled mid-flight: the submit's fate is unknown to us now.
+                # Cancelled mid-flight: the submit's fate is unknown to us now (the
+                # ledger has it 'sending' until its deadline, then unknown).
                 self._slots.free(lease)
                 raise
-        return self._track(
+        job = self._track(
             info,
             slug,
             payload,
             lease=lease,
             started_at=started_at,
-            via_webhook=attempt is not None
-            or (ours is not None and webhook_url == ours),
+            via_webhook=tagged or (ours is not None and webhook_url == ours),
         )
+        # Recorded even if the caller is cancelled meanwhile: the job is paid for.
+        await asyncio.shield(reconciler.created(attempt, job.id))
+        return job
 
     def _track(
         self,

@@ -81,3 +81,16 @@ def subprocess_env(fake: FakePixelByte) -> dict[str, str]:
         "PIXELBYTE_BASE_URL": fake.url,
         "PIXELBYTE_API_KEY": fake.api_key,
     }
+
+
+@pytest.fixture(autouse=True)
+def _own_ledger(tmp_path_factory, monkeypatch):
+    """
+    Every test records its submits in a ledger of its own (never the user's).
+
+    The processes a test starts inherit it through the environment, as the
+    processes of one machine share the default ledger.
+    """
+    path = tmp_path_factory.mktemp("ledger") / "ledger.sqlite3"
+    monkeypatch.setenv("PIXELBYTE_LEDGER", str(path))
+    return path

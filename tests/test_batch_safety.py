@@ -10,6 +10,7 @@ import contextlib
 
 import pytest
 from pixelbyte_async import (
+    AmbiguousSubmitError,
     BatchItemStatus,
     BudgetExceeded,
     KlingO1StartEndFrame,
@@ -199,15 +200,37 @@ async def test_fit_needs_a_budget(pb):
         run_batch(pb, [kling(0)], fit=True)
 
 
-async def test_the_closing_audit_reports_unclaimed_jobs(fake, tmp_path):
-    """A job nobody claims, created during the run, is reported with its cost."""
-    async with bound_client(fake) as pb, bound_client(fake) as stranger:
+async def test_the_closing_audit_counts_other_submitters_jobs(fake, tmp_path):
+    """Another app on this machine is explained; another submitter's job is counted."""
+    async with bound_client(fake) as pb, bound_client(fake) as neighbour:
         batch = run_batch(pb, [kling(0), kling(1)], journal=tmp_path / "j")
         async with batch:
-            stray = await stranger.submit(kling(99))
+            await neighbour.submit(kling(98))  # same machine, same ledger
+            elsewhere = fake.submit_elsewhere(
+                kling(99).model_slug, kling(99).to_input()
+            )
             async for _ in batch:
                 pass
         summary = await batch.summary()
+    assert summary.orphans == ()
+    assert [o.job.id for o in summary.others] == [elsewhere.id]
+    assert summary.items[0].status is BatchItemStatus.COMPLETED
+
+
+async def test_the_closing_audit_reports_a_lost_submits_job(fake, tmp_path):
+    """A lost submit nobody reconciled made its job during the run: an orphan, priced."""
+    async with bound_client(fake) as pb, bound_client(fake) as neighbour:
+        fake.inject(Fault.late_create(5), method="POST", path=SUBMIT)
+        with pytest.raises(AmbiguousSubmitError) as lost:
+            await neighbour.submit(kling(97))  # and never reconciled
+        summary = await run_batch(pb, [kling(0)], journal=tmp_path / "j").summary()
+    made = next(j for j in fake.jobs.values() if j.input["prompt"] == "p97")
     assert summary.orphans is not None
-    assert [o.job.id for o in summary.orphans] == [stray.id]
+    [orphan] = summary.orphans
+    assert (orphan.job.id, orphan.attempt, orphan.price_basis) == (
+        made.id,
+        lost.value.attempt,
+        "list",
+    )
+    assert summary.others == ()
     assert summary.items[0].status is BatchItemStatus.COMPLETED

@@ -188,20 +188,21 @@ def test_max_cost_must_be_an_amount(capsys):
 @pytest.mark.anyio
 async def test_needs_attention_has_its_own_exit_code(live, tmp_path, capsys):
     """An ambiguous submit with two candidates exits 11 and names both jobs."""
-    async with bound_client(live) as other:
-        foreign = await other.submit(
-            KlingO1StartEndFrame(
-                image_url="https://e.x/x.jpg", end_image_url="https://e.x/y.jpg"
-            )
-        )
+    # Another submitter's job appears half a second into the lost submit's window.
+    foreign = live.submit_elsewhere(
+        SLUG,
+        {"image_url": "https://e.x/x.jpg", "end_image_url": "https://e.x/y.jpg"},
+        after=0.5,
+    )
     live.inject(Fault.drop_after(), method="POST", path="/v1/jobs/submit")
     rows = write_rows(tmp_path / "rows.jsonl", 1)
-    code = await cli("batch", str(rows), "--out", str(tmp_path / "o"), "--settle", "0")
+    code = await cli("batch", str(rows), "--out", str(tmp_path / "o"), "--settle", "2")
     out = capsys.readouterr().out
     assert code == EXIT_CODES["needs_attention"]
     assert "NEEDS ATTENTION r0" in out
     assert foreign.id in out
-    assert live.count("POST", "/v1/jobs/submit") == 2
+    assert "pixelbyte-async batch resolve r0" in out
+    assert live.count("POST", "/v1/jobs/submit") == 1
 
 
 @pytest.mark.anyio

@@ -6,9 +6,9 @@ import json
 
 import anyio
 import pytest
-from pixelbyte_async import KlingO1StartEndFrame
+from pixelbyte_async import AmbiguousSubmitError, KlingO1StartEndFrame
 from pixelbyte_async._cli import EXIT_CODES, main
-from pixelbyte_async.testing import FakePixelByte, JobScript
+from pixelbyte_async.testing import FakePixelByte, Fault, JobScript
 
 from conftest import bound_client, write_rows
 
@@ -36,16 +36,26 @@ async def cli(*argv):
 
 
 async def test_audit_lists_prices_and_cancels_orphans(live, capsys):
-    async with bound_client(live) as pb:
-        stray = await pb.submit(REQUEST)
-    code = await cli("audit", "--since", "1h")
+    """A lost submit's job is an orphan: listed at its list price, then cancelled."""
+    live.set_default_script(JobScript(queue_seconds=3600, processing_seconds=60))
+    live.inject(Fault.drop_after(), method="POST", path="/v1/jobs/submit")
+    async with bound_client(live, settle=0.5) as pb:
+        with pytest.raises(AmbiguousSubmitError):
+            await pb.submit(REQUEST)  # a script that never reconciles
+    [orphan] = live.jobs
+    await anyio.sleep(0.6)  # its settle horizon passes (real time)
+    code = await cli("audit", "--since", "1h", "--settle", "0.5")
     text = capsys.readouterr().out
     assert code == EXIT_CODES["needs_attention"]
-    assert f"ORPHAN {stray.id}" in text
-    assert f"pixelbyte-async cancel {stray.id}" in text
-    code = await cli("audit", "--since", "1h", "--cancel-pending", "--json")
+    assert f"ORPHAN {orphan}" in text
+    assert "$0.25 at list price" in text
+    assert f"pixelbyte-async cancel {orphan}" in text
+    code = await cli(
+        "audit", "--since", "1h", "--cancel-pending", "--json", "--settle", "0.5"
+    )
     report = json.loads(capsys.readouterr().out)
-    assert [o["jobId"] for o in report["orphans"]] == [stray.id]
+    assert [o["jobId"] for o in report["orphans"]] == [orphan]
+    assert report["orphans"][0]["proven"] is True
     assert report["refundedMicroCents"] == 250_000
     assert live.ledger.charged_micro_cents == 0
     assert KEY not in text
@@ -73,7 +83,7 @@ async def test_audit_skips_jobs_a_journal_claims(live, tmp_path, capsys):
     capsys.readouterr()
     code = await cli("audit", "--since", "1h", "--journal", str(journal))
     assert code == EXIT_CODES["ok"]
-    assert "No unclaimed jobs" in capsys.readouterr().out
+    assert "No job of this machine's lost submits" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("when", ["yesterday", "-2h", "2x"])

@@ -77,7 +77,7 @@ async def test_key_absent_from_every_log_repr_and_error(caplog, tmp_path):
                 repr(ambiguous.value),
                 repr(ambiguous.value.__cause__),
             ]
-            job = await pb.reconcile(ambiguous.value)
+            job = await drive(clock, pb.reconcile(ambiguous.value))
             assert job is not None
             seen.append(repr(job))
             waiter = asyncio.ensure_future(job.wait())

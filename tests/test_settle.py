@@ -22,7 +22,7 @@ from pixelbyte_async import (
     ReconcileTimeout,
     ValidationError,
 )
-from pixelbyte_async.testing import FakePixelByte, Fault
+from pixelbyte_async.testing import FakePixelByte, Fault, JobScript
 
 from conftest import bound_client
 
@@ -190,18 +190,35 @@ def test_a_client_is_bound_to_its_first_loop() -> None:
 
 
 async def test_audit_finds_an_unclaimed_job(fake: FakePixelByte) -> None:
-    """A paid job nobody claims is found, priced, and can be cancelled."""
+    """A lost submit's paid job nobody reconciled is found, priced, and cancelled."""
+    fake.set_default_script(JobScript(queue_seconds=3600))
     async with bound_client(fake) as pb, bound_client(fake) as other:
         since = dt.datetime.fromtimestamp(fake.clock.time() - 1, dt.UTC)
         mine = await pb.submit(REQUEST)
-        stray = await other.submit(REQUEST)
+        theirs = await other.submit(REQUEST)  # the same machine: explained
+        fake.inject(Fault.drop_after(), method="POST", path=SUBMIT)
+        with pytest.raises(AmbiguousSubmitError) as lost:
+            await pb.submit(REQUEST)
+        stray = next(j for j in fake.jobs if j not in {mine.id, theirs.id})
         report = await pb.audit(since=since)
-        assert [o.job.id for o in report.orphans] == [stray.id]
-        assert report.orphans[0].status.value == "pending"
-        assert not (await pb.audit(since=since, exclude=[stray.id])).orphans
-        refunded = await report.cancel_pending()
-        assert refunded == 250_000
-        assert mine.id not in {o.job.id for o in report.orphans}
+        assert [o.job.id for o in report.orphans] == [stray]
+        orphan = report.orphans[0]
+        assert (orphan.status.value, orphan.attempt, orphan.proven) == (
+            "pending",
+            lost.value.attempt,
+            True,
+        )
+        assert (orphan.price_micro_cents, orphan.price_basis) == (250_000, "list")
+        assert report.others == ()
+        assert not (await pb.audit(since=since, exclude=[stray])).orphans
+        # Its own process may still adopt it until the horizon: not cancelled yet.
+        assert report.cancellable == ()
+        assert await report.cancel_pending() == 0
+        fake.advance(301)
+        later = await pb.audit(since=since)
+        assert await later.cancel_pending() == 250_000
+    assert fake.jobs[stray].status == "cancelled"
+    assert fake.jobs[mine.id].status == fake.jobs[theirs.id].status == "pending"
 
 
 async def test_webhook_nonce_attributes_competing_late_jobs() -> None:

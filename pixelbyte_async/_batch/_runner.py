@@ -16,12 +16,11 @@ from typing import TYPE_CHECKING, Literal, Self
 
 import anyio
 
-from pixelbyte_async._audit_report import AuditOrphan
 from pixelbyte_async._errors import ValidationError
 from pixelbyte_async._journal import Journal
 from pixelbyte_async._reconcile import check_settle
 
-from ._audit import audit
+from ._audit import Audit, audit
 from ._budget import Budget
 from ._ledger import Ledger, finish_anyway
 from ._outputs import Outputs
@@ -97,8 +96,7 @@ class Batch:
         self._budget = Budget(pb, limit=max_cost_micro_cents)
         self._ledger: Ledger | None = None
         self._steps: Steps | None = None
-        self._orphans: tuple[AuditOrphan, ...] | None = ()
-        self._audit_error: str | None = None
+        self._audit = Audit()
         #: When this run started, by the wall clock: the audit's window opens then.
         self._started_time = 0.0
         self._phase: Literal["new", "ready", "running", "done", "closed"] = "new"
@@ -330,7 +328,7 @@ class Batch:
                     tg.start_soon(self._worker, queue)
             if any(e.action == "over_budget" for e in self._entries):
                 ledger.stop("budget")
-            self._orphans, self._audit_error = await audit(
+            self._audit = await audit(
                 self._pb, journal, self._entries, started=self._started_time
             )
         except Exception as exc:  # noqa: BLE001 -- handed to whoever iterates
@@ -367,8 +365,9 @@ class Batch:
             stop_reason=self._ledger.stop_reason,
             journal=self._journal_path,
             dry_run=self._dry_run,
-            orphans=self._orphans,
-            audit_error=self._audit_error,
+            orphans=self._audit.orphans,
+            others=self._audit.others,
+            audit_error=self._audit.error,
         )
 
 

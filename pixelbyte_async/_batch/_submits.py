@@ -172,7 +172,7 @@ class Submits:
             # It may be charged: count it against the budget until settled.
             self._budget.charge(entry.key, entry.estimate or 0)
             self._unknown.add(entry.key, exc)
-            if exc.attempt is None:
+            if not exc.tagged:
                 self._unknown.hold(entry)
             return exc
         except PixelByteError as exc:

@@ -281,12 +281,18 @@ class BatchSummary:
         journal: The journal file, if any.
         dry_run: Whether this was a dry run.
         orphans: The account's jobs of the batch's models created during the run
-            that no journal row claims (`PixelByte.audit` over the run's window):
-            a double charge that slipped through anything, or another program's
-            jobs.  ``None`` if the audit could not run (see *audit_error*).
+            that no journal row claims and that a lost submit of this machine's
+            ledger may have made (`PixelByte.audit` over the run's window): paid
+            for, most likely ours.  ``None`` if the audit could not run (see
+            *audit_error*).
+        others: The unclaimed jobs of the batch's models created during the run
+            that no recorded submit could have made: other submitters' (another
+            app, machine or person using the key), as far as this machine knows.
         audit_error: Why the audit could not run.
 
     .. versionadded:: 0.2.0
+    .. versionchanged:: 0.3.0 *others*; *orphans* only jobs a lost submit may
+       have made.
 
     """
 
@@ -298,11 +304,12 @@ class BatchSummary:
     journal: Path | None = None
     dry_run: bool = False
     orphans: tuple[AuditOrphan, ...] | None = ()
+    others: tuple[AuditOrphan, ...] = ()
     audit_error: str | None = None
 
     @property
     def orphan_cost_micro_cents(self) -> int:
-        """The known cost of the orphans (refunded ones excluded)."""
+        """What the orphans cost, at most (refunded ones excluded)."""
         return known_cost(self.orphans or ())
 
     def _count(self, status: BatchItemStatus) -> int:

@@ -16,6 +16,7 @@ from pixelbyte_async._errors import (
     ReconcileTimeout,
 )
 from pixelbyte_async._journal import Journal
+from pixelbyte_async._reconcile import iso
 from pixelbyte_async._seams import BatchClient
 
 from ._budget import Budget
@@ -120,6 +121,20 @@ class UnknownFates:
         finally:
             await self._release(entry)
 
+    def _parked(self, entry: Entry, error: ReconcileError, ids: tuple[str, ...]) -> str:
+        """Why *entry* is set aside, and the command that settles it."""
+        where = self._journal.path
+        journal = f" --journal {where}" if where is not None else ""
+        command = f"pixelbyte-async batch resolve {entry.key}{journal}"
+        resend = (
+            "" if error.settle_at is None else f" (not before {iso(error.settle_at)})"
+        )
+        return (
+            f"submit outcome unknown, not re-sent: {error} Candidates: "
+            f"{', '.join(ids)}. Settle it with '{command} --adopt JOB' (one of "
+            f"them is this row's) or '{command} --resend' (none is){resend}."
+        )
+
     async def _settle_unknown(
         self, entry: Entry, exc: AmbiguousSubmitError
     ) -> Job | Literal[False] | None:
@@ -152,13 +167,7 @@ class UnknownFates:
             if isinstance(rexc, ReconcileTimeout):
                 raise  # not raised without a timeout; a bug if it is
             ids = tuple(sorted(job.id for job in rexc.candidates))
-            await self._ledger.park(
-                entry,
-                f"submit outcome unknown and {len(ids)} candidate jobs "
-                f"({', '.join(ids)}) that other submits of unknown fate could own; "
-                "not re-sent",
-                ids,
-            )
+            await self._ledger.park(entry, self._parked(entry, rexc, ids), ids)
             return False
         except PixelByteError as rexc:
             if is_fatal(rexc):

@@ -1,8 +1,11 @@
 """
-``audit``: the account's paid jobs in a window that no batch journal claims.
+``audit``: the account's paid jobs in a window that nothing on this machine claims.
 
 The journals given with ``--journal`` are read (`_journal_job_ids`) and their jobs
-excluded; what is left is printed with its cost, and pending ones can be cancelled.
+excluded; what is left is printed with its cost: the orphans (a lost submit of this
+machine's ledger may have made them) one per line, other submitters' jobs as one
+count.  ``--cancel-pending`` cancels only orphans proven ours; any other job is
+cancelled only when named with ``--cancel JOB``.
 """
 
 from __future__ import annotations
@@ -13,11 +16,18 @@ from typing import TextIO
 
 import anyio
 
-from pixelbyte_async._cmdline import EXIT_CODES
+from pixelbyte_async._audit_report import AuditOrphan, AuditReport
+from pixelbyte_async._cmdline import EXIT_CODES, _CLIError
 from pixelbyte_async._journal import Journal, JournalError
 
 from ._connection import _client
-from ._output import _orphan_json, _print_json, _print_orphans, _usd
+from ._output import (
+    _orphan_json,
+    _print_json,
+    _print_orphans,
+    _print_others,
+    _usd,
+)
 
 
 async def _audit(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
@@ -28,25 +38,55 @@ async def _audit(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         report = await pb.audit(
             since=args.since, until=args.until, model=args.model, exclude=claimed
         )
+        listed = {o.job.id: o for o in (*report.orphans, *report.others)}
+        unknown = [j for j in args.cancel if j not in listed]
+        if unknown:
+            raise _CLIError(
+                f"--cancel {unknown[0]}: not a job this audit found unclaimed in the "
+                "window; nothing was cancelled",
+                family="validation",
+            )
         refunded = await report.cancel_pending() if args.cancel_pending else None
+        for job_id in args.cancel:  # each one named by the user: their decision
+            refunded = (refunded or 0) + (await listed[job_id].job.cancel() or 0)
+    left = [o for o in report.pending if o not in report.cancellable]
     if args.json:
         _print_json(
             {
                 "since": report.since,
                 "until": report.until,
                 "orphans": [_orphan_json(o) for o in report.orphans],
+                "otherSubmittersJobs": [_orphan_json(o) for o in report.others],
                 "costMicroCents": report.cost_micro_cents,
+                "costIsEstimate": report.cost_is_estimate,
                 "refundedMicroCents": refunded,
             },
             out,
         )
-    elif not report.orphans:
-        print("No unclaimed jobs in the window.", file=out)
+    else:
+        _print_report(report, out, refunded=refunded, left=left)
+    del err
+    return EXIT_CODES["needs_attention"] if report.orphans else EXIT_CODES["ok"]
+
+
+def _print_report(
+    report: AuditReport,
+    out: TextIO,
+    *,
+    refunded: int | None,
+    left: list[AuditOrphan],
+) -> None:
+    if not report.orphans:
+        print(
+            "No job of this machine's lost submits is unclaimed in the window.",
+            file=out,
+        )
     else:
         _print_orphans(report.orphans, out)
+        cost = _usd(report.cost_micro_cents)
         print(
-            f"{len(report.orphans)} unclaimed job(s), "
-            f"{_usd(report.cost_micro_cents)} known cost"
+            f"{len(report.orphans)} orphan(s), "
+            + (f"at most {cost}" if report.cost_is_estimate else cost)
             + (
                 f", {report.unknown_cost} of unknown cost"
                 if report.unknown_cost
@@ -56,8 +96,14 @@ async def _audit(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             + ".",
             file=out,
         )
-    del err
-    return EXIT_CODES["needs_attention"] if report.orphans else EXIT_CODES["ok"]
+    if left and refunded is not None:
+        print(
+            f"Not cancelled: {len(left)} pending orphan(s) not proven this machine's "
+            "or still settling; cancel one with --cancel JOB once you know it is "
+            "yours.",
+            file=out,
+        )
+    _print_others(report.others, out)
 
 
 async def _journal_job_ids(path: Path) -> set[str]:

@@ -29,6 +29,7 @@ from ._output import (
     _orphan_json,
     _print_json,
     _print_orphans,
+    _print_others,
     _ticking,
     _usd,
     _wants_rich,
@@ -85,12 +86,13 @@ def _print_notes(summary: BatchSummary, out: TextIO) -> None:
     if summary.orphans:
         print(
             f"Audit: {len(summary.orphans)} job(s) of this batch's models were "
-            f"created during the run but no row claims them "
-            f"({_usd(summary.orphan_cost_micro_cents)} known cost):",
+            "created during the run that no row claims and a lost submit of this "
+            f"machine may have made (at most {_usd(summary.orphan_cost_micro_cents)}):",
             file=out,
         )
         _print_orphans(summary.orphans, out)
-    elif summary.orphans is None:
+    _print_others(summary.others, out)
+    if summary.orphans is None:
         print(
             f"Audit: could not list the account's jobs ({summary.audit_error}).",
             file=out,
@@ -113,6 +115,7 @@ def _summary_json(summary: BatchSummary) -> dict[str, Any]:
         "orphans": None
         if summary.orphans is None
         else [_orphan_json(o) for o in summary.orphans],
+        "otherSubmittersJobs": [o.job.id for o in summary.others],
         "auditError": summary.audit_error,
         "journal": None if summary.journal is None else str(summary.journal),
         "plan": _plan_json(summary.plan),

@@ -27,6 +27,8 @@ async def _client(
     args: argparse.Namespace, *, max_concurrent_jobs: int | None = None
 ) -> AsyncIterator[PixelByte]:
     options: dict[str, Any] = {}
+    if getattr(args, "settle", None) is not None:
+        options["settle"] = args.settle
     if args.poll_interval is not None:
         options["poll"] = PollPolicy.fixed(args.poll_interval)
     if max_concurrent_jobs is not None:

@@ -21,6 +21,7 @@ from typing import Any, TextIO
 
 from pixelbyte_async._audit_report import AuditOrphan
 from pixelbyte_async._batch import BatchInputError, BudgetExceeded
+from pixelbyte_async._batch._audit import price_words
 from pixelbyte_async._cmdline import EXIT_CODES, _CLIError, _print_error
 from pixelbyte_async._errors import (
     AmbiguousSubmitError,
@@ -153,23 +154,38 @@ def _orphan_json(orphan: AuditOrphan) -> dict[str, Any]:
         "status": orphan.status.value,
         "createdAt": _iso(orphan.created_at),
         "costMicroCents": orphan.cost_micro_cents,
+        "priceMicroCents": orphan.price_micro_cents,
+        "priceBasis": orphan.price_basis,
+        "attempt": orphan.attempt,
+        "proven": orphan.proven,
     }
 
 
 def _print_orphans(orphans: Sequence[AuditOrphan], out: TextIO) -> None:
-    """One line per unclaimed job, and what to do with it."""
+    """One line per orphan: whose lost submit may have made it, and what to do."""
     for o in orphans:
-        cost = (
-            "cost unknown" if o.cost_micro_cents is None else _usd(o.cost_micro_cents)
+        if o.status is JobStatus.PENDING:
+            hint = f"cancel it for a refund: pixelbyte-async cancel {o.job.id}"
+        else:
+            hint = f"adopt it: pixelbyte-async wait {o.job.id} -o FILE"
+        maker = (
+            f"lost submit {o.attempt}" if o.attempt else "one of several lost submits"
         )
-        hint = (
-            f"cancel it for a refund: pixelbyte-async cancel {o.job.id}"
-            if o.status is JobStatus.PENDING
-            else f"adopt it: pixelbyte-async wait {o.job.id} -o FILE"
-        )
+        sure = "" if o.proven else ", not proven"
         print(
-            f"ORPHAN {o.job.id} ({o.job.model}, {o.status.value}, {cost}): no row "
-            f"claims it; {hint}",
+            f"ORPHAN {o.job.id} ({o.job.model}, {o.status.value}, "
+            f"{price_words(o)}): {maker} of this machine may have made it{sure}; "
+            f"{hint}",
+            file=out,
+        )
+
+
+def _print_others(others: Sequence[AuditOrphan], out: TextIO) -> None:
+    """The one line about jobs no recorded submit could have made."""
+    if others:
+        print(
+            f"Other submitters' jobs: {len(others)} (not ours as far as this "
+            "machine knows; never cancelled here).",
             file=out,
         )
 

@@ -262,11 +262,16 @@ def _add_audit_parser(sub: Any, common: argparse.ArgumentParser) -> None:
         "audit",
         parents=[common],
         help="find paid jobs that nothing claims",
-        description="List the account's jobs created in a window that no batch "
-        "journal claims, with their state and cost: a double charge that slipped "
-        "through anything is found and priced. Pending ones can be cancelled for a "
-        "refund (--cancel-pending); the others can be adopted with "
-        "'pixelbyte-async wait JOB -o FILE'. Exit 0: none found; 11: some found.",
+        description="List the account's jobs created in a window that nothing on "
+        "this machine claims (its ledger of submits, the --journal files). Orphans "
+        "are the jobs a lost submit of this machine may have made: paid for and "
+        "most likely yours; each is printed with its cost, pending ones can be "
+        "cancelled for a refund (--cancel-pending cancels those proven yours), the "
+        "others adopted with 'pixelbyte-async wait JOB -o FILE'. The API key may be "
+        "used elsewhere too (another app, machine or person): jobs no recorded "
+        "submit could have made are other submitters', counted once and never "
+        "cancelled unless you name one with --cancel. Exit 0: no orphan; 11: "
+        "some found.",
     )
     au.add_argument(
         "--since",
@@ -293,7 +298,24 @@ def _add_audit_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     au.add_argument(
         "--cancel-pending",
         action="store_true",
-        help="cancel the orphans that are still pending (they are refunded)",
+        help="cancel the pending orphans proven to be this machine's lost submits' "
+        "(refunded); never another submitter's job",
+    )
+    au.add_argument(
+        "--cancel",
+        action="append",
+        default=[],
+        metavar="JOB",
+        help="cancel this pending job found by the audit, whoever made it (your "
+        "decision; repeat for several)",
+    )
+    au.add_argument(
+        "--settle",
+        type=_non_negative,
+        default=None,
+        metavar="SECONDS",
+        help="how long after a lost submit its own process may still be adopting "
+        "its job: orphans younger than that are never cancelled (default 300)",
     )
 
 

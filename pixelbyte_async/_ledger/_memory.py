@@ -1,0 +1,145 @@
+"""
+`MemoryLedger`: a ledger this process alone sees (``PixelByte(ledger=None)``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Collection
+
+import attrs
+
+from ._claiming import decide, state_after
+from ._records import Attempt, AttemptState, Claim, ClaimHow
+
+
+__all__ = ["MemoryLedger"]
+
+log = logging.getLogger("pixelbyte_async")
+
+
+class MemoryLedger:
+    """
+    A `SubmitLedger` kept in this process's memory, for *retention* seconds.
+
+    Nothing survives the process and no other process sees it: use it where no
+    disk can be written (serverless), or for tests.  Entries are forgotten in
+    the order they were written, once older than *retention*.
+
+    .. versionadded:: 0.3.0
+    """
+
+    def __init__(self, *, retention: float = 86_400.0) -> None:
+        self.retention = retention
+        self._attempts: dict[str, Attempt] = {}
+        self._written: dict[str, float] = {}  # attempt id -> last write, in order
+        self._claims: dict[str, Claim] = {}  # job id -> claim, in order
+        self._by_attempt: dict[str, Claim] = {}
+
+    @property
+    def where(self) -> str:
+        """``memory``."""
+        return "memory"
+
+    def __len__(self) -> int:
+        return len(self._attempts) + len(self._claims)
+
+    # -- writes ----------------------------------------------------------------------
+
+    def _touch(self, attempt: Attempt, at: float) -> None:
+        self._attempts[attempt.id] = attempt
+        self._written.pop(attempt.id, None)
+        self._written[attempt.id] = at
+        self._prune(at)
+
+    def _prune(self, now: float) -> None:
+        horizon = now - self.retention
+        written = self._written
+        while written:
+            oldest, at = next(iter(written.items()))
+            if at >= horizon:
+                break
+            del written[oldest]
+            self._attempts.pop(oldest, None)
+        claims = self._claims
+        while claims:
+            job_id, claim = next(iter(claims.items()))
+            if claim.at >= horizon:
+                break
+            del claims[job_id]
+            if claim.attempt is not None:
+                self._by_attempt.pop(claim.attempt, None)
+
+    async def begin(self, attempt: Attempt) -> None:
+        """See `SubmitLedger.begin`."""
+        self._touch(attempt, attempt.started_at)
+
+    async def mark(self, attempt_id: str, state: AttemptState, *, at: float) -> None:
+        """See `SubmitLedger.mark`."""
+        found = self._attempts.get(attempt_id)
+        if found is not None:
+            self._touch(attrs.evolve(found, state=state), at)
+
+    async def claim(
+        self, job_id: str, *, how: ClaimHow, at: float, attempt: str | None = None
+    ) -> Claim | None:
+        """See `SubmitLedger.claim`."""
+        on_job = self._claims.get(job_id)
+        on_attempt = None if attempt is None else self._by_attempt.get(attempt)
+        verdict, other = decide(
+            job_id, attempt, how, on_job=on_job, on_attempt=on_attempt
+        )
+        if verdict == "conflict":
+            return other
+        if verdict == "same":
+            return None
+        if verdict == "override" and other is not None:
+            log.warning(
+                "ledger: job %s was taken for attempt %s (%s); its own submit's "
+                "answer says it is %s's",
+                job_id,
+                other.attempt,
+                other.how,
+                attempt,
+            )
+            if other.attempt is not None:
+                self._by_attempt.pop(other.attempt, None)
+                await self.mark(other.attempt, "unknown", at=at)
+        claim = Claim(job_id=job_id, attempt=attempt, how=how, at=at)
+        self._claims.pop(job_id, None)
+        self._claims[job_id] = claim
+        if attempt is not None:
+            self._by_attempt[attempt] = claim
+            found = self._attempts.get(attempt)
+            if found is not None:
+                self._touch(
+                    attrs.evolve(found, state=state_after(how), job_id=job_id), at
+                )
+        self._prune(at)
+        return None
+
+    # -- reads -----------------------------------------------------------------------
+
+    async def attempt(self, attempt_id: str) -> Attempt | None:
+        """See `SubmitLedger.attempt`."""
+        return self._attempts.get(attempt_id)
+
+    async def attempts(
+        self, *, model: str | None, since: float, until: float, open_only: bool = False
+    ) -> list[Attempt]:
+        """See `SubmitLedger.attempts`."""
+        return [
+            a
+            for a in self._attempts.values()
+            if since <= a.started_at <= until
+            and (model is None or a.model == model)
+            and (a.open or not open_only)
+        ]
+
+    async def claims(self, job_ids: Collection[str]) -> dict[str, Claim]:
+        """See `SubmitLedger.claims`."""
+        found = self._claims
+        return {j: found[j] for j in job_ids if j in found}
+
+    async def aclose(self) -> None:
+        """Nothing to let go of."""

@@ -1,0 +1,571 @@
+"""
+`SqliteLedger`: the ledger every process of one machine shares, in one SQLite file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import sqlite3
+import time
+from collections.abc import Awaitable, Callable, Collection
+from pathlib import Path
+from typing import Any, TypeVar, cast
+
+import anyio
+import anyio.to_thread
+
+from ._claiming import decide, state_after
+from ._errors import LedgerError
+from ._memory import MemoryLedger
+from ._records import OPEN_STATES, STATES, Attempt, AttemptState, Claim, ClaimHow
+
+
+__all__ = ["SqliteLedger"]
+
+log = logging.getLogger("pixelbyte_async")
+
+_T = TypeVar("_T")
+
+#: The schema this module reads and writes (``meta.schema_version``).
+SCHEMA_VERSION = 1
+#: How often old entries are deleted (seconds, by the writer's clock).
+_PRUNE_EVERY = 60.0
+#: How long a call waits for another process's write (in a worker thread).
+_WAIT = 5.0
+#: How many writes between two checkpoints of the write-ahead log.
+_CHECKPOINT_EVERY = 256
+
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS meta (
+    name  TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS attempts (
+    account     TEXT NOT NULL,
+    id          TEXT NOT NULL,
+    model       TEXT NOT NULL,
+    started_at  REAL NOT NULL,
+    ends_by     REAL NOT NULL,
+    state       TEXT NOT NULL CHECK (state IN ({", ".join(repr(s) for s in STATES)})),
+    owner       TEXT NOT NULL,
+    tagged      INTEGER NOT NULL,
+    job_id      TEXT,
+    list_price  INTEGER,
+    offset_low  REAL,
+    offset_high REAL,
+    written_at  REAL NOT NULL,
+    PRIMARY KEY (account, id)
+);
+CREATE INDEX IF NOT EXISTS attempts_by_model ON attempts (account, model, started_at);
+CREATE INDEX IF NOT EXISTS attempts_by_age ON attempts (written_at);
+CREATE TABLE IF NOT EXISTS claims (
+    account TEXT NOT NULL,
+    job_id  TEXT NOT NULL,
+    attempt TEXT,
+    how     TEXT NOT NULL,
+    at      REAL NOT NULL,
+    PRIMARY KEY (account, job_id)
+);
+CREATE UNIQUE INDEX IF NOT EXISTS claims_by_attempt ON claims (account, attempt)
+    WHERE attempt IS NOT NULL;
+CREATE INDEX IF NOT EXISTS claims_by_age ON claims (at);
+"""
+
+_ATTEMPT_COLUMNS = (
+    "id, model, started_at, ends_by, state, owner, tagged, job_id, list_price, "
+    "offset_low, offset_high"
+)
+
+
+def _attempt(row: tuple[Any, ...]) -> Attempt:
+    (aid, model, started, ends_by, state, owner, tagged, job, price, low, high) = row
+    return Attempt(
+        id=aid,
+        model=model,
+        started_at=started,
+        ends_by=ends_by,
+        state=state,
+        owner=owner,
+        tagged=bool(tagged),
+        job_id=job,
+        list_price=price,
+        offset=None if low is None or high is None else (low, high),
+    )
+
+
+def _busy(exc: sqlite3.OperationalError) -> bool:
+    """Whether *exc* means another connection holds the lock."""
+    return "locked" in str(exc) or "busy" in str(exc)
+
+
+def _attempt_once(
+    conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], _T]
+) -> _T:
+    """Run *fn*; on any error leave no transaction open behind it."""
+    try:
+        return fn(conn)
+    except BaseException:
+        if conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+        raise
+
+
+def _claim(row: tuple[Any, ...]) -> Claim:
+    job_id, attempt, how, at = row
+    return Claim(job_id=job_id, attempt=attempt, how=how, at=at)
+
+
+class SqliteLedger:
+    """
+    A `SubmitLedger` in an SQLite file that every process of this machine can share.
+
+    The file is opened (and made, with its directory) on first use, in a worker
+    thread, in WAL mode so several processes read and write it at once; a claim
+    is one ``BEGIN IMMEDIATE`` transaction, so one job goes to one attempt across
+    processes.  Commits use ``synchronous=NORMAL``: they survive the process being
+    killed (``kill -9``), not a power cut.
+
+    Each call is a few statements on a local file, tens of microseconds: it runs
+    on the event loop, where a worker thread would cost far more under load (each
+    of its statements waits for the interpreter lock the busy loop holds).  It
+    never waits there: a database another process is writing (``SQLITE_BUSY``)
+    is waited for in a worker thread, and the write-ahead log is checkpointed
+    (the one step that syncs the disk) in a worker thread too.
+
+    One file may hold several accounts' entries (each row carries the *account*
+    id, a hash of the key, never the key).  Where the file cannot be opened or
+    written (a read-only disk, a serverless platform), the ledger logs one
+    WARNING and goes on in memory for this process.
+
+    Args:
+        path: The SQLite file (created, with its directory, if missing).
+        account: The account's id (a hash of the API key, never the key).
+        retention: Seconds entries are kept (by the clock of the writers' times).
+
+    .. versionadded:: 0.3.0
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        account: str,
+        retention: float = 86_400.0,
+    ) -> None:
+        self.path = Path(path)
+        self.account = account
+        self.retention = retention
+        #: The connection used on the event loop (never waits for a lock).
+        self._fast: sqlite3.Connection | None = None
+        #: The connection used in a worker thread (waits for locks, checkpoints).
+        self._slow: sqlite3.Connection | None = None
+        self._fallback: MemoryLedger | None = None
+        self._opening: asyncio.Future[None] | None = None
+        self._limiter = anyio.CapacityLimiter(1)
+        self._pruned_at = 0.0
+        self._writes = 0
+        self._closed = False
+
+    @property
+    def where(self) -> str:
+        """The file's path (or ``memory`` after falling back)."""
+        return "memory" if self._fallback is not None else str(self.path)
+
+    def __repr__(self) -> str:
+        return f"SqliteLedger({str(self.path)!r})"
+
+    # -- the file ------------------------------------------------------------------
+
+    def _connect(self, *, wait: float) -> sqlite3.Connection:
+        """Open the file (made if missing), proven a ledger of a schema we read."""
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fresh = not self.path.exists()
+        if fresh:
+            # Owner-only from the start: it names the account's jobs.
+            os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
+        conn = sqlite3.connect(
+            self.path, timeout=wait, isolation_level=None, check_same_thread=False
+        )
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {int(wait * 1000)}")
+            if not fresh:
+                try:
+                    self._check(conn)
+                except sqlite3.OperationalError:
+                    raise  # locked, read-only ...: a place we cannot use
+                except sqlite3.DatabaseError as exc:
+                    raise LedgerError(
+                        f"{self.path} is not a pixelbyte-async ledger ({exc}); pass "
+                        "another ledger path or remove the file"
+                    ) from exc
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _check(self, conn: sqlite3.Connection) -> None:
+        """Refuse a file that is not a ledger, or one of a newer schema."""
+        tables = {
+            name
+            for (name,) in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table'"
+            )
+        }
+        if not tables:
+            return  # an empty database: made ours below
+        if "meta" not in tables or "attempts" not in tables:
+            raise LedgerError(
+                f"{self.path} is not a pixelbyte-async ledger (it has other "
+                "tables); pass another ledger path or remove the file"
+            )
+        found = conn.execute(
+            "SELECT value FROM meta WHERE name = 'schema_version'"
+        ).fetchone()
+        if found is None or not str(found[0]).isdigit():
+            raise LedgerError(f"{self.path} is not a pixelbyte-async ledger")
+        if int(found[0]) > SCHEMA_VERSION:
+            raise LedgerError(
+                f"ledger {self.path} has schema version {found[0]}; this SDK reads "
+                f"version {SCHEMA_VERSION} (upgrade pixelbyte-async)"
+            )
+
+    def _open_sync(self) -> None:
+        if self._fast is not None or self._fallback is not None:
+            return
+        try:
+            slow = self._connect(wait=_WAIT)
+            try:
+                # One transaction: a process opening the file at the same moment
+                # sees no tables or all of them, with their schema version.
+                slow.execute("BEGIN IMMEDIATE")
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        slow.execute(statement)  # all IF NOT EXISTS
+                slow.execute(
+                    "INSERT OR IGNORE INTO meta (name, value) VALUES (?, ?), (?, ?)",
+                    (
+                        "schema_version",
+                        str(SCHEMA_VERSION),
+                        "created_at",
+                        str(time.time()),
+                    ),
+                )
+                slow.execute("COMMIT")
+                fast = self._connect(wait=0)
+            except BaseException:
+                slow.close()
+                raise
+            # Checkpoints sync the disk: the worker thread runs them (`_written`).
+            fast.execute("PRAGMA wal_autocheckpoint = 0")
+        except LedgerError:
+            raise
+        except (OSError, sqlite3.Error) as exc:
+            self._fall_back(exc)
+            return
+        self._slow, self._fast = slow, fast
+
+    async def _open(self) -> None:
+        """Open the file in a worker thread, once: concurrent first calls share it."""
+        opening = self._opening
+        if opening is None or opening.get_loop() is not asyncio.get_running_loop():
+            opening = self._opening = asyncio.ensure_future(
+                anyio.to_thread.run_sync(self._open_sync, limiter=self._limiter)
+            )
+        await asyncio.shield(opening)
+
+    def _fall_back(self, exc: BaseException) -> None:
+        log.warning(
+            "ledger: cannot use %s (%s); this process keeps its submits in memory "
+            "only, so other processes on this machine will not see them (set "
+            "PIXELBYTE_LEDGER to a writable file to share them)",
+            self.path,
+            exc,
+        )
+        self._fallback = MemoryLedger(retention=self.retention)
+        self._close_sync()
+
+    def _close_sync(self) -> None:
+        for conn in (self._fast, self._slow):
+            if conn is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.close()
+        self._fast = self._slow = None
+
+    async def _run(
+        self,
+        fn: Callable[[sqlite3.Connection], _T],
+        memory: Callable[[MemoryLedger], Awaitable[_T]],
+        *,
+        writes: bool = False,
+    ) -> _T:
+        """
+        Run *fn* on the file: on the loop, or in a thread while another process writes.
+
+        After a fallback, *memory* runs on the memory ledger instead.
+        """
+        if self._closed:
+            raise LedgerError("the ledger is closed")
+        if self._fast is None and self._fallback is None:
+            await self._open()
+        fast = self._fast
+        if fast is None:
+            return await self._in_memory(memory)
+        try:
+            value = _attempt_once(fast, fn)
+        except sqlite3.OperationalError as exc:
+            if not _busy(exc):
+                self._fall_back(exc)
+                return await self._in_memory(memory)
+            # Another process holds the write lock: wait for it off the loop.
+            done, waited = await anyio.to_thread.run_sync(
+                self._in_thread, fn, limiter=self._limiter
+            )
+            if not done:
+                return await self._in_memory(memory)
+            value = cast("_T", waited)
+        except sqlite3.Error as exc:
+            self._fall_back(exc)
+            return await self._in_memory(memory)
+        if writes:
+            await self._written()
+        return value
+
+    async def _in_memory(self, memory: Callable[[MemoryLedger], Awaitable[_T]]) -> _T:
+        assert self._fallback is not None  # noqa: S101 -- set by _fall_back
+        return await memory(self._fallback)
+
+    def _in_thread(
+        self, fn: Callable[[sqlite3.Connection], _T]
+    ) -> tuple[bool, _T | None]:
+        """Run *fn* waiting for locks; ``(False, None)`` if the file failed."""
+        slow = self._slow
+        if slow is None:
+            return False, None
+        try:
+            return True, _attempt_once(slow, fn)
+        except sqlite3.OperationalError as exc:
+            if _busy(exc):
+                raise LedgerError(
+                    f"ledger {self.path} stayed locked by another process for "
+                    f"{_WAIT:.0f} s; try again"
+                ) from exc
+            self._fall_back(exc)
+        except sqlite3.Error as exc:
+            self._fall_back(exc)
+        return False, None
+
+    async def _written(self) -> None:
+        """Every few hundred writes, checkpoint the log (in a worker thread)."""
+        self._writes += 1
+        if self._writes % _CHECKPOINT_EVERY:
+            return
+
+        def checkpoint() -> None:
+            if self._slow is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    self._slow.execute("PRAGMA wal_checkpoint(PASSIVE)")
+
+        await anyio.to_thread.run_sync(checkpoint, limiter=self._limiter)
+
+    # -- writes ----------------------------------------------------------------------
+
+    def _write(self, conn: sqlite3.Connection, at: float, sql: str, *args: Any) -> None:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute(sql, args)
+        self._maybe_prune(conn, at)
+        conn.execute("COMMIT")
+
+    def _maybe_prune(self, conn: sqlite3.Connection, now: float) -> None:
+        """Delete what is older than the retention (by the writers' clock)."""
+        if abs(now - self._pruned_at) < _PRUNE_EVERY:
+            return
+        self._pruned_at = now
+        horizon = now - self.retention
+        conn.execute("DELETE FROM attempts WHERE written_at < ?", (horizon,))
+        conn.execute("DELETE FROM claims WHERE at < ?", (horizon,))
+
+    async def begin(self, attempt: Attempt) -> None:
+        """See `SubmitLedger.begin`."""
+        low, high = attempt.offset or (None, None)
+        await self._run(
+            lambda conn: self._write(
+                conn,
+                attempt.started_at,
+                "INSERT OR REPLACE INTO attempts (account, id, model, started_at, "
+                "ends_by, state, owner, tagged, job_id, list_price, offset_low, "
+                "offset_high, written_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                self.account,
+                attempt.id,
+                attempt.model,
+                attempt.started_at,
+                attempt.ends_by,
+                attempt.state,
+                attempt.owner,
+                int(attempt.tagged),
+                attempt.job_id,
+                attempt.list_price,
+                low,
+                high,
+                attempt.started_at,
+            ),
+            lambda memory: memory.begin(attempt),
+            writes=True,
+        )
+
+    async def mark(self, attempt_id: str, state: AttemptState, *, at: float) -> None:
+        """See `SubmitLedger.mark`."""
+        await self._run(
+            lambda conn: self._write(
+                conn,
+                at,
+                "UPDATE attempts SET state = ?, written_at = ? "
+                "WHERE account = ? AND id = ?",
+                state,
+                at,
+                self.account,
+                attempt_id,
+            ),
+            lambda memory: memory.mark(attempt_id, state, at=at),
+            writes=True,
+        )
+
+    async def claim(
+        self, job_id: str, *, how: ClaimHow, at: float, attempt: str | None = None
+    ) -> Claim | None:
+        """See `SubmitLedger.claim`."""
+        return await self._run(
+            lambda conn: self._claim_sync(conn, job_id, how, at, attempt),
+            lambda memory: memory.claim(job_id, how=how, at=at, attempt=attempt),
+            writes=True,
+        )
+
+    def _claim_sync(
+        self,
+        conn: sqlite3.Connection,
+        job_id: str,
+        how: ClaimHow,
+        at: float,
+        attempt: str | None,
+    ) -> Claim | None:
+        select = "SELECT job_id, attempt, how, at FROM claims WHERE account = ? AND "
+        conn.execute("BEGIN IMMEDIATE")
+        row = conn.execute(select + "job_id = ?", (self.account, job_id)).fetchone()
+        on_job = None if row is None else _claim(row)
+        on_attempt = None
+        if attempt is not None:
+            row = conn.execute(
+                select + "attempt = ?", (self.account, attempt)
+            ).fetchone()
+            on_attempt = None if row is None else _claim(row)
+        verdict, other = decide(
+            job_id, attempt, how, on_job=on_job, on_attempt=on_attempt
+        )
+        if verdict in {"conflict", "same"}:
+            conn.execute("COMMIT")
+            return other if verdict == "conflict" else None
+        if verdict == "override" and other is not None:
+            log.warning(
+                "ledger: job %s was taken for attempt %s (%s); its own submit's "
+                "answer says it is %s's",
+                job_id,
+                other.attempt,
+                other.how,
+                attempt,
+            )
+            conn.execute(
+                "UPDATE attempts SET state = 'unknown', job_id = NULL, written_at = ? "
+                "WHERE account = ? AND id = ?",
+                (at, self.account, other.attempt),
+            )
+        conn.execute(
+            "INSERT OR REPLACE INTO claims (account, job_id, attempt, how, at) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (self.account, job_id, attempt, how, at),
+        )
+        self._maybe_prune(conn, at)
+        if attempt is not None:
+            conn.execute(
+                "UPDATE attempts SET state = ?, job_id = ?, written_at = ? "
+                "WHERE account = ? AND id = ?",
+                (state_after(how), job_id, at, self.account, attempt),
+            )
+        conn.execute("COMMIT")
+        return None
+
+    # -- reads -----------------------------------------------------------------------
+
+    async def attempt(self, attempt_id: str) -> Attempt | None:
+        """See `SubmitLedger.attempt`."""
+
+        def read(conn: sqlite3.Connection) -> Attempt | None:
+            row = conn.execute(
+                f"SELECT {_ATTEMPT_COLUMNS} FROM attempts "  # noqa: S608 -- constant columns
+                "WHERE account = ? AND id = ?",
+                (self.account, attempt_id),
+            ).fetchone()
+            return None if row is None else _attempt(row)
+
+        return await self._run(read, lambda memory: memory.attempt(attempt_id))
+
+    async def attempts(
+        self, *, model: str | None, since: float, until: float, open_only: bool = False
+    ) -> list[Attempt]:
+        """See `SubmitLedger.attempts`."""
+
+        def read(conn: sqlite3.Connection) -> list[Attempt]:
+            sql = (
+                f"SELECT {_ATTEMPT_COLUMNS} FROM attempts WHERE account = ? "  # noqa: S608 -- constant columns
+                "AND started_at BETWEEN ? AND ?"
+            )
+            args: tuple[Any, ...] = (self.account, since, until)
+            if model is not None:
+                sql += " AND model = ?"
+                args = (*args, model)
+            if open_only:
+                sql += (
+                    f" AND state IN ({', '.join(repr(s) for s in sorted(OPEN_STATES))})"
+                )
+            return [
+                _attempt(r) for r in conn.execute(sql + " ORDER BY started_at", args)
+            ]
+
+        return await self._run(
+            read,
+            lambda memory: memory.attempts(
+                model=model, since=since, until=until, open_only=open_only
+            ),
+        )
+
+    async def claims(self, job_ids: Collection[str]) -> dict[str, Claim]:
+        """See `SubmitLedger.claims`."""
+        wanted = list(dict.fromkeys(job_ids))
+
+        def read(conn: sqlite3.Connection) -> dict[str, Claim]:
+            found: dict[str, Claim] = {}
+            for start in range(0, len(wanted), 500):
+                chunk = wanted[start : start + 500]
+                marks = ", ".join("?" * len(chunk))
+                for row in conn.execute(
+                    "SELECT job_id, attempt, how, at FROM claims "  # noqa: S608 -- placeholders only
+                    f"WHERE account = ? AND job_id IN ({marks})",
+                    (self.account, *chunk),
+                ):
+                    found[row[0]] = _claim(row)
+            return found
+
+        if not wanted:
+            return {}
+        return await self._run(read, lambda memory: memory.claims(wanted))
+
+    async def aclose(self) -> None:
+        """Close the file (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        await anyio.to_thread.run_sync(self._close_sync, limiter=self._limiter)
