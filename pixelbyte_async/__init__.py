@@ -91,6 +91,7 @@ if TYPE_CHECKING:
     from ._batch import BatchSummary as BatchSummary
     from ._batch import BudgetExceeded as BudgetExceeded
     from ._batch import PlannedItem as PlannedItem
+    from ._batch import Settling as Settling
     from ._batch import read_batch_file as read_batch_file
     from ._batch import run_batch as run_batch
     from ._journal import JournalError as JournalError
@@ -110,6 +111,7 @@ _LAZY = {
     "PlannedItem": "._batch",
     "read_batch_file": "._batch",
     "run_batch": "._batch",
+    "Settling": "._batch",
     "JournalError": "._journal",
     "SqliteLedger": "._ledger",
 }
@@ -173,6 +175,7 @@ __all__ = [
     "ResponseTooLarge",
     "RetryPolicy",
     "ServerError",
+    "Settling",
     "SqliteLedger",
     "StreamResponse",
     "SubmitLedger",

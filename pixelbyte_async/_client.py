@@ -263,6 +263,15 @@ class PixelByte(JobQueries, CatalogCalls):
             await self._transport.aclose()
 
     @property
+    def settle(self) -> float:
+        """
+        The settle horizon of `reconcile` in seconds (see *settle*).
+
+        .. versionadded:: 0.3.0
+        """
+        return self._reconciler.settle
+
+    @property
     def ledger(self) -> SubmitLedger:
         """
         Where this client records its submits and whose job is whose (see *ledger*).

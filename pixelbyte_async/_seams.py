@@ -41,6 +41,11 @@ class BatchClient(Protocol):
         ...
 
     @property
+    def settle(self) -> float:
+        """The settle horizon of `reconcile` (seconds), unless the batch sets one."""
+        ...
+
+    @property
     def config(self) -> ClientConfig:
         """The configuration: ``max_concurrent_jobs`` sizes the batch's workers."""
         ...

@@ -19,8 +19,12 @@ them, downloads their outputs and yields one `BatchItem` per input as it finishe
   whose submit's fate is unknown is never re-sent before its **settle horizon**
   (counted from the journaled start of the attempt, so it survives a crash) has
   passed with nothing found; other rows go on meanwhile.
+  Only two lost submits of one model at once pause that model's new submits
+  (a third could not be told apart), shown in `Batch.settling` with a countdown.
 * **Audit.**  At the end, the account's jobs created during the run that no
-  journal row claims are listed with their cost (`BatchSummary.orphans`).
+  journal row claims and a lost submit may have made are listed with their cost
+  (`BatchSummary.orphans`); other submitters' jobs are counted
+  (`BatchSummary.others`).
 
 The batch uses the client only through `pixelbyte_async._seams.BatchClient`.  Its
 modules, each importing only those listed before it:
@@ -35,7 +39,7 @@ modules, each importing only those listed before it:
   found and rows set aside, journaled; why submitting stopped.
 * ``_outputs``: ``Outputs``: the files in *out_dir*, downloaded and checked.
 * ``_unknown``: ``UnknownFates``: submits of unknown fate, settled by reconcile,
-  and the per-model gate they hold.
+  and the per-model gate two of them at once hold.
 * ``_plan``: ``Planner``: each row's action from its journal row, and the plan.
 * ``_submits``: ``Submits``: sending rows one at a time, journaled before and
   after.
@@ -55,6 +59,7 @@ from ._types import BatchPlan as BatchPlan
 from ._types import BatchSummary as BatchSummary
 from ._types import BudgetExceeded as BudgetExceeded
 from ._types import PlannedItem as PlannedItem
+from ._types import Settling as Settling
 
 
 __all__ = [
@@ -67,6 +72,7 @@ __all__ = [
     "BatchSummary",
     "BudgetExceeded",
     "PlannedItem",
+    "Settling",
     "read_batch_file",
     "run_batch",
 ]

@@ -28,7 +28,14 @@ from ._plan import Planner
 from ._rows import Entry, collect_entries
 from ._steps import Steps
 from ._submits import Submits
-from ._types import BatchInput, BatchItem, BatchItemStatus, BatchPlan, BatchSummary
+from ._types import (
+    BatchInput,
+    BatchItem,
+    BatchItemStatus,
+    BatchPlan,
+    BatchSummary,
+    Settling,
+)
 from ._unknown import UnknownFates
 
 
@@ -96,6 +103,7 @@ class Batch:
         self._budget = Budget(pb, limit=max_cost_micro_cents)
         self._ledger: Ledger | None = None
         self._steps: Steps | None = None
+        self._unknown: UnknownFates | None = None
         self._audit = Audit()
         #: When this run started, by the wall clock: the audit's window opens then.
         self._started_time = 0.0
@@ -211,6 +219,19 @@ class Batch:
         return self._budget.charged
 
     @property
+    def settling(self) -> tuple[Settling, ...]:
+        """
+        The rows whose submit's fate is unknown, being settled now (soonest first).
+
+        Each says when its settle horizon ends, and whether new submits of its
+        model wait for it (two lost submits of one model at once): what a
+        progress display shows as a countdown.
+
+        .. versionadded:: 0.3.0
+        """
+        return () if self._unknown is None else self._unknown.settling()
+
+    @property
     def journal_path(self) -> Path | None:
         """The journal file, if any."""
         return self._journal_path
@@ -261,7 +282,7 @@ class Batch:
             if self._out_dir is None
             else Outputs(self._out_dir, journal=journal, ledger=ledger)
         )
-        unknown = UnknownFates(
+        unknown = self._unknown = UnknownFates(
             self._pb,
             journal=journal,
             ledger=ledger,

@@ -34,6 +34,7 @@ __all__ = [
     "BatchSummary",
     "BudgetExceeded",
     "PlannedItem",
+    "Settling",
     "is_fatal",
 ]
 
@@ -262,6 +263,30 @@ class BatchPlan:
     def count(self, action: str) -> int:
         """Return how many inputs the plan gives *action*."""
         return sum(1 for item in self.items if item.action == action)
+
+
+@attrs.frozen(kw_only=True)
+class Settling:
+    """
+    A row whose submit's fate is unknown, being settled (see `Batch.settling`).
+
+    Attributes:
+        key: The row.
+        model: Its model.
+        settle_at: Unix time its settle horizon ends: by then its job is found, or
+            it is known to have made none.
+        holding: Whether new submits of its model wait for it: two lost submits of
+            one model at once, which the job list could not tell apart from a third.
+        waiting: How many rows of its model wait (while *holding*).
+
+    .. versionadded:: 0.3.0
+    """
+
+    key: str
+    model: str
+    settle_at: float
+    holding: bool
+    waiting: int
 
 
 @attrs.frozen(kw_only=True)

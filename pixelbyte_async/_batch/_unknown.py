@@ -9,6 +9,7 @@ import collections
 import logging
 from typing import TYPE_CHECKING, Literal
 
+from pixelbyte_async._clock import sleep_or_until
 from pixelbyte_async._errors import (
     AmbiguousSubmitError,
     PixelByteError,
@@ -22,7 +23,7 @@ from pixelbyte_async._seams import BatchClient
 from ._budget import Budget
 from ._ledger import Ledger
 from ._rows import Entry
-from ._types import BatchItemStatus, is_fatal
+from ._types import BatchItemStatus, Settling, is_fatal
 
 
 if TYPE_CHECKING:
@@ -33,6 +34,17 @@ __all__ = ["UnknownFates"]
 
 log = logging.getLogger("pixelbyte_async")
 
+#: How many lost submits of one model at once pause that model's new submits.
+_PAUSING = 2
+#: How often (seconds) a paused model says how long it may still wait.
+_COUNTDOWN_EVERY = 60.0
+
+
+def _duration(seconds: float) -> str:
+    """``4m 05s`` or ``12s``."""
+    minutes, rest = divmod(round(seconds), 60)
+    return f"{minutes}m {rest:02d}s" if minutes else f"{rest}s"
+
 
 class UnknownFates:
     """
@@ -40,8 +52,11 @@ class UnknownFates:
 
     Settled means its job was found (and journaled), or its settle horizon passed
     with none (sending again is safe).  Meanwhile every such attempt, earlier
-    runs' included, competes for the jobs reconcile finds; and unless a webhook
-    nonce attributes it, new submits of its model wait (`until_attributable`).
+    runs' included, competes for the jobs reconcile finds.  Rows of its model go on
+    being sent: their jobs are theirs by their submits' answers.  Only while two
+    lost submits of one model that no webhook nonce attributes overlap do new
+    submits of that model wait (`until_attributable`): a third could not be told
+    apart from them either.
     """
 
     def __init__(
@@ -61,11 +76,20 @@ class UnknownFates:
         #: Attempts of unknown fate not settled yet, by row: they compete for the
         #: jobs reconcile finds (leftovers of earlier runs included).
         self._attempts: dict[str, AmbiguousSubmitError] = {}
-        #: Per model, rows being settled whose jobs only the job list can identify:
-        #: new submits of that model wait for them, so attribution stays possible.
-        self._settling: collections.Counter[str] = collections.Counter()
-        self._gated: set[str] = set()
-        self._settled = asyncio.Condition()
+        #: Per model, the rows being settled that only the job list can
+        #: attribute, with when their horizon ends.
+        self._listed: dict[str, dict[str, float]] = collections.defaultdict(dict)
+        #: Per model, how many rows wait for those to settle, and the future that
+        #: wakes them when one is settled.
+        self._waiting: collections.Counter[str] = collections.Counter()
+        self._released: dict[str, asyncio.Future[None]] = {}
+        #: The rows being reconciled now.
+        self._active: set[str] = set()
+
+    @property
+    def horizon(self) -> float:
+        """The settle horizon in seconds (the batch's, else the client's)."""
+        return self._pb.settle if self._settle is None else self._settle
 
     # -- the attempts ----------------------------------------------------------------
 
@@ -80,35 +104,78 @@ class UnknownFates:
     # -- the per-model gate ----------------------------------------------------------
 
     def hold(self, entry: Entry) -> None:
-        """Hold new submits of *entry*'s model until its unknown fate is settled."""
-        if entry.key not in self._gated:
-            self._gated.add(entry.key)
-            self._settling[entry.model] += 1
+        """Count *entry*'s lost submit as one only the job list can attribute."""
+        listed = self._listed[entry.model]
+        listed[entry.key] = self._attempts[entry.key].started_at + self.horizon
+        if len(listed) == _PAUSING:
+            log.warning(
+                "batch: %s: rows %s lost their submits at once; new submits of this "
+                "model pause until one is settled (at the latest %s), since a third "
+                "could not be told apart from them either",
+                entry.model,
+                " and ".join(sorted(listed)),
+                iso(min(listed.values())),
+            )
 
     def holds(self, model: str) -> bool:
         """Whether new submits of *model* must wait."""
-        return bool(self._settling[model])
+        return len(self._listed.get(model, ())) >= _PAUSING
+
+    def settling(self) -> tuple[Settling, ...]:
+        """The rows being settled now, soonest first."""
+        rows = [
+            Settling(
+                key=key,
+                model=attempt.model,
+                settle_at=attempt.started_at + self.horizon,
+                holding=self.holds(attempt.model)
+                and key in self._listed[attempt.model],
+                waiting=self._waiting[attempt.model],
+            )
+            for key, attempt in self._attempts.items()
+            if key in self._active
+        ]
+        return tuple(sorted(rows, key=lambda s: (s.settle_at, s.key)))
 
     async def until_attributable(self, model: str) -> None:
         """
-        Wait while a submit of *model* of unknown fate is being settled.
+        Wait while two lost submits of *model* are being settled.
 
-        Without an idempotency key, the job list cannot tell apart the jobs of two
-        lost submits of one model made at the same time; so a new submit of that
-        model waits until the earlier one is found (usually within seconds) or its
-        horizon has passed.  Rows of other models, and waiting for and downloading
-        running jobs, go on meanwhile.  Attempts tagged with a webhook nonce do
-        not hold anything up: their deliveries attribute them.
+        Without an idempotency key, the job list cannot tell apart the jobs of lost
+        submits of one model made at the same time; a third one would make it
+        worse, so a new submit waits until one of them is settled (its job found,
+        or its horizon passed).  The wait is logged once a minute with how long
+        it may last and how many rows wait.  Rows of other models, and waiting for
+        and downloading running jobs, go on meanwhile.
         """
-        async with self._settled:
-            await self._settled.wait_for(lambda: not self._settling[model])
+        if not self.holds(model):
+            return
+        self._waiting[model] += 1
+        clock = self._pb.clock
+        try:
+            while self.holds(model):
+                released = self._released.get(model)
+                if released is None or released.done():
+                    released = asyncio.get_running_loop().create_future()
+                    self._released[model] = released
+                await sleep_or_until(clock, _COUNTDOWN_EVERY, released)
+                if self.holds(model) and not released.done():
+                    left = min(self._listed[model].values()) - clock.time()
+                    log.info(
+                        "batch: %s: submits paused, at most %s left (%d rows waiting)",
+                        model,
+                        _duration(max(left, 0.0)),
+                        self._waiting[model],
+                    )
+        finally:
+            self._waiting[model] -= 1
 
-    async def _release(self, entry: Entry) -> None:
-        if entry.key in self._gated:
-            self._gated.discard(entry.key)
-            self._settling[entry.model] -= 1
-            async with self._settled:
-                self._settled.notify_all()
+    def _release(self, entry: Entry) -> None:
+        listed = self._listed.get(entry.model)
+        if listed is not None and listed.pop(entry.key, None) is not None:
+            released = self._released.pop(entry.model, None)
+            if released is not None and not released.done():
+                released.set_result(None)
 
     # -- settling --------------------------------------------------------------------
 
@@ -116,10 +183,12 @@ class UnknownFates:
         self, entry: Entry, exc: AmbiguousSubmitError
     ) -> Job | Literal[False] | None:
         """Settle *entry*'s attempt of unknown fate, then let its model go on."""
+        self._active.add(entry.key)
         try:
             return await self._settle_unknown(entry, exc)
         finally:
-            await self._release(entry)
+            self._active.discard(entry.key)
+            self._release(entry)
 
     def _parked(self, entry: Entry, error: ReconcileError, ids: tuple[str, ...]) -> str:
         """Why *entry* is set aside, and the command that settles it."""

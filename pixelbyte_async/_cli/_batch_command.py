@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Self, TextIO
 
@@ -19,9 +22,11 @@ from pixelbyte_async._batch import (
     BatchItemStatus,
     BatchPlan,
     BatchSummary,
+    Settling,
     read_batch_file,
     run_batch,
 )
+from pixelbyte_async._clock import Clock, SystemClock
 from pixelbyte_async._cmdline import EXIT_CODES
 
 from ._connection import _client
@@ -138,22 +143,68 @@ def _item_line(item: BatchItem, done: int, total: int) -> str:
 
 
 class _BatchDisplay:
-    """A bar over the batch plus a line per finished input (plain lines without rich)."""
+    """
+    A bar over the batch plus a line per finished input (plain lines without rich).
 
-    def __init__(self, batch: Batch, *, stream: TextIO, quiet: bool) -> None:
+    A paused model (two lost submits of it at once) is shown with a countdown: in
+    the bar's description, as a plain line, or (with ``--json``) as a JSON line,
+    when the pause starts or changes and every `_COUNTDOWN_EVERY` seconds.
+    """
+
+    def __init__(
+        self,
+        batch: Batch,
+        *,
+        stream: TextIO,
+        quiet: bool,
+        events: bool = False,
+        clock: Clock | None = None,
+    ) -> None:
         self._batch = batch
+        self._clock = clock or SystemClock()
         self._stream = stream
         self._quiet = quiet
+        self._events = events
         self._rich: Any = None
         self._task: Any = None
         self._done = 0  # lines are numbered as rows finish, not by file order
+        self._paused: tuple[str, ...] = ()
+        self._told_at = 0.0
 
     def _describe(self) -> str:
         batch = self._batch
-        return (
+        settling = batch.settling
+        text = (
             f"{batch.finished}/{batch.total} done, {batch.running} running, "
             f"{_usd(batch.charged_micro_cents)} charged"
         )
+        if settling:
+            first = settling[0]
+            text += f"; {first.key} settling until {_clock(first.settle_at)}"
+        return text
+
+    def _countdown(self) -> None:
+        """Tell of a paused model when the pause changes, and now and then."""
+        holding = [s for s in self._batch.settling if s.holding]
+        keys = tuple(s.key for s in holding)
+        now = time.monotonic()
+        if keys == self._paused and (
+            not keys or now - self._told_at < _COUNTDOWN_EVERY
+        ):
+            return
+        self._paused, self._told_at = keys, now
+        left = 0.0
+        if holding:
+            left = min(s.settle_at for s in holding) - self._clock.time()
+        if self._events:
+            event = _pause_event(holding, self._batch, max(0, round(left)))
+            print(json.dumps(event), file=self._stream, flush=True)
+        elif not self._quiet:
+            line = _pause_line(holding, max(0, round(left)))
+            if self._rich is None:
+                print(line, file=self._stream, flush=True)
+            else:
+                self._rich.console.print(line, markup=False, highlight=False)
 
     def __enter__(self) -> Self:
         if self._quiet or not _wants_rich(self._stream):
@@ -179,6 +230,7 @@ class _BatchDisplay:
         return self
 
     def tick(self) -> None:
+        self._countdown()
         if self._rich is not None:
             self._rich.update(
                 self._task, completed=self._batch.finished, description=self._describe()
@@ -199,6 +251,42 @@ class _BatchDisplay:
         if self._rich is not None:
             self.tick()
             self._rich.__exit__(None, None, None)
+
+
+#: How often (seconds of real time) a paused model's countdown is told again.
+_COUNTDOWN_EVERY = 30.0
+
+
+def _clock(unix: float) -> str:
+    """*unix* as a local wall-clock time, ``14:05:12``."""
+    return datetime.fromtimestamp(unix, UTC).astimezone().strftime("%H:%M:%S")
+
+
+def _pause_line(holding: list[Settling], left: int) -> str:
+    if not holding:
+        return "RESUMED: lost submits settled; submits go on."
+    until = min(s.settle_at for s in holding)
+    return (
+        f"PAUSED {holding[0].model}: rows {', '.join(s.key for s in holding)} lost "
+        f"their submits at once; new submits of this model wait until "
+        f"{_clock(until)} at the latest ({left}s, {holding[0].waiting} rows waiting)."
+    )
+
+
+def _pause_event(holding: list[Settling], batch: Batch, left: int) -> dict[str, Any]:
+    if not holding:
+        return {"event": "resumed"}
+    until = min(s.settle_at for s in holding)
+    return {
+        "event": "paused",
+        "model": holding[0].model,
+        "rows": [s.key for s in holding],
+        "until": datetime.fromtimestamp(until, UTC).isoformat().replace("+00:00", "Z"),
+        "secondsLeft": left,
+        "rowsWaiting": holding[0].waiting,
+        "done": batch.finished,
+        "total": batch.total,
+    }
 
 
 def _print_plan(plan: BatchPlan, out: TextIO) -> None:
@@ -338,7 +426,9 @@ async def _batch(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                         + (f"; journal {journal}" if journal else ""),
                         file=err,
                     )
-                with _BatchDisplay(batch, stream=err, quiet=quiet) as display:
+                with _BatchDisplay(
+                    batch, stream=err, quiet=quiet, events=args.json, clock=pb.clock
+                ) as display:
                     ticker = asyncio.ensure_future(_ticking(display.tick))
                     try:
                         async for item in batch:

@@ -1,0 +1,178 @@
+"""
+Shared accounts in batches (issue 21): no silent stall, honest rows, and follow-ups.
+
+A lost submit's row settles while the rest of the batch goes on; only two lost
+submits of one model at once (which the job list cannot tell apart) pause that
+model, and then the pause is shown with a countdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+
+import anyio
+import pytest
+from pixelbyte_async import (
+    BatchItemStatus,
+    KlingO1StartEndFrame,
+    PollPolicy,
+    Settling,
+    run_batch,
+)
+from pixelbyte_async._cli import main
+from pixelbyte_async.testing import FakePixelByte, Fault, JobScript
+
+from conftest import bound_client, write_rows
+
+
+pytestmark = pytest.mark.anyio
+
+SUBMIT = "/v1/jobs/submit"
+FAST = JobScript(queue_seconds=0.02, processing_seconds=0.05)
+
+
+def kling(n: int) -> KlingO1StartEndFrame:
+    return KlingO1StartEndFrame(
+        image_url=f"https://e.x/{n}.jpg",
+        end_image_url="https://e.x/end.jpg",
+        prompt=f"p{n}",
+    )
+
+
+def one_charge_each(fake: FakePixelByte, count: int) -> None:
+    assert fake.ledger.double_charged() == []
+    assert sorted(fake.ledger.charges_by_fingerprint().values()) == [1] * count
+
+
+# -- finding 6: one lost submit stalls the whole model for the horizon, in silence ---------
+
+
+@pytest.fixture(name="live")
+async def _live():
+    """A fake in real time with fast jobs: "while one row settles" must be real."""
+    async with FakePixelByte(time_scale=1.0) as fake:
+        fake.set_default_script(FAST)
+        yield fake
+
+
+async def test_one_lost_submit_does_not_stall_its_model(live, tmp_path):
+    """20 rows of one model, one dropped submit: the others go on while it settles."""
+    live.inject(Fault.drop_before(), method="POST", path=SUBMIT)
+    poll = PollPolicy.fixed(0.02)
+    async with bound_client(live, max_concurrent_jobs=5, poll=poll) as pb:
+        summary = await run_batch(
+            pb, [kling(n) for n in range(20)], journal=tmp_path / "j", settle=1.0
+        ).summary()
+    assert summary.completed == 20
+    submits = live.requests_for("POST", SUBMIT)
+    assert len(submits) == 21  # the lost one, re-sent once after its horizon
+    lost, *rest = submits
+    assert lost.fault == "drop_before"
+    prompt = lost.json["input"]["prompt"]
+    resent = [r for r in rest if r.json["input"]["prompt"] == prompt]
+    assert len(resent) == 1
+    assert resent[0].time >= lost.time + 1.0
+    # Every other row was sent while the lost one settled, not after it.
+    assert max(r.time for r in rest if r is not resent[0]) < lost.time + 1.0
+    one_charge_each(live, 20)
+
+
+async def test_two_overlapping_lost_submits_pause_their_model_with_a_countdown(
+    live, tmp_path, caplog
+):
+    """Two lost submits of one model at once: the model pauses, and says until when."""
+    caplog.set_level(logging.INFO, logger="pixelbyte_async")
+    live.inject(Fault.drop_before(), method="POST", path=SUBMIT, times=2)
+    seen: list[Settling] = []
+    poll = PollPolicy.fixed(0.02)
+    async with bound_client(live, max_concurrent_jobs=3, poll=poll) as pb:
+        batch = run_batch(
+            pb, [kling(n) for n in range(6)], journal=tmp_path / "j", settle=1.0
+        )
+        async with batch:
+            watcher = asyncio.ensure_future(watch(batch, seen))
+            async for _ in batch:
+                pass
+            watcher.cancel()
+        summary = await batch.summary()
+    assert summary.completed == 6
+    lost = [r for r in live.requests_for("POST", SUBMIT) if r.fault]
+    assert len(lost) == 2
+    holding = [s for s in seen if s.holding]
+    for settling in holding:  # each the horizon of one of the two lost submits
+        assert min(abs(settling.settle_at - (r.time + 1.0)) for r in lost) < 0.1
+    assert max(s.waiting for s in holding) >= 1
+    # Nothing else of the model was sent while both were settling.
+    both = min(r.time for r in lost) + 1.0
+    sent = [r for r in live.requests_for("POST", SUBMIT) if not r.fault]
+    last_lost = max(r.time for r in lost)
+    assert all(r.time >= both - 0.1 or r.time < last_lost for r in sent)
+    messages = [r.getMessage() for r in caplog.records]
+    paused = [m for m in messages if "pause" in m]
+    assert paused, messages
+    assert "until" in paused[0]
+    one_charge_each(live, 6)
+
+
+async def watch(batch, seen: list[Settling]) -> None:
+    """Note what the batch shows as settling, as a progress display would."""
+    while True:
+        seen.extend(batch.settling)
+        await asyncio.sleep(0.01)
+
+
+async def test_a_lost_submit_is_shown_settling_while_others_go_on(live, tmp_path):
+    """Batch.settling names the row, its model and when its horizon ends."""
+    live.inject(Fault.drop_before(), method="POST", path=SUBMIT)
+    seen: list[Settling] = []
+    poll = PollPolicy.fixed(0.02)
+    async with bound_client(live, max_concurrent_jobs=3, poll=poll) as pb:
+        batch = run_batch(
+            pb, [kling(n) for n in range(4)], journal=tmp_path / "j", settle=1.0
+        )
+        async with batch:
+            async for item in batch:
+                if item.status is BatchItemStatus.COMPLETED:
+                    seen.extend(batch.settling)
+    lost = live.requests_for("POST", SUBMIT)[0]
+    assert seen
+    settling = seen[0]
+    assert settling.model == kling(0).model_slug
+    assert settling.settle_at == pytest.approx(lost.time + 1.0, abs=0.2)
+    assert not settling.holding
+
+
+# -- the countdown on the command line --------------------------------------------------
+
+
+@pytest.mark.parametrize("json_mode", [False, True], ids=["lines", "json"])
+async def test_the_cli_shows_a_paused_model_with_a_countdown(
+    live, tmp_path, capsys, monkeypatch, json_mode
+):
+    """Plain lines say PAUSED ... until ...; --json writes pause events to stderr."""
+    monkeypatch.setenv("PIXELBYTE_BASE_URL", live.url)
+    monkeypatch.setenv("PIXELBYTE_API_KEY", live.api_key)
+    live.inject(Fault.drop_before(), method="POST", path=SUBMIT, times=2)
+    rows = write_rows(tmp_path / "rows.jsonl", 6)
+    argv = ["batch", str(rows), "--out", str(tmp_path / "o"), "--settle", "1"]
+    argv += ["--concurrency", "3", "--poll-interval", "0.02"]
+    if json_mode:
+        argv.append("--json")
+    code = await anyio.to_thread.run_sync(main, argv)
+    err = capsys.readouterr().err
+    assert code == 0, err
+    if json_mode:
+        events = [json.loads(line) for line in err.splitlines() if '"event"' in line]
+        paused = [e for e in events if e["event"] == "paused"]
+        assert paused, err
+        assert paused[0]["until"].endswith("Z")
+        assert 0 <= paused[0]["secondsLeft"] <= 1
+        assert len(paused[0]["rows"]) == 2
+        assert events[-1] == {"event": "resumed"}
+    else:
+        line = next(x for x in err.splitlines() if x.startswith("PAUSED"))
+        assert "wait until" in line
+        assert "rows waiting" in line
+        assert "RESUMED" in err
