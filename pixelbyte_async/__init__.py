@@ -93,6 +93,7 @@ if TYPE_CHECKING:
     from ._batch import PlannedItem as PlannedItem
     from ._batch import Settling as Settling
     from ._batch import read_batch_file as read_batch_file
+    from ._batch import resolve_batch_row as resolve_batch_row
     from ._batch import run_batch as run_batch
     from ._journal import JournalError as JournalError
     from ._ledger import SqliteLedger as SqliteLedger
@@ -110,6 +111,7 @@ _LAZY = {
     "BudgetExceeded": "._batch",
     "PlannedItem": "._batch",
     "read_batch_file": "._batch",
+    "resolve_batch_row": "._batch",
     "run_batch": "._batch",
     "Settling": "._batch",
     "JournalError": "._journal",
@@ -191,6 +193,7 @@ __all__ = [
     "WebhookVerificationError",
     "json_response",
     "read_batch_file",
+    "resolve_batch_row",
     "run_batch",
 ]
 

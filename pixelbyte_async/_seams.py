@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from ._errors import AmbiguousSubmitError
     from ._inputs import ModelInput
     from ._job import Job
+    from ._ledger import SubmitLedger
     from ._models import Estimate
 
 
@@ -38,6 +39,11 @@ class BatchClient(Protocol):
     @property
     def clock(self) -> Clock:
         """The clock: ``monotonic()`` times the run, ``time()`` dates attempts."""
+        ...
+
+    @property
+    def ledger(self) -> SubmitLedger:
+        """Where the account's submits are recorded (a person's decisions too)."""
         ...
 
     @property

@@ -19,9 +19,11 @@ from pixelbyte_async import (
     KlingO1StartEndFrame,
     PollPolicy,
     Settling,
+    ValidationError,
+    resolve_batch_row,
     run_batch,
 )
-from pixelbyte_async._cli import main
+from pixelbyte_async._cli import EXIT_CODES, main
 from pixelbyte_async.testing import FakePixelByte, Fault, JobScript
 
 from conftest import bound_client, write_rows
@@ -176,3 +178,101 @@ async def test_the_cli_shows_a_paused_model_with_a_countdown(
         assert "wait until" in line
         assert "rows waiting" in line
         assert "RESUMED" in err
+
+
+# -- finding 2: a row parked with a plain sentence and a command that settles it ---------
+
+
+async def park_a_row(fake, pb, journal):
+    """A row whose lost submit made a job beside another submitter's in its window."""
+    foreign = fake.submit_elsewhere(
+        kling(99).model_slug, kling(99).to_input(), after=30
+    )
+    fake.inject(Fault.drop_after(), method="POST", path=SUBMIT)
+    summary = await run_batch(pb, [kling(1)], journal=journal).summary()
+    [item] = summary.items
+    assert item.status is BatchItemStatus.NEEDS_ATTENTION
+    own = next(j for j in fake.jobs if j != foreign.id)
+    return item, own, foreign.id
+
+
+async def test_a_parked_row_says_why_and_how_to_settle_it(fake, tmp_path):
+    journal = tmp_path / "j.sqlite"
+    async with bound_client(fake) as pb:
+        item, own, foreign = await park_a_row(fake, pb, journal)
+    assert set(item.candidates) == {own, foreign}
+    assert "will not guess" in item.error
+    assert "other submit" not in item.error  # there was no other lost submit
+    assert f"pixelbyte-async batch resolve {item.key} --journal {journal}" in item.error
+    assert "--adopt JOB" in item.error
+    assert "--resend" in item.error
+
+
+async def test_a_person_adopts_a_candidate_and_the_next_run_finishes_it(
+    fake, tmp_path, capsys, monkeypatch
+):
+    """batch resolve ROW --adopt JOB: journaled, claimed, attached by the next run."""
+    journal = tmp_path / "j.sqlite"
+    async with bound_client(fake) as pb:
+        item, own, _ = await park_a_row(fake, pb, journal)
+    monkeypatch.setenv("PIXELBYTE_BASE_URL", fake.url)
+    monkeypatch.setenv("PIXELBYTE_API_KEY", fake.api_key)
+    argv = ["batch", "resolve", item.key, "--journal", str(journal), "--adopt", own]
+    assert await anyio.to_thread.run_sync(main, argv) == 0
+    assert f"job {own} is now its job" in capsys.readouterr().out
+    async with bound_client(fake) as pb:
+        claim = (await pb.ledger.claims([own]))[own]
+        assert claim.how == "person"
+        again = await run_batch(pb, [kling(1)], journal=journal).summary()
+    assert (again.completed, again.items[0].job_id) == (1, own)
+    assert fake.count("POST", SUBMIT) == 1  # nothing was re-sent
+
+
+async def test_resend_is_refused_before_the_horizon_then_sends_again(fake, tmp_path):
+    journal = tmp_path / "j.sqlite"
+    async with bound_client(fake) as pb:
+        item, _, _ = await park_a_row(fake, pb, journal)
+        with pytest.raises(ValidationError, match="not a candidate"):
+            await resolve_batch_row(pb, journal, item.key, adopt="job_000000000000")
+        with pytest.raises(ValidationError, match="may still make a job until"):
+            await resolve_batch_row(pb, journal, item.key, resend=True, settle=3600)
+        row = await resolve_batch_row(pb, journal, item.key, resend=True)
+        assert row.state == "planned"
+        again = await run_batch(pb, [kling(1)], journal=journal).summary()
+    assert again.completed == 1
+    assert fake.count("POST", SUBMIT) == 2  # the person's decision: sent again
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["r1", "--journal", "MISSING", "--adopt", "job_x"],
+        ["r1", "--journal", "J", "--adopt", "job_000000000000"],
+    ],
+    ids=["missing-journal", "row-not-parked"],
+)
+async def test_batch_resolve_failures_are_one_line(
+    fake, tmp_path, capsys, monkeypatch, argv
+):
+    monkeypatch.setenv("PIXELBYTE_BASE_URL", fake.url)
+    monkeypatch.setenv("PIXELBYTE_API_KEY", fake.api_key)
+    journal = tmp_path / "j.sqlite"
+    async with bound_client(fake) as pb:
+        await run_batch(pb, [kling(1)], journal=journal).summary()
+    words = [
+        str(tmp_path / "nope.sqlite")
+        if a == "MISSING"
+        else str(journal)
+        if a == "J"
+        else a
+        for a in argv
+    ]
+    code = await anyio.to_thread.run_sync(main, ["batch", "resolve", *words])
+    err = capsys.readouterr().err
+    assert code in {
+        EXIT_CODES["journal"],
+        EXIT_CODES["validation"],
+        EXIT_CODES["usage"],
+    }
+    assert len(err.strip().splitlines()) == 1, err
+    assert "Traceback" not in err

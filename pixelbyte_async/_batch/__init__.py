@@ -45,9 +45,11 @@ modules, each importing only those listed before it:
   after.
 * ``_steps``: ``Steps``: one row from its job to its output (a worker's turn).
 * ``_audit``: the closing audit.
+* ``_resolve``: `resolve_batch_row`: a person settles a row set aside.
 * ``_runner``: `Batch` (lifecycle, phases, workers, summary) and `run_batch`.
 """
 
+from ._resolve import resolve_batch_row as resolve_batch_row
 from ._rows import read_batch_file as read_batch_file
 from ._runner import Batch as Batch
 from ._runner import run_batch as run_batch
@@ -74,5 +76,6 @@ __all__ = [
     "PlannedItem",
     "Settling",
     "read_batch_file",
+    "resolve_batch_row",
     "run_batch",
 ]

@@ -190,18 +190,17 @@ class UnknownFates:
             self._active.discard(entry.key)
             self._release(entry)
 
-    def _parked(self, entry: Entry, error: ReconcileError, ids: tuple[str, ...]) -> str:
+    def _parked(
+        self, entry: Entry, error: ReconcileError, ids: tuple[str, ...]
+    ) -> str:
         """Why *entry* is set aside, and the command that settles it."""
         where = self._journal.path
         journal = f" --journal {where}" if where is not None else ""
         command = f"pixelbyte-async batch resolve {entry.key}{journal}"
-        resend = (
-            "" if error.settle_at is None else f" (not before {iso(error.settle_at)})"
-        )
         return (
             f"submit outcome unknown, not re-sent: {error} Candidates: "
             f"{', '.join(ids)}. Settle it with '{command} --adopt JOB' (one of "
-            f"them is this row's) or '{command} --resend' (none is){resend}."
+            f"them is this row's) or '{command} --resend' (none is)."
         )
 
     async def _settle_unknown(

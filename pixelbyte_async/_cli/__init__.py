@@ -38,8 +38,9 @@ from ._audit_command import _audit
 from ._batch_command import _batch
 from ._job_commands import _cancel, _estimate, _jobs, _models, _status
 from ._output import _report
-from ._parser_tree import _parser
+from ._parser_tree import _parser, _resolve_parser
 from ._preflight import _check_connection
+from ._resolve_command import _resolve
 from ._transition_command import _transition, _wait
 from ._webhook_commands import _webhook
 
@@ -60,19 +61,32 @@ _COMMANDS: dict[str, _Command] = {
     "jobs": _jobs,
     "models": _models,
     "audit": _audit,
+    "resolve": _resolve,
     "webhook": _webhook,
 }
+
+
+def _is_resolve(arguments: list[str]) -> bool:
+    """Whether *arguments* are ``[--debug] batch resolve ...``."""
+    words = [w for w in arguments if w != "--debug"]
+    return words[:2] == ["batch", "resolve"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI and return its exit code."""
     arguments = list(sys.argv[1:] if argv is None else argv)
-    parser = _parser()
+    parser, words = _parser(), arguments
+    if _is_resolve(arguments):
+        # 'batch resolve ROW ...': 'batch' itself takes a file name first.
+        at = arguments.index("resolve")
+        parser, words = _resolve_parser(), arguments[at + 1 :]
+        if "--debug" in arguments[:at]:
+            words.append("--debug")
     hidden = _hidden_words(parser, arguments)
     for each in _all_parsers(parser):
         if isinstance(each, _Parser):  # all are
             each.hidden = hidden
-    args = parser.parse_args(arguments)
+    args = parser.parse_args(words)
     if args.command == "sandbox":
         return _run_sandbox(args)
     out, err = sys.stdout, sys.stderr

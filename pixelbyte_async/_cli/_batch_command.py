@@ -348,10 +348,15 @@ def _print_summary(summary: BatchSummary, out: TextIO, resume: str) -> None:
     _print_notes(summary, out)
     for item in summary.items:
         if item.status is BatchItemStatus.NEEDS_ATTENTION:
+            listed = all(c in (item.error or "") for c in item.candidates)
+            candidates = (
+                ""
+                if listed
+                else f" Candidate jobs: {', '.join(item.candidates) or 'none'}."
+            )
             print(
-                f"NEEDS ATTENTION {item.key}: {item.error} Candidate jobs: "
-                f"{', '.join(item.candidates) or 'none'} (check them with "
-                "'pixelbyte-async status JOB'). This row is never re-sent "
+                f"NEEDS ATTENTION {item.key}: {item.error}{candidates} Check a job "
+                "with 'pixelbyte-async status JOB'; this row is never re-sent "
                 "automatically.",
                 file=out,
             )

@@ -107,7 +107,9 @@ def _add_batch_parser(sub: Any, common: argparse.ArgumentParser) -> None:
         "pro} or {id,model,input}; or CSV with the header id,start,end,prompt,"
         "duration[,pro]; frame paths are relative to FILE) and download the outputs "
         "to DIR/<id>.mp4. Every step is journaled: after a crash or Ctrl-C, run the "
-        "same command again to resume without paying twice.",
+        "same command again to resume without paying twice. A row set aside "
+        "(NEEDS ATTENTION) is settled with 'pixelbyte-async batch resolve ROW "
+        "--journal PATH --adopt JOB | --resend'.",
     )
     ba.add_argument("file", help="the .jsonl or .csv file")
     ba.add_argument("--out", required=True, metavar="DIR", help="output directory")
@@ -254,6 +256,46 @@ def _add_job_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
         description="List the public model catalogue with each model's pricing. "
         "It needs no API key.",
     )
+
+
+def _resolve_parser() -> _Parser:
+    """``batch resolve``: its own parser (``batch`` takes a file name first)."""
+    common = _common()
+    re_ = _Parser(
+        prog="pixelbyte-async batch resolve",
+        parents=[common],
+        description="Settle a row the batch set aside (NEEDS ATTENTION): its lost "
+        "submit could not be tied to one job. --adopt JOB: that candidate is the "
+        "row's job (the next run waits for it and downloads it). --resend: none of "
+        "the candidates is the row's (the next run sends it again; refused before "
+        "its settle horizon has passed). The decision is journaled and recorded in "
+        "the ledger.",
+    )
+    re_.add_argument("row", help="the row's id, as the batch printed it")
+    re_.add_argument(
+        "--journal",
+        required=True,
+        metavar="PATH",
+        help="the batch's journal (default of 'batch FILE': FILE.journal.sqlite)",
+    )
+    what = re_.add_mutually_exclusive_group(required=True)
+    what.add_argument(
+        "--adopt", metavar="JOB", default=None, help="this candidate is the row's job"
+    )
+    what.add_argument(
+        "--resend",
+        action="store_true",
+        help="none of the candidates is the row's job: send it again",
+    )
+    re_.add_argument(
+        "--settle",
+        type=_non_negative,
+        default=None,
+        metavar="SECONDS",
+        help="the settle horizon the batch ran with (default 300)",
+    )
+    re_.set_defaults(command="resolve")
+    return re_
 
 
 def _add_audit_parser(sub: Any, common: argparse.ArgumentParser) -> None:

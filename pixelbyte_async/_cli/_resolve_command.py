@@ -1,0 +1,42 @@
+"""
+``batch resolve``: a person settles a row the batch set aside (`resolve_batch_row`).
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import TextIO
+
+from pixelbyte_async._batch import resolve_batch_row
+from pixelbyte_async._cmdline import EXIT_CODES
+
+from ._connection import _client
+from ._output import _print_json
+
+
+async def _resolve(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    async with _client(args) as pb:
+        row = await resolve_batch_row(
+            pb,
+            args.journal,
+            args.row,
+            adopt=args.adopt,
+            resend=args.resend,
+            settle=args.settle,
+        )
+    if args.json:
+        _print_json({"key": row.key, "state": row.state, "jobId": row.job_id}, out)
+    elif args.adopt is not None:
+        print(
+            f"{row.key}: job {row.job_id} is now its job (journaled); run the batch "
+            "again to wait for it and download it.",
+            file=out,
+        )
+    else:
+        print(
+            f"{row.key}: none of its candidates is its job (journaled); the next run "
+            "of the batch sends it again.",
+            file=out,
+        )
+    del err
+    return EXIT_CODES["ok"]
