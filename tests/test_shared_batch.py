@@ -276,3 +276,65 @@ async def test_batch_resolve_failures_are_one_line(
     }
     assert len(err.strip().splitlines()) == 1, err
     assert "Traceback" not in err
+
+
+# -- finding 7: a journal is accepted for other rows ------------------------------------
+
+
+def rows_with(n: int, prompt: str) -> list[dict]:
+    return [
+        {
+            "id": f"r{i}",
+            "model": kling(i).model_slug,
+            "input": {**kling(i).to_input(), "prompt": f"{prompt} {i}"},
+        }
+        for i in range(n)
+    ]
+
+
+async def test_a_row_whose_input_changed_is_reported_not_handed_back(fake, tmp_path):
+    """Same ids, other prompts: never 'completed (earlier run)' with the old video."""
+    journal = tmp_path / "j.sqlite"
+    async with bound_client(fake) as pb:
+        first = await run_batch(pb, rows_with(2, "sunrise"), journal=journal).summary()
+        assert first.completed == 2
+        second = await run_batch(pb, rows_with(2, "storm"), journal=journal).summary()
+        assert [i.status for i in second.items] == [BatchItemStatus.SKIPPED] * 2
+        assert {i.skip_reason for i in second.items} == {"changed"}
+        assert all("changed" in (i.error or "") for i in second.items)
+        assert all(i.job_id is None for i in second.items)  # not the old job's video
+        assert fake.count("POST", SUBMIT) == 2
+        third = await run_batch(
+            pb, rows_with(2, "storm"), journal=journal, rerun_changed=True
+        ).summary()
+    assert third.completed == 2
+    prompts = {fake.jobs[i.job_id].input["prompt"] for i in third.items}
+    assert prompts == {"storm 0", "storm 1"}
+    assert fake.count("POST", SUBMIT) == 4
+
+
+async def test_a_journal_made_for_another_file_is_refused(
+    live, tmp_path, capsys, monkeypatch
+):
+    """One line, exit 13, nothing sent; --reuse-journal says it is the same batch."""
+    monkeypatch.setenv("PIXELBYTE_BASE_URL", live.url)
+    monkeypatch.setenv("PIXELBYTE_API_KEY", live.api_key)
+    journal = tmp_path / "shared.sqlite"
+    first = write_rows(tmp_path / "first.jsonl", 1)
+    second = write_rows(tmp_path / "second.jsonl", 1)
+    out = str(tmp_path / "o")
+    common = ["--out", out, "--journal", str(journal), "--poll-interval", "0.02"]
+    assert await anyio.to_thread.run_sync(main, ["batch", str(first), *common]) == 0
+    capsys.readouterr()
+    sent = live.count("POST", SUBMIT)
+    code = await anyio.to_thread.run_sync(main, ["batch", str(second), *common])
+    err = capsys.readouterr().err
+    assert code == EXIT_CODES["journal"]
+    assert "first.jsonl" in err
+    assert "--reuse-journal" in err
+    assert len(err.strip().splitlines()) == 1
+    assert live.count("POST", SUBMIT) == sent
+    code = await anyio.to_thread.run_sync(
+        main, ["batch", str(second), *common, "--reuse-journal"]
+    )
+    assert code == 0

@@ -90,11 +90,12 @@ class Ledger:
         skip_reason: str | None = None,
         candidates: tuple[str, ...] = (),
         resumed: bool | None = None,
+        own_job: bool = True,
     ) -> None:
-        """Report *entry*'s result."""
-        if job_id is None and entry.job is not None:
+        """Report *entry*'s result (*own_job*: the job on record is the row's)."""
+        if own_job and job_id is None and entry.job is not None:
             job_id = entry.job.id
-        if job_id is None and entry.row is not None:
+        if own_job and job_id is None and entry.row is not None:
             job_id = entry.row.job_id
         cost = self._budget.charge_of(entry.key)
         item = BatchItem(
@@ -162,6 +163,20 @@ class Ledger:
         for entry in self._entries:
             if entry.action == "over_budget":
                 self.emit(entry, BatchItemStatus.SKIPPED, skip_reason="budget")
+            elif entry.action == "changed":
+                was = (
+                    f" (job {row.job_id})" if (row := entry.row) and row.job_id else ""
+                )
+                self.emit(
+                    entry,
+                    BatchItemStatus.SKIPPED,
+                    skip_reason="changed",
+                    own_job=False,
+                    error=f"its input changed since an earlier run made its job{was}; "
+                    "that job's output is not handed back. Run with --rerun-changed "
+                    "(rerun_changed=True) to submit it again",
+                    resumed=False,
+                )
 
     # -- journaling ------------------------------------------------------------------
 

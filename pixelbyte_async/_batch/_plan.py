@@ -16,7 +16,17 @@ from ._types import SPENDING, BatchPlan, PlannedItem
 from ._unknown import UnknownFates
 
 
-__all__ = ["Planner"]
+__all__ = ["Planner", "changed"]
+
+
+def changed(entry: Entry) -> bool:
+    """Whether *entry*'s input is not the one its journal row's job was made for."""
+    row = entry.row
+    return (
+        row is not None
+        and row.state != "planned"
+        and (row.model != entry.model or row.input != entry.document)
+    )
 
 
 class Planner:
@@ -35,12 +45,14 @@ class Planner:
         outputs: Outputs | None,
         retry_failed: bool,
         fit: bool,
+        rerun_changed: bool = False,
     ) -> None:
         self._budget = budget
         self._unknown = unknown
         self._outputs = outputs
         self._retry_failed = retry_failed
         self._fit = fit
+        self._rerun_changed = rerun_changed
 
     async def plan(
         self,
@@ -106,9 +118,17 @@ class Planner:
         if row is None or row.state == "planned":
             entry.action = "submit"
             return
+        if changed(entry):
+            # Not what its job was made for: never hand that job's output back.
+            entry.action = "submit" if self._rerun_changed else "changed"
+            return
         entry.resumed = True
         if row.job_id is not None and row.state not in {"failed", "cancelled"}:
             self._budget.charge(entry.key, row.cost_micro_cents or 0)
+        await self._resume(entry, row)
+
+    async def _resume(self, entry: Entry, row: JournalRow) -> None:
+        """What an earlier run's row still needs, by its state."""
         state = row.state
         if state == "submitting":
             entry.action = "reconcile"

@@ -24,7 +24,7 @@ from ._audit import Audit, audit
 from ._budget import Budget
 from ._ledger import Ledger, finish_anyway
 from ._outputs import Outputs
-from ._plan import Planner
+from ._plan import Planner, changed
 from ._rows import Entry, collect_entries
 from ._steps import Steps
 from ._submits import Submits
@@ -84,6 +84,9 @@ class Batch:
         wait_timeout: float | None = None,
         settle: float | None = None,
         fit: bool = False,
+        rerun_changed: bool = False,
+        source: str | None = None,
+        reuse_journal: bool = False,
     ) -> None:
         _check_options(
             max_cost_micro_cents=max_cost_micro_cents,
@@ -100,6 +103,9 @@ class Batch:
         self._wait_timeout = wait_timeout
         self._settle = settle
         self._fit = fit
+        self._rerun_changed = rerun_changed
+        self._source = source
+        self._reuse_journal = reuse_journal
         self._budget = Budget(pb, limit=max_cost_micro_cents)
         self._ledger: Ledger | None = None
         self._steps: Steps | None = None
@@ -271,6 +277,11 @@ class Batch:
         self._entries = entries
         journal = await Journal.open(self._journal_path, readonly=self._dry_run)
         self._journal = journal
+        if self._source is not None:
+            if self._dry_run:
+                await journal.check_source(self._source, force=self._reuse_journal)
+            else:
+                await journal.bind_source(self._source, force=self._reuse_journal)
         if self._dry_run:
             rows = await journal.rows()
         else:
@@ -311,8 +322,14 @@ class Batch:
             outputs=outputs,
             retry_failed=self._retry_failed,
             fit=self._fit and not self._dry_run,
+            rerun_changed=self._rerun_changed,
         )
         plan = await planner.plan(entries, rows, concurrency=self._workers())
+        if not self._dry_run:
+            for entry in entries:
+                if entry.action == "submit" and changed(entry):
+                    # Re-run on request: the row now records its new input.
+                    await journal.replan(entry.key, entry.model, entry.document)
         self._plan = plan
         if not self._dry_run:
             self._budget.check(plan)
@@ -404,6 +421,9 @@ def run_batch(
     wait_timeout: float | None = None,
     settle: float | None = None,
     fit: bool = False,
+    rerun_changed: bool = False,
+    source: str | None = None,
+    reuse_journal: bool = False,
 ) -> Batch:
     """
     Run many jobs: budget-guarded, crash-safe, at most ``max_concurrent_jobs`` at once.
@@ -448,6 +468,13 @@ def run_batch(
         fit: With *max_cost_micro_cents*: instead of refusing a batch over the
             budget, run the rows that fit, in input order (the rest are skipped
             with ``skip_reason="budget"``).
+        rerun_changed: Submit again a row whose input changed since an earlier
+            run made its job (by default it is reported, ``skip_reason="changed"``,
+            and its old job's output is never handed back for the new input).
+        source: What the inputs come from (a batch file's path): the journal is
+            tied to it on first use, and refused for another source.
+        reuse_journal: Use the journal although it was made for another
+            *source* (the same batch, moved or renamed).
 
     Raises:
         ValidationError: On bad arguments (at once).
@@ -466,6 +493,9 @@ def run_batch(
         wait_timeout=wait_timeout,
         settle=settle,
         fit=fit,
+        rerun_changed=rerun_changed,
+        source=source,
+        reuse_journal=reuse_journal,
     )
 
 

@@ -54,6 +54,7 @@ Action: TypeAlias = Literal[
     "cancelled",
     "needs_attention",
     "over_budget",
+    "changed",
 ]
 
 #: The actions that may spend: the plan prices them and the budget counts them.
@@ -205,7 +206,9 @@ class PlannedItem:
         action: ``submit``, ``retry`` (failed before, *retry_failed*),
             ``reconcile`` (a submit of unknown fate), ``attach`` (wait for a job
             submitted earlier), ``download``, ``done``, ``failed``, ``cancelled``,
-            ``needs_attention`` or ``over_budget`` (left out by *fit*).
+            ``needs_attention``, ``over_budget`` (left out by *fit*) or
+            ``changed`` (its input is not what its job was made for: reported,
+            re-run only with *rerun_changed*).
         estimated_cost_micro_cents: What it may still cost (``None`` if nothing).
         job_id: Its job, if the journal knows one.
 

@@ -190,9 +190,7 @@ class UnknownFates:
             self._active.discard(entry.key)
             self._release(entry)
 
-    def _parked(
-        self, entry: Entry, error: ReconcileError, ids: tuple[str, ...]
-    ) -> str:
+    def _parked(self, entry: Entry, error: ReconcileError, ids: tuple[str, ...]) -> str:
         """Why *entry* is set aside, and the command that settles it."""
         where = self._journal.path
         journal = f" --journal {where}" if where is not None else ""

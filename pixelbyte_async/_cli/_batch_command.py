@@ -16,6 +16,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Self, TextIO
 
+import anyio
+
 from pixelbyte_async._batch import (
     Batch,
     BatchItem,
@@ -418,6 +420,9 @@ async def _batch(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             wait_timeout=args.wait_timeout,
             settle=args.settle,
             fit=args.fit,
+            rerun_changed=args.rerun_changed,
+            source=str(await anyio.Path(source).resolve()),
+            reuse_journal=args.reuse_journal,
         )
         try:
             async with batch:

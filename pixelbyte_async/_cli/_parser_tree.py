@@ -162,6 +162,19 @@ def _add_budget_safety_options(ba: argparse.ArgumentParser) -> None:
         "instead of refusing the whole batch",
     )
     ba.add_argument(
+        "--rerun-changed",
+        action="store_true",
+        help="submit again the rows whose input changed since an earlier run made "
+        "their job (by default they are reported, and their old output never "
+        "handed back)",
+    )
+    ba.add_argument(
+        "--reuse-journal",
+        action="store_true",
+        help="use --journal although it was made for another input file (the same "
+        "batch, moved or renamed)",
+    )
+    ba.add_argument(
         "--settle",
         "--reconcile-grace",
         dest="settle",

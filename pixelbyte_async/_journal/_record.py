@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from ._connection import JournalConnection
+from ._errors import JournalError
 from ._schema import JournalRow, State, columns, decode_row
 
 
@@ -290,6 +291,67 @@ class Journal(JournalConnection):
                 (reason, candidates, time.time(), key),
             )
             self._set_latest_attempt(key, job_id=None, outcome="needs_attention")
+
+    async def replan(self, key: str, model: str, value: Mapping[str, Any]) -> None:
+        """
+        Plan *key* again for a new input (its earlier job stays in its history).
+
+        For a row whose input changed since its job was made, re-run on request.
+        """
+        await self._call(self._replan_sync, key, model, _dumps(dict(value)))
+
+    def _replan_sync(self, key: str, model: str, value: str) -> None:
+        with self._conn:
+            self._conn.execute(
+                "UPDATE items SET model = ?, input_json = ?, state = 'planned', "
+                "job_id = NULL, cost_micro_cents = NULL, cost_known = 0, "
+                "job_status = NULL, output_url = NULL, output_path = NULL, "
+                "output_bytes = NULL, error = NULL, candidates_json = NULL, "
+                "updated_at = ? WHERE key = ?",
+                (model, value, time.time(), key),
+            )
+
+    async def bind_source(self, source: str, *, force: bool) -> None:
+        """
+        Tie the journal to the input it records (a batch file), or check it is.
+
+        Raises:
+            JournalError: It was made for another input, and not *force*.
+
+        """
+        await self._call(self._bind_source_sync, source, force)
+
+    async def check_source(self, source: str, *, force: bool) -> None:
+        """Refuse a journal made for another input (a dry run: nothing is written)."""
+        await self._call(self._check_source_sync, source, force)
+
+    def _check_source_sync(self, source: str, force: bool) -> None:
+        found = self._source_sync()
+        if found is not None and found != source and not force:
+            raise JournalError(
+                f"journal {self.path} was made for {found}, not {source}; pass "
+                "--journal with another file for a new batch, or --reuse-journal if "
+                "this is the same batch moved or renamed"
+            )
+
+    def _bind_source_sync(self, source: str, force: bool) -> None:
+        self._check_source_sync(source, force)
+        with self._conn:
+            self._conn.execute(
+                "INSERT INTO meta (name, value) VALUES ('input_source', ?) "
+                "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                (source,),
+            )
+
+    async def source(self) -> str | None:
+        """The input this journal records, if it was bound to one."""
+        return await self._call(self._source_sync)
+
+    def _source_sync(self) -> str | None:
+        found = self._conn.execute(
+            "SELECT value FROM meta WHERE name = 'input_source'"
+        ).fetchone()
+        return None if found is None else str(found[0])
 
     async def set_state(self, key: str, state: State, *, error: str | None) -> None:
         """Move *key* to *state* directly (repairs and tests)."""
