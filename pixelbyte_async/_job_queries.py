@@ -197,31 +197,35 @@ class JobQueries:
         until: datetime | float | None = None,
         model: str | None = None,
         exclude: Iterable[str] = (),
+        lost: Iterable[AmbiguousSubmitError] = (),
     ) -> AuditReport:
         """
         List the account's jobs created in a window that nothing here claims.
 
-        A double charge that slipped through everything (another program using the
-        key, a lost submit nobody reconciled) is then at least found and priced.
-        Claimed are: jobs this client submitted, adopted or reconciled within its
-        ``claim_window`` (one hour by default), jobs in flight, and the ids in
-        *exclude* (for example a batch journal's ``job_ids()``).
+        A job nothing claims (this client, the ledger, *exclude*) is an **orphan**
+        when a lost submit may have made it: one of the ledger's submits of unknown
+        fate, or one of *lost*; it is paid for and most likely yours.  Any other is
+        another submitter's as far as this machine knows (`AuditReport.others`).
+        See "Sharing an account" in the docs.
 
         Args:
             since: Start of the window (a datetime, naive = UTC, or Unix seconds).
             until: End of the window (default: now).
             model: Only jobs of this model slug.
-            exclude: Job ids claimed elsewhere.
+            exclude: Job ids claimed elsewhere (a batch journal's, say).
+            lost: Lost submits to tie jobs to besides the ledger's (a batch
+                journal's, kept on another machine or by an earlier version).
 
         Returns:
-            An `AuditReport`; ``report.pending`` can still be cancelled for a
-            refund (``await report.cancel_pending()``), and every orphan's ``job``
-            can be waited for and downloaded.
+            An `AuditReport`: `AuditReport.cancel_pending` cancels the pending
+            orphans proven to be this machine's (a refund), and every orphan's
+            ``job`` can be waited for and downloaded.
 
         .. versionadded:: 0.3.0
+        .. versionchanged:: 0.3.0 *lost*; orphans are the ledger's lost submits'.
 
         """
         self._check_open()
         return await self._reconciler.audit(
-            since=since, until=until, model=model, exclude=exclude
+            since=since, until=until, model=model, exclude=exclude, lost=lost
         )

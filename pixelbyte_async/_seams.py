@@ -94,7 +94,12 @@ class BatchClient(Protocol):
         ...
 
     async def audit(
-        self, *, since: float, model: str | None = None, exclude: Iterable[str] = ()
+        self,
+        *,
+        since: float,
+        model: str | None = None,
+        exclude: Iterable[str] = (),
+        lost: Iterable[AmbiguousSubmitError] = (),
     ) -> AuditReport:
         """List the account's jobs created since *since* that nothing claims."""
         ...

@@ -24,6 +24,7 @@ from pixelbyte_async import (
     run_batch,
 )
 from pixelbyte_async._cli import EXIT_CODES, main
+from pixelbyte_async._journal import Journal
 from pixelbyte_async.testing import FakePixelByte, Fault, JobScript
 
 from conftest import bound_client, write_rows
@@ -33,6 +34,7 @@ pytestmark = pytest.mark.anyio
 
 SUBMIT = "/v1/jobs/submit"
 FAST = JobScript(queue_seconds=0.02, processing_seconds=0.05)
+SLUG = "kling-plus/kling-o1-standard/start-end-frame-to-video"
 
 
 def kling(n: int) -> KlingO1StartEndFrame:
@@ -338,3 +340,46 @@ async def test_a_journal_made_for_another_file_is_refused(
         main, ["batch", str(second), *common, "--reuse-journal"]
     )
     assert code == 0
+
+
+# -- finding 8: late creation after the end is followed up -----------------------------
+
+
+async def test_the_summary_says_how_to_follow_up_lost_submits(fake, tmp_path):
+    journal = tmp_path / "j.sqlite"
+    async with bound_client(fake) as pb:
+        item, _, _ = await park_a_row(fake, pb, journal)
+        summary = await run_batch(pb, [kling(1)], journal=journal).summary()
+    assert summary.follow_up == (item.key,)
+    assert summary.follow_up_until is not None
+
+
+async def test_audit_journal_finds_a_lost_submits_job_without_since(
+    fake, tmp_path, capsys, monkeypatch
+):
+    """A run stopped while settling: its lost submit's job appears 2 min later."""
+    journal = tmp_path / "j.sqlite"
+    value = kling(5).to_input()
+    previous = await Journal.open(journal)
+    await previous.plan([("r5", SLUG, value)])
+    began = fake.clock.time()
+    await previous.submitting("r5", started_at=began, sent_input=value, attempt="a5")
+    await previous.aclose()
+    fake.advance(120)
+    late = fake.submit_elsewhere(SLUG, value)  # the lost request's job, at last
+    monkeypatch.setenv("PIXELBYTE_BASE_URL", fake.url)
+    monkeypatch.setenv("PIXELBYTE_API_KEY", fake.api_key)
+    code = await anyio.to_thread.run_sync(main, ["audit", "--journal", str(journal)])
+    out = capsys.readouterr().out
+    assert code == EXIT_CODES["needs_attention"], out
+    assert f"ORPHAN {late.id}" in out
+    assert "lost submit a5" in out
+
+
+def test_audit_needs_since_without_a_journal(capsys):
+    with pytest.raises(SystemExit) as usage:
+        main(["audit"])
+    assert usage.value.code == EXIT_CODES["usage"]
+    err = capsys.readouterr().err
+    assert "--since" in err
+    assert len(err.strip().splitlines()) == 1

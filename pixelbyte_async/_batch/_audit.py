@@ -25,15 +25,27 @@ log = logging.getLogger("pixelbyte_async")
 
 @attrs.frozen
 class Audit:
-    """What the closing audit found, or why it could not run (*error*)."""
+    """
+    What the closing audit found, or why it could not run (*error*).
+
+    *follow_up*: the rows whose lost submit no job is tied to (set aside, or
+    still unknown), and until when they may still make one (*follow_up_until*).
+    """
 
     orphans: tuple[AuditOrphan, ...] | None = ()
     others: tuple[AuditOrphan, ...] = ()
     error: str | None = None
+    follow_up: tuple[str, ...] = ()
+    follow_up_until: float | None = None
 
 
 async def audit(
-    pb: BatchClient, journal: Journal, entries: list[Entry], *, started: float
+    pb: BatchClient,
+    journal: Journal,
+    entries: list[Entry],
+    *,
+    started: float,
+    horizon: float,
 ) -> Audit:
     """
     List the account's unclaimed jobs of this batch's models in its window.
@@ -59,19 +71,27 @@ async def audit(
             ),
         ]
     )
+    lost = await journal.lost_attempts()
+    follow_up = tuple(dict.fromkeys(a.key for a in lost))
+    until = max((a.started_at + horizon for a in lost), default=None)
+    errors = [a.error(journal.path or "this batch") for a in lost]
     try:
         claimed = await journal.job_ids()
         orphans: list[AuditOrphan] = []
         others: list[AuditOrphan] = []
         for model in models:
-            report = await pb.audit(since=since, model=model, exclude=claimed)
+            report = await pb.audit(
+                since=since, model=model, exclude=claimed, lost=errors
+            )
             orphans.extend(report.orphans)
             others.extend(report.others)
     except PixelByteError as exc:
         if is_fatal(exc):
             raise
         log.warning("batch: the closing audit failed: %s", exc)
-        return Audit(orphans=None, error=str(exc))
+        return Audit(
+            orphans=None, error=str(exc), follow_up=follow_up, follow_up_until=until
+        )
     for orphan in orphans:
         log.warning(
             "batch: job %s (%s, %s) may have been made by a lost submit of this "
@@ -88,7 +108,12 @@ async def audit(
             "(not ours as far as this machine knows)",
             len(others),
         )
-    return Audit(orphans=tuple(orphans), others=tuple(others))
+    return Audit(
+        orphans=tuple(orphans),
+        others=tuple(others),
+        follow_up=follow_up,
+        follow_up_until=until,
+    )
 
 
 def price_words(orphan: AuditOrphan) -> str:

@@ -133,5 +133,7 @@ async def _resend(
     if row.attempt is not None:
         await pb.ledger.mark(row.attempt, "none", at=pb.clock.time())
     await journal.unsubmitted(
-        row.key, error="resolved by a person: none of its candidates was its job"
+        row.key,
+        error="resolved by a person: none of its candidates was its job",
+        outcome="resent",
     )

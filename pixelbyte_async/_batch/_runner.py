@@ -367,7 +367,11 @@ class Batch:
             if any(e.action == "over_budget" for e in self._entries):
                 ledger.stop("budget")
             self._audit = await audit(
-                self._pb, journal, self._entries, started=self._started_time
+                self._pb,
+                journal,
+                self._entries,
+                started=self._started_time,
+                horizon=self._pb.settle if self._settle is None else self._settle,
             )
         except Exception as exc:  # noqa: BLE001 -- handed to whoever iterates
             self._error = _unwrap(exc)
@@ -406,6 +410,8 @@ class Batch:
             orphans=self._audit.orphans,
             others=self._audit.others,
             audit_error=self._audit.error,
+            follow_up=self._audit.follow_up,
+            follow_up_until=self._audit.follow_up_until,
         )
 
 

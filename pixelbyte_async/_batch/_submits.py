@@ -176,7 +176,9 @@ class Submits:
                 self._unknown.hold(entry)
             return exc
         except PixelByteError as exc:
-            await self._journal.unsubmitted(entry.key, error=str(exc))
+            await self._journal.unsubmitted(
+                entry.key, error=str(exc), outcome="rejected"
+            )
             self._rejected(entry, exc, what="submit rejected")
             return False
         await self._ledger.record(entry, job, how="submitted")

@@ -317,10 +317,15 @@ class BatchSummary:
             that no recorded submit could have made: other submitters' (another
             app, machine or person using the key), as far as this machine knows.
         audit_error: Why the audit could not run.
+        follow_up: The rows whose lost submit no job is tied to (set aside for a
+            person, or left unknown): a job one of them made is found by
+            ``pixelbyte-async audit --journal PATH`` (and by the next run).
+        follow_up_until: Until when (Unix time) those lost submits may still make
+            a job (their settle horizon), if any.
 
     .. versionadded:: 0.2.0
-    .. versionchanged:: 0.3.0 *others*; *orphans* only jobs a lost submit may
-       have made.
+    .. versionchanged:: 0.3.0 *others*, *follow_up*, *follow_up_until*;
+       *orphans* only jobs a lost submit may have made.
 
     """
 
@@ -334,6 +339,8 @@ class BatchSummary:
     orphans: tuple[AuditOrphan, ...] | None = ()
     others: tuple[AuditOrphan, ...] = ()
     audit_error: str | None = None
+    follow_up: tuple[str, ...] = ()
+    follow_up_until: float | None = None
 
     @property
     def orphan_cost_micro_cents(self) -> int:

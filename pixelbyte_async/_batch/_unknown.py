@@ -254,6 +254,7 @@ class UnknownFates:
                 entry.key,
                 error="no job appeared within the settle horizon of an ambiguous "
                 "submit",
+                outcome="lapsed",
             )
             self._budget.forget(entry.key)
             return None

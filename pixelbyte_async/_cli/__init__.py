@@ -87,6 +87,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if isinstance(each, _Parser):  # all are
             each.hidden = hidden
     args = parser.parse_args(words)
+    if args.command == "audit" and args.since is None and not args.journal:
+        parser.error(
+            "audit needs --since WHEN, or --journal PATH to look from its lost submits"
+        )
     if args.command == "sandbox":
         return _run_sandbox(args)
     out, err = sys.stdout, sys.stderr

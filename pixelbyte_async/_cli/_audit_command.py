@@ -18,6 +18,7 @@ import anyio
 
 from pixelbyte_async._audit_report import AuditOrphan, AuditReport
 from pixelbyte_async._cmdline import EXIT_CODES, _CLIError
+from pixelbyte_async._errors import AmbiguousSubmitError
 from pixelbyte_async._journal import Journal, JournalError
 
 from ._connection import _client
@@ -32,11 +33,24 @@ from ._output import (
 
 async def _audit(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     claimed: set[str] = set()
+    lost: list[AmbiguousSubmitError] = []
     for path in args.journal:
-        claimed.update(await _journal_job_ids(Path(path)))
+        ids, attempts = await _journal_claims(Path(path))
+        claimed.update(ids)
+        lost.extend(attempts)
+    since = args.since
+    if since is None:  # --journal without --since: from its earliest lost submit
+        if not lost:
+            print(
+                "No lost submit in the journal(s) to follow up; give --since to look "
+                "at a window.",
+                file=out,
+            )
+            return EXIT_CODES["ok"]
+        since = min(e.started_at for e in lost)
     async with _client(args) as pb:
         report = await pb.audit(
-            since=args.since, until=args.until, model=args.model, exclude=claimed
+            since=since, until=args.until, model=args.model, exclude=claimed, lost=lost
         )
         listed = {o.job.id: o for o in (*report.orphans, *report.others)}
         unknown = [j for j in args.cancel if j not in listed]
@@ -106,8 +120,8 @@ def _print_report(
     _print_others(report.others, out)
 
 
-async def _journal_job_ids(path: Path) -> set[str]:
-    """Every job id a journal knows (read-only; the journal may be in use)."""
+async def _journal_claims(path: Path) -> tuple[set[str], list[AmbiguousSubmitError]]:
+    """Every job id a journal knows, and its lost submits (read-only)."""
     if not await anyio.Path(path).is_file():
         # A mistyped journal would claim nothing, and its jobs would look orphaned
         # (and pending ones be cancelled with --cancel-pending).
@@ -116,6 +130,8 @@ async def _journal_job_ids(path: Path) -> set[str]:
         )
     journal = await Journal.open(path, readonly=True)
     try:
-        return await journal.job_ids()
+        ids = await journal.job_ids()
+        lost = [a.error(path) for a in await journal.lost_attempts()]
     finally:
         await journal.aclose()
+    return ids, lost

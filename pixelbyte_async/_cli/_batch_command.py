@@ -99,6 +99,21 @@ def _print_notes(summary: BatchSummary, out: TextIO) -> None:
         )
         _print_orphans(summary.orphans, out)
     _print_others(summary.others, out)
+    if summary.follow_up:
+        journal = f" --journal {summary.journal}" if summary.journal else ""
+        until = summary.follow_up_until
+        still = (
+            f"; they may still make one until {_clock(until)}"
+            if until is not None and until > time.time()
+            else ""
+        )
+        print(
+            f"Follow-up: the lost submits of {', '.join(summary.follow_up)} are not "
+            f"tied to a job{still}. A job they made is found with "
+            f"'pixelbyte-async audit{journal}' (the next run of the batch checks "
+            "too).",
+            file=out,
+        )
     if summary.orphans is None:
         print(
             f"Audit: could not list the account's jobs ({summary.audit_error}).",
@@ -123,6 +138,8 @@ def _summary_json(summary: BatchSummary) -> dict[str, Any]:
         if summary.orphans is None
         else [_orphan_json(o) for o in summary.orphans],
         "otherSubmittersJobs": [o.job.id for o in summary.others],
+        "followUp": list(summary.follow_up),
+        "followUpUntil": summary.follow_up_until,
         "auditError": summary.audit_error,
         "journal": None if summary.journal is None else str(summary.journal),
         "plan": _plan_json(summary.plan),

@@ -331,9 +331,10 @@ def _add_audit_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     au.add_argument(
         "--since",
         type=_when,
-        required=True,
+        default=None,
         metavar="WHEN",
-        help="start of the window: a duration ago (2h, 30m, 7d) or an ISO time",
+        help="start of the window: a duration ago (2h, 30m, 7d) or an ISO time "
+        "(default with --journal: the journals' earliest lost submit)",
     )
     au.add_argument(
         "--until",

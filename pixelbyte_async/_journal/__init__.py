@@ -44,6 +44,7 @@ from ._record import Journal as Journal
 from ._schema import SCHEMA_VERSION as SCHEMA_VERSION
 from ._schema import STATES as STATES
 from ._schema import JournalRow as JournalRow
+from ._schema import LostAttempt as LostAttempt
 from ._schema import State as State
 from ._schema import read_rows as read_rows
 
@@ -54,6 +55,7 @@ __all__ = [
     "Journal",
     "JournalError",
     "JournalRow",
+    "LostAttempt",
     "State",
     "read_rows",
 ]

@@ -15,7 +15,7 @@ from typing import Any
 
 from ._connection import JournalConnection
 from ._errors import JournalError
-from ._schema import JournalRow, State, columns, decode_row
+from ._schema import JournalRow, LostAttempt, State, columns, decode_row
 
 
 __all__ = ["Journal"]
@@ -73,6 +73,36 @@ class Journal(JournalConnection):
         ):
             ids.update(json.loads(candidates))
         return ids
+
+    async def lost_attempts(self) -> list[LostAttempt]:
+        """
+        Every attempt whose fate is unknown and that no job is tied to.
+
+        Still unknown (a run stopped while settling it), or set aside for a
+        person: a job one of them made is paid for, and the audit looks for it
+        (``audit --journal``).
+        """
+        return await self._call(self._lost_sync)
+
+    def _lost_sync(self) -> list[LostAttempt]:
+        found = self._conn.execute(
+            "SELECT attempts.key, items.model, attempts.started_at, attempts.nonce, "
+            "attempts.sent_input_json, attempts.outcome FROM attempts "
+            "JOIN items ON items.key = attempts.key WHERE attempts.job_id IS NULL "
+            "AND attempts.outcome IN ('unknown', 'needs_attention') "
+            "ORDER BY attempts.started_at"
+        )
+        return [
+            LostAttempt(
+                key=key,
+                model=model,
+                started_at=started,
+                attempt=nonce,
+                sent_input=json.loads(sent) if sent else {},
+                outcome=outcome,
+            )
+            for key, model, started, nonce, sent, outcome in found
+        ]
 
     # -- writes --------------------------------------------------------------------------
 
@@ -212,11 +242,19 @@ class Journal(JournalConnection):
             (job_id, outcome, key),
         )
 
-    async def unsubmitted(self, key: str, *, error: str | None) -> None:
-        """Record that no job was created for *key* (back to ``planned``)."""
-        await self._call(self._unsubmitted_sync, key, error)
+    async def unsubmitted(
+        self, key: str, *, error: str | None, outcome: str = "no_job"
+    ) -> None:
+        """
+        Record that no job was created for *key* (back to ``planned``).
 
-    def _unsubmitted_sync(self, key: str, error: str | None) -> None:
+        *outcome* goes in the attempt's history: ``rejected`` (the API refused it),
+        ``lapsed`` (its fate was unknown, and its settle horizon passed with no
+        job found), ``resent`` (a person said none of its candidates was its).
+        """
+        await self._call(self._unsubmitted_sync, key, error, outcome)
+
+    def _unsubmitted_sync(self, key: str, error: str | None, outcome: str) -> None:
         with self._conn:
             self._conn.execute(
                 "UPDATE items SET state = 'planned', job_id = NULL, "
@@ -224,7 +262,7 @@ class Journal(JournalConnection):
                 "error = ?, candidates_json = NULL, updated_at = ? WHERE key = ?",
                 (error, time.time(), key),
             )
-            self._set_latest_attempt(key, job_id=None, outcome="no_job")
+            self._set_latest_attempt(key, job_id=None, outcome=outcome)
 
     async def status(
         self,

@@ -16,6 +16,8 @@ from typing import Any, Literal, TypeAlias, get_args
 
 import attrs
 
+from pixelbyte_async._errors import AmbiguousSubmitError
+
 from ._errors import JournalError
 
 
@@ -23,6 +25,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "STATES",
     "JournalRow",
+    "LostAttempt",
     "State",
     "columns",
     "decode_row",
@@ -131,6 +134,41 @@ class JournalRow:
     error: str | None = None
     candidates: tuple[str, ...] = ()
     attempt: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class LostAttempt:
+    """
+    A journaled submit attempt whose fate was unknown and that no job is tied to.
+
+    Attributes:
+        key: Its row.
+        model: The model it submitted.
+        started_at: When it began (Unix time).
+        attempt: Its nonce, if journaled.
+        sent_input: The input it sent.
+        outcome: ``unknown`` (a run stopped while settling it) or
+            ``needs_attention`` (set aside for a person).
+
+    """
+
+    key: str
+    model: str
+    started_at: float
+    attempt: str | None
+    sent_input: dict[str, Any]
+    outcome: str
+
+    def error(self, where: object) -> AmbiguousSubmitError:
+        """The attempt as the error its submit raised (for reconcile and the audit)."""
+        return AmbiguousSubmitError(
+            f"row {self.key} of {where}: a lost submit ({self.outcome})",
+            model=self.model,
+            input=self.sent_input,
+            webhook_url=None,
+            started_at=self.started_at,
+            attempt=self.attempt,
+        )
 
 
 _COLUMNS = (

@@ -17,11 +17,15 @@ from typing import TYPE_CHECKING
 import attrs
 
 from pixelbyte_async._audit_report import AuditOrphan, AuditReport, PriceBasis
-from pixelbyte_async._errors import PixelByteError, ValidationError
+from pixelbyte_async._errors import (
+    AmbiguousSubmitError,
+    PixelByteError,
+    ValidationError,
+)
 from pixelbyte_async._inputs import PRICES
 from pixelbyte_async._ledger import Attempt
 
-from ._claims import DEFAULT_CLOCK_SKEW, timestamp
+from ._claims import DEFAULT_CLOCK_SKEW, as_attempt, timestamp
 from ._windows import CREATED_AT_SLACK
 
 
@@ -45,6 +49,7 @@ async def audit(
     until: datetime | float | None,
     model: str | None,
     exclude: Iterable[str],
+    lost: Iterable[AmbiguousSubmitError] = (),
     concurrency: int = 8,
 ) -> AuditReport:
     """See `PixelByte.audit`."""
@@ -54,7 +59,9 @@ async def audit(
     if end < start:
         raise ValidationError("until is before since", field="until")
     found = await _unclaimed(reconciler, start, end, model, set(exclude))
-    ties = await _Ties.find(reconciler, found, start, end, model)
+    ties = await _Ties.find(
+        reconciler, found, start=start, end=end, model=model, lost=list(lost)
+    )
     limiter = asyncio.Semaphore(concurrency)
 
     async def look(job: Job) -> AuditOrphan:
@@ -116,9 +123,11 @@ class _Ties:
         cls,
         reconciler: Reconciler,
         found: list[Job],
+        *,
         start: float,
         end: float,
         model: str | None,
+        lost: list[AmbiguousSubmitError],
     ) -> _Ties:
         horizon = reconciler.settle
         attempts = await reconciler.ledger.attempts(
@@ -130,6 +139,15 @@ class _Ties:
         windows = {
             a.id: reconciler.window(a, horizon, DEFAULT_CLOCK_SKEW) for a in attempts
         }
+        # Lost submits the caller knows that the ledger may not (a journal's,
+        # from another machine or an earlier version).
+        for error in lost:
+            known = as_attempt(error)
+            if known.id not in windows and model in {None, known.model}:
+                attempts.append(known)
+                windows[known.id] = reconciler.window(
+                    known, horizon, DEFAULT_CLOCK_SKEW
+                )
         source = reconciler.client.attempts
         owners: dict[str, list[Attempt]] = {}
         delivered: dict[str, str] = {}

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from pixelbyte_async._clock import Clock
 from pixelbyte_async._errors import AmbiguousSubmitError, ValidationError
+from pixelbyte_async._ledger import Attempt
 
 
 if TYPE_CHECKING:
@@ -30,6 +31,7 @@ __all__ = [
     "Claims",
     "ReconcileClient",
     "SubmitInFlight",
+    "as_attempt",
     "attempt_id",
     "check_settle",
     "iso",
@@ -97,6 +99,19 @@ def attempt_id(error: AmbiguousSubmitError) -> str:
         default=str,
     )
     return "u" + hashlib.sha256(sent.encode()).hexdigest()[:15]
+
+
+def as_attempt(error: AmbiguousSubmitError) -> Attempt:
+    """An attempt record for an `AmbiguousSubmitError` (its fate is unknown)."""
+    return Attempt(
+        id=attempt_id(error),
+        model=error.model,
+        started_at=error.started_at,
+        ends_by=error.started_at,
+        state="unknown",
+        owner="",
+        tagged=error.tagged,
+    )
 
 
 class Claims:

@@ -44,6 +44,7 @@ from ._claims import (
     Claims,
     ReconcileClient,
     SubmitInFlight,
+    as_attempt,
     attempt_id,
     check_settle,
     iso,
@@ -243,9 +244,12 @@ class Reconciler:
         until: datetime | float | None,
         model: str | None,
         exclude: Iterable[str],
+        lost: Iterable[AmbiguousSubmitError] = (),
     ) -> AuditReport:
         """See `PixelByte.audit`."""
-        return await audit(self, since=since, until=until, model=model, exclude=exclude)
+        return await audit(
+            self, since=since, until=until, model=model, exclude=exclude, lost=lost
+        )
 
     # -- reconcile -----------------------------------------------------------------
 
@@ -320,7 +324,7 @@ class Reconciler:
             return found
         # Built by hand for an earlier process's attempt: from now on other
         # processes (and the audit) know it too.
-        made = attrs.evolve(_as_attempt(error), owner=self.owner)
+        made = attrs.evolve(as_attempt(error), owner=self.owner)
         await self.ledger.begin(made)
         return made
 
@@ -427,7 +431,7 @@ class Reconciler:
         # may not have: a user-built error, an earlier run's journal.
         for other in (*competing, *self.unresolved):
             if other is not error and other.model == error.model:
-                attempts.setdefault(attempt_id(other), _as_attempt(other))
+                attempts.setdefault(attempt_id(other), as_attempt(other))
         maybe = [
             job
             for job in listed.values()
@@ -549,19 +553,6 @@ class Reconciler:
             foreign=look.foreign(),
             settle_at=settle_at,
         )
-
-
-def _as_attempt(error: AmbiguousSubmitError) -> Attempt:
-    """An attempt record for an `AmbiguousSubmitError` (its fate is unknown)."""
-    return Attempt(
-        id=attempt_id(error),
-        model=error.model,
-        started_at=error.started_at,
-        ends_by=error.started_at,
-        state="unknown",
-        owner="",
-        tagged=error.tagged,
-    )
 
 
 def _as_error(attempt: Attempt) -> AmbiguousSubmitError:
