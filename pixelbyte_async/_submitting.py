@@ -102,6 +102,9 @@ class Submitter:
         # Waiting for a slot is queueing, not the call: the time spent waiting
         # moves the deadline, which uploads and the request share.
         queued = clock.monotonic()
+        # The ledger is opened before a slot is taken: queued submits then wait
+        # for a free slot, not for a slot held by a submit waiting on the file.
+        await self._reconciler.ledger.ready()
         lease = await self._slots.acquire(
             self.clock, self.config, self.config.slot_timeout
         )

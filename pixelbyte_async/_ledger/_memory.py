@@ -70,6 +70,9 @@ class MemoryLedger:
             if claim.attempt is not None:
                 self._by_attempt.pop(claim.attempt, None)
 
+    async def ready(self) -> None:
+        """Nothing to open."""
+
     async def begin(self, attempt: Attempt) -> None:
         """See `SubmitLedger.begin`."""
         self._touch(attempt, attempt.started_at)

@@ -165,6 +165,7 @@ class SqliteLedger:
         self._slow: sqlite3.Connection | None = None
         self._fallback: MemoryLedger | None = None
         self._opening: asyncio.Future[None] | None = None
+        self._checkpoint: asyncio.Future[None] | None = None
         self._limiter = anyio.CapacityLimiter(1)
         self._pruned_at = 0.0
         self._writes = 0
@@ -270,6 +271,13 @@ class SqliteLedger:
             return
         self._slow, self._fast = slow, fast
 
+    async def ready(self) -> None:
+        """Open the file now, in a worker thread (every call opens it if need be)."""
+        if self._closed:
+            raise LedgerError("the ledger is closed")
+        if self._fast is None and self._fallback is None:
+            await self._open()
+
     async def _open(self) -> None:
         """Open the file in a worker thread, once: concurrent first calls share it."""
         opening = self._opening
@@ -309,10 +317,7 @@ class SqliteLedger:
 
         After a fallback, *memory* runs on the memory ledger instead.
         """
-        if self._closed:
-            raise LedgerError("the ledger is closed")
-        if self._fast is None and self._fallback is None:
-            await self._open()
+        await self.ready()
         fast = self._fast
         if fast is None:
             return await self._in_memory(memory)
@@ -333,7 +338,7 @@ class SqliteLedger:
             self._fall_back(exc)
             return await self._in_memory(memory)
         if writes:
-            await self._written()
+            self._written()
         return value
 
     async def _in_memory(self, memory: Callable[[MemoryLedger], Awaitable[_T]]) -> _T:
@@ -360,10 +365,11 @@ class SqliteLedger:
             self._fall_back(exc)
         return False, None
 
-    async def _written(self) -> None:
-        """Every few hundred writes, checkpoint the log (in a worker thread)."""
+    def _written(self) -> None:
+        """Every few hundred writes, checkpoint the log in the background."""
         self._writes += 1
-        if self._writes % _CHECKPOINT_EVERY:
+        running = self._checkpoint
+        if self._writes % _CHECKPOINT_EVERY or (running and not running.done()):
             return
 
         def checkpoint() -> None:
@@ -371,7 +377,10 @@ class SqliteLedger:
                 with contextlib.suppress(sqlite3.Error):
                     self._slow.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
-        await anyio.to_thread.run_sync(checkpoint, limiter=self._limiter)
+        # Not awaited: a write never waits for the disk's sync (aclose does).
+        self._checkpoint = asyncio.ensure_future(
+            anyio.to_thread.run_sync(checkpoint, limiter=self._limiter)
+        )
 
     # -- writes ----------------------------------------------------------------------
 
@@ -568,4 +577,6 @@ class SqliteLedger:
         if self._closed:
             return
         self._closed = True
+        if self._checkpoint is not None:
+            await asyncio.wait({self._checkpoint})
         await anyio.to_thread.run_sync(self._close_sync, limiter=self._limiter)

@@ -33,6 +33,10 @@ class SubmitLedger(Protocol):
         """Where it is kept, for messages (a path, ``memory``, a Redis URL)."""
         ...
 
+    async def ready(self) -> None:
+        """Open the store if it is not open yet (every other call does it too)."""
+        ...
+
     async def begin(self, attempt: Attempt) -> None:
         """Record *attempt*, about to be sent (its state is ``sending``)."""
         ...
