@@ -383,3 +383,58 @@ def test_audit_needs_since_without_a_journal(capsys):
     err = capsys.readouterr().err
     assert "--since" in err
     assert len(err.strip().splitlines()) == 1
+
+
+# -- finding 9: budget with unknown prices -----------------------------------------------
+
+
+@pytest.fixture(name="dear")
+async def _dear(monkeypatch):
+    """An account at 3x list price, whose API neither estimates nor reports costs."""
+    async with FakePixelByte(time_scale=1.0, report_costs=False) as fake:
+        fake.set_default_script(FAST)
+        fake.price_factor = 3.0
+        fake.inject(
+            Fault.status(500, "INTERNAL_ERROR"),
+            method="POST",
+            path="/v1/jobs/estimate",
+            times=None,
+        )
+        monkeypatch.setenv("PIXELBYTE_BASE_URL", fake.url)
+        monkeypatch.setenv("PIXELBYTE_API_KEY", fake.api_key)
+        yield fake
+
+
+async def test_a_budget_without_the_accounts_prices_is_refused(dear, tmp_path, capsys):
+    rows = write_rows(tmp_path / "rows.jsonl", 2)
+    argv = ["batch", str(rows), "--out", str(tmp_path / "o"), "--max-cost", "8"]
+    code = await anyio.to_thread.run_sync(main, [*argv, "--poll-interval", "0.02"])
+    err = capsys.readouterr().err
+    assert code == EXIT_CODES["budget"]
+    assert "--assume-list-prices" in err
+    assert len(err.strip().splitlines()) == 1, err
+    assert dear.count("POST", SUBMIT) == 0
+
+
+async def test_assumed_list_prices_are_reported_as_assumed(dear, tmp_path, capsys):
+    rows = write_rows(tmp_path / "rows.jsonl", 2)
+    argv = ["batch", str(rows), "--out", str(tmp_path / "o"), "--max-cost", "8"]
+    argv += ["--assume-list-prices", "--json", "--poll-interval", "0.02"]
+    code = await anyio.to_thread.run_sync(main, argv)
+    summary = json.loads(capsys.readouterr().out)
+    assert code == 0
+    assert summary["costMicroCents"] == 500_000
+    assert summary["assumedCostMicroCents"] == 500_000
+    assert dear.ledger.charged_micro_cents == 1_500_000  # what the account paid
+
+
+async def test_unsubmitted_rows_are_never_counted_as_spent(fake, tmp_path):
+    """A row the API refused outright costs nothing, in the items and the total."""
+    fake.inject(Fault.status(400, "INVALID_INPUT"), method="POST", path=SUBMIT, times=1)
+    async with bound_client(fake) as pb:
+        summary = await run_batch(
+            pb, [kling(0), kling(1)], journal=tmp_path / "j"
+        ).summary()
+    refused = next(i for i in summary.items if i.status is BatchItemStatus.FAILED)
+    assert refused.cost_micro_cents in {None, 0}
+    assert summary.cost_micro_cents == 250_000

@@ -43,11 +43,16 @@ class Budget:
     the API did not report, so the check before each submit sees every earlier one.
     """
 
-    def __init__(self, pb: BatchClient, *, limit: int | None) -> None:
+    def __init__(
+        self, pb: BatchClient, *, limit: int | None, assume_list_prices: bool = False
+    ) -> None:
         self._pb = pb
         #: The limit (*max_cost_micro_cents*), if any.
         self.limit = limit
+        self.assume_list_prices = assume_list_prices
         self._charges: dict[str, int] = {}
+        #: The rows whose charge is a list price, not what the API said.
+        self._assumed: set[str] = set()
 
     # -- what the rows cost ----------------------------------------------------------
 
@@ -56,13 +61,26 @@ class Budget:
         """What the batch's jobs cost so far, as far as known (net of refunds)."""
         return sum(self._charges.values())
 
+    @property
+    def assumed(self) -> int:
+        """The part of `charged` that is list prices the API never confirmed."""
+        return sum(self._charges[k] for k in self._assumed if k in self._charges)
+
     def charge_of(self, key: str) -> int | None:
         """What row *key* costs as far as known; ``None`` while nothing is counted."""
         return self._charges.get(key)
 
-    def charge(self, key: str, micro_cents: int) -> None:
-        """Count *micro_cents* as what row *key* costs, replacing any earlier count."""
+    def charge(self, key: str, micro_cents: int, *, assumed: bool = False) -> None:
+        """
+        Count *micro_cents* as what row *key* costs, replacing any earlier count.
+
+        *assumed*: a list price, not the API's word (its charge or estimate).
+        """
         self._charges[key] = micro_cents
+        if assumed:
+            self._assumed.add(key)
+        else:
+            self._assumed.discard(key)
 
     def refund(self, key: str) -> None:
         """Count row *key*'s job as refunded (it failed or was cancelled)."""
@@ -102,6 +120,7 @@ class Budget:
                 problems.extend((f"input {e.index} ({e.key})", problem) for e in group)
             for entry in group:
                 entry.estimate = cost
+                entry.estimate_assumed = failure is not None
 
         async with anyio.create_task_group() as tg:
             for group in groups.values():
@@ -156,7 +175,27 @@ class Budget:
             total += cost
 
     def check(self, plan: BatchPlan) -> None:
-        """Raise `BudgetExceeded` if *plan* does not fit the limit."""
+        """
+        Raise `BudgetExceeded` if *plan* does not fit the limit, or cannot be known to.
+
+        A limit needs the account's prices: with list prices only (the API's
+        estimate could not be asked), it is refused unless *assume_list_prices*.
+        """
+        if (
+            self.limit is not None
+            and plan.estimate_source in {"local", "mixed"}
+            and not self.assume_list_prices
+        ):
+            raise BudgetExceeded(
+                f"a limit of {usd(self.limit)} needs your account's prices, and the "
+                "API's estimate could not be asked, so your account may pay more than "
+                f"the {usd(plan.total_micro_cents)} the SDK's list prices say; pass "
+                "--assume-list-prices (assume_list_prices=True) to budget at list "
+                "prices, or try again later; nothing was submitted",
+                estimate_micro_cents=plan.total_micro_cents,
+                limit_micro_cents=self.limit,
+                charged_micro_cents=plan.charged_micro_cents,
+            )
         if plan.within_budget:
             return
         assert self.limit is not None  # noqa: S101 -- within_budget says so

@@ -193,7 +193,9 @@ class Ledger:
                 self._entries,
                 reported=self._items,
             )
-        self._budget.charge(entry.key, cost or 0)
+        self._budget.charge(
+            entry.key, cost or 0, assumed=not known and entry.estimate_assumed
+        )
         entry.job = job
         await finish_anyway(
             asyncio.ensure_future(

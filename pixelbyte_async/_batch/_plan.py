@@ -109,7 +109,9 @@ class Planner:
         for entry in entries:
             if entry.action == "needs_attention":
                 # Its job may exist (and be charged): count it against the budget.
-                self._budget.charge(entry.key, entry.estimate or 0)
+                self._budget.charge(
+                    entry.key, entry.estimate or 0, assumed=entry.estimate_assumed
+                )
         return plan
 
     async def _classify(self, entry: Entry) -> None:
@@ -124,7 +126,9 @@ class Planner:
             return
         entry.resumed = True
         if row.job_id is not None and row.state not in {"failed", "cancelled"}:
-            self._budget.charge(entry.key, row.cost_micro_cents or 0)
+            self._budget.charge(
+                entry.key, row.cost_micro_cents or 0, assumed=not row.cost_known
+            )
         await self._resume(entry, row)
 
     async def _resume(self, entry: Entry, row: JournalRow) -> None:

@@ -61,6 +61,8 @@ class Entry:
     raw: dict[str, Any] | None
     document: dict[str, Any]
     estimate: int | None = None
+    #: Whether *estimate* is the SDK's list price, not the API's (the account's).
+    estimate_assumed: bool = False
     row: JournalRow | None = None
     action: Action = "submit"
     job: Job | None = None

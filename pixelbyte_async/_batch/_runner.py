@@ -87,6 +87,7 @@ class Batch:
         rerun_changed: bool = False,
         source: str | None = None,
         reuse_journal: bool = False,
+        assume_list_prices: bool = False,
     ) -> None:
         _check_options(
             max_cost_micro_cents=max_cost_micro_cents,
@@ -106,7 +107,9 @@ class Batch:
         self._rerun_changed = rerun_changed
         self._source = source
         self._reuse_journal = reuse_journal
-        self._budget = Budget(pb, limit=max_cost_micro_cents)
+        self._budget = Budget(
+            pb, limit=max_cost_micro_cents, assume_list_prices=assume_list_prices
+        )
         self._ledger: Ledger | None = None
         self._steps: Steps | None = None
         self._unknown: UnknownFates | None = None
@@ -403,6 +406,7 @@ class Batch:
             items=self._ledger.items(),
             plan=self._plan,
             cost_micro_cents=self.charged_micro_cents,
+            assumed_cost_micro_cents=self._budget.assumed,
             wall_seconds=max(0.0, end - self._started_at),
             stop_reason=self._ledger.stop_reason,
             journal=self._journal_path,
@@ -430,6 +434,7 @@ def run_batch(
     rerun_changed: bool = False,
     source: str | None = None,
     reuse_journal: bool = False,
+    assume_list_prices: bool = False,
 ) -> Batch:
     """
     Run many jobs: budget-guarded, crash-safe, at most ``max_concurrent_jobs`` at once.
@@ -481,6 +486,10 @@ def run_batch(
             tied to it on first use, and refused for another source.
         reuse_journal: Use the journal although it was made for another
             *source* (the same batch, moved or renamed).
+        assume_list_prices: With *max_cost_micro_cents*, budget at the SDK's
+            list prices when the API's estimate cannot be asked (by default such
+            a batch is refused: the account may pay more).  What is then counted
+            without the API's word is `BatchSummary.assumed_cost_micro_cents`.
 
     Raises:
         ValidationError: On bad arguments (at once).
@@ -502,6 +511,7 @@ def run_batch(
         rerun_changed=rerun_changed,
         source=source,
         reuse_journal=reuse_journal,
+        assume_list_prices=assume_list_prices,
     )
 
 

@@ -170,7 +170,9 @@ class Submits:
                 job = await self._pb.submit(request, attempt=attempt)
         except AmbiguousSubmitError as exc:
             # It may be charged: count it against the budget until settled.
-            self._budget.charge(entry.key, entry.estimate or 0)
+            self._budget.charge(
+                entry.key, entry.estimate or 0, assumed=entry.estimate_assumed
+            )
             self._unknown.add(entry.key, exc)
             if not exc.tagged:
                 self._unknown.hold(entry)

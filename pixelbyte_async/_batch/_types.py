@@ -303,6 +303,9 @@ class BatchSummary:
         cost_micro_cents: What the batch's jobs cost as far as known (charges net
             of refunds, earlier runs included; estimates stand in for charges the
             API did not report).
+        assumed_cost_micro_cents: The part of *cost_micro_cents* that is the
+            SDK's list prices, confirmed by no charge or estimate of the API: the
+            account may have paid more.
         wall_seconds: How long this run took (by the client's clock).
         stop_reason: Why submitting stopped early: ``"budget"``, ``"balance"``,
             ``"unavailable"``, or ``None``.
@@ -333,6 +336,7 @@ class BatchSummary:
     plan: BatchPlan
     cost_micro_cents: int
     wall_seconds: float
+    assumed_cost_micro_cents: int = 0
     stop_reason: str | None = None
     journal: Path | None = None
     dry_run: bool = False

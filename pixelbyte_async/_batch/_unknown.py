@@ -215,7 +215,9 @@ class UnknownFates:
             the entry ended (needs attention, or unknown for now).
 
         """
-        self._budget.charge(entry.key, entry.estimate or 0)
+        self._budget.charge(
+            entry.key, entry.estimate or 0, assumed=entry.estimate_assumed
+        )
         log.warning(
             "batch: %s: the submit may have created a job (%s); looking for it "
             "until the settle horizon passes; it is not re-sent before then",

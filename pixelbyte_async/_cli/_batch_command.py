@@ -90,6 +90,13 @@ def _print_notes(summary: BatchSummary, out: TextIO) -> None:
     """The estimate's source, if not the API, and the closing audit."""
     if summary.plan.estimate_note:
         print(f"Note: {summary.plan.estimate_note}.", file=out)
+    if summary.assumed_cost_micro_cents:
+        print(
+            f"Cost: {_usd(summary.assumed_cost_micro_cents)} of it is the SDK's list "
+            "prices, which the API never confirmed (no charge reported, no "
+            "estimate): your account may have paid more.",
+            file=out,
+        )
     if summary.orphans:
         print(
             f"Audit: {len(summary.orphans)} job(s) of this batch's models were "
@@ -132,6 +139,7 @@ def _summary_json(summary: BatchSummary) -> dict[str, Any]:
         "needsAttention": summary.needs_attention,
         "unfinished": summary.unfinished,
         "costMicroCents": summary.cost_micro_cents,
+        "assumedCostMicroCents": summary.assumed_cost_micro_cents,
         "wallSeconds": round(summary.wall_seconds, 3),
         "stopReason": summary.stop_reason,
         "orphans": None
@@ -344,7 +352,9 @@ def _print_summary(summary: BatchSummary, out: TextIO, resume: str) -> None:
         ("unfinished", summary.unfinished),
     ]
     table = [(name, str(count)) for name, count in rows if count or name == "completed"]
-    table.append(("cost", _usd(summary.cost_micro_cents)))
+    assumed = summary.assumed_cost_micro_cents
+    cost = _usd(summary.cost_micro_cents)
+    table.append(("cost", cost if not assumed else f"{cost} ({_usd(assumed)} assumed)"))
     table.append(("wall time", f"{summary.wall_seconds:.1f}s"))
     if summary.journal is not None:
         table.append(("journal", str(summary.journal)))
@@ -440,6 +450,7 @@ async def _batch(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             rerun_changed=args.rerun_changed,
             source=str(await anyio.Path(source).resolve()),
             reuse_journal=args.reuse_journal,
+            assume_list_prices=args.assume_list_prices,
         )
         try:
             async with batch:

@@ -162,6 +162,13 @@ def _add_budget_safety_options(ba: argparse.ArgumentParser) -> None:
         "instead of refusing the whole batch",
     )
     ba.add_argument(
+        "--assume-list-prices",
+        action="store_true",
+        help="with --max-cost: budget at the SDK's list prices when the API's "
+        "estimate cannot be asked (by default the batch is refused: your account "
+        "may pay more)",
+    )
+    ba.add_argument(
         "--rerun-changed",
         action="store_true",
         help="submit again the rows whose input changed since an earlier run made "

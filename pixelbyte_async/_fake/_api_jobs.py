@@ -164,13 +164,15 @@ class SubmitHandlers:
             state.early_webhooks -= 1
             state.force_terminal(job.id, "completed")
             state.early_pending.append(job.id)
+        payload: dict[str, Any] = {
+            "jobId": job.id,
+            "status": "pending",
+            "estimatedCompletionTime": iso(job.estimated_completion_time),
+        }
+        if state.report_costs:
+            payload["costMicroCents"] = job.cost
         return Reply(
-            payload={
-                "jobId": job.id,
-                "status": "pending",
-                "estimatedCompletionTime": iso(job.estimated_completion_time),
-                "costMicroCents": job.cost,
-            },
+            payload=payload,
             request_id_in_flat=True,
             wrapped_extra={"model": job.model, "createdAt": iso(job.created_at)},
         )
@@ -253,7 +255,7 @@ class JobHandlers:
                 "completedAt": iso(job.finished_at) if status in TERMINAL else None,
                 "model": job.model,
             },
-            wrapped_extra={"cost": job.cost},
+            wrapped_extra={"cost": job.cost} if self.state.report_costs else {},
         )
 
     def get_job(self, call: Call) -> Reply:

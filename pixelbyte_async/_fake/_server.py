@@ -93,6 +93,11 @@ class FakePixelByte(FakeSettings, FakeControls):
             may be.  Every answer is dated (``Date``) by the server's clock.
 
             .. versionadded:: 0.3.0
+        report_costs: Whether answers say what a job cost (the submit's
+            ``costMicroCents``, the enveloped job's ``cost``); ``False`` models an
+            API that reports no charges, which the docs leave open.
+
+            .. versionadded:: 0.3.0
 
     Raises:
         ValueError: Conflicting or out-of-range arguments.
@@ -118,6 +123,7 @@ class FakePixelByte(FakeSettings, FakeControls):
         auto_webhooks: bool = False,
         speedup: float = 1.0,
         clock_offset: float = 0.0,
+        report_costs: bool = True,
     ) -> None:
         if clock is not None and time_scale:
             raise ValueError("pass either clock or time_scale, not both")
@@ -139,6 +145,7 @@ class FakePixelByte(FakeSettings, FakeControls):
             webhook_secret=webhook_secret,
             speedup=float(speedup),
             clock_offset=float(clock_offset),
+            report_costs=report_costs,
         )
         self._host = host
         self._port = port

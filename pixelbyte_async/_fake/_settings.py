@@ -59,6 +59,19 @@ class FakeSettings:
     # -- knobs --------------------------------------------------------------------------
 
     @property
+    def report_costs(self) -> bool:
+        """
+        Return (or set) whether answers say what a job cost.
+
+        .. versionadded:: 0.3.0
+        """
+        return self._state.report_costs
+
+    @report_costs.setter
+    def report_costs(self, value: bool) -> None:
+        self._state.report_costs = bool(value)
+
+    @property
     def envelope(self) -> Envelope:
         """Return (or set) the envelope style of success bodies."""
         return self._state.envelope

@@ -79,6 +79,8 @@ class FakeState:
     speedup: float = 1.0
     #: How far the server's clock is ahead of `clock` (seconds; negative: behind).
     clock_offset: float = 0.0
+    #: Whether answers say what a job cost (``costMicroCents``, ``cost``).
+    report_costs: bool = True
 
     def time(self) -> float:
         """Return the server's wall-clock time (`FakeJob.status` reads it)."""
