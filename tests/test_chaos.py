@@ -227,3 +227,108 @@ async def test_webhook_chaos():
     # 20 duplicates, and 10 stale "processing" deliveries after the end.
     assert server.receiver.stats["duplicates"] == 30
     assert fake.ledger.double_charged() == []
+
+
+class App:
+    """One submitter on a shared account: its own client, ledger and records."""
+
+    def __init__(self, name: str, pb, fake: FakePixelByte):
+        self.name = name
+        self.pb = pb
+        self.fake = fake
+        self.reconciler = Reconciler(pb)
+        self.adopted: list[tuple[str, str]] = []  # (job id, the prompt we sent)
+        self.outcomes: dict[int, str] = {}
+
+    def request(self, i: int) -> KlingO1StartEndFrame:
+        return KlingO1StartEndFrame(
+            image_url="https://e.x/a.jpg",
+            end_image_url="https://e.x/b.jpg",
+            prompt=f"{self.name} {i}",
+        )
+
+    async def one(self, i: int) -> None:
+        try:
+            try:
+                job = await self.pb.submit(self.request(i))
+            except AmbiguousSubmitError as exc:
+                found = await self.pb.reconcile(exc)
+                if found is None:
+                    job = await self.pb.submit(self.request(i))
+                else:
+                    job = found
+                    self.adopted.append((job.id, exc.input["prompt"]))
+            await job.wait(timeout=7200)
+            self.outcomes[i] = job.status.value
+        except ReconcileError:
+            self.outcomes[i] = "needs_attention"
+        except JobFailed:
+            self.outcomes[i] = "failed"
+        except PixelByteError as exc:
+            self.outcomes[i] = f"error:{type(exc).__name__}"
+
+
+@pytest.mark.parametrize("machines", ["one machine", "two machines"])
+@pytest.mark.parametrize("seed", [11, 12, 13])
+async def test_two_apps_on_one_account(tmp_path, machines, seed):
+    """
+    Two apps submit the same model on one key while submits are lost: 0 double
+    charges, 0 wrong adoptions, 0 foreign cancellations (issue 21).
+
+    "One machine": both record in the same ledger.  "Two machines": each its own,
+    so each sees the other's jobs as foreign and must not take them.
+    """
+    rng = random.Random(seed)  # noqa: S311 -- fault placement, not security
+    async with FakePixelByte() as fake:
+        began = fake.clock.time()
+        fake.concurrent_job_limit = 40
+        fake.script_next(
+            *(JobScript(queue_seconds=rng.uniform(0, 60)) for _ in range(400))
+        )
+        for fault, times in [
+            (Fault.drop_before(), 6),
+            (Fault.drop_after(), 6),
+            (Fault.late_create(2.5), 4),
+            (Fault.late_create(40, answer="hang", hold=0.02), 3),
+            (Fault.status(500, "INTERNAL_ERROR"), 4),
+        ]:
+            fake.inject(fault, method="POST", path=SUBMIT, times=times)
+        ledgers = (
+            [tmp_path / "shared.sqlite3"] * 2
+            if machines == "one machine"
+            else [tmp_path / "a.sqlite3", tmp_path / "b.sqlite3"]
+        )
+        async with (
+            bound_client(fake, ledger=ledgers[0], max_concurrent_jobs=20) as pa,
+            bound_client(fake, ledger=ledgers[1], max_concurrent_jobs=20) as pb,
+        ):
+            apps = [App("A", pa, fake), App("B", pb, fake)]
+            order = [(app, i) for app in apps for i in range(150)]
+            rng.shuffle(order)
+            await asyncio.wait_for(
+                asyncio.gather(*(app.one(i) for app, i in order)), 120
+            )
+            cancelled: list[tuple[str, str]] = []
+            for app in apps:
+                report = await app.pb.audit(since=began - 1)
+                cancelled.extend((app.name, o.job.id) for o in report.cancellable)
+                await report.cancel_pending()
+    assert_safe(fake, apps, cancelled)
+
+
+def assert_safe(fake: FakePixelByte, apps: list[App], cancelled) -> None:
+    """0 double charges, 0 wrong adoptions, 0 foreign cancellations."""
+    jobs = fake.jobs
+    # Nobody paid twice: one job at most per (app, input), whatever went wrong.
+    prompts = [j.input["prompt"] for j in jobs.values()]
+    assert len(prompts) == len(set(prompts))
+    assert fake.ledger.double_charged() == []
+    # No adoption took a job another input made.
+    for job_id, prompt in (pair for app in apps for pair in app.adopted):
+        assert jobs[job_id].input["prompt"] == prompt
+    # No audit cancelled another app's job.
+    for name, job_id in cancelled:
+        assert jobs[job_id].input["prompt"].startswith(name)
+    for app in apps:
+        assert len(app.outcomes) == 150
+        assert set(app.outcomes.values()) <= {"completed", "failed", "needs_attention"}

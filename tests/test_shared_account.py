@@ -11,14 +11,18 @@ with ledgers of their own, and a restarted process.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 
 import aiohttp
 import pytest
 from pixelbyte_async import (
     AmbiguousSubmitError,
     KlingO1StartEndFrame,
+    MockTransport,
+    PixelByte,
     ReconcileError,
     VirtualClock,
+    json_response,
 )
 from pixelbyte_async.testing import FakePixelByte, Fault
 from pixelbyte_async.webhooks import WebhookServer, sign
@@ -29,6 +33,7 @@ from conftest import bound_client
 pytestmark = pytest.mark.anyio
 
 SUBMIT = "/v1/jobs/submit"
+SLUG = "kling-plus/kling-o1-standard/start-end-frame-to-video"
 
 
 def kling(prompt: str, duration: int = 5) -> KlingO1StartEndFrame:
@@ -214,3 +219,50 @@ async def test_a_delivery_for_a_job_from_before_the_attempt_is_not_proof():
             # The old job is not in the attempt's window: the delivery proves
             # nothing, and with no job in the window the submit made none.
             assert await a.reconcile(lost) is None
+
+
+# -- the job list's order ---------------------------------------------------------------
+
+
+def iso(unix: float) -> str:
+    return dt.datetime.fromtimestamp(unix, dt.UTC).isoformat().replace("+00:00", "Z")
+
+
+async def test_a_late_listed_old_job_does_not_hide_the_window():
+    """An old job listed before younger ones (late creation) ends no listing early."""
+    clock = VirtualClock(start=1_800_000_000.0)
+    now = clock.time()
+    old = {"jobId": "job_old", "status": "completed", "createdAt": iso(now - 900)}
+    mine = {"jobId": "job_mine", "status": "pending", "createdAt": iso(now + 5)}
+
+    def answer(request):
+        if request.url.endswith("/v1/jobs"):
+            return json_response({"jobs": [old, mine], "hasMore": False})
+        return json_response({**mine, "model": SLUG})
+
+    transport = MockTransport(answer)
+    async with PixelByte(
+        api_key="pb_test", transport=transport, clock=clock, ledger=None
+    ) as pb:
+        lost = AmbiguousSubmitError(
+            "lost",
+            model=SLUG,
+            input={},
+            webhook_url=None,
+            started_at=now,
+            attempt="mine0000",
+        )
+        found = await pb.reconcile(lost, exclude={"job_old"})
+    assert found is not None
+    assert found.id == "job_mine"
+
+
+async def test_the_fake_lists_late_creations_in_creation_order(fake):
+    """FakePixelByte lists by createdAt, as the API's cursor says, not by arrival."""
+    late = fake.submit_elsewhere(SLUG, kling("late").to_input(), after=30)
+    fake.advance(10)
+    young = fake.submit_elsewhere(SLUG, kling("young").to_input())
+    fake.advance(30)
+    async with bound_client(fake) as pb:
+        listed = [job.id async for job in pb.list_jobs()]
+    assert listed == [late.id, young.id]

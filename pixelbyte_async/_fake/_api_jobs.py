@@ -270,7 +270,13 @@ class JobHandlers:
         if status is not None and status not in _STATUSES:
             raise _invalid("status", f"must be one of {', '.join(_STATUSES)}")
         model = query.get("modelId")
-        newest_first = list(reversed(self.state.jobs.values()))
+        # By creation time, as the API's cursor (its createdAt) says: a late
+        # creation is registered after jobs younger than it.
+        newest_first = sorted(  # noqa: C414 -- ties: the last registered first
+            reversed(self.state.jobs.values()),
+            key=lambda j: j.created_at,
+            reverse=True,
+        )
         start = 0
         cursor = query.get("cursor")
         if cursor:

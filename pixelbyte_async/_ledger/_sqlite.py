@@ -12,7 +12,7 @@ import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Collection
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 import anyio
 import anyio.to_thread
@@ -33,8 +33,10 @@ _T = TypeVar("_T")
 SCHEMA_VERSION = 1
 #: How often old entries are deleted (seconds, by the writer's clock).
 _PRUNE_EVERY = 60.0
-#: How long a call waits for another process's write (in a worker thread).
+#: How long a call waits for another process's write, at most.
 _WAIT = 5.0
+#: The first pause while another process writes (real seconds; it grows).
+_BUSY_PAUSE = 0.002
 #: How many writes between two checkpoints of the write-ahead log.
 _CHECKPOINT_EVERY = 256
 
@@ -131,10 +133,11 @@ class SqliteLedger:
 
     Each call is a few statements on a local file, tens of microseconds: it runs
     on the event loop, where a worker thread would cost far more under load (each
-    of its statements waits for the interpreter lock the busy loop holds).  It
-    never waits there: a database another process is writing (``SQLITE_BUSY``)
-    is waited for in a worker thread, and the write-ahead log is checkpointed
-    (the one step that syncs the disk) in a worker thread too.
+    of its statements waits for the interpreter lock the busy loop holds, and a
+    transaction in a thread could hold the file's lock meanwhile).  It never
+    blocks there: a database another process is writing (``SQLITE_BUSY``) is
+    tried again after short pauses, and the write-ahead log is checkpointed (the
+    one step that syncs the disk) in a worker thread.
 
     One file may hold several accounts' entries (each row carries the *account*
     id, a hash of the key, never the key).  Where the file cannot be opened or
@@ -321,22 +324,31 @@ class SqliteLedger:
         fast = self._fast
         if fast is None:
             return await self._in_memory(memory)
-        try:
-            value = _attempt_once(fast, fn)
-        except sqlite3.OperationalError as exc:
-            if not _busy(exc):
+        waited = 0.0
+        while True:
+            try:
+                value = _attempt_once(fast, fn)
+            except sqlite3.OperationalError as exc:
+                if not _busy(exc):
+                    self._fall_back(exc)
+                    return await self._in_memory(memory)
+                # Another process holds the write lock.  Waiting for it here, in
+                # short real pauses, keeps every transaction on the event loop:
+                # one in a worker thread could hold the lock while it waits for
+                # the interpreter lock the busy loop holds.
+                if waited >= _WAIT:
+                    raise LedgerError(
+                        f"ledger {self.path} stayed locked by another process for "
+                        f"{_WAIT:.0f} s; try again"
+                    ) from exc
+                pause = min(_BUSY_PAUSE * (1 + waited * 10), 0.1)
+                await asyncio.sleep(pause)
+                waited += pause
+                continue
+            except sqlite3.Error as exc:
                 self._fall_back(exc)
                 return await self._in_memory(memory)
-            # Another process holds the write lock: wait for it off the loop.
-            done, waited = await anyio.to_thread.run_sync(
-                self._in_thread, fn, limiter=self._limiter
-            )
-            if not done:
-                return await self._in_memory(memory)
-            value = cast("_T", waited)
-        except sqlite3.Error as exc:
-            self._fall_back(exc)
-            return await self._in_memory(memory)
+            break
         if writes:
             self._written()
         return value
@@ -344,26 +356,6 @@ class SqliteLedger:
     async def _in_memory(self, memory: Callable[[MemoryLedger], Awaitable[_T]]) -> _T:
         assert self._fallback is not None  # noqa: S101 -- set by _fall_back
         return await memory(self._fallback)
-
-    def _in_thread(
-        self, fn: Callable[[sqlite3.Connection], _T]
-    ) -> tuple[bool, _T | None]:
-        """Run *fn* waiting for locks; ``(False, None)`` if the file failed."""
-        slow = self._slow
-        if slow is None:
-            return False, None
-        try:
-            return True, _attempt_once(slow, fn)
-        except sqlite3.OperationalError as exc:
-            if _busy(exc):
-                raise LedgerError(
-                    f"ledger {self.path} stayed locked by another process for "
-                    f"{_WAIT:.0f} s; try again"
-                ) from exc
-            self._fall_back(exc)
-        except sqlite3.Error as exc:
-            self._fall_back(exc)
-        return False, None
 
     def _written(self) -> None:
         """Every few hundred writes, checkpoint the log in the background."""

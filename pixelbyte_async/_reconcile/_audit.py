@@ -25,7 +25,7 @@ from pixelbyte_async._errors import (
 from pixelbyte_async._inputs import PRICES
 from pixelbyte_async._ledger import Attempt
 
-from ._claims import DEFAULT_CLOCK_SKEW, as_attempt, timestamp
+from ._claims import DEFAULT_CLOCK_SKEW, as_attempt, created_since, timestamp
 from ._windows import CREATED_AT_SLACK
 
 
@@ -91,17 +91,13 @@ async def _unclaimed(
     """The jobs created between *start* and *end* (our clock) that nothing claims."""
     low, high = reconciler.offset.bounds(DEFAULT_CLOCK_SKEW)
     first, last = start + low - CREATED_AT_SLACK, end + high
-    found: list[Job] = []
-    async with contextlib.aclosing(reconciler.client.list_jobs(model=model)) as jobs:
-        async for job in jobs:
-            created = job.info.created_at
-            if created is not None:
-                if created.timestamp() < first:
-                    break
-                if created.timestamp() > last:
-                    continue
-            if job.id not in excluded and not reconciler.claimed(job.id):
-                found.append(job)
+    found = [
+        job
+        for job in await created_since(reconciler.client, model=model, floor=first)
+        if (job.info.created_at is None or job.info.created_at.timestamp() <= last)
+        and job.id not in excluded
+        and not reconciler.claimed(job.id)
+    ]
     claims = await reconciler.ledger.claims([j.id for j in found])
     return [j for j in found if j.id not in claims]
 

@@ -5,6 +5,7 @@ This process's own memory of submits: claims, submits on the wire, and the seams
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import math
@@ -34,6 +35,7 @@ __all__ = [
     "as_attempt",
     "attempt_id",
     "check_settle",
+    "created_since",
     "iso",
     "timestamp",
 ]
@@ -112,6 +114,30 @@ def as_attempt(error: AmbiguousSubmitError) -> Attempt:
         owner="",
         tagged=error.tagged,
     )
+
+
+#: How many jobs older than a listing's floor in a row end it: the job list is
+#: newest first, but a late creation may be listed after younger jobs.
+_OLDER_IN_A_ROW = 100
+
+
+async def created_since(
+    client: ReconcileClient, *, model: str | None, floor: float
+) -> list[Job]:
+    """The account's jobs (of *model*) created at or after *floor* (server time)."""
+    found: list[Job] = []
+    older = 0
+    async with contextlib.aclosing(client.list_jobs(model=model)) as jobs:
+        async for job in jobs:
+            created = job.info.created_at
+            if created is not None and created.timestamp() < floor:
+                older += 1
+                if older >= _OLDER_IN_A_ROW:
+                    break
+                continue
+            older = 0
+            found.append(job)
+    return found
 
 
 class Claims:

@@ -47,6 +47,7 @@ from ._claims import (
     as_attempt,
     attempt_id,
     check_settle,
+    created_since,
     iso,
 )
 from ._windows import LOOKBACK, Sighting, Verdict, Window, classify
@@ -394,21 +395,13 @@ class Reconciler:
     ) -> _Look:
         """List the model's jobs around the window and sort out the unclaimed ones."""
         clock = self._client.clock
-        listed: dict[str, Job] = {}
         # The first look reaches back before the window, for other submitters;
         # later ones list the window and re-check what the first found.
         floor = self.window(me, horizon, clock_skew).low
         if not survey.looked:
             floor -= LOOKBACK
-        async with contextlib.aclosing(
-            self._client.list_jobs(model=error.model)
-        ) as jobs:
-            async for job in jobs:
-                created = job.info.created_at
-                if created is not None and created.timestamp() < floor:
-                    break
-                listed[job.id] = job
-        listed = {**survey.before, **listed}
+        jobs = await created_since(self._client, model=error.model, floor=floor)
+        listed = {**survey.before, **{job.id: job for job in jobs}}
         # Sorted by the window as measured now: the listing's own answers may
         # have just measured the API's clock (never before a lost first submit).
         mine = self.window(me, horizon, clock_skew)
