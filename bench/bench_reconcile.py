@@ -6,7 +6,10 @@ Three cases against FakePixelByte on a virtual clock, for several horizons:
 * ``late``: the answer is lost and the backend creates the job 2.5 s later
   (found at an early look);
 * ``none``: the submit created nothing (the whole horizon is waited out);
-* ``old``: an attempt journaled long ago (one look).
+* ``old``: an attempt journaled long ago (one look);
+* ``shared``: as ``late``, on an account where another submitter (unknown to
+  this ledger) made a job 20 s before: the job list proves nothing, and
+  reconcile says so (`ReconcileError`) once the horizon has passed.
 
 Each case is compared with what an immediate, single look would have cost (and
 gotten wrong in the ``late`` case).  Writes bench/results/reconcile.json.
@@ -20,7 +23,12 @@ import asyncio
 import json
 from pathlib import Path
 
-from pixelbyte_async import AmbiguousSubmitError, KlingO1StartEndFrame, PixelByte
+from pixelbyte_async import (
+    AmbiguousSubmitError,
+    KlingO1StartEndFrame,
+    PixelByte,
+    ReconcileError,
+)
 from pixelbyte_async.testing import FakePixelByte, Fault
 
 
@@ -29,11 +37,15 @@ REQUEST = KlingO1StartEndFrame(
 )
 
 
-async def one(case: str, settle: float) -> dict[str, float | int | bool]:
+async def one(case: str, settle: float) -> dict[str, float | int | bool | str]:
     async with (
         FakePixelByte() as fake,
         PixelByte(
-            api_key=fake.api_key, base_url=fake.url, clock=fake.clock, settle=settle
+            api_key=fake.api_key,
+            base_url=fake.url,
+            clock=fake.clock,
+            settle=settle,
+            ledger=None,
         ) as pb,
     ):
         if case == "old":
@@ -45,7 +57,10 @@ async def one(case: str, settle: float) -> dict[str, float | int | bool]:
                 started_at=fake.clock.time() - 3600,
             )
         else:
-            fault = Fault.late_create(2.5) if case == "late" else Fault.drop_before()
+            if case == "shared":
+                fake.submit_elsewhere(REQUEST.model_slug, REQUEST.to_input())
+                fake.advance(20)
+            fault = Fault.drop_before() if case == "none" else Fault.late_create(2.5)
             fake.inject(fault, method="POST", path="/v1/jobs/submit", times=2)
             try:
                 await pb.submit(REQUEST)
@@ -53,41 +68,50 @@ async def one(case: str, settle: float) -> dict[str, float | int | bool]:
                 error = exc
             else:  # pragma: no cover -- the fault makes it ambiguous
                 raise AssertionError("expected an ambiguous submit")
-        before = fake.count("GET", "/v1/jobs")
+        before = fake.count("GET", "/v1/jobs") + fake.count("GET", "/v1/jobs/*")
         began = fake.clock.time()
-        job = await pb.reconcile(error)
+        try:
+            job = await pb.reconcile(error)
+        except ReconcileError:
+            found: bool | str = "refused"
+        else:
+            found = job is not None
         return {
-            "lists": fake.count("GET", "/v1/jobs") - before,
+            "requests": fake.count("GET", "/v1/jobs")
+            + fake.count("GET", "/v1/jobs/*")
+            - before,
             "virtual_seconds": round(fake.clock.time() - began, 1),
-            "found": job is not None,
+            "found": found,
             "charges": sum(1 for e in fake.ledger.entries if e.kind == "charge"),
         }
 
 
 async def main() -> None:
-    results: dict[str, dict[str, dict[str, float | int | bool]]] = {}
+    results: dict[str, dict[str, dict[str, float | int | bool | str]]] = {}
     for settle in (60.0, 300.0, 900.0):
         results[f"settle={settle:.0f}"] = {
-            case: await one(case, settle) for case in ("late", "none", "old")
+            case: await one(case, settle) for case in ("late", "none", "old", "shared")
         }
-    print(f"{'horizon':>12} {'case':>6} {'list GETs':>10} {'waited (s)':>11} found")
+    print(f"{'horizon':>12} {'case':>6} {'GETs':>6} {'waited (s)':>11} found")
     for horizon, cases in results.items():
         for case, row in cases.items():
             print(
-                f"{horizon:>12} {case:>6} {row['lists']:>10} "
+                f"{horizon:>12} {case:>6} {row['requests']:>6} "
                 f"{row['virtual_seconds']:>11} {row['found']}"
             )
     default = results["settle=300"]
     ok = (
         default["late"]["found"] is True
         and default["late"]["charges"] == 1
-        and int(default["none"]["lists"]) <= 20
-        and default["old"]["lists"] == 1
+        and int(default["none"]["requests"]) <= 20
+        and default["old"]["requests"] == 1
+        and default["shared"]["found"] == "refused"
     )
     print(
         "verdict:",
         "met" if ok else "MISSED",
-        "(late job found with one charge; <= 20 list requests over the 300 s horizon)",
+        "(late job found with one charge; <= 20 requests over the 300 s horizon; "
+        "another submitter's job never taken)",
     )
     out = Path(__file__).parent / "results" / "reconcile.json"
     out.write_text(json.dumps(results, indent=2) + "\n")

@@ -71,6 +71,7 @@ nitpick_ignore = [
     # The batch's narrow view of its client (pixelbyte_async._seams): internal, and
     # `PixelByte` is what users pass.
     ("py:class", "BatchClient"),
+    ("py:class", "pixelbyte_async._seams.BatchClient"),
     # What a Job needs from its client (pixelbyte_async._job_state): jobs are made by the
     # client, never by users.
     ("py:class", "pixelbyte_async._job_state.JobClient"),

@@ -205,7 +205,7 @@ class JobQueries:
         A job nothing claims (this client, the ledger, *exclude*) is an **orphan**
         when a lost submit may have made it: one of the ledger's submits of unknown
         fate, or one of *lost*; it is paid for and most likely yours.  Any other is
-        another submitter's as far as this machine knows (`AuditReport.others`).
+        another submitter's as far as this machine knows (the report's ``others``).
         See "Sharing an account" in the docs.
 
         Args:

@@ -34,7 +34,7 @@ async def resolve_batch_row(
     adopt: str | None = None,
     resend: bool = False,
     settle: float | None = None,
-) -> JournalRow:
+) -> None:
     """
     Settle row *key* of a batch *journal* that the batch could not settle itself.
 
@@ -50,9 +50,6 @@ async def resolve_batch_row(
         resend: None of the candidates is this row's: send it again.
         settle: The settle horizon (default: the client's): *resend* is refused
             before it has passed since the row's last attempt began.
-
-    Returns:
-        The row as now journaled.
 
     Raises:
         ValidationError: Not both or neither; no such row, or not one to settle;
@@ -80,11 +77,8 @@ async def resolve_batch_row(
             await _adopt(pb, opened, row, adopt)
         else:
             await _resend(pb, opened, row, settle)
-        found = await opened.get(key)
     finally:
         await opened.aclose()
-    assert found is not None  # noqa: S101 -- it was there a moment ago
-    return found
 
 
 async def _adopt(

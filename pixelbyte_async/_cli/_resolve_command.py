@@ -16,7 +16,7 @@ from ._output import _print_json
 
 async def _resolve(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     async with _client(args) as pb:
-        row = await resolve_batch_row(
+        await resolve_batch_row(
             pb,
             args.journal,
             args.row,
@@ -25,16 +25,17 @@ async def _resolve(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             settle=args.settle,
         )
     if args.json:
-        _print_json({"key": row.key, "state": row.state, "jobId": row.job_id}, out)
+        state = "submitted" if args.adopt is not None else "planned"
+        _print_json({"key": args.row, "state": state, "jobId": args.adopt}, out)
     elif args.adopt is not None:
         print(
-            f"{row.key}: job {row.job_id} is now its job (journaled); run the batch "
+            f"{args.row}: job {args.adopt} is now its job (journaled); run the batch "
             "again to wait for it and download it.",
             file=out,
         )
     else:
         print(
-            f"{row.key}: none of its candidates is its job (journaled); the next run "
+            f"{args.row}: none of its candidates is its job (journaled); the next run "
             "of the batch sends it again.",
             file=out,
         )

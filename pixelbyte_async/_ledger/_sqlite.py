@@ -62,7 +62,6 @@ CREATE TABLE IF NOT EXISTS attempts (
     PRIMARY KEY (account, id)
 );
 CREATE INDEX IF NOT EXISTS attempts_by_model ON attempts (account, model, started_at);
-CREATE INDEX IF NOT EXISTS attempts_by_age ON attempts (written_at);
 CREATE TABLE IF NOT EXISTS claims (
     account TEXT NOT NULL,
     job_id  TEXT NOT NULL,
@@ -73,7 +72,6 @@ CREATE TABLE IF NOT EXISTS claims (
 );
 CREATE UNIQUE INDEX IF NOT EXISTS claims_by_attempt ON claims (account, attempt)
     WHERE attempt IS NOT NULL;
-CREATE INDEX IF NOT EXISTS claims_by_age ON claims (at);
 """
 
 _ATTEMPT_COLUMNS = (
@@ -377,10 +375,11 @@ class SqliteLedger:
     # -- writes ----------------------------------------------------------------------
 
     def _write(self, conn: sqlite3.Connection, at: float, sql: str, *args: Any) -> None:
-        conn.execute("BEGIN IMMEDIATE")
-        conn.execute(sql, args)
-        self._maybe_prune(conn, at)
-        conn.execute("COMMIT")
+        conn.execute(sql, args)  # one statement: its own transaction
+        if abs(at - self._pruned_at) >= _PRUNE_EVERY:
+            conn.execute("BEGIN IMMEDIATE")
+            self._maybe_prune(conn, at)
+            conn.execute("COMMIT")
 
     def _maybe_prune(self, conn: sqlite3.Connection, now: float) -> None:
         """Delete what is older than the retention (by the writers' clock)."""
