@@ -4,12 +4,15 @@ The one rule of claiming a job, shared by every store: one job ↔ one attempt.
 
 from __future__ import annotations
 
+import logging
 from typing import Literal, TypeAlias
 
 from ._records import AttemptState, Claim, ClaimHow
 
 
-__all__ = ["Verdict", "decide", "state_after"]
+__all__ = ["Verdict", "decide", "overridden", "state_after"]
+
+log = logging.getLogger("pixelbyte_async")
 
 #: What a claim does: ``new`` (record it), ``same`` (already so: nothing to do),
 #: ``conflict`` (someone else's: nothing changes) or ``override`` (a submit's own
@@ -47,3 +50,15 @@ def decide(
 def state_after(how: ClaimHow) -> AttemptState:
     """The state of the attempt that claimed its job *how*."""
     return "created" if how == "submitted" else "found"
+
+
+def overridden(job_id: str, displaced: Claim, attempt: str | None) -> None:
+    """Say that a submit's own answer took *job_id* back from *displaced*."""
+    log.warning(
+        "ledger: job %s was taken for attempt %s (%s); its own submit's answer "
+        "says it is %s's",
+        job_id,
+        displaced.attempt,
+        displaced.how,
+        attempt,
+    )

@@ -4,18 +4,15 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Collection
 
 import attrs
 
-from ._claiming import decide, state_after
+from ._claiming import decide, overridden, state_after
 from ._records import Attempt, AttemptState, Claim, ClaimHow
 
 
 __all__ = ["MemoryLedger"]
-
-log = logging.getLogger("pixelbyte_async")
 
 
 class MemoryLedger:
@@ -97,14 +94,7 @@ class MemoryLedger:
         if verdict == "same":
             return None
         if verdict == "override" and other is not None:
-            log.warning(
-                "ledger: job %s was taken for attempt %s (%s); its own submit's "
-                "answer says it is %s's",
-                job_id,
-                other.attempt,
-                other.how,
-                attempt,
-            )
+            overridden(job_id, other, attempt)
             if other.attempt is not None:
                 self._by_attempt.pop(other.attempt, None)
                 await self.mark(other.attempt, "unknown", at=at)

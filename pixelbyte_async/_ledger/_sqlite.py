@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import anyio
 import anyio.to_thread
 
-from ._claiming import decide, state_after
+from ._claiming import decide, overridden, state_after
 from ._errors import LedgerError
 from ._memory import MemoryLedger
 from ._records import OPEN_STATES, STATES, Attempt, AttemptState, Claim, ClaimHow
@@ -470,14 +470,7 @@ class SqliteLedger:
             conn.execute("COMMIT")
             return other if verdict == "conflict" else None
         if verdict == "override" and other is not None:
-            log.warning(
-                "ledger: job %s was taken for attempt %s (%s); its own submit's "
-                "answer says it is %s's",
-                job_id,
-                other.attempt,
-                other.how,
-                attempt,
-            )
+            overridden(job_id, other, attempt)
             conn.execute(
                 "UPDATE attempts SET state = 'unknown', job_id = NULL, written_at = ? "
                 "WHERE account = ? AND id = ?",
