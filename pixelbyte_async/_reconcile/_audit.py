@@ -26,7 +26,7 @@ from pixelbyte_async._inputs import PRICES
 from pixelbyte_async._ledger import Attempt
 
 from ._claims import DEFAULT_CLOCK_SKEW, as_attempt, created_since, timestamp
-from ._windows import CREATED_AT_SLACK
+from ._windows import ATTEMPTS_BACK, CREATED_AT_SLACK
 
 
 if TYPE_CHECKING:
@@ -36,10 +36,6 @@ if TYPE_CHECKING:
 
 
 __all__ = ["audit"]
-
-#: How far before the window the ledger is read for lost submits whose own
-#: window reaches into it.
-_ATTEMPTS_BACK = 3600.0
 
 
 async def audit(
@@ -128,7 +124,7 @@ class _Ties:
         horizon = reconciler.settle
         attempts = await reconciler.ledger.attempts(
             model=model,
-            since=start - horizon - _ATTEMPTS_BACK,
+            since=start - horizon - ATTEMPTS_BACK,
             until=end,
             open_only=True,
         )

@@ -50,7 +50,7 @@ from ._claims import (
     created_since,
     iso,
 )
-from ._windows import LOOKBACK, Sighting, Verdict, Window, classify
+from ._windows import ATTEMPTS_BACK, LOOKBACK, Sighting, Verdict, Window, classify
 
 
 if TYPE_CHECKING:
@@ -67,8 +67,6 @@ log = logging.getLogger("pixelbyte_async")
 #: delivery that proves its job while a candidate runs, and this long after the
 #: last one ended (the API sends the delivery when a job ends).
 DELIVERY_GRACE = 60.0
-#: How far back the ledger is read for attempts whose window may reach a job.
-_ATTEMPTS_BACK = 3600.0
 
 
 @attrs.define
@@ -307,13 +305,7 @@ class Reconciler:
                     raise await self._cannot_tell(error, me, look, settle_at)
             left = deadline - clock.monotonic()
             if left <= 0:
-                raise ReconcileTimeout(
-                    f"reconcile's timeout ended before the settle horizon: the submit "
-                    f"to {error.model} may still create a job until "
-                    f"{iso(settle_at)}; do not re-send it before then (call "
-                    "reconcile again)",
-                    settle_at=settle_at,
-                )
+                raise _timed_out(error, now, settle_at)
             pause = interval if now >= settle_at else min(interval, settle_at - now)
             await sleep_or_until(clock, max(min(pause, left), 0.0))
             interval = min(interval * 2, MAX_LOOK_INTERVAL)
@@ -415,7 +407,7 @@ class Reconciler:
             a.id: a
             for a in await self.ledger.attempts(
                 model=error.model,
-                since=floor - _ATTEMPTS_BACK,
+                since=floor - ATTEMPTS_BACK,
                 until=now,
                 open_only=True,
             )
@@ -546,6 +538,27 @@ class Reconciler:
             foreign=look.foreign(),
             settle_at=settle_at,
         )
+
+
+def _timed_out(
+    error: AmbiguousSubmitError, now: float, settle_at: float
+) -> ReconcileTimeout:
+    """The error of a reconcile whose *timeout* ended before the fate was settled."""
+    if now < settle_at:
+        why = (
+            f"the submit to {error.model} may still create a job until "
+            f"{iso(settle_at)}; do not re-send it before then"
+        )
+    else:
+        why = (
+            f"a job of {error.model} in its window is still to be proven (a "
+            "delivery or a submit on the wire may settle it)"
+        )
+    return ReconcileTimeout(
+        "reconcile's timeout ended before the submit's fate was settled: "
+        f"{why} (call reconcile again)",
+        settle_at=settle_at,
+    )
 
 
 def _as_error(attempt: Attempt) -> AmbiguousSubmitError:

@@ -17,7 +17,15 @@ import attrs
 from pixelbyte_async._ledger import Attempt
 
 
-__all__ = ["CREATED_AT_SLACK", "LOOKBACK", "Sighting", "Verdict", "Window", "classify"]
+__all__ = [
+    "ATTEMPTS_BACK",
+    "CREATED_AT_SLACK",
+    "LOOKBACK",
+    "Sighting",
+    "Verdict",
+    "Window",
+    "classify",
+]
 
 #: ``createdAt`` may be given to the whole second (floored): a job's may read up
 #: to this much earlier than it was made.
@@ -25,6 +33,10 @@ CREATED_AT_SLACK = 1.0
 #: How far before a lost submit's window the account is checked for jobs the
 #: ledger cannot explain (other submitters), in seconds.
 LOOKBACK = 600.0
+#: How far back the ledger is read for attempts whose window may reach a job:
+#: an attempt's window ends at its horizon, or at its deadline while it is on
+#: the wire (the submit timeout, 900 s by default).
+ATTEMPTS_BACK = 3600.0
 
 
 @attrs.frozen
