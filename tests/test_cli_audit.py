@@ -142,3 +142,38 @@ async def test_audit_refuses_a_journal_that_does_not_exist(live, tmp_path, capsy
     assert "no journal at" in err
     assert "Traceback" not in err
     assert live.ledger.charged_micro_cents == 250_000  # nothing was cancelled
+
+
+async def test_audit_never_cancels_another_apps_pending_job(live, capsys):
+    """Issue 21 finding 3: app B's pending job survives app A's --cancel-pending."""
+    live.set_default_script(JobScript(queue_seconds=3600, processing_seconds=60))
+    async with bound_client(live, ledger=None) as other_app:  # another machine
+        theirs = await other_app.submit(REQUEST)
+    code = await cli("audit", "--since", "5m", "--cancel-pending")
+    out = capsys.readouterr().out
+    assert code == EXIT_CODES["ok"]
+    assert "Other submitters' jobs: 1" in out
+    assert "ORPHAN" not in out
+    assert live.jobs[theirs.id].status == "pending"
+    assert live.ledger.charged_micro_cents == 250_000
+    # Named explicitly, it is the user's decision.
+    code = await cli("audit", "--since", "5m", "--cancel", theirs.id)
+    assert live.jobs[theirs.id].status == "cancelled"
+
+
+async def test_earlier_jobs_are_outside_a_runs_audit(live, tmp_path, capsys):
+    """Issue 21 finding 4: jobs made a minute before the run are not in its window."""
+    live.set_default_script(FAST)
+    async with bound_client(live, ledger=None) as earlier:
+        for _ in range(3):
+            await earlier.submit(REQUEST)
+    live.advance(60)  # a minute later (the old window reached 120 s back)
+    rows = write_rows(tmp_path / "rows.jsonl", 2)
+    out_dir = str(tmp_path / "o")
+    code = await cli(
+        "batch", str(rows), "--out", out_dir, "--json", "--poll-interval", "0.02"
+    )
+    summary = json.loads(capsys.readouterr().out)
+    assert code == 0
+    assert summary["orphans"] == []
+    assert summary["otherSubmittersJobs"] == []
