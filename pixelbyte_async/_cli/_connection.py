@@ -59,6 +59,8 @@ async def _client(
             )
             api_key, base_url = fake.api_key, fake.url
             options["clock"] = fake.clock
+            # The sandbox's jobs end with this process: nothing to share or keep.
+            options["ledger"] = None
             if listen is not None:
                 host, port = listen
                 server = WebhookServer(
