@@ -11,12 +11,12 @@ never before the attempt's settle horizon has passed).
 from __future__ import annotations
 
 import os
-from datetime import UTC, datetime
 
 import anyio
 
 from pixelbyte_async._errors import ValidationError
 from pixelbyte_async._journal import Journal, JournalError, JournalRow
+from pixelbyte_async._reconcile import iso
 from pixelbyte_async._seams import BatchClient
 
 
@@ -117,10 +117,9 @@ async def _resend(
 ) -> None:
     horizon = pb.settle if settle is None else settle
     if row.started_at is not None and pb.clock.time() < row.started_at + horizon:
-        until = datetime.fromtimestamp(row.started_at + horizon, UTC)
         raise ValidationError(
             f"row {row.key}'s lost submit may still make a job until "
-            f"{until.isoformat(timespec='seconds').replace('+00:00', 'Z')}; resend "
+            f"{iso(row.started_at + horizon)}; resend "
             "it after that (a job it makes before then would be paid twice)",
             field="resend",
         )

@@ -345,7 +345,8 @@ class Batch:
     async def _run(self) -> None:
         assert self._ledger is not None  # noqa: S101 -- set by _prepare
         assert self._journal is not None  # noqa: S101 -- set by _prepare
-        ledger, journal = self._ledger, self._journal
+        assert self._unknown is not None  # noqa: S101 -- set by _prepare
+        ledger, journal, unknown = self._ledger, self._journal, self._unknown
         try:
             if self._dry_run:
                 for entry in self._entries:
@@ -374,7 +375,7 @@ class Batch:
                 journal,
                 self._entries,
                 started=self._started_time,
-                horizon=self._pb.settle if self._settle is None else self._settle,
+                horizon=unknown.horizon,
             )
         except Exception as exc:  # noqa: BLE001 -- handed to whoever iterates
             self._error = _unwrap(exc)

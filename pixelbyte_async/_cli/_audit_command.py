@@ -16,7 +16,7 @@ from typing import TextIO
 
 import anyio
 
-from pixelbyte_async._audit_report import AuditOrphan, AuditReport
+from pixelbyte_async._audit_report import AuditReport
 from pixelbyte_async._cmdline import EXIT_CODES, _CLIError
 from pixelbyte_async._errors import AmbiguousSubmitError
 from pixelbyte_async._journal import Journal, JournalError
@@ -63,7 +63,6 @@ async def _audit(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         refunded = await report.cancel_pending() if args.cancel_pending else None
         for job_id in args.cancel:  # each one named by the user: their decision
             refunded = (refunded or 0) + (await listed[job_id].job.cancel() or 0)
-    left = [o for o in report.pending if o not in report.cancellable]
     if args.json:
         _print_json(
             {
@@ -78,18 +77,12 @@ async def _audit(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             out,
         )
     else:
-        _print_report(report, out, refunded=refunded, left=left)
+        _print_report(report, out, refunded=refunded)
     del err
     return EXIT_CODES["needs_attention"] if report.orphans else EXIT_CODES["ok"]
 
 
-def _print_report(
-    report: AuditReport,
-    out: TextIO,
-    *,
-    refunded: int | None,
-    left: list[AuditOrphan],
-) -> None:
+def _print_report(report: AuditReport, out: TextIO, *, refunded: int | None) -> None:
     if not report.orphans:
         print(
             "No job of this machine's lost submits is unclaimed in the window.",
@@ -110,6 +103,7 @@ def _print_report(
             + ".",
             file=out,
         )
+    left = [o for o in report.pending if o not in report.cancellable]
     if left and refunded is not None:
         print(
             f"Not cancelled: {len(left)} pending orphan(s) not proven this machine's "

@@ -30,6 +30,7 @@ from pixelbyte_async._batch import (
 )
 from pixelbyte_async._clock import Clock, SystemClock
 from pixelbyte_async._cmdline import EXIT_CODES
+from pixelbyte_async._reconcile import iso
 
 from ._connection import _client
 from ._output import (
@@ -308,7 +309,7 @@ def _pause_event(holding: list[Settling], batch: Batch, left: int) -> dict[str, 
         "event": "paused",
         "model": holding[0].model,
         "rows": [s.key for s in holding],
-        "until": datetime.fromtimestamp(until, UTC).isoformat().replace("+00:00", "Z"),
+        "until": iso(until),
         "secondsLeft": left,
         "rowsWaiting": holding[0].waiting,
         "done": batch.finished,

@@ -381,11 +381,8 @@ class Journal(JournalConnection):
                 (source,),
             )
 
-    async def source(self) -> str | None:
-        """The input this journal records, if it was bound to one."""
-        return await self._call(self._source_sync)
-
     def _source_sync(self) -> str | None:
+        """The input this journal records, if it was bound to one."""
         found = self._conn.execute(
             "SELECT value FROM meta WHERE name = 'input_source'"
         ).fetchone()

@@ -162,7 +162,7 @@ class SqliteLedger:
         self.retention = retention
         #: The connection used on the event loop (never waits for a lock).
         self._fast: sqlite3.Connection | None = None
-        #: The connection used in a worker thread (waits for locks, checkpoints).
+        #: The connection used in a worker thread (it makes the tables, checkpoints).
         self._slow: sqlite3.Connection | None = None
         self._fallback: MemoryLedger | None = None
         self._opening: asyncio.Future[None] | None = None
@@ -182,8 +182,12 @@ class SqliteLedger:
 
     # -- the file ------------------------------------------------------------------
 
-    def _connect(self, *, wait: float) -> sqlite3.Connection:
-        """Open the file (made if missing), proven a ledger of a schema we read."""
+    def _connect(self, *, wait: float, checked: bool = False) -> sqlite3.Connection:
+        """
+        Open the file (made if missing), proven a ledger of a schema we read.
+
+        *checked*: another connection has just proven it (and made its tables).
+        """
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         fresh = not self.path.exists()
         if fresh:
@@ -194,7 +198,7 @@ class SqliteLedger:
         )
         try:
             conn.execute(f"PRAGMA busy_timeout = {int(wait * 1000)}")
-            if not fresh:
+            if not fresh and not checked:
                 try:
                     self._check(conn)
                 except sqlite3.OperationalError:
@@ -259,7 +263,7 @@ class SqliteLedger:
                     ),
                 )
                 slow.execute("COMMIT")
-                fast = self._connect(wait=0)
+                fast = self._connect(wait=0, checked=True)
             except BaseException:
                 slow.close()
                 raise
@@ -314,7 +318,7 @@ class SqliteLedger:
         writes: bool = False,
     ) -> _T:
         """
-        Run *fn* on the file: on the loop, or in a thread while another process writes.
+        Run *fn* on the file, on the loop (after pauses while another has its lock).
 
         After a fallback, *memory* runs on the memory ledger instead.
         """
@@ -376,15 +380,17 @@ class SqliteLedger:
 
     def _write(self, conn: sqlite3.Connection, at: float, sql: str, *args: Any) -> None:
         conn.execute(sql, args)  # one statement: its own transaction
-        if abs(at - self._pruned_at) >= _PRUNE_EVERY:
+        if self._prune_due(at):
             conn.execute("BEGIN IMMEDIATE")
-            self._maybe_prune(conn, at)
+            self._prune(conn, at)
             conn.execute("COMMIT")
 
-    def _maybe_prune(self, conn: sqlite3.Connection, now: float) -> None:
-        """Delete what is older than the retention (by the writers' clock)."""
-        if abs(now - self._pruned_at) < _PRUNE_EVERY:
-            return
+    def _prune_due(self, now: float) -> bool:
+        """Whether a minute has passed (by the writers' clock) since the last prune."""
+        return abs(now - self._pruned_at) >= _PRUNE_EVERY
+
+    def _prune(self, conn: sqlite3.Connection, now: float) -> None:
+        """Delete what is older than the retention (in the caller's transaction)."""
         self._pruned_at = now
         horizon = now - self.retention
         conn.execute("DELETE FROM attempts WHERE written_at < ?", (horizon,))
@@ -481,7 +487,8 @@ class SqliteLedger:
             "VALUES (?, ?, ?, ?, ?)",
             (self.account, job_id, attempt, how, at),
         )
-        self._maybe_prune(conn, at)
+        if self._prune_due(at):
+            self._prune(conn, at)
         if attempt is not None:
             conn.execute(
                 "UPDATE attempts SET state = ?, job_id = ?, written_at = ? "

@@ -25,7 +25,13 @@ from pixelbyte_async._errors import (
 from pixelbyte_async._inputs import PRICES
 from pixelbyte_async._ledger import Attempt
 
-from ._claims import DEFAULT_CLOCK_SKEW, as_attempt, created_since, timestamp
+from ._claims import (
+    DEFAULT_CLOCK_SKEW,
+    as_attempt,
+    created_at,
+    created_since,
+    timestamp,
+)
 from ._windows import ATTEMPTS_BACK, CREATED_AT_SLACK
 
 
@@ -90,7 +96,7 @@ async def _unclaimed(
     found = [
         job
         for job in await created_since(reconciler.client, model=model, floor=first)
-        if (job.info.created_at is None or job.info.created_at.timestamp() <= last)
+        if ((created := created_at(job)) is None or created <= last)
         and job.id not in excluded
         and not reconciler.claimed(job.id)
     ]
@@ -144,8 +150,7 @@ class _Ties:
         owners: dict[str, list[Attempt]] = {}
         delivered: dict[str, str] = {}
         for job in found:
-            created = job.info.created_at
-            at = None if created is None else created.timestamp()
+            at = created_at(job)
             mine = [
                 a for a in attempts if a.model == job.model and windows[a.id].holds(at)
             ]

@@ -35,6 +35,7 @@ __all__ = [
     "as_attempt",
     "attempt_id",
     "check_settle",
+    "created_at",
     "created_since",
     "iso",
     "timestamp",
@@ -121,6 +122,12 @@ def as_attempt(error: AmbiguousSubmitError) -> Attempt:
 _OLDER_IN_A_ROW = 100
 
 
+def created_at(job: Job) -> float | None:
+    """When *job* was created (server Unix time), if the API said."""
+    created = job.info.created_at
+    return None if created is None else created.timestamp()
+
+
 async def created_since(
     client: ReconcileClient, *, model: str | None, floor: float
 ) -> list[Job]:
@@ -129,8 +136,8 @@ async def created_since(
     older = 0
     async with contextlib.aclosing(client.list_jobs(model=model)) as jobs:
         async for job in jobs:
-            created = job.info.created_at
-            if created is not None and created.timestamp() < floor:
+            created = created_at(job)
+            if created is not None and created < floor:
                 older += 1
                 if older >= _OLDER_IN_A_ROW:
                     break

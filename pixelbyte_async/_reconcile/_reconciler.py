@@ -47,6 +47,7 @@ from ._claims import (
     as_attempt,
     attempt_id,
     check_settle,
+    created_at,
     created_since,
     iso,
 )
@@ -355,10 +356,7 @@ class Reconciler:
             why = "this process's own submit made it"
         else:
             job = await self._client.get_job(job_id)
-            created = job.info.created_at
-            if not self.window(me, horizon, clock_skew).holds(
-                None if created is None else created.timestamp()
-            ):
+            if not self.window(me, horizon, clock_skew).holds(created_at(job)):
                 why = "it was created outside the attempt's window"
             else:
                 taken = await self._take(error, me, job, how="delivery")
@@ -433,10 +431,7 @@ class Reconciler:
                 me.id,
             }:
                 continue  # a delivery says another attempt made it
-            created = job.info.created_at
-            unclaimed.append(
-                Sighting(job.id, None if created is None else created.timestamp())
-            )
+            unclaimed.append(Sighting(job.id, created_at(job)))
         verdict = classify(
             unclaimed,
             mine=mine,
@@ -450,7 +445,7 @@ class Reconciler:
         survey.before = {
             i: job
             for i, job in listed.items()
-            if (c := job.info.created_at) is not None and c.timestamp() < mine.low
+            if (created := created_at(job)) is not None and created < mine.low
         }
         return _Look(verdict, listed)
 
