@@ -79,6 +79,9 @@ nitpick_ignore = [
     # `pixelbyte_async.redis.RedisHub` satisfies; users pass a RedisHub.
     ("py:class", "Hub"),
     ("py:class", "pixelbyte_async._sharing.Hub"),
+    # A hub's link to Redis (pixelbyte_async._hub._link): a RedisLedger is made by
+    # `RedisHub.ledger()`, never by users.
+    ("py:class", "pixelbyte_async._hub._link.RedisLink"),
     # What a ledger records (pixelbyte_async._ledger._records): users pass a path or a
     # ledger to PixelByte; the SDK makes and reads the records.
     ("py:class", "pixelbyte_async._ledger._records.Attempt"),

@@ -23,7 +23,7 @@ from collections.abc import (
     Mapping,
 )
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal, Self
+from typing import TYPE_CHECKING, Any, Literal, Self, cast
 
 import aiohttp
 import attrs
@@ -79,6 +79,14 @@ _SAFE_ID = re.compile(r"[A-Za-z0-9_.\-]+")
 _Mode = Literal["safe", "submit"]
 
 
+def _hub_ledger(hub: object) -> Callable[[str], SubmitLedger] | None:
+    """A hub's ledger by account id, if the hub keeps one (`RedisHub.ledger`)."""
+    make = getattr(hub, "ledger", None)
+    if not callable(make):
+        return None
+    return lambda account: cast("SubmitLedger", make(account=account))
+
+
 def _owner() -> str:
     """Who sends a client's submits, as the ledger names it: ``host:pid:client``."""
     return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
@@ -129,7 +137,8 @@ class PixelByte(JobQueries, CatalogCalls):
             submit's job is never taken from another submitter (see "Sharing an
             account" in the docs): a file path (an SQLite file every process of
             the machine may share), ``None`` (this process's memory only), or a
-            `SubmitLedger` to share between clients.  Default:
+            `SubmitLedger` to share between clients.  Default: the *hub*'s
+            ledger (``hub.ledger()``: every machine using the hub sees it), else
             ``$PIXELBYTE_LEDGER`` (a path, or ``:memory:``), else one file per
             account in the user's state directory.  A ledger the client opened
             is closed by `aclose`.
@@ -211,6 +220,7 @@ class PixelByte(JobQueries, CatalogCalls):
             api_key=config.api_key,
             default=ledger is _UNSET,
             memory_retention=max(claim_window or 0.0, DEFAULT_CLAIM_WINDOW),
+            shared=_hub_ledger(hub),
         )
         self._reconciler = Reconciler(
             ReconcileLink(self.clock, self._wiring, self.get_job, self.list_jobs),

@@ -33,9 +33,14 @@ webhook endpoint can answer 503 and the API retries the delivery too.  Job slots
 fall back to a per-process limit while Redis is away, never to "unlimited" and
 never to "wait forever".
 
+**The ledger.**  ``hub.ledger()`` is the account's `RedisLedger`: every submit of
+every machine using the hub, and whose job is whose, so that a lost submit's job
+is told from another machine's (``PixelByte(hub=hub)`` uses it by default).
+
 **What is stored.**  Only what a delivery carried: the JSON payload, its
-timestamp and its ``pb_attempt`` nonce, and the lease ids of job slots.  Never an
-API key or a webhook secret.  The URL's password is masked wherever the hub shows
+timestamp and its ``pb_attempt`` nonce; the lease ids of job slots; and the
+ledger's records (attempt nonces, models, times, states, job ids, list prices,
+and owners as ``host:pid:client``).  Never an API key or a webhook secret.  The URL's password is masked wherever the hub shows
 its URL (``repr``, logs).
 
 The hub belongs to the event loop it was started on, like a `PixelByte` client;
@@ -49,8 +54,9 @@ from __future__ import annotations
 # The import of redis-py (and the error naming the extra when it is missing) is
 # in ._hub._link, which every part of the hub imports.
 from ._hub._hub import RedisHub as RedisHub
+from ._hub._ledger import RedisLedger as RedisLedger
 from ._hub._link import HubUnavailable as HubUnavailable
 from ._hub._slots import RedisSlots as RedisSlots
 
 
-__all__ = ["HubUnavailable", "RedisHub", "RedisSlots"]
+__all__ = ["HubUnavailable", "RedisHub", "RedisLedger", "RedisSlots"]

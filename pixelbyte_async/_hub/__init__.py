@@ -10,6 +10,7 @@ Each module imports only those listed before it:
 * ``_memory``: `EventMemory`, the events, attributions, waiters and observers of
   this process.
 * ``_events``: `EventExchange`, publishing and reading events in Redis.
+* ``_ledger``: `RedisLedger`, the ledger of every machine sharing the hub.
 * ``_leases``: `HeldLeases`, the leases this process holds, renewed and released.
 * ``_slots``: `RedisSlots` and a hub's `SlotGroups`.
 * ``_hub``: `RedisHub`, composing the parts above.

@@ -26,6 +26,7 @@ from pixelbyte_async._signing import WebhookEvent
 
 from ._codec import check_name
 from ._events import EventExchange
+from ._ledger import RedisLedger
 from ._link import RedisLink
 from ._memory import EventMemory
 from ._slots import RedisSlots, SlotGroups
@@ -142,6 +143,7 @@ class RedisHub:
         self._exchange = EventExchange(
             self, self._link, self._memory, released=self._slot_groups.released
         )
+        self._ledgers: dict[str, RedisLedger] = {}
 
     def __repr__(self) -> str:
         return (
@@ -216,10 +218,15 @@ class RedisHub:
         WARNING is logged, and the hub keeps trying in the background), so an
         application still starts while Redis is down.
         """
-        exchange = self._exchange
         await self._link.start(
-            catch_up=exchange.catch_up, on_message=exchange.on_message
+            catch_up=self._catch_up, on_message=self._exchange.on_message
         )
+
+    async def _catch_up(self) -> None:
+        """Subscribed again: the exchange catches up, then the ledgers write theirs."""
+        await self._exchange.catch_up()
+        for ledger in self._ledgers.values():
+            await ledger.flush()
 
     async def aclose(self) -> None:
         """
@@ -232,6 +239,8 @@ class RedisHub:
             link.close_unstarted()
             return
         await self._slot_groups.close(self.connect_timeout)
+        for ledger in self._ledgers.values():
+            await ledger.aclose()
         await link.stop(self._exchange.checker)
         self._memory.cancel_waits()
         await link.disconnect()
@@ -373,3 +382,34 @@ class RedisHub:
             fallback_limit=fallback_limit,
             retry_interval=retry_interval,
         )
+
+    # -- the ledger --------------------------------------------------------------------
+
+    def ledger(self, *, account: str = "", retention: float = 86_400.0) -> RedisLedger:
+        """
+        Return the ledger of every machine sharing this hub (one per *account*).
+
+        ``PixelByte(hub=hub)`` uses ``hub.ledger(account=<a hash of its key>)``
+        unless given another *ledger*: every submit, and whose job is whose, is then
+        known to every process on every machine that uses the hub, so a lost
+        submit's job is told from theirs (see `RedisLedger`).
+
+        Args:
+            account: Keeps the entries of several API keys apart under one hub
+                account (the client passes a hash of its key, never the key).
+            retention: Seconds entries are kept (the first call for an account
+                sets it).
+
+        .. versionadded:: 0.3.0
+
+        """
+        name = check_name("account", account) if account else self.account
+        found = self._ledgers.get(name)
+        if found is None:
+            found = self._ledgers[name] = RedisLedger(
+                self._link,
+                account=name,
+                retention=retention,
+                max_outbox=self.max_outbox,
+            )
+        return found

@@ -84,6 +84,10 @@ class HubSettings(Protocol):
     stats: dict[str, int]
 
 
+#: Connections of the hub's client for commands (``redis_options`` may say more).
+_MAX_CONNECTIONS = 32
+
+
 def _connect(
     url: str, redis_options: Mapping[str, Any], timeout: float
 ) -> tuple[aioredis.Redis, aioredis.Redis, dict[str, Any]]:
@@ -97,7 +101,13 @@ def _connect(
         **redis_options,
         "decode_responses": False,
     }
-    client = aioredis.Redis.from_url(url, **options)
+    # Callers wait for a free connection (bounded by *timeout*) instead of failing:
+    # redis-py's default pool raises at its 100th concurrent command, which would
+    # turn a burst of submits into a false outage.
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url, **{"max_connections": _MAX_CONNECTIONS, "timeout": timeout, **options}
+    )
+    client = aioredis.Redis.from_pool(pool)
     # The subscription has a client of its own that never reconnects behind
     # our back: redis-py would re-subscribe silently, and the messages sent
     # meanwhile would be lost without the re-read that our reconnect does.

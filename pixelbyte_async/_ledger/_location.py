@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TypeAlias
 
@@ -64,7 +65,12 @@ def default_ledger_path(api_key: str | None) -> Path:
 
 
 def ledger_for(
-    spec: LedgerSpec, *, api_key: str | None, default: bool, memory_retention: float
+    spec: LedgerSpec,
+    *,
+    api_key: str | None,
+    default: bool,
+    memory_retention: float,
+    shared: Callable[[str], SubmitLedger] | None = None,
 ) -> tuple[SubmitLedger, bool]:
     """
     The ledger a client with *api_key* uses, and whether the client owns it.
@@ -77,8 +83,12 @@ def ledger_for(
             or ``:memory:``), else `default_ledger_path`.
         memory_retention: How long a ledger in memory keeps entries (the client's
             claim window: a long-running process must not grow).
+        shared: The ledger of a hub the client uses, by account id: the default
+            when *spec* was left out (every machine of the hub sees it).
 
     """
+    if default and shared is not None:
+        return shared(account_id(api_key)), False
     if default:
         spec = os.environ.get(LEDGER_ENV, "").strip() or default_ledger_path(api_key)
     if spec is None or (

@@ -97,7 +97,11 @@ class MemoryLedger:
             overridden(job_id, other, attempt)
             if other.attempt is not None:
                 self._by_attempt.pop(other.attempt, None)
-                await self.mark(other.attempt, "unknown", at=at)
+                displaced = self._attempts.get(other.attempt)
+                if displaced is not None:
+                    self._touch(
+                        attrs.evolve(displaced, state="unknown", job_id=None), at
+                    )
         claim = Claim(job_id=job_id, attempt=attempt, how=how, at=at)
         self._claims.pop(job_id, None)
         self._claims[job_id] = claim
