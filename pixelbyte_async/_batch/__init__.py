@@ -35,7 +35,7 @@ modules, each importing only those listed before it:
   `read_batch_file`.
 * ``_budget``: ``Budget``: estimates, *fit*, charges net of refunds, the check
   before each submit, repricing.
-* ``_ledger``: ``Ledger``: each row's result (the queue `Batch` iterates), jobs
+* ``_outcomes``: ``Outcomes``: each row's result (the queue `Batch` iterates), jobs
   found and rows set aside, journaled; why submitting stopped.
 * ``_outputs``: ``Outputs``: the files in *out_dir*, downloaded and checked.
 * ``_unknown``: ``UnknownFates``: submits of unknown fate, settled by reconcile,

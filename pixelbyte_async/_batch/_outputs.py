@@ -15,7 +15,7 @@ import anyio
 from pixelbyte_async._errors import DownloadError, MissingOutputError, TransportError
 from pixelbyte_async._journal import Journal, JournalRow
 
-from ._ledger import Ledger
+from ._outcomes import Outcomes
 from ._rows import Entry
 from ._types import BatchItemStatus
 
@@ -34,10 +34,10 @@ class Outputs:
     A file the journal recorded at its size is not fetched again.
     """
 
-    def __init__(self, out_dir: Path, *, journal: Journal, ledger: Ledger) -> None:
+    def __init__(self, out_dir: Path, *, journal: Journal, outcomes: Outcomes) -> None:
         self._out_dir = out_dir
         self._journal = journal
-        self._ledger = ledger
+        self._outcomes = outcomes
 
     def target(self, entry: Entry, url: str | None) -> Path:
         """Where *entry*'s output (from *url*) goes."""
@@ -66,12 +66,12 @@ class Outputs:
             path = await job.download(target, overwrite=True)
             size = (await anyio.Path(path).stat()).st_size
         except MissingOutputError as exc:
-            self._ledger.emit(
+            self._outcomes.emit(
                 entry, BatchItemStatus.FAILED, job_id=job.id, error=str(exc)
             )
             return
         except (DownloadError, TransportError, OSError) as exc:
-            self._ledger.emit(
+            self._outcomes.emit(
                 entry,
                 BatchItemStatus.UNFINISHED,
                 job_id=job.id,
@@ -80,7 +80,7 @@ class Outputs:
             )
             return
         await self._journal.downloaded(entry.key, path=str(path), size=size)
-        self._ledger.emit(
+        self._outcomes.emit(
             entry,
             BatchItemStatus.COMPLETED,
             job_id=job.id,

@@ -22,7 +22,7 @@ from pixelbyte_async._reconcile import check_settle
 
 from ._audit import Audit, audit
 from ._budget import Budget
-from ._ledger import Ledger, finish_anyway
+from ._outcomes import Outcomes, finish_anyway
 from ._outputs import Outputs
 from ._plan import Planner, changed
 from ._rows import Entry, collect_entries
@@ -110,7 +110,7 @@ class Batch:
         self._budget = Budget(
             pb, limit=max_cost_micro_cents, assume_list_prices=assume_list_prices
         )
-        self._ledger: Ledger | None = None
+        self._outcomes: Outcomes | None = None
         self._steps: Steps | None = None
         self._unknown: UnknownFates | None = None
         self._audit = Audit()
@@ -146,8 +146,8 @@ class Batch:
 
     async def __anext__(self) -> BatchItem:
         await self._ensure_started()
-        assert self._ledger is not None  # noqa: S101 -- set by _ensure_started
-        item = await self._ledger.next()
+        assert self._outcomes is not None  # noqa: S101 -- set by _ensure_started
+        item = await self._outcomes.next()
         if item is None:
             if self._error is not None:
                 raise self._error
@@ -215,7 +215,7 @@ class Batch:
     @property
     def finished(self) -> int:
         """How many inputs have a result so far."""
-        return 0 if self._ledger is None else self._ledger.finished
+        return 0 if self._outcomes is None else self._outcomes.finished
 
     @property
     def running(self) -> int:
@@ -289,31 +289,31 @@ class Batch:
             rows = await journal.rows()
         else:
             rows = await journal.plan((e.key, e.model, e.document) for e in entries)
-        ledger = Ledger(journal=journal, budget=self._budget, entries=entries)
-        self._ledger = ledger
+        outcomes = Outcomes(journal=journal, budget=self._budget, entries=entries)
+        self._outcomes = outcomes
         outputs = (
             None
             if self._out_dir is None
-            else Outputs(self._out_dir, journal=journal, ledger=ledger)
+            else Outputs(self._out_dir, journal=journal, outcomes=outcomes)
         )
         unknown = self._unknown = UnknownFates(
             self._pb,
             journal=journal,
-            ledger=ledger,
+            outcomes=outcomes,
             budget=self._budget,
             settle=self._settle,
         )
         submits = Submits(
             self._pb,
             journal=journal,
-            ledger=ledger,
+            outcomes=outcomes,
             budget=self._budget,
             unknown=unknown,
         )
         self._steps = Steps(
             self._pb,
             journal=journal,
-            ledger=ledger,
+            outcomes=outcomes,
             budget=self._budget,
             submits=submits,
             outputs=outputs,
@@ -343,21 +343,21 @@ class Batch:
     # -- the run -------------------------------------------------------------------
 
     async def _run(self) -> None:
-        assert self._ledger is not None  # noqa: S101 -- set by _prepare
+        assert self._outcomes is not None  # noqa: S101 -- set by _prepare
         assert self._journal is not None  # noqa: S101 -- set by _prepare
         assert self._unknown is not None  # noqa: S101 -- set by _prepare
-        ledger, journal, unknown = self._ledger, self._journal, self._unknown
+        outcomes, journal, unknown = self._outcomes, self._journal, self._unknown
         try:
             if self._dry_run:
                 for entry in self._entries:
-                    ledger.emit(entry, BatchItemStatus.PLANNED, resumed=entry.resumed)
+                    outcomes.emit(entry, BatchItemStatus.PLANNED, resumed=entry.resumed)
                 return
-            ledger.report_earlier(downloads=self._out_dir is not None)
+            outcomes.report_earlier(downloads=self._out_dir is not None)
             # Rows an earlier run left in 'submitting' go first: their horizon is
             # counted from the journaled attempt, and other rows go on meanwhile.
             queue = collections.deque(
                 sorted(
-                    (e for e in self._entries if not ledger.reported(e.key)),
+                    (e for e in self._entries if not outcomes.reported(e.key)),
                     key=lambda e: (
                         e.action not in {"reconcile", "attach", "download"},
                         e.index,
@@ -369,7 +369,7 @@ class Batch:
                 for _ in range(workers):
                     tg.start_soon(self._worker, queue)
             if any(e.action == "over_budget" for e in self._entries):
-                ledger.stop("budget")
+                outcomes.stop("budget")
             self._audit = await audit(
                 self._pb,
                 journal,
@@ -383,7 +383,7 @@ class Batch:
             self._ended_at = self._pb.clock.monotonic()
             await finish_anyway(asyncio.ensure_future(journal.aclose()))
             self._phase = "done"
-            ledger.end()
+            outcomes.end()
 
     async def _worker(self, queue: collections.deque[Entry]) -> None:
         assert self._steps is not None  # noqa: S101 -- set by _prepare
@@ -399,17 +399,17 @@ class Batch:
 
     def _summary(self) -> BatchSummary:
         assert self._plan is not None  # noqa: S101 -- the batch has started
-        assert self._ledger is not None  # noqa: S101 -- set with the plan
+        assert self._outcomes is not None  # noqa: S101 -- set with the plan
         end = (
             self._ended_at if self._ended_at is not None else self._pb.clock.monotonic()
         )
         return BatchSummary(
-            items=self._ledger.items(),
+            items=self._outcomes.items(),
             plan=self._plan,
             cost_micro_cents=self.charged_micro_cents,
             assumed_cost_micro_cents=self._budget.assumed,
             wall_seconds=max(0.0, end - self._started_at),
-            stop_reason=self._ledger.stop_reason,
+            stop_reason=self._outcomes.stop_reason,
             journal=self._journal_path,
             dry_run=self._dry_run,
             orphans=self._audit.orphans,

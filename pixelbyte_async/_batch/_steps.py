@@ -14,7 +14,7 @@ from pixelbyte_async._models import JobInfo, JobStatus
 from pixelbyte_async._seams import BatchClient
 
 from ._budget import Budget
-from ._ledger import Ledger
+from ._outcomes import Outcomes
 from ._outputs import Outputs
 from ._rows import Entry
 from ._submits import Submits
@@ -42,7 +42,7 @@ class Steps:
         pb: BatchClient,
         *,
         journal: Journal,
-        ledger: Ledger,
+        outcomes: Outcomes,
         budget: Budget,
         submits: Submits,
         outputs: Outputs | None,
@@ -50,7 +50,7 @@ class Steps:
     ) -> None:
         self._pb = pb
         self._journal = journal
-        self._ledger = ledger
+        self._outcomes = outcomes
         self._budget = budget
         self._submits = submits
         self._outputs = outputs
@@ -75,7 +75,7 @@ class Steps:
                 try:
                     job = await self._pb.get_job(entry.row.job_id)
                 except NotFound as exc:
-                    await self._ledger.park(
+                    await self._outcomes.park(
                         entry, f"job {entry.row.job_id} is gone: {exc}"
                     )
                     return
@@ -83,7 +83,7 @@ class Steps:
         except PixelByteError as exc:
             if is_fatal(exc):
                 raise
-            self._ledger.emit(
+            self._outcomes.emit(
                 entry,
                 BatchItemStatus.UNFINISHED,
                 job_id=entry.job.id if entry.job else None,
@@ -106,7 +106,7 @@ class Steps:
                             last = info.status
                             await journal.status(entry.key, status=info.status.value)
             except WaitTimeout as exc:
-                self._ledger.emit(
+                self._outcomes.emit(
                     entry,
                     BatchItemStatus.UNFINISHED,
                     job_id=job.id,
@@ -123,16 +123,18 @@ class Steps:
         )
         if info.status is JobStatus.FAILED:
             self._budget.refund(entry.key)
-            self._ledger.emit(entry, BatchItemStatus.FAILED, job_id=job.id, error=error)
+            self._outcomes.emit(
+                entry, BatchItemStatus.FAILED, job_id=job.id, error=error
+            )
             return
         if info.status is JobStatus.CANCELLED:
             self._budget.refund(entry.key)
-            self._ledger.emit(
+            self._outcomes.emit(
                 entry, BatchItemStatus.CANCELLED, job_id=job.id, error=error
             )
             return
         if self._outputs is None:
-            self._ledger.emit(
+            self._outcomes.emit(
                 entry,
                 BatchItemStatus.COMPLETED,
                 job_id=job.id,

@@ -21,7 +21,7 @@ from pixelbyte_async._seams import BatchClient
 from pixelbyte_async._signing import new_attempt_id
 
 from ._budget import Budget
-from ._ledger import Ledger
+from ._outcomes import Outcomes
 from ._rows import Entry, describe_local
 from ._types import BatchItemStatus, is_fatal
 from ._unknown import UnknownFates
@@ -51,13 +51,13 @@ class Submits:
         pb: BatchClient,
         *,
         journal: Journal,
-        ledger: Ledger,
+        outcomes: Outcomes,
         budget: Budget,
         unknown: UnknownFates,
     ) -> None:
         self._pb = pb
         self._journal = journal
-        self._ledger = ledger
+        self._outcomes = outcomes
         self._budget = budget
         self._unknown = unknown
         self._submit_lock = asyncio.Lock()
@@ -91,7 +91,7 @@ class Submits:
                     continue  # the horizon passed with nothing found: send again
                 return found or None
             return sent_outcome or None
-        self._ledger.emit(
+        self._outcomes.emit(
             entry,
             BatchItemStatus.FAILED,
             error=f"{_MAX_AMBIGUOUS_ATTEMPTS} submits failed ambiguously, and after "
@@ -111,12 +111,12 @@ class Submits:
 
     def _refuse(self, entry: Entry) -> bool:
         """Skip *entry* (and stop submitting) if the budget or the API says so."""
-        if self._ledger.stop_reason is None and self._budget.refuses(entry):
-            self._ledger.stop("budget")
-        if self._ledger.stop_reason is None:
+        if self._outcomes.stop_reason is None and self._budget.refuses(entry):
+            self._outcomes.stop("budget")
+        if self._outcomes.stop_reason is None:
             return False
-        self._ledger.emit(
-            entry, BatchItemStatus.SKIPPED, skip_reason=self._ledger.stop_reason
+        self._outcomes.emit(
+            entry, BatchItemStatus.SKIPPED, skip_reason=self._outcomes.stop_reason
         )
         return True
 
@@ -183,7 +183,7 @@ class Submits:
             )
             self._rejected(entry, exc, what="submit rejected")
             return False
-        await self._ledger.record(entry, job, how="submitted")
+        await self._outcomes.record(entry, job, how="submitted")
         return job
 
     def _rejected(self, entry: Entry, exc: PixelByteError, *, what: str) -> None:
@@ -196,9 +196,9 @@ class Submits:
             reason = (
                 "balance" if isinstance(exc, InsufficientBalance) else "unavailable"
             )
-            self._ledger.stop(reason)
-            self._ledger.emit(
+            self._outcomes.stop(reason)
+            self._outcomes.emit(
                 entry, BatchItemStatus.SKIPPED, skip_reason=reason, error=str(exc)
             )
             return
-        self._ledger.emit(entry, BatchItemStatus.FAILED, error=f"{what}: {exc}")
+        self._outcomes.emit(entry, BatchItemStatus.FAILED, error=f"{what}: {exc}")

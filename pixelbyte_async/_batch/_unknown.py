@@ -21,7 +21,7 @@ from pixelbyte_async._reconcile import iso
 from pixelbyte_async._seams import BatchClient
 
 from ._budget import Budget
-from ._ledger import Ledger
+from ._outcomes import Outcomes
 from ._rows import Entry
 from ._types import BatchItemStatus, Settling, is_fatal
 
@@ -64,13 +64,13 @@ class UnknownFates:
         pb: BatchClient,
         *,
         journal: Journal,
-        ledger: Ledger,
+        outcomes: Outcomes,
         budget: Budget,
         settle: float | None,
     ) -> None:
         self._pb = pb
         self._journal = journal
-        self._ledger = ledger
+        self._outcomes = outcomes
         self._budget = budget
         self._settle = settle
         #: Attempts of unknown fate not settled yet, by row: they compete for the
@@ -235,14 +235,14 @@ class UnknownFates:
             if isinstance(rexc, ReconcileTimeout):
                 raise  # not raised without a timeout; a bug if it is
             ids = tuple(sorted(job.id for job in rexc.candidates))
-            await self._ledger.park(entry, self._parked(entry, rexc, ids), ids)
+            await self._outcomes.park(entry, self._parked(entry, rexc, ids), ids)
             return False
         except PixelByteError as rexc:
             if is_fatal(rexc):
                 raise
             # The row stays 'submitting': the next run reconciles it.
-            self._ledger.stop("unavailable")
-            self._ledger.emit(
+            self._outcomes.stop("unavailable")
+            self._outcomes.emit(
                 entry,
                 BatchItemStatus.UNFINISHED,
                 error=f"submit outcome unknown and reconciling failed ({rexc}); "
@@ -261,5 +261,5 @@ class UnknownFates:
             self._budget.forget(entry.key)
             return None
         log.info("batch: %s: found its job %s", entry.key, job.id)
-        await self._ledger.record(entry, job, how="reconciled")
+        await self._outcomes.record(entry, job, how="reconciled")
         return job

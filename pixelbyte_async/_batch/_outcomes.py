@@ -1,5 +1,5 @@
 """
-A running batch's ledger: what happened to each row, journaled, charged and reported.
+A running batch's outcomes: what happened to each row, journaled, charged and reported.
 """
 
 from __future__ import annotations
@@ -20,12 +20,12 @@ if TYPE_CHECKING:
     from pixelbyte_async._job import Job
 
 
-__all__ = ["Ledger", "finish_anyway"]
+__all__ = ["Outcomes", "finish_anyway"]
 
 _T = TypeVar("_T")
 
 
-class Ledger:
+class Outcomes:
     """
     What happened to each row of a running batch, and why submitting stopped.
 
