@@ -34,6 +34,7 @@ from ._config import ClientConfig, mask_key
 from ._errors import (
     ClientClosedError,
     EventLoopMismatch,
+    NotFound,
 )
 from ._files import Files
 from ._inputs import (
@@ -242,8 +243,21 @@ class PixelByte(JobQueries, CatalogCalls):
             self._job_link,
         )
         self._loop: asyncio.AbstractEventLoop | None = None
+        # A hub's slots of a process that died stay taken while their jobs run:
+        # this client asks the API about them (one GET each, now and then).
+        use_checker = getattr(self._slots.shared, "use_checker", None)
+        if callable(use_checker):
+            use_checker(self._job_ended)
         if webhook is not None:
             self.use_webhooks(webhook)
+
+    async def _job_ended(self, job_id: str) -> bool:
+        """Whether the API says *job_id* has ended (a job it does not know has)."""
+        try:
+            job = await self.get_job(job_id)
+        except NotFound:
+            return True
+        return job.status.is_terminal
 
     # -- lifecycle -----------------------------------------------------------------
 

@@ -35,7 +35,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import anyio
 import pytest
@@ -72,17 +72,26 @@ class RedisServer:
     """One redis-server process on 127.0.0.1, restartable on the same port."""
 
     def __init__(
-        self, directory: Path, port: int | None = None, *, tls: Path | None = None
+        self,
+        directory: Path,
+        port: int | None = None,
+        *,
+        tls: Path | None = None,
+        persist: bool = False,
+        password: str | None = None,
     ) -> None:
         self.directory = directory
         self.port = port or free_port()
         self.tls = tls  # a file with the certificate and key: listen with TLS only
+        self.persist = persist  # an append-only file, fsynced every second
+        self.password = password
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         scheme = "redis" if self.tls is None else "rediss"
-        return f"{scheme}://127.0.0.1:{self.port}/0"
+        auth = "" if self.password is None else f":{self.password}@"
+        return f"{scheme}://{auth}127.0.0.1:{self.port}/0"
 
     def start(self, timeout: float = 15.0) -> None:
         """Start the server; return once it says it accepts connections."""
@@ -105,7 +114,8 @@ class RedisServer:
                 "--save",
                 "",
                 "--appendonly",
-                "no",
+                "yes" if self.persist else "no",
+                *(["--requirepass", self.password] if self.password else []),
                 "--dir",
                 str(self.directory),
                 "--loglevel",
@@ -131,12 +141,15 @@ class RedisServer:
         # and it can never block on a full pipe.
         proc.stdout.close()
 
-    def stop(self) -> None:
-        """Stop the server (SIGTERM: it closes every client connection)."""
+    def stop(self, *, kill: bool = False) -> None:
+        """Stop the server (SIGTERM: it closes every client connection; or SIGKILL)."""
         proc, self.proc = self.proc, None
         if proc is None:
             return
-        proc.terminate()
+        if kill:
+            proc.kill()
+        else:
+            proc.terminate()
         try:
             proc.wait(timeout=15)
         except subprocess.TimeoutExpired:
@@ -158,10 +171,10 @@ class RedisServer:
 
 
 @contextlib.contextmanager
-def running_server() -> Iterator[RedisServer]:
+def running_server(**options: Any) -> Iterator[RedisServer]:
     require_redis()
     with tempfile.TemporaryDirectory(prefix="pixelbyte-redis-") as tmp:
-        server = RedisServer(Path(tmp))
+        server = RedisServer(Path(tmp), **options)
         server.start()
         try:
             yield server
@@ -194,6 +207,67 @@ def redis_server_fixture() -> Iterator[RedisServer]:
 def own_redis_fixture() -> Iterator[RedisServer]:
     with running_server() as server:
         yield server
+
+
+@pytest.fixture(name="persistent_redis")
+def persistent_redis_fixture() -> Iterator[RedisServer]:
+    """A server of the test's own that keeps its data across restarts (AOF)."""
+    with running_server(persist=True) as server:
+        yield server
+
+
+class Proxy:
+    """
+    A TCP proxy to 127.0.0.1:*port* that can go silent: a partition.
+
+    `freeze` stops forwarding in both directions without closing anything (packets
+    dropped, no refusal); `thaw` forwards again.
+    """
+
+    def __init__(self, port: int) -> None:
+        self.target = port
+        self.port = 0
+        self._open = asyncio.Event()
+        self._open.set()
+        self._server: asyncio.Server | None = None
+        self._writers: list[asyncio.StreamWriter] = []
+
+    def url(self, path: str = "/0") -> str:
+        return f"redis://127.0.0.1:{self.port}{path}"
+
+    async def __aenter__(self) -> Self:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._open.set()
+        for writer in self._writers:
+            writer.close()
+        if self._server is not None:
+            self._server.close()
+
+    def freeze(self) -> None:
+        self._open.clear()
+
+    def thaw(self) -> None:
+        self._open.set()
+
+    async def _serve(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target)
+        self._writers += [writer, up_writer]
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(OSError, asyncio.CancelledError):
+                while data := await src.read(65536):
+                    await self._open.wait()  # frozen: held, never delivered
+                    dst.write(data)
+                    await dst.drain()
+            dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
 
 
 @pytest.fixture(name="require_redis_always", autouse=True)
@@ -394,8 +468,12 @@ async def _hold(ns: argparse.Namespace) -> None:
     from pixelbyte_async.redis import RedisHub
 
     async with RedisHub(ns.url, key_prefix=ns.prefix) as hub:
-        slots = hub.slots(ns.limit, lease=ns.lease)
+        slots = hub.slots(ns.limit, lease=ns.lease, settle=ns.settle)
         leases = [await slots.acquire(timeout=ns.timeout) for _ in range(ns.count)]
+        # The first --bind leases are bound to the jobs job-0, job-1 ...
+        for n, lease in enumerate(leases[: ns.bind]):
+            slots.bind(lease, f"job-{n}")
+        await slots.renew(leases[0])  # the bindings are in Redis now
         _say({"leases": leases})
         await asyncio.Event().wait()  # until killed
 
@@ -412,6 +490,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--count", type=int, default=1)
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--lease", type=float, default=60.0)
+    parser.add_argument("--settle", type=float, default=300.0)
+    parser.add_argument("--bind", type=int, default=0)
     parser.add_argument("--timeout", type=float, default=30.0)
     ns = parser.parse_args(argv)
     run = {"wait": _wait, "publish": _publish, "slots": _slots, "hold": _hold}

@@ -17,6 +17,7 @@ import pytest
 from redis_fixture import (  # noqa: F401 -- fixtures
     make_event,
     own_redis_fixture,
+    persistent_redis_fixture,
     prefix_fixture,
     redis_server_fixture,
     require_redis,
@@ -78,7 +79,7 @@ async def test_a_redis_restart_mid_run_hangs_no_wait(own_redis, prefix, caplog):
         RedisHub(url, key_prefix=prefix, on_health=health, **QUICK) as a,
         RedisHub(url, key_prefix=prefix, **QUICK) as b,
     ):
-        slots = a.slots(4, lease=30, fallback_limit=2, retry_interval=0.05)
+        slots = a.slots(4, lease=3, fallback_limit=2, retry_interval=0.05)
         first = await slots.acquire(timeout=1)
         assert await slots.in_use() == 1
         future = a.future_for("job_outage")
@@ -111,12 +112,14 @@ async def test_a_redis_restart_mid_run_hangs_no_wait(own_redis, prefix, caplog):
         assert health.changes == [True, False, True]
         warnings = unreachable_warnings(caplog)
         assert len(warnings) == 2, warnings  # one for a, one for b
-        assert "fall back to a per-process limit of 2" in " ".join(warnings)
+        assert "admit up to 2 jobs in this process" in " ".join(warnings)
         assert "is back after" in caplog.text
 
-        # Both leases (the one from before, the one admitted locally) count again.
+        # Both leases (the one from before, the one admitted locally) count again,
+        # and as Redis lost its data, admissions hold for a renewal interval
+        # (while other processes register theirs).
         await until(_equals(slots.in_use, 2), WAIT)
-        third = await slots.acquire(timeout=1)
+        third = await slots.acquire(timeout=WAIT)
         assert await slots.in_use() == 3
         for lease in (first, second, third):
             await slots.release(lease)
@@ -294,6 +297,61 @@ async def test_slots_never_wait_forever_nor_admit_without_limit(own_redis, prefi
         own_redis.start()
         await health.becomes(True)
         await until(_equals(slots.in_use, 1), WAIT)
+
+
+async def test_by_default_no_slot_is_admitted_while_redis_is_away(own_redis, prefix):
+    """Nobody can count the account's jobs: held slots stay, none is added."""
+    from pixelbyte_async import RequestTimeout
+    from pixelbyte_async.redis import RedisHub
+
+    health = Health()
+    async with RedisHub(
+        own_redis.url, key_prefix=prefix, on_health=health, **QUICK
+    ) as hub:
+        slots = hub.slots(10, lease=3, retry_interval=0.05)
+        held = await slots.acquire(timeout=1)
+        own_redis.stop()
+        await health.becomes(False)
+        with pytest.raises(RequestTimeout, match="no job slot"):
+            await slots.acquire(timeout=0.2)
+        waiter = asyncio.ensure_future(slots.acquire(timeout=WAIT))
+        assert slots.fallback_admissions == 0
+        assert list(slots.leases()) == [held]
+        own_redis.start()  # its data is lost: the held lease is registered again
+        with anyio.fail_after(WAIT):
+            second = await waiter
+        assert await slots.in_use() == 2
+        for lease in (held, second):
+            await slots.release(lease)
+
+
+async def test_releases_made_while_redis_is_away_reach_it_when_it_is_back(
+    persistent_redis, prefix
+):
+    """Redis keeps its data: a slot released meanwhile is free as soon as it is back."""
+    from pixelbyte_async.redis import RedisHub
+
+    health = Health()
+    async with RedisHub(
+        persistent_redis.url, key_prefix=prefix, on_health=health, **QUICK
+    ) as hub:
+        slots = hub.slots(2, lease=60, retry_interval=0.05)
+        first, second = [await slots.acquire(timeout=1) for _ in range(2)]
+        slots.bind(first, "job-a")
+        slots.bind(second, "job-b")
+        await slots.renew(first)  # bound in Redis, and written to its file
+        persistent_redis.stop()
+        await health.becomes(False)
+        await slots.release(second)  # job-b ended while Redis was away
+        persistent_redis.start()
+        await health.becomes(True)
+        # Given back during the reconnection, before anyone could be admitted:
+        # not held by a finished job until its lease expires (60 s).
+        assert await slots.in_use() == 1
+        third = await slots.acquire(timeout=1)
+        for lease in (first, third):
+            await slots.release(lease)
+        assert await slots.in_use() == 0
 
 
 async def test_aclose_ends_even_when_a_read_swallows_its_cancellation(

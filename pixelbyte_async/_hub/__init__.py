@@ -5,6 +5,7 @@ Each module imports only those listed before it:
 
 * ``_codec``: the wire format (events encoded, parsed, built), names, URL masking
   and the Lua scripts.
+* ``_slot_lua``: the scripts of job slots (bound leases, orphans, epochs).
 * ``_link``: `RedisLink`, the connection, subscription and health; the import of
   redis-py; `HubUnavailable`.
 * ``_memory``: `EventMemory`, the events, attributions, waiters and observers of

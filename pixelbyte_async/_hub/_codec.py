@@ -5,8 +5,8 @@ A message (and a stored event) is one kind byte and a JSON document; this module
 encodes a verified `WebhookEvent` to it, parses it back without decoding (cheap,
 for events nobody here waits for) and builds the `WebhookEvent` when asked.  It
 also checks key prefixes and names, masks a URL's password, and holds the Lua
-scripts that publish events and admit, renew and release job slot leases, so that
-every Redis call is one atomic script.
+scripts that publish and watch events, so that every Redis call is one atomic
+script (those of job slots are in ``_slot_lua``).
 """
 
 from __future__ import annotations
@@ -25,16 +25,11 @@ from pixelbyte_async._signing import _ATTEMPT_RE, SignedDelivery, WebhookEvent
 
 
 __all__ = [
-    "ACQUIRE_LUA",
     "ATTEMPT_RE",
     "CONFLICT",
     "EVENT",
-    "IN_USE_LUA",
-    "LEAVE_LUA",
     "PUBLISH_LUA",
     "RELEASED",
-    "RELEASE_LUA",
-    "RENEW_LUA",
     "WATCH_LUA",
     "RawEvent",
     "build_event",
@@ -99,143 +94,6 @@ for i = 1, #KEYS, 2 do
 end
 return stored
 """
-
-# Server time in ms, so that the hosts' clocks never matter.
-_NOW_LUA = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-"""
-
-# `free` drops the expired leases and counts the free slots; `purge` drops the
-# queue's expired waiters (their processes stopped asking); `tell` tells the
-# waiters now first in line, as many as there are free slots, that their turn has
-# come: one message to the inbox of each of their processes, naming them
-# ("r<group>\n<waiter>,<waiter>").  Waiter ids start with their process's id.
-_TELL_LUA = """
-local function free(leases, limit, now)
-  redis.call('ZREMRANGEBYSCORE', leases, '-inf', now)
-  return tonumber(limit) - redis.call('ZCARD', leases)
-end
-local function purge(queue, expiry, now)
-  for _, waiter in ipairs(redis.call('ZRANGEBYSCORE', expiry, '-inf', now)) do
-    redis.call('ZREM', queue, waiter)
-    redis.call('ZREM', expiry, waiter)
-  end
-end
-local function tell(queue, free, inbox, message, except)
-  if free <= 0 then return end
-  local order, names = {}, {}
-  for _, waiter in ipairs(redis.call('ZRANGE', queue, 0, free - 1)) do
-    local process = string.match(waiter, '^([^:]+):')
-    if process and waiter ~= except then
-      if not names[process] then
-        names[process] = {}
-        order[#order + 1] = process
-      end
-      table.insert(names[process], waiter)
-    end
-  end
-  for _, process in ipairs(order) do
-    redis.call('PUBLISH', inbox .. process,
-      message .. '\\n' .. table.concat(names[process], ','))
-  end
-end
-"""
-
-# KEYS: leases, queue (score: arrival), queue expiry (score: ms), sequence
-# ARGV: limit, lease ms, waiter id, lease id, queue ttl ms, inbox prefix, message
-# Returns {granted, rank in the queue, leases in use, place in the queue (its
-# arrival number: the queue's order, stable while others come and go)}.  A slot
-# found free by expiry, or still free after this admission, is told to the
-# waiters whose turn it is.
-ACQUIRE_LUA = (
-    _NOW_LUA
-    + _TELL_LUA
-    + """
-local expired = redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-purge(KEYS[2], KEYS[3], now)
-local seq = redis.call('ZSCORE', KEYS[2], ARGV[3])
-if not seq then
-  seq = redis.call('INCR', KEYS[4])
-  redis.call('ZADD', KEYS[2], seq, ARGV[3])
-end
-local keep = math.max(tonumber(ARGV[2]), tonumber(ARGV[5])) * 2
-redis.call('ZADD', KEYS[3], now + tonumber(ARGV[5]), ARGV[3])
-local used = redis.call('ZCARD', KEYS[1])
-local rank = redis.call('ZRANK', KEYS[2], ARGV[3])
-local granted = 0
-if rank < tonumber(ARGV[1]) - used then
-  redis.call('ZREM', KEYS[2], ARGV[3])
-  redis.call('ZREM', KEYS[3], ARGV[3])
-  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[4])
-  used = used + 1
-  granted = 1
-end
-if granted == 1 or expired > 0 then
-  tell(KEYS[2], tonumber(ARGV[1]) - used, ARGV[6], ARGV[7], ARGV[3])
-end
-for i = 1, 4 do redis.call('PEXPIRE', KEYS[i], keep) end
-return {granted, rank, used, tonumber(seq)}
-"""
-)
-
-# KEYS: leases, processes   ARGV: lease ms, process id, lease ids...
-# (Re-)registers every lease this process holds, so leases admitted while Redis
-# was away, or lost to a long outage, count again.  Returns {re-added, processes}.
-RENEW_LUA = (
-    _NOW_LUA
-    + """
-local expiry = now + tonumber(ARGV[1])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-local added = 0
-for i = 3, #ARGV do
-  added = added + redis.call('ZADD', KEYS[1], expiry, ARGV[i])
-end
-redis.call('ZADD', KEYS[2], expiry, ARGV[2])
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
-local keep = tonumber(ARGV[1]) * 2
-redis.call('PEXPIRE', KEYS[1], keep)
-redis.call('PEXPIRE', KEYS[2], keep)
-return {added, redis.call('ZCARD', KEYS[2])}
-"""
-)
-
-# KEYS: leases, queue, queue expiry   ARGV: inbox prefix, message, limit, lease ids...
-# Tells the waiters whose turn it is now (none when nobody is queued: a waiter
-# whose attempt comes after this script sees the free slot itself).
-RELEASE_LUA = (
-    _NOW_LUA
-    + _TELL_LUA
-    + """
-local removed = 0
-for i = 4, #ARGV do
-  removed = removed + redis.call('ZREM', KEYS[1], ARGV[i])
-end
-if removed > 0 and redis.call('EXISTS', KEYS[2]) == 1 then
-  purge(KEYS[2], KEYS[3], now)
-  tell(KEYS[2], free(KEYS[1], ARGV[3], now), ARGV[1], ARGV[2], false)
-end
-return removed
-"""
-)
-
-# KEYS: queue, queue expiry, leases   ARGV: waiter id, inbox prefix, message, limit
-# A waiter that gives up may have held a turn: it passes to those behind it.
-LEAVE_LUA = (
-    _NOW_LUA
-    + _TELL_LUA
-    + """
-local queued = redis.call('ZREM', KEYS[1], ARGV[1])
-redis.call('ZREM', KEYS[2], ARGV[1])
-if queued > 0 then
-  tell(KEYS[1], free(KEYS[3], ARGV[4], now), ARGV[2], ARGV[3], false)
-end
-return queued
-"""
-)
-
-# KEYS: leases   Returns the leases not yet expired.
-IN_USE_LUA = _NOW_LUA + "return redis.call('ZCOUNT', KEYS[1], now, '+inf')\n"
 
 
 def mask_url(url: str) -> str:

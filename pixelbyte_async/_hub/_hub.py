@@ -223,8 +223,15 @@ class RedisHub:
         )
 
     async def _catch_up(self) -> None:
-        """Subscribed again: the exchange catches up, then the ledgers write theirs."""
+        """
+        Subscribed again, before turning healthy: events, slots, then ledgers.
+
+        The exchange catches up on events; each slot group gives back what was
+        released meanwhile and registers every lease held (so nobody is admitted
+        on a count that misses them); each ledger writes what it kept.
+        """
         await self._exchange.catch_up()
+        await self._slot_groups.resync()
         for ledger in self._ledgers.values():
             await ledger.flush()
 
@@ -361,6 +368,7 @@ class RedisHub:
         lease: float | None = None,
         fallback_limit: int | None = None,
         retry_interval: float = 1.0,
+        settle: float = 300.0,
     ) -> RedisSlots:
         """
         Return the account-wide job slots *name* (one object per name and hub).
@@ -381,6 +389,7 @@ class RedisHub:
             lease=lease,
             fallback_limit=fallback_limit,
             retry_interval=retry_interval,
+            settle=settle,
         )
 
     # -- the ledger --------------------------------------------------------------------

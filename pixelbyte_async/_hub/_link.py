@@ -34,15 +34,14 @@ except ImportError as exc:  # pragma: no cover -- exercised only without the ext
 from pixelbyte_async._clock import Clock
 from pixelbyte_async._errors import PixelByteError
 
-from ._codec import (
+from ._codec import PUBLISH_LUA, WATCH_LUA, mask_url
+from ._slot_lua import (
     ACQUIRE_LUA,
+    BIND_LUA,
     IN_USE_LUA,
     LEAVE_LUA,
-    PUBLISH_LUA,
     RELEASE_LUA,
     RENEW_LUA,
-    WATCH_LUA,
-    mask_url,
 )
 
 
@@ -117,6 +116,7 @@ def _connect(
         "acquire": client.register_script(ACQUIRE_LUA),
         "renew": client.register_script(RENEW_LUA),
         "release": client.register_script(RELEASE_LUA),
+        "bind": client.register_script(BIND_LUA),
         "in_use": client.register_script(IN_USE_LUA),
         "leave": client.register_script(LEAVE_LUA),
         "watch": client.register_script(WATCH_LUA),
@@ -171,6 +171,7 @@ class RedisLink:
         self._outage: asyncio.Future[None] | None = None
         self._healthy = False
         self._subscribed = False
+        self._catching_up = False
         self._warned = False
         self._down_since: float | None = None
         self._health_callbacks: list[Callable[[bool], object]] = []
@@ -348,7 +349,12 @@ class RedisLink:
 
     def command_ok(self) -> None:
         """A command worked: healthy again if the subscription is up too."""
-        if self._subscribed and not self._healthy and self._state == "started":
+        if (
+            self._subscribed
+            and not self._catching_up
+            and not self._healthy
+            and self._state == "started"
+        ):
             self._healthy = True
             if self._warned:
                 self._warned = False
@@ -416,7 +422,12 @@ class RedisLink:
         """Subscribed: catch up (see the hub's), and only then turn healthy."""
         self._subscribed = True
         if self._catch_up is not None:
-            await self._catch_up()
+            # Healthy only once caught up: a command meanwhile does not say so.
+            self._catching_up = True
+            try:
+                await self._catch_up()
+            finally:
+                self._catching_up = False
         self.command_ok()
 
     async def _pump(self, pubsub: Any) -> None:

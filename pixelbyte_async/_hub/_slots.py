@@ -4,10 +4,12 @@ Account-wide job slots in Redis: `RedisSlots`, and the slot groups of one hub.
 `RedisSlots` is a counting semaphore with leases, shared by every process of an
 account: waiters queue in Redis in arrival order, are admitted by one Lua script,
 are woken by name when their turn comes (a message to their process's inbox, sent
-by the script that freed the slot), and fall back to a per-process limit while
-Redis is away.  The leases a process holds are kept by
-`HeldLeases`.  `SlotGroups` are a hub's groups by name: made once, told about
-health and releases, closed with the hub.
+by the script that freed the slot), and admit nothing they cannot prove while
+Redis is away (unless told to, by *fallback_limit*).  A slot is held by its job
+until the job ends, not until a lease expires (see ``_slot_lua``).  The leases a
+process holds are kept by `HeldLeases`.  `SlotGroups` are a hub's groups by name:
+made once, told about health and releases, brought in step with Redis when it is
+back, closed with the hub.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import bisect
 import contextlib
 import itertools
 import math
+from typing import Any
 
 import anyio
 
@@ -24,8 +27,9 @@ from pixelbyte_async._clock import sleep_or_until
 from pixelbyte_async._errors import RequestTimeout
 
 from ._codec import check_name, ms, turn_args
-from ._leases import HeldLeases, SlotsHub
+from ._leases import HeldLeases, JobEnded, SlotsHub
 from ._link import FAULTS, HubUnavailable
+from ._slot_lua import SLOT_KEYS
 
 
 __all__ = ["RedisSlots", "SlotGroups"]
@@ -33,6 +37,8 @@ __all__ = ["RedisSlots", "SlotGroups"]
 _MAX_PAUSE = 60.0
 #: Seconds a lease lives without renewal, unless the group says otherwise.
 DEFAULT_LEASE = 60.0  # longest single pause of a slot waiter (re-checks health)
+#: Seconds a slot whose submit was on the wire when its process died stays taken.
+DEFAULT_SETTLE = 300.0
 
 
 class RedisSlots:
@@ -40,25 +46,41 @@ class RedisSlots:
     An account-wide counting semaphore with leases, kept in Redis.
 
     A lease is a member of a sorted set scored by its expiry (Redis server time),
-    admitted by a Lua script that first drops expired leases, so a process that
-    dies (even ``kill -9``) frees its slots when its leases expire.  One task per
-    process renews all of its leases every *lease*/3 seconds.
+    admitted by a Lua script; one task per process renews all of its leases every
+    *lease*/3 seconds.
+
+    **A slot is held by its job, not by a lease.**  Each lease is bound to the job
+    its submit created.  When a lease expires (its process was killed, or lost
+    Redis for longer than a lease), the slot stays taken while its job runs at
+    the API: it is freed when the job's terminal event is stored (a receiver
+    published it; checked at every renewal of any process), or when a live
+    process asks the API (one GET per orphaned slot and *lease*, by one process;
+    the client does it, `PixelByte(hub=...)`).  A lease whose submit was on the
+    wire when its process died stays taken for *settle* seconds, the submit's
+    settle horizon.  A lease with no submit is freed when it expires.
 
     **Fairness.**  Waiters queue in Redis in arrival order (FIFO across all
     processes): a waiter is admitted only when fewer waiters are ahead of it than
     there are free slots.  The script that frees a slot (a release, a waiter
-    giving up, an admission that leaves one free, a lease found expired) names the
+    giving up, an admission that leaves one free, a slot found free) names the
     waiters whose turn it is, in a message to each one's process (its inbox); a
     waiter named while its attempt was on the wire tries again at once.  Otherwise
-    waiters try again every *retry_interval* (jittered), which is how a slot freed
-    by an expired lease is noticed when nobody else asks.  A waiter whose process
+    waiters try again every *retry_interval* (jittered).  A waiter whose process
     died leaves the queue after ``max(2 s, 5 × retry_interval)``.
 
-    **Redis away.**  Admission falls back to a per-process limit, *fallback_limit*
-    (default: *limit* divided by the number of processes last seen renewing
-    leases, at least 1), counting every lease this process holds.  When Redis is
-    back, every lease held is registered again, so the account-wide count is true
-    again even if it briefly exceeds *limit*.
+    **Redis away.**  No process can count the others' jobs, so none admits a job
+    it cannot prove a slot for: the slots a process holds stay its own, and it
+    admits new ones only up to *fallback_limit* leases held (default 0: submits
+    wait for Redis, or for ``slot_timeout``).  A *fallback_limit* above 0 trades
+    the account limit for progress during an outage (up to *fallback_limit* ×
+    processes jobs at once).  When Redis is back, the releases made meanwhile and
+    every lease held are registered again before anyone is admitted; if Redis
+    lost its data, admissions hold for a renewal interval, while every live
+    process registers its leases again.
+
+    **Settings drift.**  Each process records its *limit* and *lease*; admission
+    uses the strictest limit of the live processes, and a process that sees
+    another setting logs an ERROR naming both.
 
     Made by `RedisHub.slots`.
 
@@ -67,8 +89,11 @@ class RedisSlots:
         limit: Slots for the whole account (use the same value in every process).
         name: Several independent groups may share an account.
         lease: Seconds a lease lives without renewal.
-        fallback_limit: The per-process limit while Redis is away.
+        fallback_limit: Leases this process may hold while Redis is away
+            (default 0: it admits nothing new until Redis is back).
         retry_interval: Mean pause between a waiter's attempts (jittered).
+        settle: Seconds a slot whose submit was on the wire when its process
+            died stays taken (that submit's settle horizon).
 
     .. versionadded:: 0.3.0
 
@@ -83,13 +108,16 @@ class RedisSlots:
         lease: float = 60.0,
         fallback_limit: int | None = None,
         retry_interval: float = 1.0,
+        settle: float = DEFAULT_SETTLE,
     ) -> None:
         if not isinstance(limit, int) or limit < 1:
             raise ValueError("limit must be a positive integer")
         if not lease > 0:
             raise ValueError("lease must be a positive number of seconds")
-        if fallback_limit is not None and fallback_limit < 1:
-            raise ValueError("fallback_limit must be a positive integer")
+        if fallback_limit is not None and fallback_limit < 0:
+            raise ValueError("fallback_limit must be 0 or a positive integer")
+        if not settle >= 0:
+            raise ValueError("settle must be a number of seconds")
         if not retry_interval > 0:
             raise ValueError("retry_interval must be a positive number of seconds")
         self.hub = hub
@@ -97,22 +125,14 @@ class RedisSlots:
         self.name = check_name("name", name)
         self.lease = float(lease)
         self.retry_interval = float(retry_interval)
-        self._fallback = fallback_limit
+        self.settle = float(settle)
+        self._fallback = fallback_limit or 0
         self._link = hub._link  # noqa: SLF001 -- a slot group is part of its hub
         key = self._link.key
-        self._keys = [
-            key("slots", name),
-            key("slots-queue", name),
-            key("slots-queue-expiry", name),
-            key("slots-seq", name),
-        ]
+        self._keys = [key(kind, name) for kind in SLOT_KEYS]
         self._queue_ttl = max(2.0, 5 * self.retry_interval)
         self._leases = HeldLeases(
-            self,
-            self._link,
-            leases_key=self._keys[0],
-            procs_key=key("slots-procs", name),
-            queue_keys=(self._keys[1], self._keys[2]),
+            self, self._link, keys=self._keys, events=key("ev", "")
         )
         self._ids = itertools.count()
         # This process's sleeping waiters, in Redis' queue order.  Redis names the
@@ -140,10 +160,37 @@ class RedisSlots:
 
     @property
     def fallback_limit(self) -> int:
-        """The per-process limit used while Redis is away."""
-        if self._fallback is not None:
-            return self._fallback
-        return max(1, self.limit // max(1, self._leases.processes))
+        """Leases this process may hold while Redis is away (0: none new)."""
+        return self._fallback
+
+    @property
+    def limit_in_force(self) -> int:
+        """The strictest limit of the processes sharing the group, as last seen."""
+        return self._leases.limit_in_force
+
+    @property
+    def reaped(self) -> int:
+        """Orphaned slots this process found ended at the API and gave back."""
+        return self._leases.reaped
+
+    def script_args(self) -> list[Any]:
+        """The arguments every slot script starts with (see ``_slot_lua``)."""
+        return [
+            self.limit,
+            ms(self.lease),
+            ms(self.settle),
+            *turn_args(self._link.inbox_prefix, self.name),
+            ms(self.lease),
+        ]
+
+    def use_checker(self, ended: JobEnded | None) -> None:
+        """
+        Ask *ended(job_id)* about orphaned slots (their process stopped renewing).
+
+        ``PixelByte(hub=...)`` gives its own (one GET of the job), so that a slot
+        of a dead process's job is freed when the job ends even without webhooks.
+        """
+        self._leases.ended = ended
 
     @property
     def held(self) -> int:
@@ -202,7 +249,7 @@ class RedisSlots:
     def _health_changed(self, *, healthy: bool) -> None:
         self._notify(every=True)
         if healthy:
-            self._leases.kick_renewer()
+            self._leases.back()
 
     # -- acquiring ------------------------------------------------------------------------
 
@@ -271,11 +318,7 @@ class RedisSlots:
                     anyio.move_on_after(self.hub.connect_timeout, shield=True),
                     contextlib.suppress(*FAULTS),
                 ):
-                    await link.call(
-                        "leave",
-                        [self._keys[1], self._keys[2], self._keys[0]],
-                        [waiter, *turn_args(link.inbox_prefix, self.name), self.limit],
-                    )
+                    await link.call("leave", self._keys, [*self.script_args(), waiter])
 
     async def _try_in_redis(self, waiter: str, lease: str) -> bool | None:
         """
@@ -284,11 +327,21 @@ class RedisSlots:
         None when Redis named this waiter while the attempt was on the wire: it
         may have run just before the slot was freed.
         """
-        args = [self.limit, ms(self.lease), waiter, lease, ms(self._queue_ttl)]
+        leases = self._leases
+        args = [
+            *self.script_args(),
+            waiter,
+            lease,
+            ms(self._queue_ttl),
+            self.hub.instance_id,
+            leases.config(),
+            *leases.epoch_args(),
+        ]
         self._called.discard(waiter)
-        granted, _rank, used, place = await self._link.call(
-            "acquire", self._keys, args + turn_args(self._link.inbox_prefix, self.name)
+        granted, _rank, used, place, epoch, _most = await self._link.call(
+            "acquire", self._keys, args
         )
+        leases.saw_epoch(epoch)
         self._places[waiter] = float(place)
         if granted:
             self.peak = max(self.peak, int(used))
@@ -300,7 +353,7 @@ class RedisSlots:
         return False
 
     def bind(self, lease: str, job_id: str) -> None:
-        """Note that *lease* is the slot of *job_id* (see `release_job`)."""
+        """Bind *lease* to *job_id*: its slot is held until the job ends."""
         self._leases.bind(lease, job_id)
 
     def adopt(self, job_id: str) -> str:
@@ -367,10 +420,10 @@ class RedisSlots:
             raise HubUnavailable(f"could not renew lease {lease}") from exc
 
     async def in_use(self) -> int:
-        """Return how many leases are alive account-wide (read from Redis)."""
+        """Return how many slots are taken account-wide (live leases and orphans)."""
         self._link.require_loop()
         try:
-            used = await self._link.call("in_use", self._keys[:1], [])
+            used = await self._link.call("in_use", self._keys, self.script_args())
         except FAULTS as exc:
             raise HubUnavailable("could not count the job slots in use") from exc
         return int(used)
@@ -396,6 +449,7 @@ class SlotGroups:
         lease: float | None,
         fallback_limit: int | None,
         retry_interval: float,
+        settle: float = DEFAULT_SETTLE,
     ) -> RedisSlots:
         """
         Return *hub*'s group *name*, made now if need be (see `RedisHub.slots`).
@@ -411,6 +465,7 @@ class SlotGroups:
                 lease=DEFAULT_LEASE if lease is None else lease,
                 fallback_limit=fallback_limit,
                 retry_interval=retry_interval,
+                settle=settle,
             )
             self._groups[name] = group
         elif group.limit != limit or lease not in {None, group.lease}:
@@ -432,12 +487,19 @@ class SlotGroups:
             group._health_changed(healthy=healthy)  # noqa: SLF001 -- the hub owns its slot groups
 
     def outage_note(self) -> str:
-        """The part of the outage WARNING that names each group's fallback limit."""
+        """The part of the outage WARNING that says what each group admits."""
         return "".join(
-            f"; job slots {g.name!r} fall back to a per-process limit of "
-            f"{g.fallback_limit}"
+            f"; job slots {g.name!r} admit no new job"
+            if g.fallback_limit == 0
+            else f"; job slots {g.name!r} admit up to {g.fallback_limit} jobs "
+            "in this process (fallback_limit)"
             for g in self._groups.values()
         )
+
+    async def resync(self) -> None:
+        """Redis is back: every group's releases and leases, before any admission."""
+        for group in list(self._groups.values()):
+            await group._leases.resync()  # noqa: SLF001 -- the hub owns its slot groups
 
     async def close(self, timeout: float) -> None:
         """Give back every group's leases (at most *timeout* seconds per group)."""
