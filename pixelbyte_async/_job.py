@@ -29,6 +29,9 @@ __all__ = ["Job", "JobClient", "WebhookSource"]
 
 log = logging.getLogger("pixelbyte_async")
 
+#: Seconds after a job's end by which its webhook delivery should have come.
+_DELIVERY_LATE = 30.0
+
 
 class Job(JobState):
     """
@@ -147,7 +150,20 @@ class Job(JobState):
         await self._pause(min(delay, max(0.0, remaining)))
         if not self._take_delivered() and clock.monotonic() < deadline:
             await self._poll_once(deadline)
+            self._check_delivery()
         return before != (self._info.status, self._info.progress), delay
+
+    def _check_delivery(self) -> None:
+        """A poll found this job ended long ago: was its delivery expected here?"""
+        client = self._client
+        done = self._info.completed_at
+        if not (self.done and self.via_webhook and client.webhooks is not None):
+            return
+        if done is None:
+            return
+        late = client.clock.time() - done.timestamp()
+        if late >= _DELIVERY_LATE:
+            client.undelivered(self.id, late)
 
     async def _fetch_if_needed(self, deadline: float) -> None:
         if self._needs_fetch:

@@ -97,6 +97,10 @@ class JobClient(Protocol):
         """Tell the client *job* has ended (its job slot is free)."""
         ...
 
+    def undelivered(self, job_id: str, late: float) -> None:
+        """*job_id* ended *late* seconds ago and its webhook delivery never came."""
+        ...
+
 
 class JobState:
     """The latest snapshot of a job (`info`) and its accessors; see `Job`."""

@@ -68,6 +68,9 @@ class JobLink:
     def finished(self, job: JobState) -> None:
         self._slots.finished(job.id)
 
+    def undelivered(self, job_id: str, late: float) -> None:
+        self._wiring.undelivered(job_id, late)
+
 
 @attrs.frozen
 class ReconcileLink:

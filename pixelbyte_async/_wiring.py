@@ -15,6 +15,7 @@ wait (`outage`), and which attempt created which job (`attempts`).
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import TYPE_CHECKING
 
 import attrs
@@ -33,6 +34,8 @@ if TYPE_CHECKING:
 
 
 __all__ = ["WebhookWiring"]
+
+log = logging.getLogger("pixelbyte_async")
 
 
 class WebhookWiring:
@@ -53,6 +56,7 @@ class WebhookWiring:
         # Jobs the client tracks, each watched on the hub feeding waits (one
         # `future_for` each, released when the job ends or the client closes).
         self._watched: set[str] = set()
+        self._said_undelivered = False
 
     def use(
         self, receiver: WebhookReceiver | WebhookServer | Hub, public_url: str | None
@@ -154,6 +158,44 @@ class WebhookWiring:
     def event_for(self, job_id: str) -> WebhookEvent | None:
         """A delivery already seen for *job_id* (it may race the submit answer)."""
         return None if self.receiver is None else self.receiver.event_for(job_id)
+
+    def undelivered(self, job_id: str, late: float) -> None:
+        """
+        A job ended *late* seconds ago and its delivery never reached this process.
+
+        One WARNING per client that says what to check (later ones are DEBUG):
+        with a hub, that the receiver publishes under this hub's key prefix and
+        account; otherwise, that the API can reach the webhook URL.
+        """
+        level = logging.DEBUG if self._said_undelivered else logging.WARNING
+        self._said_undelivered = True
+        hub = self.webhook_hub
+        if hub is not None:
+            prefix = getattr(hub, "key_prefix", "?")
+            account = getattr(hub, "account", "?")
+            log.log(
+                level,
+                "job %s ended %.0f s ago and no delivery reached this process "
+                "through the Redis hub (key prefix %r, account %r): check that the "
+                "webhook receiver publishes with the same --redis-prefix and "
+                "--redis-account (RedisHub key_prefix, account), and that the API "
+                "reaches %s; waits meanwhile take until their safety check",
+                job_id,
+                late,
+                prefix,
+                account,
+                self._url,
+            )
+            return
+        log.log(
+            level,
+            "job %s ended %.0f s ago and its webhook delivery never arrived at %s: "
+            "check that the API can reach that URL (and its path); waits meanwhile "
+            "take until their safety check",
+            job_id,
+            late,
+            self._url or (self._server.public_url if self._server else "?"),
+        )
 
     def attempts(self) -> AttemptSource | None:
         """Attempt → job attribution; a hub's comes from every process's deliveries."""

@@ -292,3 +292,29 @@ def test_the_hub_satisfies_the_client_s_protocol() -> None:
     hub = RedisHub("redis://127.0.0.1:1/0")
     pb = PixelByte(api_key="pb_test_x", hub=hub, max_concurrent_jobs=3)
     assert pb._slots.shared is hub.slots(3)
+
+
+async def test_a_wait_whose_delivery_never_comes_through_the_hub_says_why(
+    redis_server, prefix, caplog
+):
+    """
+    The receiver publishes under another prefix (or account): every wait ends
+    only at its safety GET.  The client says so once, naming what to check.
+    """
+    from pixelbyte_async.redis import RedisHub
+
+    async with (
+        FakePixelByte() as fake,  # a virtual clock that jumps: no real waiting
+        RedisHub(redis_server.url, key_prefix=prefix) as hub,
+        bound_client(fake, hub=hub) as pb,
+    ):
+        pb.use_webhooks(hub, public_url=HOOK)
+        jobs = [await pb.submit(transition(n)) for n in range(2)]
+        for job in jobs:
+            done = await job.wait()
+            assert done.status is JobStatus.COMPLETED
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    said = [w for w in warnings if "no delivery reached this process" in w]
+    assert len(said) == 1, warnings
+    assert f"key prefix {prefix!r}" in said[0]
+    assert "--redis-prefix" in said[0]

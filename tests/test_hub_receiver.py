@@ -30,6 +30,7 @@ from pixelbyte_async.webhooks import (
 
 from redis_fixture import (  # noqa: F401 -- fixtures
     SECRET,
+    Proxy,
     decoded_jobs,
     free_port,
     hubs_fixture,
@@ -420,3 +421,77 @@ def test_webhook_listen_refuses_a_url_that_is_not_redis(capsys, monkeypatch):
     assert "PIXELBYTE_REDIS_URL" in captured.err
     assert "pw-in-env" not in captured.err
     assert len(captured.err.strip().splitlines()) == 1
+
+
+# -- a silent partition between the receiver and Redis -----------------------------------
+
+
+async def test_publish_fails_fast_through_a_silent_partition(redis_server, prefix):
+    """
+    Packets to Redis are dropped (no refusal): a publish gives up within the hub's
+    *publish_timeout*, and at once once the hub knows Redis is away, so the
+    receiver answers 503 well inside its own read timeout (10 s).
+    """
+    import time
+
+    from pixelbyte_async.redis import HubUnavailable, RedisHub
+
+    async with Proxy(redis_server.port) as proxy:
+        hub = RedisHub(
+            proxy.url(), key_prefix=prefix, publish_timeout=1.0, ping_interval=0.5
+        )
+        async with hub, WebhookServer(SECRET, hub=hub) as server:
+            assert hub.healthy
+            proxy.freeze()
+            began = time.monotonic()
+            with pytest.raises(HubUnavailable):
+                await hub.publish(make_event("job_p1"))
+            assert time.monotonic() - began < 2.5
+            await until(lambda: not hub.healthy, WAIT)
+            began = time.monotonic()
+            with pytest.raises(HubUnavailable):
+                await hub.publish(make_event("job_p2"))
+            assert time.monotonic() - began < 0.2  # known unhealthy: no wait
+            began = time.monotonic()
+            assert await post(server.url, "job_p3") == UNAVAILABLE
+            assert time.monotonic() - began < 2.5
+            proxy.thaw()
+            await until(lambda: hub.healthy, 3 * WAIT)
+        async with RedisHub(redis_server.url, key_prefix=prefix) as other:
+            # Kept and published again once Redis was back.
+            for job_id in ("job_p1", "job_p2", "job_p3"):
+                assert await other.fetch_event(job_id) is not None
+
+
+def test_webhook_listen_with_a_refused_password_exits_2(capsys, monkeypatch):
+    """A wrong password is a configuration error: one line, exit 2, no 503s."""
+    from redis_fixture import running_server
+
+    monkeypatch.setenv("PIXELBYTE_WEBHOOK_SECRET", SECRET)
+    with running_server(password="right-pw") as server:
+        url = server.url.replace("right-pw", "wrong-pw")
+        code = main(["webhook", "listen", "--port", "0", "--redis", url])
+    captured = capsys.readouterr()
+    assert code == EXIT_CODES["usage"] == 2
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1, captured.err
+    assert "refused" in lines[0]
+    assert "password" in lines[0]
+    assert "wrong-pw" not in captured.err + captured.out
+    assert "Listening" not in captured.err
+
+
+async def test_a_receivers_outage_warning_speaks_of_deliveries(
+    own_redis, prefix, caplog
+):
+    from pixelbyte_async.redis import RedisHub
+
+    async with (
+        RedisHub(own_redis.url, key_prefix=prefix, reconnect_max=0.1) as hub,
+        WebhookServer(SECRET, hub=hub),
+    ):
+        own_redis.stop()
+        await until(lambda: not hub.healthy, WAIT)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("answered 503" in w for w in warnings), warnings
+    assert not any("waits fall back" in w for w in warnings), warnings

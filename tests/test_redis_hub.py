@@ -369,8 +369,20 @@ async def test_aclose_cancels_pending_futures(redis_server, prefix):
             "redis://127.0.0.1:6379/0?password=***&db=1",
         ),
         ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
+        ("redis://u:s3cr#3t@h:6379/0", "redis://u:***@h:6379/0"),
+        ("redis://u:s3c?r3t@h:6379/0", "redis://u:***@h:6379/0"),
+        ("redis://u:s3/cr3t@h:6379/0", "redis://u:***@h:6379/0"),
+        ("redis://:s3cr@3t@h:6379/0", "redis://:***@h:6379/0"),
+        ("unix://:s3cr3t@/run/redis.sock?db=0", "unix://:***@/run/redis.sock?db=0"),
+        (
+            "redis://h:6379/0?db=1&password=s3c%23r3t",
+            "redis://h:6379/0?db=1&password=***",
+        ),
     ],
-    ids=["acl", "password-only", "tls", "query", "plain"],
+    ids=[
+        *("acl", "password-only", "tls", "query", "plain", "hash", "question"),
+        *("slash", "at", "unix", "encoded"),
+    ],
 )
 def test_the_url_password_is_masked(url, shown):
     """url and repr never show a password."""
@@ -379,7 +391,16 @@ def test_the_url_password_is_masked(url, shown):
     hub = RedisHub(url)
 
     assert shown == hub.url
-    assert "s3cr3t" not in repr(hub)
+    for part in ("s3cr3t", "s3c", "3t"):
+        assert part not in repr(hub)
+
+
+def ledger_attempt(n: int):
+    from pixelbyte_async._ledger import Attempt
+
+    return Attempt(
+        id=f"a{n}", model="m", started_at=0.0, ends_by=9.0, state="unknown", owner="x"
+    )
 
 
 async def test_an_acl_user_url_works_and_its_password_stays_hidden(
@@ -392,7 +413,10 @@ async def test_an_acl_user_url_works_and_its_password_stays_hidden(
     from pixelbyte_async.redis import RedisHub
 
     user, password = f"u{prefix}", f"pw-{prefix}"
-    rules = "+@read +@write +@scripting +@pubsub +@connection +time -@dangerous"
+    rules = (
+        "+@read +@write +@scripting +@transaction +@pubsub +@connection +time "
+        "-@dangerous"
+    )
     documented = (Path(__file__).parent.parent / "docs" / "deploying.md").read_text()
     assert f"&pixelbyte:* {rules}\n" in documented
     async with redis_server.client() as raw:
@@ -416,15 +440,26 @@ async def test_an_acl_user_url_works_and_its_password_stays_hidden(
                 await slots.release(lease)
                 await hub.publish(make_event("job_acl_late"))
                 await future
+                # The ledger: its scripts, and a claim contested by another.
+                ledger = hub.ledger(account="acl")
+                for n in (1, 2):
+                    await ledger.begin(ledger_attempt(n))
+                claim = ledger.claim
+                assert await claim("job_x", how="list", at=1.0, attempt="a1") is None
+                taken = await claim("job_x", how="list", at=2.0, attempt="a2")
+                assert taken is not None  # decided in a transaction: refused
                 assert hub.healthy
             async with RedisHub(bad, key_prefix=prefix, connect_timeout=2) as wrong:
                 assert not wrong.healthy
+                assert wrong.config_error is not None
                 assert password not in repr(wrong)
     finally:
         async with redis_server.client() as raw:
             await raw.execute_command("ACL", "DELUSER", user)
 
-    assert "unreachable" in caplog.text
+    # A wrong password is a configuration error, not an outage.
+    assert "refused" in caplog.text
+    assert "unreachable" not in caplog.text
     assert password not in caplog.text
 
 
@@ -595,3 +630,42 @@ async def test_a_woken_wait_runs_before_the_next_message_is_read(
         with anyio.fail_after(WAIT):
             await asyncio.gather(waiting, second)
     assert seen_when_resumed == [None]
+
+
+@pytest.mark.parametrize("given", ["wrong", "none"])
+async def test_a_refused_password_is_a_configuration_error(prefix, caplog, given):
+    """An ERROR that says what to check, once; never the outage WARNING."""
+    from pixelbyte_async.redis import RedisHub
+
+    from redis_fixture import running_server
+
+    with running_server(password="right-password") as server:
+        url = server.url.replace(
+            "right-password", "wrong-password" if given == "wrong" else ""
+        ).replace(":@", "")
+        with caplog.at_level(logging.INFO, logger="pixelbyte_async"):
+            async with RedisHub(url, key_prefix=prefix, reconnect_max=0.05) as hub:
+                await asyncio.sleep(0.3)  # it keeps trying: one ERROR all the same
+                assert not hub.healthy
+                assert hub.config_error is not None
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1, errors
+    assert "refused" in errors[0]
+    assert "password" in errors[0]
+    assert "wrong-password" not in caplog.text
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+
+
+async def test_a_tls_url_against_a_plain_server_says_what_happened(
+    redis_server, prefix, caplog
+):
+    from pixelbyte_async.redis import RedisHub
+
+    url = redis_server.url.replace("redis://", "rediss://")
+    async with RedisHub(url, key_prefix=prefix, connect_timeout=0.5) as hub:
+        assert not hub.healthy
+    message = " ".join(r.getMessage() for r in caplog.records)
+    assert "TimeoutError: )" not in message
+    assert "TimeoutError: :" not in message
+    assert "no answer within 0.5 s" in message
+    assert "TLS" in message

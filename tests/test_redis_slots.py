@@ -381,9 +381,7 @@ async def test_a_waiter_that_gives_up_its_turn_passes_it_on(redis_server, prefix
     await slots_a.release(lease)
 
 
-async def test_processes_with_other_limits_use_the_strictest_and_say_so(
-    hubs, caplog
-):
+async def test_processes_with_other_limits_use_the_strictest_and_say_so(hubs, caplog):
     """One process says 4, another 8: never more than 4, and an ERROR naming both."""
     from pixelbyte_async import RequestTimeout
 
@@ -403,5 +401,3 @@ async def test_processes_with_other_limits_use_the_strictest_and_say_so(
     await strict.release(held.pop(0))
     for lease in held:
         await loose.release(lease)
-    # The strict process leaves: its limit is forgotten with its registration.
-    await strict._close()  # noqa: SLF001 -- as its hub would on aclose

@@ -768,3 +768,26 @@ def test_new_attempt_id_round_trips():
     receiver = WebhookReceiver(SECRET, clock=VirtualClock(start=TS))
     receiver.handle(BODY, headers(), url=url)
     assert receiver.job_for_attempt(nonce) == "job_abc123"
+
+
+@pytest.mark.anyio
+async def test_a_delivery_that_never_arrives_is_said_once(fake, caplog):
+    """The API cannot reach the webhook URL: waits end at their safety GET, and say why."""
+    from conftest import bound_client
+
+    receiver = WebhookReceiver(fake.webhook_secret)
+    async with bound_client(fake) as pb:
+        pb.use_webhooks(receiver, public_url="https://hooks.example.com/nowhere")
+        for n in range(2):
+            job = await pb.submit(
+                KlingO1StartEndFrame(
+                    image_url="https://e.x/a.jpg",
+                    end_image_url="https://e.x/b.jpg",
+                    prompt=f"p{n}",
+                )
+            )
+            await job.wait()
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    said = [w for w in warnings if "delivery never arrived" in w]
+    assert len(said) == 1, warnings
+    assert "https://hooks.example.com/nowhere" in said[0]

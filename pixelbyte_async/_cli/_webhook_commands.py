@@ -136,8 +136,9 @@ async def _started_hub(
     The hub of ``--redis`` (else ``$PIXELBYTE_REDIS_URL``), started; None without.
 
     It is closed when *stack* is.  An unreachable Redis is no error (the hub keeps
-    trying and deliveries get 503 meanwhile); a URL that is not one, or a missing
-    redis-py, is.  No message repeats the URL: it may carry a password.
+    trying and deliveries get 503 meanwhile); a URL that is not one, a missing
+    redis-py, or a Redis that refuses the URL's credentials or TLS (exit 2), is.
+    No message repeats the URL: it may carry a password.
     """
     url = getattr(args, "redis", None)
     source = "--redis"
@@ -185,4 +186,11 @@ async def _started_hub(
         await hub.start()
     except ValueError as exc:  # a part of the URL redis-py cannot read
         raise unusable from exc
+    refused = hub.config_error
+    if refused is not None:  # a wrong password, missing rights, TLS: not an outage
+        raise _CLIError(
+            f"{source}: Redis refused this process ({hub.describe(refused)}); check "
+            "the URL's user and password, the user's ACL rights, or its TLS settings",
+            family="usage",
+        )
     return hub

@@ -15,7 +15,7 @@ import json
 import math
 import re
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode
 
 import attrs
 
@@ -97,24 +97,35 @@ return stored
 
 
 def mask_url(url: str) -> str:
-    """Return *url* with its password (netloc or ``?password=``) masked."""
-    try:
-        parts = urlsplit(url)
-        netloc = parts.netloc
-        if "@" in netloc:
-            userinfo, _, hostport = netloc.rpartition("@")
-            user, colon, _password = userinfo.partition(":")
-            netloc = f"{user}:***@{hostport}" if colon else f"{user}@{hostport}"
-        query = parts.query
-        if query:
-            pairs = parse_qsl(query, keep_blank_values=True)
+    """
+    Return *url* with its password (in the user part, or ``?password=``) masked.
+
+    Read by its structure, not by a pattern, and from the right: the user part is
+    everything up to the last ``@``, so a password holding ``#``, ``?``, ``/`` or
+    ``@`` is masked whole (what follows an ``@`` in a query is masked with it:
+    more than needed, never less).
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return "<redis url>"
+    userinfo, at, place = rest.rpartition("@")
+    if at:
+        user, colon, _password = userinfo.partition(":")
+        rest = f"{user}{':***' if colon else ''}@{place}"
+    head, question, query = rest.partition("?")
+    if question:
+        query, hash_, fragment = query.partition("#")
+        try:
+            pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=True)
+        except ValueError:
+            query = "***"
+        else:
             query = urlencode(
                 [(k, "***" if k.lower() == "password" else v) for k, v in pairs],
-                safe="*",
+                safe="*/",
             )
-        return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
-    except ValueError:
-        return "<redis url>"
+        rest = f"{head}?{query}{hash_}{fragment}"
+    return f"{scheme}://{rest}"
 
 
 def encode_event(event: WebhookEvent) -> bytes:

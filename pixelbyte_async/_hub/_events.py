@@ -19,6 +19,8 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable
 
+import anyio
+
 from pixelbyte_async._signing import WebhookEvent
 
 from ._codec import (
@@ -211,23 +213,18 @@ class EventExchange:
         message = encode_event(event)
         terminal = event.status.is_terminal
         attempt = event.attempt
+        if not link.healthy:
+            # Known to be away: answer at once (the API retries a 503), rather
+            # than wait on a connection that may never answer.
+            raise self._kept(event, message, None)
         try:
-            first, owner = await self._run_publish(
-                event.job_id, attempt, message, terminal=terminal
-            )
+            with anyio.fail_after(self._hub.publish_timeout):
+                first, owner = await self._run_publish(
+                    event.job_id, attempt, message, terminal=terminal
+                )
         except FAULTS as exc:
             link.trouble(exc)
-            fresh = self._memory.deliver(event, attributed=True, form=message)
-            if terminal:
-                with self._outbox_lock:
-                    self._outbox[event.job_id] = message
-                    while len(self._outbox) > self._hub.max_outbox:
-                        self._outbox.popitem(last=False)
-            raise HubUnavailable(
-                f"Redis hub {link.url} is unreachable; the event of {event.job_id} "
-                f"reached this process{'' if fresh else ' (again)'} and is kept for "
-                "re-publication"
-            ) from exc
+            raise self._kept(event, message, exc) from exc
         link.command_ok()
         if owner is not None:
             log.warning(
@@ -250,6 +247,23 @@ class EventExchange:
             except FAULTS as exc:
                 link.trouble(exc)
         return bool(first)
+
+    def _kept(
+        self, event: WebhookEvent, message: bytes, exc: BaseException | None
+    ) -> HubUnavailable:
+        """Redis is away: feed this process, keep the event, say so (a 503)."""
+        fresh = self._memory.deliver(event, attributed=True, form=message)
+        if event.status.is_terminal:
+            with self._outbox_lock:
+                self._outbox[event.job_id] = message
+                while len(self._outbox) > self._hub.max_outbox:
+                    self._outbox.popitem(last=False)
+        why = "" if exc is None else f" ({type(exc).__name__})"
+        return HubUnavailable(
+            f"Redis hub {self._link.url} is unreachable{why}; the event of "
+            f"{event.job_id} reached this process{'' if fresh else ' (again)'} and "
+            "is kept for re-publication"
+        )
 
     async def _run_publish(
         self, job_id: str, attempt: str | None, message: bytes, *, terminal: bool

@@ -75,6 +75,10 @@ class RedisHub:
         ping_interval: Seconds of silence on the subscription after which the hub
             pings Redis; no answer within as long again counts as an outage.
         connect_timeout: Seconds a connection attempt or command may take.
+        publish_timeout: Seconds a `publish` may take (default 2): well inside a
+            webhook receiver's read timeout, so a partition from Redis is answered
+            503 (the API retries) and not with a dropped connection.  While the
+            hub knows Redis is away, a publish fails at once.
         reconnect_initial: First pause between reconnection attempts; it doubles
             up to *reconnect_max*, with jitter.
         reconnect_max: Longest pause between reconnection attempts.
@@ -100,6 +104,7 @@ class RedisHub:
         on_health: Callable[[bool], object] | None = None,
         ping_interval: float = 5.0,
         connect_timeout: float = 5.0,
+        publish_timeout: float = 2.0,
         reconnect_initial: float = 0.1,
         reconnect_max: float = 5.0,
         max_outbox: int = 10_000,
@@ -120,6 +125,9 @@ class RedisHub:
         self.clock: Clock = clock or SystemClock()
         self.ping_interval = ping_interval
         self.connect_timeout = connect_timeout
+        if not publish_timeout > 0:
+            raise ValueError("publish_timeout must be a positive number of seconds")
+        self.publish_timeout = float(publish_timeout)
         self.reconnect_initial = reconnect_initial
         self.reconnect_max = reconnect_max
         self.max_outbox = max_outbox
@@ -135,7 +143,7 @@ class RedisHub:
             redis_options=redis_options or {},
             uniform=rng or random.uniform,
             health_changed=self._slot_groups.health_changed,
-            outage_note=self._slot_groups.outage_note,
+            outage_note=self._outage_note,
         )
         if on_health is not None:
             self._link.add_health_callback(on_health)
@@ -166,6 +174,32 @@ class RedisHub:
         that follows the reconnection) and job slots use their per-process limit.
         """
         return self._link.healthy
+
+    @property
+    def config_error(self) -> BaseException | None:
+        """
+        Why Redis refuses this process, when it is the configuration's fault.
+
+        A wrong password or user, missing ACL rights, or a TLS failure: logged
+        as an ERROR (not as an outage), and kept here until a command works.
+
+        .. versionadded:: 0.3.0
+        """
+        return self._link.config_error
+
+    def describe(self, exc: BaseException) -> str:
+        """*exc* (a Redis fault) in a few words, never empty; no password."""
+        return self._link.describe(exc)
+
+    def _outage_note(self) -> str:
+        """What this process does while Redis is away, as the outage message says."""
+        parts = []
+        if self._memory.waiting or self._memory.observed():
+            parts.append("webhook-fed waits fall back to polling")
+        parts += self._slot_groups.outage_note()
+        if not parts or self.stats["published"] or self.stats["duplicates"]:
+            parts.append("deliveries are answered 503 (the API sends them again)")
+        return "; ".join(parts)
 
     @property
     def running(self) -> bool:

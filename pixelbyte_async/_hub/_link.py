@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Literal, Protocol
 
@@ -25,7 +26,12 @@ try:
     import redis.asyncio as aioredis
     from redis.asyncio.retry import Retry
     from redis.backoff import NoBackoff
-    from redis.exceptions import RedisError
+    from redis.exceptions import (
+        AuthenticationError,
+        AuthenticationWrongNumberOfArgsError,
+        NoPermissionError,
+        RedisError,
+    )
 except ImportError as exc:  # pragma: no cover -- exercised only without the extra
     raise ImportError(
         "pixelbyte_async.redis needs redis-py: pip install 'pixelbyte-async[redis]'"
@@ -78,6 +84,7 @@ class HubSettings(Protocol):
     max_outbox: int
     ping_interval: float
     connect_timeout: float
+    publish_timeout: float
     reconnect_initial: float
     reconnect_max: float
     stats: dict[str, int]
@@ -124,13 +131,34 @@ def _connect(
     return client, bus, scripts
 
 
+def _configuration(exc: BaseException) -> str | None:
+    """What to check when *exc* is the configuration's fault, not an outage."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        found = todo.pop()
+        if found is None or id(found) in seen:
+            continue
+        seen.add(id(found))
+        if isinstance(
+            found, AuthenticationError | AuthenticationWrongNumberOfArgsError
+        ):
+            return "the user and password in the URL"
+        if isinstance(found, NoPermissionError):
+            return "the ACL rights of the URL's user (see the deploying guide)"
+        if isinstance(found, ssl.SSLError):
+            return "the TLS settings (rediss://, ssl_ca_certs in redis_options)"
+        todo += [found.__cause__, found.__context__]
+    return None
+
+
 class RedisLink:
     """
     One hub's connection to Redis, its subscription and its health.
 
     Healthy means that a command worked and the subscription is up.  What the link
     tells the rest of its hub goes through callables: *health_changed* (before the
-    health callbacks), *outage_note* (appended to the outage WARNING), and, given
+    health callbacks), *outage_note* (what this process does meanwhile), and, given
     to `start`, *catch_up* (after each subscription) and *on_message*.
     """
 
@@ -173,6 +201,8 @@ class RedisLink:
         self._subscribed = False
         self._catching_up = False
         self._warned = False
+        self._config_said = False
+        self._config_error: BaseException | None = None
         self._down_since: float | None = None
         self._health_callbacks: list[Callable[[bool], object]] = []
 
@@ -324,21 +354,47 @@ class RedisLink:
 
     # -- health ------------------------------------------------------------------------
 
+    @property
+    def config_error(self) -> BaseException | None:
+        """The last refusal that is the configuration's fault, until a command works."""
+        return self._config_error
+
+    def describe(self, exc: BaseException) -> str:
+        """*exc* in a few words, never empty (a timeout says how long it waited)."""
+        text = str(exc).strip()
+        if not text and isinstance(exc, TimeoutError):
+            text = f"no answer within {self._hub.connect_timeout:g} s"
+            if self._url.startswith("rediss:"):
+                text += " (a rediss:// URL against a server without TLS?)"
+        return f"{type(exc).__name__}: {text or 'no detail'}"
+
     def trouble(self, exc: BaseException) -> None:
-        """Redis failed us: turn unhealthy (one WARNING per outage)."""
+        """Redis failed us: turn unhealthy (one WARNING per outage, or one ERROR)."""
         was = self._healthy
         self._healthy = False
         if self._state != "started":
             return
-        if not self._warned:
-            self._warned = True
+        check = _configuration(exc)
+        if not (self._warned or self._config_said):
             self._down_since = self._hub.clock.monotonic()
+        if check is not None:
+            self._config_error = exc
+            if not self._config_said:
+                self._config_said = True
+                log.error(
+                    "Redis hub %s refused this process (%s): check %s; it keeps "
+                    "trying, and %s meanwhile",
+                    self.url,
+                    self.describe(exc),
+                    check,
+                    self._outage_note(),
+                )
+        elif not self._warned:
+            self._warned = True
             log.warning(
-                "Redis hub %s is unreachable (%s: %s): webhook-fed waits fall back "
-                "to polling%s until it is back",
+                "Redis hub %s is unreachable (%s): %s until it is back",
                 self.url,
-                type(exc).__name__,
-                exc,
+                self.describe(exc),
                 self._outage_note(),
             )
         if was:
@@ -356,10 +412,13 @@ class RedisLink:
             and self._state == "started"
         ):
             self._healthy = True
-            if self._warned:
-                self._warned = False
+            self._config_error = None
+            if self._warned or self._config_said:
+                self._warned = self._config_said = False
                 down = self._hub.clock.monotonic() - (self._down_since or 0.0)
-                log.info("Redis hub %s is back after %.1f s", self.url, down)
+                # A WARNING like the one that said it was away: whoever saw
+                # that one (a command line shows warnings) sees this one.
+                log.warning("Redis hub %s is back after %.1f s", self.url, down)
             self._tell_health(healthy=True)
 
     def _tell_health(self, *, healthy: bool) -> None:

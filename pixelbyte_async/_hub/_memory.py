@@ -254,6 +254,10 @@ class EventMemory:
             if self._clients.get(client) is None:
                 self._clients[client] = loop
 
+    def observed(self) -> bool:
+        """Whether a client observes the events that reach this process."""
+        return bool(self._clients)
+
     def detach(self, client: WebhookObserver) -> None:
         """Stop feeding *client*."""
         with self._lock:

@@ -486,15 +486,15 @@ class SlotGroups:
         for group in list(self._groups.values()):
             group._health_changed(healthy=healthy)  # noqa: SLF001 -- the hub owns its slot groups
 
-    def outage_note(self) -> str:
-        """The part of the outage WARNING that says what each group admits."""
-        return "".join(
-            f"; job slots {g.name!r} admit no new job"
+    def outage_note(self) -> list[str]:
+        """What each group does while Redis is away, for the outage message."""
+        return [
+            f"job slots {g.name!r} admit no new job"
             if g.fallback_limit == 0
-            else f"; job slots {g.name!r} admit up to {g.fallback_limit} jobs "
-            "in this process (fallback_limit)"
+            else f"job slots {g.name!r} admit up to {g.fallback_limit} jobs in this "
+            "process (fallback_limit)"
             for g in self._groups.values()
-        )
+        ]
 
     async def resync(self) -> None:
         """Redis is back: every group's releases and leases, before any admission."""
