@@ -55,7 +55,7 @@ class RedisSlots:
     the API: it is freed when the job's terminal event is stored (a receiver
     published it; checked at every renewal of any process), or when a live
     process asks the API (one GET per orphaned slot and *lease*, by one process;
-    the client does it, `PixelByte(hub=...)`).  A lease whose submit was on the
+    the client does it, ``PixelByte(hub=...)``).  A lease whose submit was on the
     wire when its process died stays taken for *settle* seconds, the submit's
     settle horizon.  A lease with no submit is freed when it expires.
 
@@ -160,7 +160,7 @@ class RedisSlots:
 
     @property
     def fallback_limit(self) -> int:
-        """Leases this process may hold while Redis is away (0: none new)."""
+        """How many leases this process may hold while Redis is away; 0 admits none."""
         return self._fallback
 
     @property
