@@ -35,13 +35,21 @@ The Redis hub across processes: event latency, Redis commands per job, job slots
   ``--gc-freeze`` has them call ``gc.freeze()`` after start-up (their imports
   leave the collector's view), as latency-minded deployments do.
 
+* Faults (``--fault-jobs``, default 1,200; with its own Redis only): the client
+  path (4 processes x 10 loops, limit 8) once with Redis stopped for 3 s (its
+  data lost) a third of the way through, once with a client process killed with
+  SIGKILL while its jobs run.  Reports the peak of jobs running at the API over
+  the limit (goal 1.00) and, for the restart, the seconds from Redis' return to
+  the first moment the API runs the limit again.
+
 Starts its own ``redis-server`` on 127.0.0.1 (or ``--url``).  Writes
-bench/results/hub.json (``--client-only``: the client path alone, printed, not
-written).
+bench/results/hub.json (``--client-only``, ``--faults-only``: those alone,
+printed, not written).
 
     python bench/bench_hub.py [--events 10000] [--workers 4] [--rates 1000,2000]
         [--client-jobs 10000] [--steady-tasks 10] [--client-tasks 40]
-        [--client-limit 128] [--client-only] [--gc-freeze]
+        [--client-limit 128] [--client-only] [--faults-only] [--fault-jobs 1200]
+        [--gc-freeze]
 """
 
 from __future__ import annotations
@@ -74,6 +82,7 @@ from pixelbyte_async.webhooks import WebhookServer, signature_headers, verify
 
 HERE = Path(__file__).resolve()
 SECRET = "whsec_bench"  # noqa: S105 -- a test secret
+DOWN = 3.0  # seconds Redis is away in the restart fault
 GC_FREEZE = "PIXELBYTE_BENCH_GC_FREEZE"  # set by --gc-freeze for the SDK's processes
 
 
@@ -285,6 +294,11 @@ class Server:
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             self.port = sock.getsockname()[1]
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.up()
+
+    def up(self) -> None:
+        """Start redis-server on the port (again, after `down`), without persistence."""
         binary = shutil.which("redis-server")
         if binary is None:
             raise SystemExit("redis-server is needed (apt-get install redis-server)")
@@ -303,11 +317,14 @@ class Server:
             if select.select([self.proc.stdout], [], [], 1)[0]:
                 seen += os.read(self.proc.stdout.fileno(), 65536)
         self.proc.stdout.close()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
 
-    def stop(self) -> None:
+    def down(self) -> None:
+        """Stop redis-server (SIGTERM): its data is lost."""
         self.proc.terminate()
         self.proc.wait(timeout=15)
+
+    def stop(self) -> None:
+        self.down()
         self.dir.cleanup()
 
 
@@ -569,9 +586,102 @@ async def client_run(
     }
 
 
+async def faults_run(
+    server: Server, kind: str, *, jobs: int, procs: int, tasks: int, limit: int
+) -> dict[str, Any]:
+    """
+    The client path under a fault at a third of the run: jobs at the API / limit.
+
+    *kind* ``redis_restart``: Redis stops (its data lost) for ``DOWN`` seconds and
+    starts again; the recovery is the time from its start to the first moment the
+    API runs *limit* jobs again.  ``worker_kill``: one client process is killed
+    with SIGKILL while its jobs run; the others must wait for those jobs to end.
+    """
+    prefix = "f" + uuid.uuid4().hex[:8]
+    share = jobs // procs
+    async with FakePixelByte(
+        time_scale=1.0,
+        speedup=500,
+        allow_http_webhooks=True,
+        auto_webhooks=True,
+        webhook_secret=SECRET,
+        concurrent_job_limit=10**6,
+    ) as fake:
+        receiver = await spawn("receive", server.url, prefix)
+        hook = (await line(receiver))["url"]
+        clients = [
+            await spawn(
+                *("client", server.url, prefix, fake.url, fake.api_key, hook),
+                *(str(p * share), str(share), str(tasks), str(limit)),
+            )
+            for p in range(procs)
+        ]
+        samples: list[tuple[float, int]] = []
+
+        def active() -> int:
+            now = fake.clock.time()
+            return sum(
+                1
+                for job in fake.jobs.values()
+                if job.created_at <= now < job.finished_at
+            )
+
+        async def sample_until(condition: Callable[[], bool]) -> None:
+            while not condition():
+                samples.append((time.monotonic(), active()))
+                await asyncio.sleep(0.01)
+
+        await sample_until(lambda: len(fake.jobs) >= jobs // 3)
+        back = None
+        survivors = clients
+        if kind == "redis_restart":
+            server.down()
+            down_until = time.monotonic() + DOWN
+            await sample_until(lambda: time.monotonic() >= down_until)
+            server.up()
+            back = time.monotonic()
+        else:
+            clients[0].kill()
+            survivors = clients[1:]
+        done = asyncio.ensure_future(asyncio.gather(*(line(p) for p in survivors)))
+        await sample_until(done.done)
+        results = done.result()
+        receiver.terminate()
+        await line(receiver)
+        for proc in [receiver, *clients]:
+            await proc.wait()
+        peak = fake.peak_active_jobs
+        double = len(fake.ledger.double_charged())
+    recovered = None
+    if back is not None:
+        full = [at for at, n in samples if at >= back and n >= limit]
+        recovered = round(full[0] - back, 2) if full else None
+    statuses: dict[str, int] = {}
+    for r in results:
+        for key, n in r["statuses"].items():
+            statuses[key] = statuses.get(key, 0) + n
+    return {
+        "fault": kind,
+        "limit": limit,
+        "peak_jobs_at_api": peak,
+        "peak_over_limit": round(peak / limit, 3),
+        "seconds_to_full_throughput_after_redis_returns": recovered,
+        "statuses": statuses,
+        "double_charged": double,
+        "fallback_admissions": sum(r["fallback_admissions"] for r in results),
+    }
+
+
 async def main(ns: argparse.Namespace) -> dict[str, Any]:
     server = None if ns.url else Server()
     url = ns.url or server.url  # type: ignore[union-attr]
+    if ns.faults_only:
+        if server is None:
+            raise SystemExit("--faults-only restarts Redis: it starts its own")
+        try:
+            return {"faults": await all_faults(server, ns)}
+        finally:
+            server.stop()
     steady = (ns.client_jobs, ns.workers, ns.steady_tasks, ns.client_limit)
     saturated = (ns.client_jobs, ns.workers, ns.client_tasks, ns.client_limit)
     try:
@@ -583,7 +693,9 @@ async def main(ns: argparse.Namespace) -> dict[str, Any]:
             }
         if ns.client_only:
             return clients
+        faults = [] if server is None else await all_faults(server, ns)
         return {
+            "faults": faults,
             "events": [
                 await events_run(url, ns.events, ns.workers, rate, attach=attach)
                 for rate in ns.rates
@@ -595,6 +707,33 @@ async def main(ns: argparse.Namespace) -> dict[str, Any]:
     finally:
         if server is not None:
             server.stop()
+
+
+async def all_faults(server: Server, ns: argparse.Namespace) -> list[dict[str, Any]]:
+    """Each fault once, on the client path (4 processes x 10 loops, limit 8)."""
+    return [
+        await faults_run(
+            server, kind, jobs=ns.fault_jobs, procs=ns.workers, tasks=10, limit=8
+        )
+        for kind in ("redis_restart", "worker_kill")
+    ]
+
+
+def print_faults(faults: list[dict[str, Any]]) -> None:
+    for f in faults:
+        recovery = f["seconds_to_full_throughput_after_redis_returns"]
+        print(
+            f"fault {f['fault']}: peak {f['peak_jobs_at_api']} jobs at the API for a "
+            f"limit of {f['limit']} ({f['peak_over_limit']}; "
+            f"{'met' if f['peak_over_limit'] <= 1 else 'MISSED'}: <= 1.00)"
+            + (
+                ""
+                if recovery is None
+                else f", full throughput {recovery} s after Redis returned"
+            )
+            + f"; {f['statuses']}, {f['double_charged']} double charges, "
+            f"{f['fallback_admissions']} fallback admissions"
+        )
 
 
 def print_client(cl: dict[str, Any], label: str) -> None:
@@ -673,6 +812,8 @@ if __name__ == "__main__":
     parser.add_argument("--client-tasks", type=int, default=40)
     parser.add_argument("--client-limit", type=int, default=128)
     parser.add_argument("--client-only", action="store_true")
+    parser.add_argument("--faults-only", action="store_true")
+    parser.add_argument("--fault-jobs", type=int, default=1_200)
     parser.add_argument(
         "--gc-freeze",
         action="store_true",
@@ -682,6 +823,9 @@ if __name__ == "__main__":
     if args.gc_freeze:
         os.environ[GC_FREEZE] = "1"  # inherited by the worker processes
     res = asyncio.run(main(args))
+    if args.faults_only:
+        print_faults(res["faults"])
+        sys.exit(0)
     if args.client_only:
         for key, label in (("client_steady", "steady"), ("client", "saturated")):
             if key in res:
@@ -715,3 +859,4 @@ if __name__ == "__main__":
     for key, label in (("client_steady", "steady"), ("client", "saturated")):
         if key in res:
             print_client(res[key], label)
+    print_faults(res["faults"])

@@ -215,6 +215,23 @@ async def test_three_processes_share_one_limit_of_four_jobs_in_flight(account, f
     assert sum(r["fallback_admissions"] for r in results) == 0
 
 
+async def test_workers_with_other_limits_keep_the_api_under_the_smaller(
+    account, fake, caplog
+):
+    """One worker says 3, two say 6: the API never runs more than 3, and it is said."""
+    await account.receiver()
+    strict = await account.clients(1, "--jobs=6", "--limit=3")
+    await strict[0].first("submitted")  # its limit is on record before theirs
+    loose = await account.clients(2, "--jobs=6", "--limit=6")
+    results = [await w.result() for w in strict + loose]
+    assert set(statuses(results).values()) == {"completed"}
+    assert fake.peak_active_jobs <= 3
+    said = b"".join(w.stderr for w in strict + loose).decode()
+    assert "limit=3" in said
+    assert "limit=6" in said
+    assert "strictest limit (3)" in said
+
+
 async def test_a_killed_workers_slots_stay_taken_until_its_jobs_end(
     account, fake, redis_server, prefix
 ):
@@ -304,13 +321,15 @@ async def test_redis_restarted_mid_run_never_lets_the_api_run_more_than_the_limi
     assert processes[0].said("healthy")[-1] is True
 
 
+@pytest.mark.parametrize("kill", [False, True], ids=["sigterm", "sigkill"])
 async def test_a_persistent_redis_restart_frees_the_jobs_that_ended_meanwhile(
-    fake, persistent_redis, prefix
+    fake, persistent_redis, prefix, kill
 ):
     """
     Redis keeps its data (AOF) and restarts while jobs end: the releases made
     while it was away reach it when it is back, so the account does not stall
-    until the leases of finished jobs expire (30 s here).
+    until the leases of finished jobs expire (30 s here).  Killed, Redis may lose
+    its last second of writes: what it lost is registered again, or found ended.
     """
     account = Account(fake, persistent_redis, prefix)
     try:
@@ -318,7 +337,7 @@ async def test_a_persistent_redis_restart_frees_the_jobs_that_ended_meanwhile(
         processes += await account.clients(3, "--jobs=8", "--limit=4", "--lease=30")
         await until(lambda: all(w.said("healthy") == [True] for w in processes), 30)
         await until(lambda: len(fake.jobs) >= 4, 30)
-        persistent_redis.stop()
+        persistent_redis.stop(kill=kill)
         await until(lambda: all(False in w.said("healthy") for w in processes), 30)
         await until(lambda: ended(fake) >= 4, 30)
         persistent_redis.start()

@@ -388,3 +388,38 @@ async def test_aclose_ends_even_when_a_read_swallows_its_cancellation(
         await hub.aclose()
     assert swallowed
     assert not hub.running
+
+
+async def test_a_partitioned_process_keeps_its_jobs_slots(redis_server, prefix):
+    """
+    A's link to Redis goes silent for longer than a lease while its jobs run:
+    its leases expire but its slots stay taken, B admits nothing past the
+    limit, and A's slots are its own again when the link is back.
+    """
+    from pixelbyte_async import RequestTimeout
+    from pixelbyte_async.redis import RedisHub
+
+    from redis_fixture import Proxy
+
+    async with Proxy(redis_server.port) as proxy:
+        a = RedisHub(proxy.url(), key_prefix=prefix, ping_interval=0.3, **QUICK)
+        async with a, RedisHub(redis_server.url, key_prefix=prefix, **QUICK) as b:
+            mine = a.slots(2, lease=1, retry_interval=0.05)
+            theirs = b.slots(2, lease=1, retry_interval=0.05)
+            held = [await mine.acquire(timeout=1) for _ in range(2)]
+            for n, lease in enumerate(held):
+                mine.bind(lease, f"job-part-{n}")
+            await mine.renew(held[0])
+            proxy.freeze()
+            await until(lambda: not a.healthy, WAIT)
+            with pytest.raises(RequestTimeout):
+                await theirs.acquire(timeout=2.5)  # 2.5 leases: A's have expired
+            assert await theirs.in_use() == 2
+            proxy.thaw()
+            await until(lambda: a.healthy, 3 * WAIT)
+            assert await theirs.in_use() == 2
+            await mine.release(held[0])
+            lease = await theirs.acquire(timeout=WAIT)
+            await theirs.release(lease)
+            await mine.release(held[1])
+            assert await theirs.in_use() == 0

@@ -217,7 +217,7 @@ async def test_a_killed_process_frees_a_slot_only_when_its_job_cannot_run(
             assert await slots.in_use() == 4
 
             # job-0 ends and a receiver publishes its delivery: its slot is free
-            # at the next renewal of any process.
+            # by the next slot operation of any process (our waiter's attempt).
             await hub.publish(make_event("job-0"))
             mine.append(await slots.acquire(timeout=WAIT))
             # job-1's end is learnt from the API (no delivery): a live client asks.

@@ -77,9 +77,7 @@ class HeldLeases:
     """
     The leases of *group* that this process holds, kept registered in Redis.
 
-    *keys* are the group's keys in `SLOT_KEYS` order; *events* is the prefix of
-    the keys of stored terminal events (a lease whose job's event is stored is
-    given back by any process).
+    *keys* are the group's keys in `SLOT_KEYS` order.
     """
 
     def __init__(
@@ -88,12 +86,10 @@ class HeldLeases:
         link: RedisLink,
         *,
         keys: list[str],
-        events: str,
     ) -> None:
         self._group = group
         self._link = link
         self._keys = keys
-        self._events = events
         #: Lease id -> the job id it is bound to (None until `bind`).
         self.held: dict[str, str | None] = {}
         #: Job id -> its lease id.
@@ -148,7 +144,11 @@ class HeldLeases:
     def epoch_args(self) -> list[str]:
         """Known epoch, a new one (if Redis has none), and how long to hold (ms)."""
         group = self._group
-        hold = group.lease / 3 + group.hub.reconnect_max + 1.0
+        # Every live process registers its leases again as it reconnects, at
+        # most `reconnect_max` (its longest pause between attempts) after Redis
+        # is back: hold that long and a second, and never longer than a renewal
+        # interval and a second (it would renew them by then anyway).
+        hold = min(group.lease / 3, group.hub.reconnect_max) + 1.0
         return [self.epoch, self._new_epoch, str(max(1, round(hold * 1000)))]
 
     def config(self) -> str:
@@ -285,7 +285,6 @@ class HeldLeases:
                     group.hub.instance_id,
                     self.config(),
                     *self.epoch_args(),
-                    self._events,
                     "0" if self.ended is None else "1",
                     *pairs,
                 ],

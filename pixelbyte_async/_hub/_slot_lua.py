@@ -10,8 +10,9 @@ promise about jobs running at the API rather than about leases:
 * a lease that expires (its process died, or lost Redis for longer than a lease)
   does not free its slot when it is bound: it becomes an **orphan**, still
   counted.  A job's orphan is freed when the job is known to have ended: its
-  terminal event is stored (a receiver published it), or a live process asked the
-  API (`RENEW_LUA` hands out the orphans due for a check, one process each).  An
+  terminal event is stored (a receiver published it: every slot script looks),
+  or a live process asked the API (`RENEW_LUA` hands out the orphans due for a
+  check, one process each).  An
   orphan whose submit was on the wire is freed after that submit's settle
   horizon, when it can no longer make a job;
 * a group records an **epoch**: a process that knew one and finds none knows
@@ -52,8 +53,8 @@ SLOT_KEYS = (
     "slots-epoch",  # the group's epoch: its loss means Redis lost the group
 )
 
-# ARGV[1..6] of every slot script: limit, lease ms, settle ms, inbox prefix,
-# turn message, orphan check interval ms.
+# ARGV[1..7] of every slot script: limit, lease ms, settle ms, inbox prefix,
+# turn message, orphan check interval ms, prefix of the stored events' keys.
 _HEAD = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -62,7 +63,7 @@ local BOUND, ORPHANS, JOBS, CONFIGS = KEYS[6], KEYS[7], KEYS[8], KEYS[9]
 local HOLD, EPOCH = KEYS[10], KEYS[11]
 local LIMIT, LEASE = tonumber(ARGV[1]), tonumber(ARGV[2])
 local SETTLE, INBOX, MESSAGE = tonumber(ARGV[3]), ARGV[4], ARGV[5]
-local CHECK = tonumber(ARGV[6])
+local CHECK, EVENTS = tonumber(ARGV[6]), ARGV[7]
 
 local function used()
   return redis.call('ZCARD', LEASES) + redis.call('ZCARD', ORPHANS)
@@ -89,8 +90,9 @@ local function drop(lease)
 end
 
 -- Leases nobody renews any more: one bound to a job stays taken (an orphan,
--- due for a check now); one whose submit was on the wire stays taken until its
--- settle horizon; any other is free.  Returns how many slots were freed.
+-- due for a check now) until its job's terminal event is stored; one whose
+-- submit was on the wire stays taken until its settle horizon; any other is
+-- free.  Returns how many slots were freed.
 local function expire()
   local freed = 0
   for _, lease in ipairs(redis.call('ZRANGEBYSCORE', LEASES, '-inf', now)) do
@@ -104,9 +106,15 @@ local function expire()
       freed = freed + 1
     end
   end
-  for _, lease in ipairs(redis.call('ZRANGEBYSCORE', ORPHANS, '-inf', now)) do
+  local orphans = redis.call('ZRANGE', ORPHANS, 0, -1, 'WITHSCORES')
+  for i = 1, #orphans, 2 do
+    local lease, due = orphans[i], tonumber(orphans[i + 1])
     local job = redis.call('HGET', BOUND, lease)
-    if not job or job == '' then freed = freed + drop(lease) end
+    if not job or job == '' then
+      if due <= now then freed = freed + drop(lease) end
+    elseif redis.call('EXISTS', EVENTS .. job) == 1 then
+      freed = freed + drop(lease)
+    end
   end
   return freed
 end
@@ -160,7 +168,7 @@ local function keep()
 end
 """
 
-# ARGV[7..]: waiter, lease id, queue ttl ms, process id, own config, known epoch,
+# ARGV[8..]: waiter, lease id, queue ttl ms, process id, own config, known epoch,
 # new epoch, hold ms.
 # Returns {granted, rank in the queue, slots in use, place in the queue (its
 # arrival number), epoch, limit in force}.  A slot found free, or still free after
@@ -168,17 +176,17 @@ end
 ACQUIRE_LUA = (
     _HEAD
     + """
-local waiter, lease = ARGV[7], ARGV[8]
+local waiter, lease = ARGV[8], ARGV[9]
 local freed = expire()
 purge()
-local current = epoch(ARGV[12], ARGV[13], ARGV[14])
-redis.call('HSET', CONFIGS, ARGV[10], ARGV[11])
+local current = epoch(ARGV[13], ARGV[14], ARGV[15])
+redis.call('HSET', CONFIGS, ARGV[11], ARGV[12])
 local seq = redis.call('ZSCORE', QUEUE, waiter)
 if not seq then
   seq = redis.call('INCR', SEQ)
   redis.call('ZADD', QUEUE, seq, waiter)
 end
-redis.call('ZADD', QEXP, now + tonumber(ARGV[9]), waiter)
+redis.call('ZADD', QEXP, now + tonumber(ARGV[10]), waiter)
 local inuse = used()
 local rank = redis.call('ZRANK', QUEUE, waiter)
 local most = limit()
@@ -186,8 +194,8 @@ local granted = 0
 if redis.call('EXISTS', HOLD) == 0 and rank < most - inuse then
   redis.call('ZREM', QUEUE, waiter)
   redis.call('ZREM', QEXP, waiter)
-  redis.call('ZADD', LEASES, now + LEASE, lease)
-  redis.call('HSET', BOUND, lease, '')
+  redis.call('ZADD', LEASES, now + LEASE, ARGV[9])
+  redis.call('HSET', BOUND, ARGV[9], '')
   inuse = inuse + 1
   granted = 1
 end
@@ -197,34 +205,33 @@ return {granted, rank, inuse, tonumber(seq), current, most}
 """
 )
 
-# ARGV[7..]: process id, own config, known epoch, new epoch, hold ms, event key
-# prefix, whether this process checks orphans with the API ("1"/"0"), then pairs
-# of lease id and job id ("" while unbound).
+# ARGV[8..]: process id, own config, known epoch, new epoch, hold ms, whether this
+# process checks orphans with the API ("1"/"0"), then pairs of lease id and job
+# id ("" while unbound).
 # (Re-)registers every lease this process holds, bound to its job, so leases
 # admitted while Redis was away, lost to an outage, or orphaned meanwhile count
 # as this process's again; a lease whose job's terminal event is stored is given
-# back instead.  Orphans whose job's event is stored are freed; the others due
-# for a check are handed to this process (at most 20; due again after CHECK).
+# back instead.  Orphans due for a check are handed to this process (at most 20;
+# due again after CHECK).
 # Returns {re-added, processes, epoch, leases given back, jobs to check,
 # configs of the live processes}.
 RENEW_LUA = (
     _HEAD
     + """
 local freed = expire()
-local current = epoch(ARGV[9], ARGV[10], ARGV[11])
-local events = ARGV[12]
+local current = epoch(ARGV[10], ARGV[11], ARGV[12])
 redis.call('ZREMRANGEBYSCORE', PROCS, '-inf', now)
-redis.call('ZADD', PROCS, now + LEASE, ARGV[7])
+redis.call('ZADD', PROCS, now + LEASE, ARGV[8])
 for _, process in ipairs(redis.call('HKEYS', CONFIGS)) do
   if not redis.call('ZSCORE', PROCS, process) then
     redis.call('HDEL', CONFIGS, process)
   end
 end
-redis.call('HSET', CONFIGS, ARGV[7], ARGV[8])
+redis.call('HSET', CONFIGS, ARGV[8], ARGV[9])
 local added, ended = 0, {}
 for i = 14, #ARGV, 2 do
   local lease, job = ARGV[i], ARGV[i + 1]
-  if job ~= '' and redis.call('EXISTS', events .. job) == 1 then
+  if job ~= '' and redis.call('EXISTS', EVENTS .. job) == 1 then
     freed = freed + drop(lease)
     ended[#ended + 1] = lease
   else
@@ -238,12 +245,10 @@ for i = 14, #ARGV, 2 do
   end
 end
 local due = {}
-for _, lease in ipairs(redis.call('ZRANGEBYSCORE', ORPHANS, '-inf', now)) do
-  local job = redis.call('HGET', BOUND, lease)
-  if job and job ~= '' then
-    if redis.call('EXISTS', events .. job) == 1 then
-      freed = freed + drop(lease)
-    elseif ARGV[13] == '1' and #due < 20 then
+if ARGV[13] == '1' then
+  for _, lease in ipairs(redis.call('ZRANGEBYSCORE', ORPHANS, '-inf', now)) do
+    local job = redis.call('HGET', BOUND, lease)
+    if job and job ~= '' and #due < 20 then
       due[#due + 1] = job
       redis.call('ZADD', ORPHANS, now + CHECK, lease)
     end
@@ -259,13 +264,13 @@ return {added, redis.call('ZCARD', PROCS), current, ended, due,
 """
 )
 
-# ARGV[7..]: pairs of lease id and job id.  Binds each lease still counted (alive
+# ARGV[8..]: pairs of lease id and job id.  Binds each lease still counted (alive
 # or orphaned) to its job; an orphan is then due for a check at once.
 BIND_LUA = (
     _HEAD
     + """
 local bound = 0
-for i = 7, #ARGV, 2 do
+for i = 8, #ARGV, 2 do
   local lease, job = ARGV[i], ARGV[i + 1]
   if redis.call('HEXISTS', BOUND, lease) == 1 then
     redis.call('HSET', BOUND, lease, job)
@@ -280,16 +285,16 @@ return bound
 """
 )
 
-# ARGV[7]: "lease" or "job"; ARGV[8..]: lease ids, or job ids (their leases).
+# ARGV[8]: "lease" or "job"; ARGV[9..]: lease ids, or job ids (their leases).
 # Gives the slots back (from any process: a release needs no live owner) and tells
 # the waiters whose turn it is.  Returns how many slots were freed.
 RELEASE_LUA = (
     _HEAD
     + """
 local removed = 0
-for i = 8, #ARGV do
+for i = 9, #ARGV do
   local lease = ARGV[i]
-  if ARGV[7] == 'job' then lease = redis.call('HGET', JOBS, ARGV[i]) end
+  if ARGV[8] == 'job' then lease = redis.call('HGET', JOBS, ARGV[i]) end
   if lease then removed = removed + drop(lease) end
 end
 removed = removed + expire()
@@ -301,13 +306,13 @@ return removed
 """
 )
 
-# ARGV[7]: waiter id.  A waiter that gives up may have held a turn: it passes to
+# ARGV[8]: waiter id.  A waiter that gives up may have held a turn: it passes to
 # those behind it.
 LEAVE_LUA = (
     _HEAD
     + """
-local queued = redis.call('ZREM', QUEUE, ARGV[7])
-redis.call('ZREM', QEXP, ARGV[7])
+local queued = redis.call('ZREM', QUEUE, ARGV[8])
+redis.call('ZREM', QEXP, ARGV[8])
 local freed = expire()
 if queued + freed > 0 then tell(limit() - used(), false) end
 return queued

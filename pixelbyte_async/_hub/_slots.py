@@ -53,7 +53,7 @@ class RedisSlots:
     its submit created.  When a lease expires (its process was killed, or lost
     Redis for longer than a lease), the slot stays taken while its job runs at
     the API: it is freed when the job's terminal event is stored (a receiver
-    published it; checked at every renewal of any process), or when a live
+    published it; every slot operation of any process looks), or when a live
     process asks the API (one GET per orphaned slot and *lease*, by one process;
     the client does it, ``PixelByte(hub=...)``).  A lease whose submit was on the
     wire when its process died stays taken for *settle* seconds, the submit's
@@ -75,8 +75,9 @@ class RedisSlots:
     the account limit for progress during an outage (up to *fallback_limit* ×
     processes jobs at once).  When Redis is back, the releases made meanwhile and
     every lease held are registered again before anyone is admitted; if Redis
-    lost its data, admissions hold for a renewal interval, while every live
-    process registers its leases again.
+    lost its data, admissions hold while every live process registers its
+    leases again as it reconnects (*reconnect_max*, at most a renewal interval,
+    plus a second).
 
     **Settings drift.**  Each process records its *limit* and *lease*; admission
     uses the strictest limit of the live processes, and a process that sees
@@ -131,9 +132,7 @@ class RedisSlots:
         key = self._link.key
         self._keys = [key(kind, name) for kind in SLOT_KEYS]
         self._queue_ttl = max(2.0, 5 * self.retry_interval)
-        self._leases = HeldLeases(
-            self, self._link, keys=self._keys, events=key("ev", "")
-        )
+        self._leases = HeldLeases(self, self._link, keys=self._keys)
         self._ids = itertools.count()
         # This process's sleeping waiters, in Redis' queue order.  Redis names the
         # ones whose turn came (see _TELL_LUA); while Redis is away, a slot freed
@@ -181,6 +180,7 @@ class RedisSlots:
             ms(self.settle),
             *turn_args(self._link.inbox_prefix, self.name),
             ms(self.lease),
+            self._link.key("ev", ""),
         ]
 
     def use_checker(self, ended: JobEnded | None) -> None:
