@@ -17,6 +17,7 @@ from pixelbyte_async import (
     JobFailed,
     JobStatus,
     KlingO1StartEndFrame,
+    PixelByte,
     PixelByteError,
     ReconcileError,
     RetryPolicy,
@@ -280,19 +281,7 @@ async def test_two_apps_on_one_account(tmp_path, machines, seed):
     """
     rng = random.Random(seed)  # noqa: S311 -- fault placement, not security
     async with FakePixelByte() as fake:
-        began = fake.clock.time()
-        fake.concurrent_job_limit = 40
-        fake.script_next(
-            *(JobScript(queue_seconds=rng.uniform(0, 60)) for _ in range(400))
-        )
-        for fault, times in [
-            (Fault.drop_before(), 6),
-            (Fault.drop_after(), 6),
-            (Fault.late_create(2.5), 4),
-            (Fault.late_create(40, answer="hang", hold=0.02), 3),
-            (Fault.status(500, "INTERNAL_ERROR"), 4),
-        ]:
-            fake.inject(fault, method="POST", path=SUBMIT, times=times)
+        began = shared_account_faults(fake, rng)
         ledgers = (
             [tmp_path / "shared.sqlite3"] * 2
             if machines == "one machine"
@@ -302,18 +291,39 @@ async def test_two_apps_on_one_account(tmp_path, machines, seed):
             bound_client(fake, ledger=ledgers[0], max_concurrent_jobs=20) as pa,
             bound_client(fake, ledger=ledgers[1], max_concurrent_jobs=20) as pb,
         ):
-            apps = [App("A", pa, fake), App("B", pb, fake)]
-            order = [(app, i) for app in apps for i in range(150)]
-            rng.shuffle(order)
-            await asyncio.wait_for(
-                asyncio.gather(*(app.one(i) for app, i in order)), 120
-            )
-            cancelled: list[tuple[str, str]] = []
-            for app in apps:
-                report = await app.pb.audit(since=began - 1)
-                cancelled.extend((app.name, o.job.id) for o in report.cancellable)
-                await report.cancel_pending()
+            apps, cancelled = await two_apps(fake, pa, pb, rng, began)
     assert_safe(fake, apps, cancelled)
+
+
+def shared_account_faults(fake: FakePixelByte, rng: random.Random) -> float:
+    """Jobs of random lengths and lost submits of every kind; return the start."""
+    fake.concurrent_job_limit = 40
+    fake.script_next(*(JobScript(queue_seconds=rng.uniform(0, 60)) for _ in range(400)))
+    for fault, times in [
+        (Fault.drop_before(), 6),
+        (Fault.drop_after(), 6),
+        (Fault.late_create(2.5), 4),
+        (Fault.late_create(40, answer="hang", hold=0.02), 3),
+        (Fault.status(500, "INTERNAL_ERROR"), 4),
+    ]:
+        fake.inject(fault, method="POST", path=SUBMIT, times=times)
+    return fake.clock.time()
+
+
+async def two_apps(
+    fake: FakePixelByte, pa: PixelByte, pb: PixelByte, rng: random.Random, began: float
+) -> tuple[list[App], list[tuple[str, str]]]:
+    """Apps A and B submit 150 inputs each, shuffled; then each audits and cancels."""
+    apps = [App("A", pa, fake), App("B", pb, fake)]
+    order = [(app, i) for app in apps for i in range(150)]
+    rng.shuffle(order)
+    await asyncio.wait_for(asyncio.gather(*(app.one(i) for app, i in order)), 120)
+    cancelled: list[tuple[str, str]] = []
+    for app in apps:
+        report = await app.pb.audit(since=began - 1)
+        cancelled.extend((app.name, o.job.id) for o in report.cancellable)
+        await report.cancel_pending()
+    return apps, cancelled
 
 
 def assert_safe(fake: FakePixelByte, apps: list[App], cancelled) -> None:

@@ -203,42 +203,19 @@ async def test_two_apps_on_two_machines_sharing_a_hub(redis_server, prefix, seed
     import random
 
     from pixelbyte_async.redis import RedisHub
-    from pixelbyte_async.testing import JobScript
 
-    from test_chaos import App, assert_safe
+    from test_chaos import assert_safe, shared_account_faults, two_apps
 
     rng = random.Random(seed)  # noqa: S311 -- fault placement, not security
     async with FakePixelByte() as fake:
-        began = fake.clock.time()
-        fake.concurrent_job_limit = 40
-        fake.script_next(
-            *(JobScript(queue_seconds=rng.uniform(0, 60)) for _ in range(400))
-        )
-        for fault, times in [
-            (Fault.drop_before(), 6),
-            (Fault.drop_after(), 6),
-            (Fault.late_create(2.5), 4),
-            (Fault.late_create(40, answer="hang", hold=0.02), 3),
-            (Fault.status(500, "INTERNAL_ERROR"), 4),
-        ]:
-            fake.inject(fault, method="POST", path=SUBMIT, times=times)
+        began = shared_account_faults(fake, rng)
         async with (
             RedisHub(redis_server.url, key_prefix=prefix) as hub_a,
             RedisHub(redis_server.url, key_prefix=prefix) as hub_b,
             bound_client(fake, hub=hub_a, max_concurrent_jobs=40) as pa,
             bound_client(fake, hub=hub_b, max_concurrent_jobs=40) as pb,
         ):
-            apps = [App("A", pa, fake), App("B", pb, fake)]
-            order = [(app, i) for app in apps for i in range(150)]
-            rng.shuffle(order)
-            await asyncio.wait_for(
-                asyncio.gather(*(app.one(i) for app, i in order)), 120
-            )
-            cancelled: list[tuple[str, str]] = []
-            for app in apps:
-                report = await app.pb.audit(since=began - 1)
-                cancelled.extend((app.name, o.job.id) for o in report.cancellable)
-                await report.cancel_pending()
+            apps, cancelled = await two_apps(fake, pa, pb, rng, began)
     assert_safe(fake, apps, cancelled)
 
 

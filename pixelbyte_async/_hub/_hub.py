@@ -29,7 +29,7 @@ from ._events import EventExchange
 from ._ledger import RedisLedger
 from ._link import RedisLink
 from ._memory import EventMemory
-from ._slots import RedisSlots, SlotGroups
+from ._slots import DEFAULT_SETTLE, RedisSlots, SlotGroups
 
 
 __all__ = ["RedisHub"]
@@ -402,7 +402,7 @@ class RedisHub:
         lease: float | None = None,
         fallback_limit: int | None = None,
         retry_interval: float = 1.0,
-        settle: float = 300.0,
+        settle: float = DEFAULT_SETTLE,
     ) -> RedisSlots:
         """
         Return the account-wide job slots *name* (one object per name and hub).

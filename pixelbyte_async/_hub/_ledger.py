@@ -47,6 +47,8 @@ log = logging.getLogger("pixelbyte_async")
 _PRUNE_EVERY = 60.0
 #: Entries per pipeline when reading many.
 _BATCH = 500
+#: How long this process remembers its own writes in memory (seconds).
+_MINE_RETENTION = 7200.0
 #: How many times a claim is tried again when another process wrote meanwhile.
 _CLAIM_TRIES = 20
 
@@ -203,8 +205,9 @@ class RedisLedger:
         self.max_outbox = max_outbox
         self._ttl_ms = int(retention * 2000)
         self._outbox: collections.deque[_Op] = collections.deque()
-        # This process's own writes, for `attempt` while Redis is away.
-        self._mine = MemoryLedger(retention=retention)
+        # This process's own recent writes, for `attempt` while Redis is away
+        # (reconcile asks about attempts of the last hour at most).
+        self._mine = MemoryLedger(retention=min(retention, _MINE_RETENTION))
         self._scripts: dict[str, Any] = {}
         self._pruned_at = 0.0
         self._flushing = asyncio.Lock()
@@ -505,21 +508,14 @@ class RedisLedger:
                     self._index(model), since, until
                 )
             ]
-            found: list[Attempt] = []
-            for start in range(0, len(ids), _BATCH):
-                chunk = ids[start : start + _BATCH]
-                async with self._redis().pipeline(transaction=False) as pipe:
-                    for attempt_id in chunk:
-                        pipe.hgetall(self._attempt_key(attempt_id))
-                    rows = await pipe.execute()
-                found.extend(
-                    a
-                    for a in map(_attempt, chunk, rows)
-                    if a is not None and (a.open or not open_only)
-                )
+            rows = await self._hashes([self._attempt_key(i) for i in ids])
         except FAULTS as exc:
             raise self._away(exc) from exc
-        return found
+        return [
+            a
+            for a in map(_attempt, ids, rows)
+            if a is not None and (a.open or not open_only)
+        ]
 
     async def claims(self, job_ids: Collection[str]) -> dict[str, Claim]:
         """
@@ -533,21 +529,25 @@ class RedisLedger:
         if not wanted:
             return {}
         await self._usable()
-        found: dict[str, Claim] = {}
         try:
-            for start in range(0, len(wanted), _BATCH):
-                chunk = wanted[start : start + _BATCH]
-                async with self._redis().pipeline(transaction=False) as pipe:
-                    for job_id in chunk:
-                        pipe.hgetall(self._claim_key(job_id))
-                    rows = await pipe.execute()
-                for job_id, raw in zip(chunk, rows, strict=True):
-                    claim = _claim(job_id, raw)
-                    if claim is not None:
-                        found[job_id] = claim
+            rows = await self._hashes([self._claim_key(j) for j in wanted])
         except FAULTS as exc:
             raise self._away(exc) from exc
-        return found
+        return {
+            claim.job_id: claim
+            for claim in map(_claim, wanted, rows)
+            if claim is not None
+        }
+
+    async def _hashes(self, keys: list[str]) -> list[Mapping[bytes, bytes]]:
+        """``HGETALL`` of each of *keys*, pipelined in batches."""
+        rows: list[Mapping[bytes, bytes]] = []
+        for start in range(0, len(keys), _BATCH):
+            async with self._redis().pipeline(transaction=False) as pipe:
+                for key in keys[start : start + _BATCH]:
+                    pipe.hgetall(key)
+                rows.extend(await pipe.execute())
+        return rows
 
     async def aclose(self) -> None:
         """Write what was kept, if Redis is there (the hub closes the connection)."""

@@ -32,7 +32,7 @@ from ._link import FAULTS, HubUnavailable
 from ._slot_lua import SLOT_KEYS
 
 
-__all__ = ["RedisSlots", "SlotGroups"]
+__all__ = ["DEFAULT_SETTLE", "RedisSlots", "SlotGroups"]
 
 _MAX_PAUSE = 60.0
 #: Seconds a lease lives without renewal, unless the group says otherwise.
