@@ -318,8 +318,10 @@ class AmbiguousSubmitError(PixelByteError):
         model: The model slug that was submitted.
         input: The input that was sent.
         webhook_url: The webhook URL that was sent, if any.
-        started_at: Wall-clock time (Unix seconds) when the attempt began; the
-            settle horizon of `PixelByte.reconcile` counts from it.
+        started_at: Wall-clock time (Unix seconds) when the try whose answer
+            was lost went out (after 429s of the plan's limit, minutes after
+            the call began: the tries before it made no job); the settle
+            horizon of `PixelByte.reconcile` counts from it.
         attempt: The attempt's id in the ledger, also the nonce (``pb_attempt``)
             of its ``webhookUrl`` when webhooks are in use (see `tagged`).
             ``None`` only in errors built by hand.

@@ -127,8 +127,13 @@ class RequestPipeline:
         deadline: float | None = None,
         mode: Mode = "safe",
         auth: Auth = "bearer",
+        on_send: Callable[[], None] | None = None,
     ) -> tuple[Any, str | None]:
-        """Send one API call under one deadline; return ``(payload, request_id)``."""
+        """
+        Send one API call under one deadline; return ``(payload, request_id)``.
+
+        *on_send* is called as each try goes out (a submit's lost try is its last).
+        """
         self.guard()
         clock = self.clock
         if deadline is None:
@@ -150,6 +155,8 @@ class RequestPipeline:
         first_error: PixelByteError | None = None
         if request.timeout is not None and request.timeout > 0:
             try:
+                if on_send is not None:
+                    on_send()
                 response = await self._send(request)
                 result = self._handle(response, method, path)
             except PixelByteError as exc:
@@ -166,6 +173,8 @@ class RequestPipeline:
                 return result
 
         async def attempt(remaining: float) -> tuple[Any, str | None]:
+            if on_send is not None:
+                on_send()
             response = await self._send(attrs.evolve(request, timeout=remaining))
             return self._handle(response, method, path)
 

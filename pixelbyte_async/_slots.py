@@ -9,10 +9,10 @@ still tracks its own jobs (to free their slots and to sweep them).
 from __future__ import annotations
 
 import asyncio
-import math
+import collections
+import contextlib
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Protocol
-
-import anyio
 
 from ._clock import Clock, sleep_or_until
 from ._config import ClientConfig
@@ -44,9 +44,12 @@ class JobSlots:
     The client's limit on jobs in flight (submitted and not yet seen terminal).
 
     A slot is taken before a submit and freed when the client sees the job reach a
-    terminal state, however it sees it (wait, watch, refresh, list, cancel).  A
-    submitter kept waiting for a slot refreshes in-flight jobs that nobody is
-    waiting on, so "submit everything, then wait for everything" cannot deadlock.
+    terminal state, however it sees it (wait, watch, refresh, list, cancel).
+    Submitters wait in line: a freed slot is handed to the first of them, and to
+    it alone (as `asyncio.Semaphore` does), so a release costs the same with ten
+    waiters as with ten thousand.  While anyone waits, one task refreshes the
+    in-flight jobs that nobody is waiting on, so "submit everything, then wait for
+    everything" cannot deadlock.
     """
 
     def __init__(
@@ -61,20 +64,30 @@ class JobSlots:
         self._tracker = tracker
         self.used = 0
         self.jobs: dict[str, Job] = {}
-        self._released: asyncio.Future[None] | None = None
+        # Submitters waiting for a local slot, first first: each one's future is
+        # resolved when a slot is handed to it.
+        self._line: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._waiting = 0  # submitters waiting (locally or in the hub's queue)
+        self._sweeper: asyncio.Task[None] | None = None
         self._sweeping = False
 
-    def _notify(self) -> None:
-        released, self._released = self._released, None
-        if released is not None and not released.done():
-            released.set_result(None)
+    def _release(self) -> None:
+        """A slot is free: hand it to the first in line, else count it free."""
+        line = self._line
+        while line:
+            turn = line.popleft()
+            if not turn.done():
+                turn.set_result(None)  # `used` unchanged: the slot changes hands
+                return
+        self.used -= 1
 
     def free(self, lease: str | None) -> None:
         """Give back a slot (and its hub *lease*) whose submit made no job we know."""
-        self.used -= 1
         if lease is not None and self.shared is not None:
+            self.used -= 1
             self.shared.release_soon(lease)
-        self._notify()
+        else:
+            self._release()
 
     def bind(self, job: Job, lease: str | None) -> None:
         """Track *job*, created by the submit that took the slot of hub *lease*."""
@@ -89,10 +102,11 @@ class JobSlots:
         if self.jobs.pop(job_id, None) is not None:
             if self._tracker is not None:
                 self._tracker.untrack(job_id)
-            self.used -= 1
             if self.shared is not None:
+                self.used -= 1
                 self.shared.release_job(job_id)
-            self._notify()
+            else:
+                self._release()
 
     def adopt(self, job: Job) -> None:
         """Count a job found in flight (reconciled) as one of ours."""
@@ -114,27 +128,64 @@ class JobSlots:
         """
         if self.shared is not None:
             return await self._acquire_shared(self.shared, clock, config, timeout)
-        if self.limit is None:
+        if self.limit is None or (self.used < self.limit and not self._line):
             self.used += 1
             return None
-        deadline = clock.monotonic() + (timeout if timeout is not None else math.inf)
-        while self.used >= self.limit:
-            remaining = deadline - clock.monotonic()
-            if remaining <= 0:
-                raise RequestTimeout(
-                    f"no job slot freed within slot_timeout={timeout}s "
-                    f"({self.used} jobs in flight, max_concurrent_jobs={self.limit})"
-                )
-            await self._sweep(clock, config, deadline)
-            if self.used < self.limit:
-                break
-            if self._released is None:
-                self._released = asyncio.get_running_loop().create_future()
-            # A freed slot wakes us at once; the pause only paces the sweeps.
-            pause = min(remaining, config.poll.near_interval)
-            await sleep_or_until(clock, pause, self._released)
-        self.used += 1
+        turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._line.append(turn)
+        with self._sweeps(clock, config, timeout):
+            try:
+                if timeout is None:
+                    await turn
+                else:
+                    await sleep_or_until(clock, timeout, turn)
+            except BaseException:
+                self._leave(turn)
+                raise
+        if not turn.done():
+            self._leave(turn)
+            raise RequestTimeout(
+                f"no job slot freed within slot_timeout={timeout}s "
+                f"({self.used} jobs in flight, max_concurrent_jobs={self.limit})"
+            )
         return None
+
+    def _leave(self, turn: asyncio.Future[None]) -> None:
+        """A waiter gives up: out of the line, and a slot handed to it goes on."""
+        if turn.done() and not turn.cancelled():
+            self._release()
+        else:
+            turn.cancel()
+            with contextlib.suppress(ValueError):
+                self._line.remove(turn)
+
+    @contextlib.contextmanager
+    def _sweeps(
+        self, clock: Clock, config: ClientConfig, timeout: float | None
+    ) -> Iterator[None]:
+        """While anyone waits for a slot, one task sweeps the unwatched jobs."""
+        self._waiting += 1
+        if self._sweeper is None or self._sweeper.done():
+            self._sweeper = asyncio.get_running_loop().create_task(
+                self._sweep_while_waited(clock, config, timeout),
+                name="pixelbyte-slot-sweeper",
+            )
+        try:
+            yield
+        finally:
+            self._waiting -= 1
+            if not self._waiting and self._sweeper is not None:
+                self._sweeper.cancel()
+                self._sweeper = None
+
+    async def _sweep_while_waited(
+        self, clock: Clock, config: ClientConfig, timeout: float | None
+    ) -> None:
+        while True:
+            budget = config.timeout if timeout is None else min(timeout, config.timeout)
+            await self._sweep(clock, config, clock.monotonic() + budget)
+            # A freed slot goes to a waiter at once; the pause only paces sweeps.
+            await clock.sleep(config.poll.near_interval)
 
     async def _acquire_shared(
         self,
@@ -144,24 +195,13 @@ class JobSlots:
         timeout: float | None,
     ) -> str:
         """
-        Wait in the hub's queue; meanwhile sweep our own unwatched jobs.
+        Wait in the hub's queue; meanwhile our own unwatched jobs are swept.
 
         Our own finished-but-unnoticed jobs may be what holds the account's
         slots, so the sweep runs beside the wait, as with a local limit.
         """
-        deadline = clock.monotonic() + (timeout if timeout is not None else math.inf)
-
-        async def sweep() -> None:
-            while True:
-                await clock.sleep(config.poll.near_interval)
-                await self._sweep(clock, config, deadline)
-
-        async with anyio.create_task_group() as tasks:
-            tasks.start_soon(sweep)
-            try:
-                lease = await shared.acquire(timeout)
-            finally:
-                tasks.cancel_scope.cancel()
+        with self._sweeps(clock, config, timeout):
+            lease = await shared.acquire(timeout)
         self.used += 1
         return lease
 

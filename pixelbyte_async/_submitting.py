@@ -128,6 +128,14 @@ class Submitter:
             raise
         # The slot wait and the ledger's write are queueing, not the call.
         deadline += clock.monotonic() - queued
+        # When the try that may have made the job went out: after 429s (the
+        # plan's limit) that can be minutes after the call began, and its job
+        # can only appear after it (the tries before it made none).
+        sent = [started_at]
+
+        def sending_now() -> None:
+            sent[0] = clock.time()
+
         with reconciler.submitting(slug):
             try:
                 data, rid = await self._pipeline.request(
@@ -136,6 +144,7 @@ class Submitter:
                     json_body=body,
                     deadline=deadline,
                     mode="submit",
+                    on_send=sending_now,
                 )
                 info = decode_job(data, rid)
             except PixelByteError as exc:
@@ -148,7 +157,7 @@ class Submitter:
                         model=slug,
                         input=payload,
                         webhook_url=webhook_url,
-                        started_at=started_at,
+                        started_at=sent[0],
                         attempt=attempt,
                     )
                     await reconciler.ended(attempt, lost=ambiguous)

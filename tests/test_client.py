@@ -217,13 +217,16 @@ async def test_submit_all_then_wait_all_does_not_deadlock(fake):
 
 
 async def test_queued_submitters_do_not_poll_the_same_jobs(fake):
-    """50 queued submits share one sweep: a handful of GETs per job, not dozens."""
+    """
+    50 queued submits share one sweep: a handful of GETs per job (the polling
+    budget of a job whose ETA is right: 8), not one per queued submitter.
+    """
     async with bound_client(fake, max_concurrent_jobs=5) as pb:
         jobs = await asyncio.gather(
             *(pb.submit(kling(prompt=f"p{i}")) for i in range(50))
         )
         await asyncio.gather(*(j.wait() for j in jobs))
-    assert fake.count("GET", "/v1/jobs/*") <= 50 * 6
+    assert fake.count("GET", "/v1/jobs/*") <= 50 * 8
 
 
 async def test_plan_limit_below_client_limit(fake):

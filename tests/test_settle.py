@@ -256,3 +256,34 @@ async def test_webhook_nonce_attributes_competing_late_jobs() -> None:
     assert [job.input["prompt"] for job in found] == ["first", "second"]
     assert [fake.jobs[job.id].input["prompt"] for job in found] == ["first", "second"]
     assert fake.ledger.double_charged() == []
+
+
+@pytest.mark.parametrize("ledger", ["memory", "file"])
+async def test_a_submit_lost_after_minutes_of_429s_is_found(
+    fake: FakePixelByte, ledger: str, tmp_path
+) -> None:
+    """
+    The plan's limit answers 429 for 400 s (the submit waits, as it should), then
+    the answer of the try that created the job is lost.  Its window starts at
+    that try, not at the call: the job is found, never sent again.
+    """
+    fake.inject(
+        Fault.status(429, "CONCURRENT_JOBS_EXCEEDED", retry_after=100),
+        method="POST",
+        path=SUBMIT,
+        times=4,
+    )
+    fake.inject(Fault.drop_after(), method="POST", path=SUBMIT)
+    began = fake.clock.time()
+    where = None if ledger == "memory" else tmp_path / "l.sqlite3"
+    async with bound_client(fake, ledger=where) as pb:
+        with pytest.raises(AmbiguousSubmitError) as lost:
+            await pb.submit(REQUEST)
+        assert lost.value.started_at >= began + 400  # the lost try's start
+        job = await pb.reconcile(lost.value)
+        assert job is not None
+        recorded = await pb.ledger.attempt(lost.value.attempt)
+        assert recorded is not None
+        assert recorded.started_at == lost.value.started_at
+    assert list(fake.jobs) == [job.id]
+    assert charges(fake) == 1

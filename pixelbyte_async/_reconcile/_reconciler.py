@@ -190,15 +190,31 @@ class Reconciler:
             log.error("ledger: could not record job %s: %s", job_id, exc)  # noqa: TRY400 -- one line, the job is fine
 
     async def ended(self, attempt: str, *, lost: AmbiguousSubmitError | None) -> None:
-        """The submit of *attempt* failed: its fate is unknown (*lost*) or no job."""
+        """
+        The submit of *attempt* failed: its fate is unknown (*lost*) or no job.
+
+        A lost submit's window starts when its last try went out (*lost*'s
+        ``started_at``): the ledger's record moves there, for every process.
+        """
         if lost is not None:
             self.ambiguous(lost)
         try:
-            await self.ledger.mark(
-                attempt,
-                "unknown" if lost is not None else "none",
-                at=self._client.clock.time(),
-            )
+            recorded = None if lost is None else await self.ledger.attempt(attempt)
+            if lost is not None and recorded is not None:
+                await self.ledger.begin(
+                    attrs.evolve(
+                        recorded,
+                        state="unknown",
+                        started_at=lost.started_at,
+                        ends_by=max(recorded.ends_by, lost.started_at),
+                    )
+                )
+            else:
+                await self.ledger.mark(
+                    attempt,
+                    "unknown" if lost is not None else "none",
+                    at=self._client.clock.time(),
+                )
         except PixelByteError as exc:
             log.error("ledger: could not record attempt %s: %s", attempt, exc)  # noqa: TRY400 -- one line
 
