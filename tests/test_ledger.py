@@ -204,3 +204,16 @@ def test_two_processes_share_one_ledger(tmp_path):
         await ledger.aclose()
 
     asyncio.run(here())
+
+
+async def test_clients_opening_a_new_ledger_together_all_share_it(tmp_path):
+    """Opening one fresh file at once (two workers starting): nobody falls back."""
+    import asyncio
+
+    for n in range(100):
+        path = tmp_path / f"l{n}.sqlite3"
+        ledgers = [SqliteLedger(path, account="a") for _ in range(4)]
+        await asyncio.gather(*(ledger.ready() for ledger in ledgers))
+        assert {ledger.where for ledger in ledgers} == {str(path)}
+        for ledger in ledgers:
+            await ledger.aclose()

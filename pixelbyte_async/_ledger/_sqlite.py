@@ -101,6 +101,29 @@ def _busy(exc: sqlite3.OperationalError) -> bool:
     return "locked" in str(exc) or "busy" in str(exc)
 
 
+def _wal(conn: sqlite3.Connection, wait: float) -> None:
+    """
+    Put *conn* in WAL mode, waiting up to *wait* seconds for other connections.
+
+    SQLite answers this pragma "database is locked" at once, without its busy
+    handler, while another connection of a fresh file holds a lock: two
+    processes (or clients) opening the file together would fall back to memory.
+    Called from a worker thread only (it sleeps).
+    """
+    deadline = time.monotonic() + wait
+    pause = _BUSY_PAUSE
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+        except sqlite3.OperationalError as exc:
+            if not _busy(exc) or time.monotonic() + pause > deadline:
+                raise
+            time.sleep(pause)
+            pause = min(pause * 2, 0.05)
+        else:
+            return
+
+
 def _attempt_once(
     conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], _T]
 ) -> _T:
@@ -208,7 +231,7 @@ class SqliteLedger:
                         f"{self.path} is not a pixelbyte-async ledger ({exc}); pass "
                         "another ledger path or remove the file"
                     ) from exc
-            conn.execute("PRAGMA journal_mode = WAL")
+            _wal(conn, wait)
             conn.execute("PRAGMA synchronous = NORMAL")
         except BaseException:
             conn.close()
@@ -263,7 +286,10 @@ class SqliteLedger:
                     ),
                 )
                 slow.execute("COMMIT")
-                fast = self._connect(wait=0, checked=True)
+                # Opened waiting like the slow one (its pragmas may meet another
+                # process's transaction), then made never to wait on the loop.
+                fast = self._connect(wait=_WAIT, checked=True)
+                fast.execute("PRAGMA busy_timeout = 0")
             except BaseException:
                 slow.close()
                 raise
