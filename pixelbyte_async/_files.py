@@ -8,12 +8,14 @@ the CDN or the upload host).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import mimetypes
 import os
 import secrets
-from collections.abc import Mapping
+import time
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import IO
 from urllib.parse import urlsplit
@@ -260,6 +262,70 @@ async def stream_to_file(
     return target
 
 
+#: Bytes gathered before one write (1 MiB: a fraction of a millisecond into the
+#: page cache).
+_BLOCK = 1 << 20
+#: The most bytes one read of a download's body asks for.
+_READ = 64 << 10
+#: A write on the loop slower than this (a slow or network disk) moves the
+#: rest of the download's writes to a worker thread.
+_SLOW_WRITE = 0.02
+
+
+async def _write_blocks(
+    chunks: AsyncIterator[bytes], path: Path, *, max_bytes: int
+) -> int:
+    """
+    Write *chunks* into *path*; return how many bytes.
+
+    The chunks are gathered into 1 MiB blocks, each written at once on the loop
+    (measured: a worker thread per block ran at 0.74–0.95 of a bare aiohttp
+    stream on a busy core, the loop at 0.99–1.05).  Should one write take longer
+    than `_SLOW_WRITE` (a slow or network disk), the rest go to a worker thread,
+    which writes each block while the loop reads the next: the loop never stalls
+    on a slow disk for more than that one write.
+    """
+    fh = await anyio.to_thread.run_sync(path.open, "wb")
+    written = 0
+    block = bytearray()
+    threaded = False
+    writing: asyncio.Future[int] | None = None
+    try:
+        async for chunk in chunks:
+            written += len(chunk)
+            if written > max_bytes:
+                raise DownloadError(f"output exceeds the {max_bytes} byte limit")
+            block += chunk
+            if len(block) < _BLOCK:
+                continue
+            full, block = block, bytearray()
+            if threaded:
+                if writing is not None:
+                    await writing
+                writing = asyncio.ensure_future(
+                    anyio.to_thread.run_sync(fh.write, full)
+                )
+                continue
+            began = time.perf_counter()
+            fh.write(full)
+            threaded = time.perf_counter() - began > _SLOW_WRITE
+        if writing is not None:
+            await writing
+            writing = None
+        if block:
+            await anyio.to_thread.run_sync(fh.write, block)
+    finally:
+        # Failed, timed out or cancelled mid-way too: the thread finishes with
+        # the file before it is closed (and then removed by the caller).
+        with anyio.CancelScope(shield=True):
+            if writing is not None:
+                await asyncio.wait({writing})
+                if not writing.cancelled():
+                    writing.exception()  # retrieved: the failure is raised already
+            await anyio.to_thread.run_sync(fh.close)
+    return written
+
+
 async def _stream_into(
     transport: Transport, request: Request, tmp: Path, *, max_bytes: int, host: str
 ) -> None:
@@ -272,13 +338,8 @@ async def _stream_into(
             raise DownloadError(
                 f"output is {declared} bytes, over the {max_bytes} byte limit"
             )
-        written = 0
-        async with await anyio.open_file(tmp, "wb") as fh:
-            async for chunk in resp.iter_chunks():
-                written += len(chunk)
-                if written > max_bytes:
-                    raise DownloadError(f"output exceeds the {max_bytes} byte limit")
-                await fh.write(chunk)
+        chunks = resp.iter_chunks(_READ)
+        written = await _write_blocks(chunks, tmp, max_bytes=max_bytes)
         if declared is not None and written != declared:
             raise DownloadError(f"output truncated: got {written} of {declared} bytes")
         if written == 0:
