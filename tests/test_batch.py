@@ -604,3 +604,61 @@ async def test_client_method_is_the_same_runner(fake, pb, tmp_path):
     assert summary.completed == 2
     assert sorted(i.key for i in summary.items) == keys
     assert_one_charge_each(fake, 2)
+
+
+async def test_leftovers_are_swept_once_per_run_and_only_ours(
+    fake, pb, journal, tmp_path, monkeypatch
+):
+    """A killed run's .part files go, once per run (not once per row), others stay."""
+    import anyio
+
+    out = tmp_path / "out"
+    out.mkdir()
+    ours = out / ".k1.mp4.0badc0de.part"
+    ours.write_bytes(b"half")
+    theirs = out / ".notes.part"
+    theirs.write_bytes(b"the user's")
+    looks = 0
+    real_glob = anyio.Path.glob
+
+    def glob(self, pattern):
+        nonlocal looks
+        looks += 1
+        return real_glob(self, pattern)
+
+    monkeypatch.setattr(anyio.Path, "glob", glob)
+    inputs = [kling(n) for n in range(12)]
+    summary = await run_batch(pb, inputs, journal=journal, out_dir=out).summary()
+    assert summary.completed == 12
+    assert looks == 1  # was one look per download
+    assert not ours.exists()
+    assert theirs.read_bytes() == b"the user's"
+
+
+async def test_the_summary_says_real_time_and_the_clocks_apart(fake, pb, journal):
+    """On the sandbox's virtual clock, wall time is real; its own seconds are apart."""
+    summary = await run_batch(pb, [kling(1)], journal=journal).summary()
+    assert summary.clock_seconds is not None
+    assert summary.clock_seconds >= 200  # a Kling job, by the fake's clock
+    assert summary.wall_seconds < 60  # a moment, really
+
+
+async def test_only_the_submitting_commit_waits_for_the_disk(tmp_path):
+    """'A submit is on the wire' is synced before the request; the rest survive kill -9."""
+    journal = await Journal.open(tmp_path / "j.sqlite3")
+    try:
+        await journal.plan([("r1", "m", {"a": 1})])
+        said: list[str] = []
+        journal._conn.set_trace_callback(said.append)
+        await journal.submitting("r1", started_at=1.0, sent_input={"a": 1})
+        first_write = next(i for i, s in enumerate(said) if s.startswith("UPDATE"))
+        commit = next(i for i, s in enumerate(said) if s.upper() == "COMMIT")
+        full = said.index("PRAGMA synchronous=FULL")
+        assert full < first_write < commit < said.index("PRAGMA synchronous=NORMAL")
+        said.clear()
+        await journal.submitted(
+            "r1", job_id="job_1", cost_micro_cents=1, cost_known=True, status="pending"
+        )
+        assert not any("synchronous" in s for s in said)
+    finally:
+        await journal.aclose()

@@ -266,3 +266,40 @@ async def test_the_fake_lists_late_creations_in_creation_order(fake):
     async with bound_client(fake) as pb:
         listed = [job.id async for job in pb.list_jobs()]
     assert listed == [late.id, young.id]
+
+
+async def test_a_killed_processes_submit_is_not_waited_for_until_its_deadline(fake):
+    """
+    A process of this machine died mid-submit: its attempt says "on the wire until
+    its deadline" (up to submit_timeout, 15 min).  Nobody will answer it: the next
+    reconcile of the model does not wait that long, and its tries still count.
+    """
+    import socket
+    import sys
+
+    from pixelbyte_async._ledger import Attempt
+
+    gone = await asyncio.create_subprocess_exec(sys.executable, "-c", "pass")
+    await gone.wait()  # its pid is free now
+    async with bound_client(fake) as pb:
+        now = fake.clock.time()
+        await pb.ledger.begin(
+            Attempt(
+                id="killedattempt01",
+                model=SLUG,
+                started_at=now,
+                ends_by=now + 910,
+                state="sending",
+                owner=f"{socket.gethostname()}:{gone.pid}:abc",
+            )
+        )
+        # The dead process's submit made a job; ours, lost too, made none.
+        fake.submit_elsewhere(SLUG, kling("killed").to_input())
+        lost = await lose_submit(pb, Fault.drop_before(), fake)
+        began = fake.clock.time()
+        with pytest.raises(ReconcileError, match="other submit"):
+            await pb.reconcile(lost)  # either could have made it: no guess ...
+        assert fake.clock.time() - began < 400  # ... after the horizon, not 15 min
+        given_up = await pb.ledger.attempt("killedattempt01")
+        assert given_up is not None
+        assert given_up.ends_by < now + 910

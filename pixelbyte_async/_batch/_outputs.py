@@ -4,6 +4,7 @@ A batch's outputs on disk: one file per row, ``{out_dir}/{key}{suffix}``.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import re
 from pathlib import Path, PurePosixPath
@@ -26,6 +27,9 @@ if TYPE_CHECKING:
 
 __all__ = ["Outputs"]
 
+#: A download's temporary file (see `pixelbyte_async._files.stream_to_file`).
+_PART = re.compile(r"\..+\.[0-9a-f]{8}\.part")
+
 
 class Outputs:
     """
@@ -38,6 +42,28 @@ class Outputs:
         self._out_dir = out_dir
         self._journal = journal
         self._outcomes = outcomes
+        self._swept: asyncio.Future[None] | None = None
+
+    async def _sweep_leftovers(self) -> None:
+        """
+        Remove what killed runs left mid-download (``.<name>.<hex>.part``), once.
+
+        Once per run, before its first download: a look per download read the
+        whole folder each time (quadratic in rows).  This run holds the journal,
+        so no other run of the batch writes there meanwhile.
+        """
+        if self._swept is None:
+            self._swept = asyncio.ensure_future(self._remove_parts())
+        await asyncio.shield(self._swept)
+
+    async def _remove_parts(self) -> None:
+        folder = anyio.Path(self._out_dir)
+        if not await folder.is_dir():
+            return
+        async for leftover in folder.glob(".*.part"):
+            if _PART.fullmatch(leftover.name):  # ours: .<name>.<8 hex>.part
+                with contextlib.suppress(OSError):
+                    await leftover.unlink()
 
     def target(self, entry: Entry, url: str | None) -> Path:
         """Where *entry*'s output (from *url*) goes."""
@@ -58,10 +84,7 @@ class Outputs:
     async def download(self, entry: Entry, job: Job) -> None:
         """Download *job*'s output for *entry*, journal and report it."""
         target = self.target(entry, job.video_url)
-        # A process killed mid-download leaves its temporary file behind.
-        async for stale in anyio.Path(target.parent).glob(f".{target.name}.*.part"):
-            with contextlib.suppress(OSError):
-                await stale.unlink()
+        await self._sweep_leftovers()  # a killed run's temporary files
         try:
             path = await job.download(target, overwrite=True)
             size = (await anyio.Path(path).stat()).st_size

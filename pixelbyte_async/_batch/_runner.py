@@ -8,6 +8,7 @@ import asyncio
 import collections
 import contextlib
 import os
+import time
 import warnings
 from collections.abc import AsyncIterable, Callable, Iterable
 from pathlib import Path
@@ -126,6 +127,9 @@ class Batch:
         self._running = 0
         self._started_at = 0.0
         self._ended_at: float | None = None
+        # The same two moments in real time (the client's clock may be virtual).
+        self._started_real = 0.0
+        self._ended_real = 0.0
 
     # -- the iterator and the context manager -------------------------------------
 
@@ -275,6 +279,7 @@ class Batch:
 
     async def _prepare(self) -> None:
         self._started_at = self._pb.clock.monotonic()
+        self._started_real = time.monotonic()
         self._started_time = self._pb.clock.time()
         entries = await collect_entries(self._inputs)
         self._entries = entries
@@ -381,6 +386,7 @@ class Batch:
             self._error = _unwrap(exc)
         finally:
             self._ended_at = self._pb.clock.monotonic()
+            self._ended_real = time.monotonic()
             await finish_anyway(asyncio.ensure_future(journal.aclose()))
             self._phase = "done"
             outcomes.end()
@@ -403,12 +409,14 @@ class Batch:
         end = (
             self._ended_at if self._ended_at is not None else self._pb.clock.monotonic()
         )
+        end_real = self._ended_real if self._ended_at is not None else time.monotonic()
         return BatchSummary(
             items=self._outcomes.items(),
             plan=self._plan,
             cost_micro_cents=self.charged_micro_cents,
             assumed_cost_micro_cents=self._budget.assumed,
-            wall_seconds=max(0.0, end - self._started_at),
+            wall_seconds=max(0.0, end_real - self._started_real),
+            clock_seconds=max(0.0, end - self._started_at),
             stop_reason=self._outcomes.stop_reason,
             journal=self._journal_path,
             dry_run=self._dry_run,

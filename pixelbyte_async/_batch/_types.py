@@ -306,7 +306,9 @@ class BatchSummary:
         assumed_cost_micro_cents: The part of *cost_micro_cents* that is the
             SDK's list prices, confirmed by no charge or estimate of the API: the
             account may have paid more.
-        wall_seconds: How long this run took (by the client's clock).
+        wall_seconds: How long this run took, in real seconds.
+        clock_seconds: How long it took by the client's clock (the same, but for
+            a client on a virtual clock: the sandbox's seconds).
         stop_reason: Why submitting stopped early: ``"budget"``, ``"balance"``,
             ``"unavailable"``, or ``None``.
         journal: The journal file, if any.
@@ -327,8 +329,9 @@ class BatchSummary:
             a job (their settle horizon), if any.
 
     .. versionadded:: 0.2.0
-    .. versionchanged:: 0.3.0 *others*, *follow_up*, *follow_up_until*;
-       *orphans* only jobs a lost submit may have made.
+    .. versionchanged:: 0.3.0 *others*, *follow_up*, *follow_up_until*,
+       *clock_seconds*; *orphans* only jobs a lost submit may have made;
+       *wall_seconds* is real time (it was the client's clock).
 
     """
 
@@ -343,6 +346,7 @@ class BatchSummary:
     orphans: tuple[AuditOrphan, ...] | None = ()
     others: tuple[AuditOrphan, ...] = ()
     audit_error: str | None = None
+    clock_seconds: float | None = None
     follow_up: tuple[str, ...] = ()
     follow_up_until: float | None = None
 

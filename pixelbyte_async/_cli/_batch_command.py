@@ -142,6 +142,9 @@ def _summary_json(summary: BatchSummary) -> dict[str, Any]:
         "costMicroCents": summary.cost_micro_cents,
         "assumedCostMicroCents": summary.assumed_cost_micro_cents,
         "wallSeconds": round(summary.wall_seconds, 3),
+        "clockSeconds": None
+        if summary.clock_seconds is None
+        else round(summary.clock_seconds, 3),
         "stopReason": summary.stop_reason,
         "orphans": None
         if summary.orphans is None
@@ -343,7 +346,8 @@ def _print_plan(plan: BatchPlan, out: TextIO) -> None:
         print(f"Note: {plan.estimate_note}.", file=out)
 
 
-def _print_summary(summary: BatchSummary, out: TextIO, resume: str) -> None:
+def _summary_table(summary: BatchSummary) -> list[tuple[str, str]]:
+    """The summary's lines: counts, cost, times, journal."""
     rows = [
         ("completed", summary.completed),
         ("failed", summary.failed),
@@ -357,8 +361,17 @@ def _print_summary(summary: BatchSummary, out: TextIO, resume: str) -> None:
     cost = _usd(summary.cost_micro_cents)
     table.append(("cost", cost if not assumed else f"{cost} ({_usd(assumed)} assumed)"))
     table.append(("wall time", f"{summary.wall_seconds:.1f}s"))
+    clock = summary.clock_seconds
+    if clock is not None and abs(clock - summary.wall_seconds) > 1:
+        # A virtual clock (--sandbox): its seconds are said as such.
+        table.append(("sandbox time", f"{clock:.1f}s (the sandbox's clock)"))
     if summary.journal is not None:
         table.append(("journal", str(summary.journal)))
+    return table
+
+
+def _print_summary(summary: BatchSummary, out: TextIO, resume: str) -> None:
+    table = _summary_table(summary)
     if _wants_rich(out):
         from rich.console import Console  # noqa: PLC0415 -- optional 'cli' extra
         from rich.table import Table  # noqa: PLC0415

@@ -15,8 +15,12 @@ request is sent and ``submitted`` (with the job id and cost) as soon as it retur
 so a row left in ``submitting`` is exactly "fate unknown": the next run reconciles
 it with the API instead of re-sending it.
 
-The database uses WAL mode with ``synchronous=FULL`` (every commit is on disk
-before the request it guards is sent).  All blocking calls run in a worker thread,
+The database uses WAL mode.  Every commit survives the process being killed
+(``synchronous=NORMAL``: the log is in the page cache); the ``submitting`` commit,
+which guards a paid request, is also synced to the disk before the request is
+sent (``synchronous=FULL`` for that one), so not even a power cut can send a row
+twice.  A ``submitted`` lost to a power cut leaves the row ``submitting``: the
+next run reconciles it.  All blocking calls run in a worker thread,
 one at a time, never on the event loop.  The journal never holds the API key.
 
 One writer per journal file, however it is named, held until the writer closes it or

@@ -165,6 +165,19 @@ class Journal(JournalConnection):
     def _submitting_sync(
         self, key: str, started_at: float, sent: str | None, attempt: str | None
     ) -> None:
+        # On the disk before the request goes out, power cut included: a row
+        # lost back to "planned" would be sent again.  (Other commits need only
+        # survive the process: a row left "submitting" is reconciled, never
+        # re-sent.)
+        self._conn.execute("PRAGMA synchronous=FULL")
+        try:
+            self._submitting_commit(key, started_at, sent, attempt)
+        finally:
+            self._conn.execute("PRAGMA synchronous=NORMAL")
+
+    def _submitting_commit(
+        self, key: str, started_at: float, sent: str | None, attempt: str | None
+    ) -> None:
         with self._conn:
             self._conn.execute(
                 "UPDATE items SET state = 'submitting', started_at = ?, job_id = NULL, "

@@ -9,6 +9,8 @@ import contextlib
 import hashlib
 import json
 import math
+import os
+import socket
 from collections.abc import AsyncGenerator
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Protocol
@@ -247,3 +249,23 @@ class ReconcileClient(Protocol):
     def list_jobs(self, *, model: str | None = None) -> AsyncGenerator[Job, None]:
         """`PixelByte.list_jobs`, newest first."""
         ...
+
+
+def owner_gone(owner: str) -> bool:
+    """
+    Whether *owner* (``host:pid:client``) is a process of this machine that is dead.
+
+    False when it cannot be told (another machine, a process we may not signal,
+    this very process): a live sender is never taken for a dead one.
+    """
+    host, _, rest = owner.partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False

@@ -50,6 +50,7 @@ from ._claims import (
     created_at,
     created_since,
     iso,
+    owner_gone,
 )
 from ._windows import ATTEMPTS_BACK, LOOKBACK, Sighting, Verdict, Window, classify
 
@@ -342,13 +343,29 @@ class Reconciler:
         """
         Where *attempt*'s job can appear (server time), with *horizon* to make it.
 
-        From its start to its horizon; while it is still on the wire with no
-        word, to its deadline if that is later.
+        From its start to its horizon; for one with no word from its sender, to
+        the horizon after its deadline (a try may go out until then, after 429s).
         """
         until = attempt.started_at + horizon
         if attempt.state == "sending":
-            until = max(until, attempt.ends_by)
+            until = max(until, attempt.ends_by + horizon)
         return Window.of(attempt.started_at, until, self.offset_of(attempt, clock_skew))
+
+    async def _given_up(self, attempt: Attempt, now: float) -> Attempt:
+        """
+        *attempt*, with its deadline brought to *now* if its sender is dead.
+
+        A process of this machine that was killed mid-submit sends nothing more:
+        its attempt is on the wire no longer (nobody waits for its answer until
+        its deadline, up to `submit_timeout` away), though the tries it sent may
+        still make a job within the horizon.  Recorded, for every process.
+        """
+        if not attempt.in_flight(now) or not owner_gone(attempt.owner):
+            return attempt
+        given_up = attrs.evolve(attempt, ends_by=now)
+        with contextlib.suppress(PixelByteError):
+            await self.ledger.begin(given_up)
+        return given_up
 
     async def _proven(
         self,
@@ -418,7 +435,7 @@ class Reconciler:
             await asyncio.wait(pending)
         now = clock.time()
         attempts = {
-            a.id: a
+            a.id: await self._given_up(a, now)
             for a in await self.ledger.attempts(
                 model=error.model,
                 since=floor - ATTEMPTS_BACK,
