@@ -47,7 +47,7 @@ class Journal(JournalConnection):
 
     async def get(self, key: str) -> JournalRow | None:
         """Return the row of *key*, if it exists."""
-        return await self._call(self._get_sync, key)
+        return await self._quick(self._get_sync, key)
 
     def _get_sync(self, key: str) -> JournalRow | None:
         found = self._conn.execute(
@@ -215,7 +215,7 @@ class Journal(JournalConnection):
                 ``"resolved"`` (chosen by the user); kept in the attempt's history.
 
         """
-        await self._call(
+        await self._quick(
             functools.partial(
                 self._submitted_sync,
                 key,
@@ -265,7 +265,7 @@ class Journal(JournalConnection):
         ``lapsed`` (its fate was unknown, and its settle horizon passed with no
         job found), ``resent`` (a person said none of its candidates was its).
         """
-        await self._call(self._unsubmitted_sync, key, error, outcome)
+        await self._quick(self._unsubmitted_sync, key, error, outcome)
 
     def _unsubmitted_sync(self, key: str, error: str | None, outcome: str) -> None:
         with self._conn:
@@ -295,7 +295,7 @@ class Journal(JournalConnection):
             error: Why the job failed, in words.
 
         """
-        await self._call(self._status_sync, key, status, output_url, error)
+        await self._quick(self._status_sync, key, status, output_url, error)
 
     def _status_sync(
         self, key: str, status: str, output_url: str | None, error: str | None
@@ -313,7 +313,7 @@ class Journal(JournalConnection):
 
     async def downloaded(self, key: str, *, path: str, size: int) -> None:
         """Record that the output of *key* was written to *path* (*size* bytes)."""
-        await self._call(self._downloaded_sync, key, path, size)
+        await self._quick(self._downloaded_sync, key, path, size)
 
     def _downloaded_sync(self, key: str, path: str, size: int) -> None:
         with self._conn:
@@ -332,7 +332,7 @@ class Journal(JournalConnection):
         The row is never re-sent automatically; *candidates* (job ids that may be
         its job) are kept so no paid job is lost track of.
         """
-        await self._call(self._attention_sync, key, reason, _dumps(sorted(candidates)))
+        await self._quick(self._attention_sync, key, reason, _dumps(sorted(candidates)))
 
     def _attention_sync(self, key: str, reason: str, candidates: str) -> None:
         with self._conn:
@@ -349,7 +349,7 @@ class Journal(JournalConnection):
 
         For a row whose input changed since its job was made, re-run on request.
         """
-        await self._call(self._replan_sync, key, model, _dumps(dict(value)))
+        await self._quick(self._replan_sync, key, model, _dumps(dict(value)))
 
     def _replan_sync(self, key: str, model: str, value: str) -> None:
         with self._conn:
@@ -403,7 +403,7 @@ class Journal(JournalConnection):
 
     async def set_state(self, key: str, state: State, *, error: str | None) -> None:
         """Move *key* to *state* directly (repairs and tests)."""
-        await self._call(self._set_state_sync, key, state, error)
+        await self._quick(self._set_state_sync, key, state, error)
 
     def _set_state_sync(self, key: str, state: State, error: str | None) -> None:
         with self._conn:

@@ -1,0 +1,102 @@
+"""
+The batch against a bare SDK loop gated by a semaphore, side by side.
+
+2,000 rows (``--rows``), each submit + wait + download, against the in-process
+sandbox with its clock 6,000 times faster than real time: once through
+``run_batch`` (journal and output folder on disk, everything it promises), once
+as the loop a user would write instead (``asyncio.Semaphore(100)`` around
+``pb.run`` and ``download``, no journal).  Both with ``max_concurrent_jobs=100``;
+rounds interleaved, median.  Prints batch / bare throughput (goal >= 0.8) and
+writes bench/results/batch.json.
+
+    python bench/bench_batch.py [--rows 2000] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from pixelbyte_async import KlingO1StartEndFrame, PixelByte, run_batch
+from pixelbyte_async.testing import FakePixelByte
+
+
+def inputs(n: int) -> list[KlingO1StartEndFrame]:
+    return [
+        KlingO1StartEndFrame(
+            image_url="https://e.x/a.jpg",
+            end_image_url="https://e.x/b.jpg",
+            prompt=f"batch bench {i}",
+        )
+        for i in range(n)
+    ]
+
+
+async def timed(kind: str, rows: int) -> float:
+    """Seconds for *rows* through the batch or the bare loop."""
+    async with FakePixelByte(time_scale=6000) as fake:
+        with tempfile.TemporaryDirectory() as tmp:
+            async with PixelByte(
+                api_key=fake.api_key,
+                base_url=fake.url,
+                clock=fake.clock,
+                max_concurrent_jobs=100,
+                ledger=None,
+            ) as pb:
+                began = time.perf_counter()
+                if kind == "batch":
+                    summary = await run_batch(
+                        pb,
+                        inputs(rows),
+                        journal=Path(tmp) / "journal.sqlite",
+                        out_dir=Path(tmp) / "out",
+                    ).summary()
+                    assert summary.completed == rows, summary
+                else:
+                    gate = asyncio.Semaphore(100)
+
+                    async def one(i: int, request: KlingO1StartEndFrame) -> None:
+                        async with gate:
+                            done = await pb.run(request)
+                            await done.download(Path(tmp) / f"{i}.mp4")
+
+                    await asyncio.gather(
+                        *(one(i, r) for i, r in enumerate(inputs(rows)))
+                    )
+                return time.perf_counter() - began
+
+
+async def main(ns: argparse.Namespace) -> dict[str, object]:
+    batch: list[float] = []
+    bare: list[float] = []
+    for _ in range(ns.rounds):
+        bare.append(await timed("bare", ns.rows))
+        batch.append(await timed("batch", ns.rows))
+    return {
+        "rows": ns.rows,
+        "rounds": ns.rounds,
+        "bare_seconds": round(statistics.median(bare), 2),
+        "batch_seconds": round(statistics.median(batch), 2),
+        "ratio_batch_over_bare": round(
+            statistics.median(bare) / statistics.median(batch), 3
+        ),
+    }
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rows", type=int, default=2000)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    report = asyncio.run(main(args))
+    for key, value in report.items():
+        print(f"{key:>22}: {value}")
+    met = "met" if report["ratio_batch_over_bare"] >= 0.8 else "MISSED"  # type: ignore[operator]
+    print(f"{'goal':>22}: batch / bare >= 0.8 ({met})")
+    out = Path(__file__).parent / "results" / "batch.json"
+    out.write_text(json.dumps(report, indent=2) + "\n")
