@@ -45,6 +45,18 @@ def kling(prompt: str) -> KlingO1StartEndFrame:
     )
 
 
+def attempt(n: int, state: str) -> Attempt:
+    """Attempt *n* of model ``m``, a second apart from the others."""
+    return Attempt(
+        id=f"attempt{n:08d}",
+        model="m",
+        started_at=1_800_000_000.0 + n,
+        ends_by=1_800_000_060.0 + n,
+        state=state,  # type: ignore[arg-type]
+        owner="h:1:x",
+    )
+
+
 async def lose_submit(pb, fault: Fault, fake: FakePixelByte, prompt: str = "A"):
     fake.inject(fault, method="POST", path=SUBMIT)
     with pytest.raises(AmbiguousSubmitError) as lost:
@@ -102,17 +114,7 @@ async def test_two_machines_sharing_a_hub_tell_their_jobs_apart(
 
 async def test_concurrent_claims_from_two_machines_give_each_job_one_attempt(hubs):
     a, b = (hub.ledger(account="acct") for hub in hubs)
-    attempts = [
-        Attempt(
-            id=f"attempt{n:08d}",
-            model="m",
-            started_at=1_800_000_000.0 + n,
-            ends_by=1_800_000_060.0 + n,
-            state="unknown",
-            owner="h:1:x",
-        )
-        for n in range(40)
-    ]
+    attempts = [attempt(n, "unknown") for n in range(40)]
     for made in attempts:
         await a.begin(made)
     for job in range(10):
@@ -225,21 +227,7 @@ async def test_a_burst_of_writes_waits_for_connections_instead_of_an_outage(
     """300 submits' records at once: more than redis-py's pool had, no false outage."""
     a, _ = hubs
     ledger = a.ledger(account="burst")
-    await asyncio.gather(
-        *(
-            ledger.begin(
-                Attempt(
-                    id=f"attempt{n:08d}",
-                    model="m",
-                    started_at=1_800_000_000.0 + n,
-                    ends_by=1_800_000_060.0 + n,
-                    state="sending",
-                    owner="h:1:x",
-                )
-            )
-            for n in range(300)
-        )
-    )
+    await asyncio.gather(*(ledger.begin(attempt(n, "sending")) for n in range(300)))
     assert a.healthy
     assert ledger.pending == 0
     assert "unreachable" not in caplog.text
