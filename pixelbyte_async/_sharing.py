@@ -8,11 +8,12 @@ extra): these Protocols are the whole seam.  A hub is two things at once:
 * a webhook source shared by every process: deliveries received anywhere resolve
   the waits parked here (`Hub.future_for` ...), and tell which attempt created which
   job (`Hub.fetch_attempt`);
-* account-wide job slots (`Hub.slots`), leased so that a dead process frees its
-  slots when its leases expire.
+* account-wide job slots (`Hub.slots`), each held by its job until the job ends,
+  even when the process that took it dies.
 
-When the hub is not `healthy` (Redis away), waits poll and slots fall back to a
-per-process limit; `outage` wakes parked waits so they start polling at once.
+When the hub is not `healthy` (Redis away), waits poll and slots admit only what
+their *fallback_limit* allows; `outage` wakes parked waits so they start polling
+at once.
 
 `WebhookReceiver(hub=...)` needs much less of a hub: `PublishingHub`, a way to
 publish each delivery it verified, from its event loop or from another thread.

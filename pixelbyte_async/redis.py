@@ -30,8 +30,10 @@ for, which resolves those whose event arrived meanwhile.  An event published whi
 Redis is away still reaches this process's waiters, is kept in a bounded outbox and
 is published again on reconnect; `RedisHub.publish` raises `HubUnavailable` so that the
 webhook endpoint can answer 503 and the API retries the delivery too.  Job slots
-fall back to a per-process limit while Redis is away, never to "unlimited" and
-never to "wait forever".
+admit no new job while Redis is away (unless given a *fallback_limit*), never
+"unlimited"; a slot stays held by its job until the job ends, even when its
+process dies, and the limit is in step again before anyone is admitted when
+Redis is back.
 
 **The ledger.**  ``hub.ledger()`` is the account's `RedisLedger`: every submit of
 every machine using the hub, and whose job is whose, so that a lost submit's job

@@ -171,7 +171,8 @@ class RedisHub:
         Whether Redis is reachable and this process is subscribed.
 
         While false, waits should poll (events may be missed until the re-read
-        that follows the reconnection) and job slots use their per-process limit.
+        that follows the reconnection) and job slots admit nothing new (unless
+        their *fallback_limit* says otherwise).
         """
         return self._link.healthy
 
