@@ -103,13 +103,22 @@ async def fake_server(where: str) -> AsyncIterator[tuple[str, str]]:
 
 
 async def main(
-    requests: int, concurrency: int, rounds: int, where: str = "process"
+    requests: int,
+    concurrency: int,
+    rounds: int,
+    where: str = "process",
+    *,
+    untracked: bool = False,
 ) -> dict[str, float | str]:
     async with (
         fake_server(where) as (base_url, key),
-        PixelByte(api_key=key, base_url=base_url) as pb,
+        PixelByte(api_key=key, base_url=base_url, ledger=None) as submitter,
+        PixelByte(api_key=key, base_url=base_url, ledger=None) as reader,
     ):
-        job = await pb.submit(
+        # --untracked: the GETs come from a client that did not submit the job
+        # (a status page, another process; a finished job is untracked too).
+        pb = reader if untracked else submitter
+        job = await submitter.submit(
             KlingO1StartEndFrame(
                 image_url="https://e.x/a.jpg", end_image_url="https://e.x/b.jpg"
             )
@@ -129,6 +138,7 @@ async def main(
             sdk_cpu.append((time.process_time() - cpu) / requests * 1e6)
     return {
         "server": where,
+        "untracked": untracked,
         # Client CPU per request is steadier than throughput on a shared machine.
         "bare_cpu_us_per_request": statistics.median(bare_cpu),
         "sdk_cpu_us_per_request": statistics.median(sdk_cpu),
@@ -151,10 +161,19 @@ if __name__ == "__main__":
     parser.add_argument("--concurrency", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--server", choices=("process", "inprocess"), default="process")
+    parser.add_argument("--untracked", action="store_true")
     args = parser.parse_args()
     if args.server == "process":
         pin_client()
-    res = asyncio.run(main(args.requests, args.concurrency, args.rounds, args.server))
+    res = asyncio.run(
+        main(
+            args.requests,
+            args.concurrency,
+            args.rounds,
+            args.server,
+            untracked=args.untracked,
+        )
+    )
     out = Path(__file__).parent / "results" / "get_throughput.json"
     out.write_text(json.dumps(res, indent=2) + "\n")
     ratio = float(res["ratio"])

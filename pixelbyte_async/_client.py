@@ -8,6 +8,7 @@ aiohttp session per client, one deadline per call, and a limit on jobs in flight
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import os
 import random
@@ -200,6 +201,7 @@ class PixelByte(JobQueries, CatalogCalls):
             config, self.clock, self._transport, self._uniform, self._check_open
         )
         self._files = Files(self._pipeline)
+        self._decoded_bodies = collections.OrderedDict()
         limit = config.max_concurrent_jobs
         self._wiring = WebhookWiring(self, hub)
         self._slots = JobSlots(

@@ -8,9 +8,10 @@ uses only the client parts declared below, which `PixelByte.__init__` sets.
 from __future__ import annotations
 
 import re
+from collections import OrderedDict
 from collections.abc import AsyncGenerator, Iterable
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from ._audit_report import AuditReport
@@ -31,6 +32,9 @@ if TYPE_CHECKING:
 __all__ = ["JobQueries"]
 
 _SAFE_ID = re.compile(r"[A-Za-z0-9_.\-]+")
+#: Jobs whose last GET body is kept with its decoded state (not tracked ones:
+#: their handles keep theirs).
+_DECODED = 256
 
 
 class JobQueries:
@@ -40,6 +44,7 @@ class JobQueries:
     _slots: JobSlots
     _job_link: JobLink
     _reconciler: Reconciler
+    _decoded_bodies: OrderedDict[str, tuple[Any, JobInfo]]
 
     def _check_open(self) -> None:
         raise NotImplementedError  # PixelByte's
@@ -62,7 +67,27 @@ class JobQueries:
         if existing is not None:
             existing._observe_body(data, rid)  # noqa: SLF001 -- same package
             return existing
-        return self._adopt(decode_job(data, rid))
+        return self._adopt(self._decoded(job_id, data, rid))
+
+    def _decoded(self, job_id: str, data: Any, rid: str | None) -> JobInfo:
+        """
+        *data* decoded, or the state decoded from the same body last time.
+
+        A finished job polled again (a status page, ``pixelbyte-async status``)
+        answers the same body each time: it is decoded once.  Its state keeps
+        the request id of the answer that first reported it, as `JobInfo` says.
+        """
+        cache = self._decoded_bodies
+        seen = cache.get(job_id)
+        if seen is not None and seen[0] == data:
+            cache.move_to_end(job_id)
+            return seen[1]
+        info = decode_job(data, rid)
+        cache[job_id] = (data, info)
+        cache.move_to_end(job_id)
+        while len(cache) > _DECODED:
+            cache.popitem(last=False)
+        return info
 
     def _adopt(self, info: JobInfo) -> Job:
         existing = self._slots.jobs.get(info.id)

@@ -390,3 +390,29 @@ async def test_requests_wait_for_a_connection_within_their_deadline(fake):
         assert (await slow).id == job.id
         many = await asyncio.gather(*(pb.get_job(job.id) for _ in range(30)))
         assert {j.id for j in many} == {job.id}
+
+
+async def test_a_finished_jobs_unchanged_body_is_decoded_once(fake, monkeypatch):
+    """Polling a job the client no longer tracks: one decode per distinct body."""
+    import pixelbyte_async._job_queries as queries
+
+    decoded = 0
+    real = queries.decode_job
+
+    def counting(*args, **kwargs):
+        nonlocal decoded
+        decoded += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(queries, "decode_job", counting)
+    async with bound_client(fake) as pb:
+        job = await pb.run(kling())  # finished: no longer tracked
+        first = await pb.get_job(job.id)
+        for _ in range(20):
+            again = await pb.get_job(job.id)
+            assert again.status is first.status
+            assert again.video_url == first.video_url
+        assert decoded == 1
+        other = await pb.run(kling(prompt="another"))
+        await pb.get_job(other.id)
+        assert decoded == 2
