@@ -66,6 +66,23 @@ async def test_lifecycle_follows_the_clock(fake, session):
     assert fake.jobs[job_id].status_at(created + 1) == "pending"
 
 
+async def test_a_scripted_eta_can_be_wrong(fake, session):
+    """JobScript(eta_seconds=): the API's ETA says 120 s, the job takes 245 s."""
+    fake.script_next(JobScript(eta_seconds=120))
+    answer = await submit(session, fake)
+    job_id = answer.body["jobId"]
+    created = parse_iso((await get_job(session, fake, job_id))["createdAt"])
+    eta = parse_iso(answer.body["estimatedCompletionTime"])
+    assert eta == pytest.approx(created + 120, abs=1e-3)
+    fake.advance(200)
+    assert (await get_job(session, fake, job_id))["status"] == "processing"
+    fake.advance(45)
+    job = await get_job(session, fake, job_id)
+    assert job["status"] == "completed"
+    assert parse_iso(job["completedAt"]) == pytest.approx(created + 245, abs=1e-3)
+    assert fake.jobs[job_id].finished_at == pytest.approx(created + 245, abs=1e-3)
+
+
 async def test_unknown_job_is_404(fake, session):
     """An unknown job id is JOB_NOT_FOUND."""
     r = await api(session, fake, "GET", "/v1/jobs/job_000000000000")

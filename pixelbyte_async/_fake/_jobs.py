@@ -51,6 +51,11 @@ class JobScript:
         outcome: ``"completed"`` or ``"failed"``.
         error_code: ``error.code`` of a failed job.
         error_message: ``error.message`` of a failed job.
+        eta_seconds: The ETA the API reports (``estimatedCompletionTime``), in
+            seconds after creation; `None`: the job's real duration.  A model's
+            ETA is static while jobs vary, so set it apart from
+            ``queue_seconds + processing_seconds`` to test polling with an ETA
+            that is wrong.
         output_shape: Which of the documented shapes a completed job reports:
 
             * ``"reference"``: ``output`` is the URL string, ``outputs`` a list of
@@ -78,6 +83,7 @@ class JobScript:
     output_shape: OutputShape = attrs.field(
         default="reference", validator=v.in_(_SHAPES)
     )
+    eta_seconds: float | None = attrs.field(default=None, validator=v.optional(v.ge(0)))
 
 
 class WallClock(Protocol):
@@ -126,7 +132,14 @@ class FakeJob:
 
     @property
     def estimated_completion_time(self) -> float:
-        """Return when the script says the job ends (virtual Unix time)."""
+        """Return when the API says the job ends (virtual Unix time; see `eta_seconds`)."""
+        if self.script.eta_seconds is not None:
+            return self.created_at + self.script.eta_seconds
+        return self.ends_by_script
+
+    @property
+    def ends_by_script(self) -> float:
+        """Return when the script makes the job end (virtual Unix time)."""
         return (
             self.created_at
             + self.script.queue_seconds
@@ -138,7 +151,7 @@ class FakeJob:
         """Return when the job ended or will end (its cancellation, or its script's end)."""
         if self.cancelled_at is not None:
             return self.cancelled_at
-        return self.estimated_completion_time
+        return self.ends_by_script
 
     @property
     def fingerprint(self) -> str:

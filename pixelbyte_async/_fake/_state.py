@@ -154,6 +154,9 @@ class FakeState:
                 script,
                 queue_seconds=script.queue_seconds / self.speedup,
                 processing_seconds=(script.processing_seconds or 0.0) / self.speedup,
+                eta_seconds=None
+                if script.eta_seconds is None
+                else script.eta_seconds / self.speedup,
             )
         job = FakeJob(
             id=job_id,
