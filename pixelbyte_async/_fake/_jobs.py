@@ -132,7 +132,7 @@ class FakeJob:
 
     @property
     def estimated_completion_time(self) -> float:
-        """Return when the API says the job ends (virtual Unix time; see `eta_seconds`)."""
+        """Return when the API says the job ends (virtual Unix time; see `JobScript`)."""
         if self.script.eta_seconds is not None:
             return self.created_at + self.script.eta_seconds
         return self.ends_by_script
