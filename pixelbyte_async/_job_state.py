@@ -97,6 +97,10 @@ class JobClient(Protocol):
         """Tell the client *job* has ended (its job slot is free)."""
         ...
 
+    def eta_factor(self, model: str) -> float:
+        """What to scale an ETA of *model* by (see `EtaBias`)."""
+        ...
+
     def undelivered(self, job_id: str, late: float) -> None:
         """*job_id* ended *late* seconds ago and its webhook delivery never came."""
         ...
@@ -225,7 +229,17 @@ class JobState:
     def _eta(self) -> float | None:
         info = self._info
         if info.estimated_completion_time is not None:
-            return info.estimated_completion_time.timestamp()
+            eta = info.estimated_completion_time.timestamp()
+            # Where this model's jobs have been ending against their ETA.
+            factor = self._client.eta_factor(info.model or "")
+            if factor == 1.0:
+                return eta
+            start = (
+                info.created_at.timestamp()
+                if info.created_at is not None
+                else self._submitted_at
+            )
+            return start + (eta - start) * factor
         price = PRICES.get(info.model or "")
         if price is not None and price.typical_seconds is not None:
             start = (

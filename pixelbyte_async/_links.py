@@ -15,6 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from ._models import JobStatus
+from ._polling import EtaBias
+
 
 if TYPE_CHECKING:
     from ._clock import Clock
@@ -30,6 +33,9 @@ if TYPE_CHECKING:
 
 __all__ = ["JobLink", "ReconcileLink"]
 
+#: How many finished jobs' ids are remembered as learnt from.
+_LEARNED = 1024
+
 
 @attrs.frozen
 class JobLink:
@@ -42,6 +48,9 @@ class JobLink:
     _pipeline: RequestPipeline
     _files: Files
     _slots: JobSlots
+    _bias: EtaBias = attrs.field(factory=EtaBias)
+    # Jobs already learnt from (`finished` may be told of one job twice).
+    _learned: dict[str, None] = attrs.field(factory=dict)
 
     @property
     def webhooks(self) -> WebhookSource | None:
@@ -67,6 +76,26 @@ class JobLink:
 
     def finished(self, job: JobState) -> None:
         self._slots.finished(job.id)
+        info = job.info
+        if (
+            info.status is JobStatus.COMPLETED
+            and job.id not in self._learned
+            and info.estimated_completion_time is not None
+            and info.created_at is not None
+            and info.completed_at is not None
+        ):
+            self._learned[job.id] = None
+            while len(self._learned) > _LEARNED:
+                self._learned.pop(next(iter(self._learned)))
+            self._bias.learn(
+                info.model or "",
+                created=info.created_at.timestamp(),
+                eta=info.estimated_completion_time.timestamp(),
+                ended=info.completed_at.timestamp(),
+            )
+
+    def eta_factor(self, model: str) -> float:
+        return self._bias.factor(model)
 
     def undelivered(self, job_id: str, late: float) -> None:
         self._wiring.undelivered(job_id, late)

@@ -21,12 +21,14 @@ For a 240 s Kling job this is 6–8 GETs instead of 48 for a fixed 5 s loop.
 from __future__ import annotations
 
 import random
+import statistics
+from collections import OrderedDict, deque
 from collections.abc import Callable
 
 import attrs
 
 
-__all__ = ["PollPolicy"]
+__all__ = ["EtaBias", "PollPolicy"]
 
 
 @attrs.frozen(kw_only=True)
@@ -145,3 +147,44 @@ class PollPolicy:
         uniform = rng or random.uniform
         factor = uniform(1 - self.jitter, 1 + self.jitter if up else 1.0)
         return max(self.min_interval, min(self.max_interval, base * factor))
+
+
+class EtaBias:
+    """
+    How the API's ETA compared with when this client's recent jobs really ended.
+
+    A model's ETA is static while its jobs vary: where the jobs of a model keep
+    ending at half (or twice) the time their ETA said, polling aims at where they
+    will end, not at the ETA.  Per model, the ratio of each completed job's
+    duration to its ETA's is kept for the last *keep* jobs (and *models* models);
+    from *after* jobs on, their median scales the next jobs' ETAs.
+
+    .. versionadded:: 0.3.0
+    """
+
+    def __init__(self, *, keep: int = 8, after: int = 3, models: int = 64) -> None:
+        self._keep = keep
+        self._after = after
+        self._models = models
+        self._ratios: OrderedDict[str, deque[float]] = OrderedDict()
+
+    def learn(self, model: str, *, created: float, eta: float, ended: float) -> None:
+        """A job of *model* created at *created*, due at *eta*, ended at *ended*."""
+        said = eta - created
+        took = ended - created
+        if said <= 0 or took <= 0:
+            return
+        ratios = self._ratios.get(model)
+        if ratios is None:
+            ratios = self._ratios[model] = deque(maxlen=self._keep)
+            while len(self._ratios) > self._models:
+                self._ratios.popitem(last=False)
+        self._ratios.move_to_end(model)
+        ratios.append(min(max(took / said, 0.1), 10.0))
+
+    def factor(self, model: str) -> float:
+        """What to scale *model*'s next ETA by (1.0 until enough jobs are known)."""
+        ratios = self._ratios.get(model)
+        if ratios is None or len(ratios) < self._after:
+            return 1.0
+        return statistics.median(ratios)

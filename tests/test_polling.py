@@ -298,3 +298,66 @@ def test_next_delay_schedule():
     jittered = PollPolicy(jitter=0.1)
     assert jittered.next_delay(now=243, eta=245, previous=None, rng=lambda a, b: b) <= 4
     assert PollPolicy.fixed(5).next_delay(now=0, eta=999, previous=None) == 5
+
+
+# -- learning where a model's jobs end against its ETA --------------------------------
+
+
+@pytest.mark.parametrize("eta_factor", [0.5, 1.5])
+async def test_polling_learns_where_a_models_jobs_end_against_its_eta(eta_factor):
+    """
+    The API's ETA is consistently wrong: from the 4th job on, polling aims at
+    where the model's jobs have been ending (few GETs, a few seconds late).
+    """
+    from pixelbyte_async.testing import FakePixelByte, JobScript
+
+    from conftest import bound_client
+
+    results: list[tuple[int, float]] = []
+    async with FakePixelByte() as fake, bound_client(fake, ledger=None) as pb:
+        for n in range(5):
+            fake.script_next(
+                JobScript(
+                    queue_seconds=5,
+                    processing_seconds=235,
+                    eta_seconds=240 * eta_factor,
+                )
+            )
+            job = await pb.submit(
+                KlingO1StartEndFrame(
+                    image_url="https://e.x/a.jpg",
+                    end_image_url="https://e.x/b.jpg",
+                    prompt=f"eta {n}",
+                )
+            )
+            await job.wait()
+            gets = fake.count("GET", f"/v1/jobs/{job.id}")
+            results.append((gets, fake.clock.time() - fake.jobs[job.id].finished_at))
+    for gets, late in results[3:]:
+        assert gets <= 10
+        assert late <= 5
+    first_gets, first_late = results[0]
+    # The first job had nothing to learn from: an ETA that is too short costs
+    # GETs, one that is too long costs lateness.
+    assert first_gets > 10 or first_late > 5
+
+
+def test_the_eta_bias_is_bounded_and_needs_three_jobs():
+    from pixelbyte_async._polling import EtaBias
+
+    bias = EtaBias(keep=4, models=2)
+    for _ in range(2):
+        bias.learn("m", created=0, eta=100, ended=200)
+    assert bias.factor("m") == 1.0  # two jobs prove nothing yet
+    bias.learn("m", created=0, eta=100, ended=200)
+    assert bias.factor("m") == 2.0
+    for _ in range(4):
+        bias.learn("m", created=0, eta=100, ended=50)
+    assert bias.factor("m") == 0.5  # only the last 4 count
+    bias.learn("m", created=0, eta=100, ended=100_000)
+    assert bias.factor("m") == 0.5  # a freak job moves the median little (clamped)
+    bias.learn("a", created=0, eta=10, ended=10)
+    bias.learn("b", created=0, eta=10, ended=10)
+    assert bias.factor("m") == 1.0  # forgotten: two models at most
+    bias.learn("c", created=5, eta=5, ended=9)  # no ETA to compare with
+    assert bias.factor("c") == 1.0
