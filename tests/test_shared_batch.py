@@ -395,7 +395,7 @@ async def _dear(monkeypatch):
         fake.set_default_script(FAST)
         fake.price_factor = 3.0
         fake.inject(
-            Fault.status(500, "INTERNAL_ERROR"),
+            Fault.status(405, "METHOD_NOT_ALLOWED"),  # cannot estimate; not retried
             method="POST",
             path="/v1/jobs/estimate",
             times=None,
