@@ -39,6 +39,7 @@ __all__ = [
     "ms",
     "parse_event",
     "parse_released",
+    "text",
     "turn_args",
 ]
 
@@ -198,6 +199,11 @@ def check_name(what: str, value: str) -> str:
     if not isinstance(value, str) or not _NAME_RE.fullmatch(value):
         raise ValueError(f"{what} must be 1-64 characters of [A-Za-z0-9_.:-]")
     return value
+
+
+def text(value: bytes | str) -> str:
+    """*value* as Redis answered it (bytes: the hub's clients never decode), as text."""
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def ms(seconds: float) -> int:

@@ -23,6 +23,7 @@ from typing import Any, Protocol
 
 from pixelbyte_async._clock import Clock, sleep_or_until
 
+from ._codec import text
 from ._link import FAULTS, RedisLink
 
 
@@ -200,17 +201,19 @@ class HeldLeases:
         if by == "lease" and not self._group.hub.healthy:
             self.unsent.extend(leases)
             return 0
+        try:
+            return await self._release(by, leases)
+        except FAULTS:
+            if by == "lease":
+                self.unsent.extend(leases)
+            return 0
+
+    async def _release(self, by: str, ids: list[str]) -> int:
+        """The release script for *ids* (leases, or jobs); Redis's faults raise."""
         async with self._sync:
-            try:
-                freed = await self._link.call(
-                    "release",
-                    self._keys,
-                    [*self._group.script_args(), by, *leases],
-                )
-            except FAULTS:
-                if by == "lease":
-                    self.unsent.extend(leases)
-                return 0
+            freed = await self._link.call(
+                "release", self._keys, [*self._group.script_args(), by, *ids]
+            )
         return int(freed)
 
     def back(self) -> None:
@@ -255,16 +258,11 @@ class HeldLeases:
             return  # this process never used the group
         unsent, self.unsent = self.unsent, []
         if unsent:
-            async with self._sync:
-                try:
-                    await self._link.call(
-                        "release",
-                        self._keys,
-                        [*self._group.script_args(), "lease", *unsent],
-                    )
-                except BaseException:
-                    self.unsent = unsent + self.unsent
-                    raise
+            try:
+                await self._release("lease", unsent)
+            except BaseException:
+                self.unsent = unsent + self.unsent
+                raise
         await self.renew(list(self.held))
 
     async def renew(self, leases: Iterable[str]) -> int:
@@ -292,7 +290,7 @@ class HeldLeases:
         self.processes = max(1, int(processes))
         self.saw_epoch(epoch)
         for lease in ended:
-            self.forget(lease.decode() if isinstance(lease, bytes) else lease)
+            self.forget(text(lease))
         self._compare(configs)
         if added:
             log.info(
@@ -305,19 +303,19 @@ class HeldLeases:
             and self.ended is not None
             and (self._reaper is None or self._reaper.done())
         ):
-            jobs = [j.decode() if isinstance(j, bytes) else j for j in due]
+            jobs = [text(j) for j in due]
             self._reaper = self._spawn(self._reap(jobs), "reap")
         return int(added)
 
     def saw_epoch(self, epoch: bytes | str) -> None:
         """Remember the group's epoch as Redis has it now."""
-        self.epoch = epoch.decode() if isinstance(epoch, bytes) else epoch
+        self.epoch = text(epoch)
 
     def _compare(self, configs: list[bytes]) -> None:
         """Use the strictest limit of the live processes; say so once if they differ."""
         group = self._group
         mine = self.config()
-        seen = {c.decode() if isinstance(c, bytes) else c for c in configs} - {mine}
+        seen = {text(c) for c in configs} - {mine}
         others = {c: parsed for c in seen if (parsed := _parse_config(c)) is not None}
         self.limit_in_force = min([group.limit, *(lim for lim, _ in others.values())])
         differ = frozenset(others)

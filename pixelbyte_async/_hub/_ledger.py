@@ -36,6 +36,7 @@ from pixelbyte_async._ledger import (
 from pixelbyte_async._ledger._claiming import decide, overridden, state_after
 from pixelbyte_async._ledger._records import STATES
 
+from ._codec import text
 from ._link import FAULTS, RedisLink
 
 
@@ -113,10 +114,6 @@ return 1
 """
 
 _Op: TypeAlias = tuple[Literal["begin", "mark", "claim"], tuple[Any, ...]]
-
-
-def _text(value: bytes | str | None) -> str | None:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def _fields(attempt: Attempt) -> dict[str, str]:
@@ -387,7 +384,8 @@ class RedisLedger:
                     on_job = _claim(job_id, await pipe.hgetall(on_job_key))
                     on_attempt = None
                     if by_key is not None:
-                        held = _text(await pipe.get(by_key))
+                        raw = await pipe.get(by_key)
+                        held = None if raw is None else text(raw)
                         if held is not None:
                             on_attempt = _claim(
                                 held, await pipe.hgetall(self._claim_key(held))
