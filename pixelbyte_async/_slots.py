@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import math
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Protocol
 
@@ -133,7 +134,7 @@ class JobSlots:
             return None
         turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._line.append(turn)
-        with self._sweeps(clock, config, timeout):
+        with self._sweeps(clock, config):
             try:
                 if timeout is None:
                     await turn
@@ -160,14 +161,12 @@ class JobSlots:
                 self._line.remove(turn)
 
     @contextlib.contextmanager
-    def _sweeps(
-        self, clock: Clock, config: ClientConfig, timeout: float | None
-    ) -> Iterator[None]:
+    def _sweeps(self, clock: Clock, config: ClientConfig) -> Iterator[None]:
         """While anyone waits for a slot, one task sweeps the unwatched jobs."""
         self._waiting += 1
         if self._sweeper is None or self._sweeper.done():
             self._sweeper = asyncio.get_running_loop().create_task(
-                self._sweep_while_waited(clock, config, timeout),
+                self._sweep_while_waited(clock, config),
                 name="pixelbyte-slot-sweeper",
             )
         try:
@@ -178,12 +177,11 @@ class JobSlots:
                 self._sweeper.cancel()
                 self._sweeper = None
 
-    async def _sweep_while_waited(
-        self, clock: Clock, config: ClientConfig, timeout: float | None
-    ) -> None:
+    async def _sweep_while_waited(self, clock: Clock, config: ClientConfig) -> None:
         while True:
-            budget = config.timeout if timeout is None else min(timeout, config.timeout)
-            await self._sweep(clock, config, clock.monotonic() + budget)
+            # It serves every waiter: no one waiter's deadline bounds it (each
+            # GET has the client's timeout, `_sweep` sees to it).
+            await self._sweep(clock, config, math.inf)
             # A freed slot goes to a waiter at once; the pause only paces sweeps.
             await clock.sleep(config.poll.near_interval)
 
@@ -200,7 +198,7 @@ class JobSlots:
         Our own finished-but-unnoticed jobs may be what holds the account's
         slots, so the sweep runs beside the wait, as with a local limit.
         """
-        with self._sweeps(clock, config, timeout):
+        with self._sweeps(clock, config):
             lease = await shared.acquire(timeout)
         self.used += 1
         return lease
