@@ -22,53 +22,37 @@ import tempfile
 import time
 from pathlib import Path
 
-from pixelbyte_async import KlingO1StartEndFrame, PixelByte, run_batch
-from pixelbyte_async.testing import FakePixelByte
+from _sandbox import kling, sandbox
+from pixelbyte_async import KlingO1StartEndFrame, run_batch
 
 
 def inputs(n: int) -> list[KlingO1StartEndFrame]:
-    return [
-        KlingO1StartEndFrame(
-            image_url="https://e.x/a.jpg",
-            end_image_url="https://e.x/b.jpg",
-            prompt=f"batch bench {i}",
-        )
-        for i in range(n)
-    ]
+    return [kling(f"batch bench {i}") for i in range(n)]
 
 
 async def timed(kind: str, rows: int) -> float:
     """Seconds for *rows* through the batch or the bare loop."""
-    async with FakePixelByte(time_scale=6000) as fake:
+    async with sandbox(time_scale=6000, limit=100) as (_, pb):
         with tempfile.TemporaryDirectory() as tmp:
-            async with PixelByte(
-                api_key=fake.api_key,
-                base_url=fake.url,
-                clock=fake.clock,
-                max_concurrent_jobs=100,
-                ledger=None,
-            ) as pb:
-                began = time.perf_counter()
-                if kind == "batch":
-                    summary = await run_batch(
-                        pb,
-                        inputs(rows),
-                        journal=Path(tmp) / "journal.sqlite",
-                        out_dir=Path(tmp) / "out",
-                    ).summary()
-                    assert summary.completed == rows, summary
-                else:
-                    gate = asyncio.Semaphore(100)
+            began = time.perf_counter()
+            if kind == "batch":
+                summary = await run_batch(
+                    pb,
+                    inputs(rows),
+                    journal=Path(tmp) / "journal.sqlite",
+                    out_dir=Path(tmp) / "out",
+                ).summary()
+                assert summary.completed == rows, summary
+            else:
+                gate = asyncio.Semaphore(100)
 
-                    async def one(i: int, request: KlingO1StartEndFrame) -> None:
-                        async with gate:
-                            done = await pb.run(request)
-                            await done.download(Path(tmp) / f"{i}.mp4")
+                async def one(i: int, request: KlingO1StartEndFrame) -> None:
+                    async with gate:
+                        done = await pb.run(request)
+                        await done.download(Path(tmp) / f"{i}.mp4")
 
-                    await asyncio.gather(
-                        *(one(i, r) for i, r in enumerate(inputs(rows)))
-                    )
-                return time.perf_counter() - began
+                await asyncio.gather(*(one(i, r) for i, r in enumerate(inputs(rows))))
+            return time.perf_counter() - began
 
 
 async def main(ns: argparse.Namespace) -> dict[str, object]:

@@ -19,36 +19,22 @@ import tempfile
 import time
 from pathlib import Path
 
-from pixelbyte_async import KlingO1StartEndFrame, PixelByte
-from pixelbyte_async.testing import FakePixelByte
+from _sandbox import kling, sandbox
 
 
 async def run(n: int, limit: int) -> float:
     """Seconds for *n* gathered runs (submit, wait, download)."""
-    async with FakePixelByte(time_scale=6000) as fake:
+    async with sandbox(time_scale=6000, limit=limit) as (_, pb):
         with tempfile.TemporaryDirectory() as tmp:
-            async with PixelByte(
-                api_key=fake.api_key,
-                base_url=fake.url,
-                clock=fake.clock,
-                max_concurrent_jobs=limit,
-                ledger=None,
-            ) as pb:
 
-                async def one(i: int) -> None:
-                    job = await pb.submit(
-                        KlingO1StartEndFrame(
-                            image_url="https://e.x/a.jpg",
-                            end_image_url="https://e.x/b.jpg",
-                            prompt=f"fan-out {i}",
-                        )
-                    )
-                    done = await job.wait()
-                    await done.download(Path(tmp) / f"{i}.mp4")
+            async def one(i: int) -> None:
+                job = await pb.submit(kling(f"fan-out {i}"))
+                done = await job.wait()
+                await done.download(Path(tmp) / f"{i}.mp4")
 
-                began = time.perf_counter()
-                await asyncio.gather(*(one(i) for i in range(n)))
-                return time.perf_counter() - began
+            began = time.perf_counter()
+            await asyncio.gather(*(one(i) for i in range(n)))
+            return time.perf_counter() - began
 
 
 async def main(ns: argparse.Namespace) -> dict[str, object]:

@@ -24,8 +24,8 @@ import json
 import statistics
 from pathlib import Path
 
-from pixelbyte_async import KlingO1StartEndFrame, PixelByte
-from pixelbyte_async.testing import FakePixelByte, JobScript
+from _sandbox import kling, sandbox
+from pixelbyte_async.testing import JobScript
 
 
 DURATION = 240.0  # queue 5 s + processing 235 s
@@ -40,12 +40,7 @@ def pct(values: list[float], q: float) -> float:
 async def stream(eta_factor: float, jobs: int) -> list[tuple[int, float]]:
     """(GETs, seconds late) of each job of one stream."""
     out: list[tuple[int, float]] = []
-    async with (
-        FakePixelByte() as fake,
-        PixelByte(
-            api_key=fake.api_key, base_url=fake.url, clock=fake.clock, ledger=None
-        ) as pb,
-    ):
+    async with sandbox() as (fake, pb):
         for n in range(jobs):
             fake.script_next(
                 JobScript(
@@ -54,13 +49,7 @@ async def stream(eta_factor: float, jobs: int) -> list[tuple[int, float]]:
                     eta_seconds=DURATION * eta_factor,
                 )
             )
-            job = await pb.submit(
-                KlingO1StartEndFrame(
-                    image_url="https://e.x/a.jpg",
-                    end_image_url="https://e.x/b.jpg",
-                    prompt=f"poll {n}",
-                )
-            )
+            job = await pb.submit(kling(f"poll {n}"))
             before = fake.count("GET", f"/v1/jobs/{job.id}")
             await job.wait()
             gets = fake.count("GET", f"/v1/jobs/{job.id}") - before
