@@ -10,11 +10,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-import os
 import random
 import re
-import secrets
-import socket
 import types
 import warnings
 from collections.abc import (
@@ -52,6 +49,7 @@ from ._reconcile import (
     DEFAULT_CLAIM_WINDOW,
     DEFAULT_SETTLE,
     Reconciler,
+    new_owner,
 )
 from ._retry import (
     RetryPolicy,
@@ -87,11 +85,6 @@ def _hub_ledger(hub: object) -> Callable[[str], SubmitLedger] | None:
     if not callable(make):
         return None
     return lambda account: cast("SubmitLedger", make(account=account))
-
-
-def _owner() -> str:
-    """Who sends a client's submits, as the ledger names it: ``host:pid:client``."""
-    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
 
 
 class PixelByte(JobQueries, CatalogCalls):
@@ -231,7 +224,7 @@ class PixelByte(JobQueries, CatalogCalls):
             settle=DEFAULT_SETTLE if settle is None else settle,
             retention=claim_window,
             ledger=self._ledger,
-            owner=_owner(),
+            owner=new_owner(),
             offset=self._pipeline.server_offset,
         )
         self._submitter = Submitter(

@@ -25,6 +25,7 @@ from ._claims import ReconcileClient as ReconcileClient
 from ._claims import attempt_id as attempt_id
 from ._claims import check_settle as check_settle
 from ._claims import iso as iso
+from ._claims import new_owner as new_owner
 from ._claims import timestamp as timestamp
 from ._reconciler import Reconciler as Reconciler
 
@@ -40,5 +41,6 @@ __all__ = [
     "attempt_id",
     "check_settle",
     "iso",
+    "new_owner",
     "timestamp",
 ]

@@ -10,6 +10,7 @@ import hashlib
 import json
 import math
 import os
+import secrets
 import socket
 from collections.abc import AsyncGenerator
 from datetime import UTC, datetime
@@ -249,6 +250,11 @@ class ReconcileClient(Protocol):
     def list_jobs(self, *, model: str | None = None) -> AsyncGenerator[Job, None]:
         """`PixelByte.list_jobs`, newest first."""
         ...
+
+
+def new_owner() -> str:
+    """Who sends a client's submits, as the ledger names it: ``host:pid:client``."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
 
 
 def owner_gone(owner: str) -> bool:
