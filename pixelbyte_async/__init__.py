@@ -71,6 +71,8 @@ from ._models import JobInfo as JobInfo
 from ._models import JobOutput as JobOutput
 from ._models import JobStatus as JobStatus
 from ._models import Upload as Upload
+from ._polling import EndWindow as EndWindow
+from ._polling import EtaBias as EtaBias
 from ._polling import PollPolicy as PollPolicy
 from ._retry import RetryPolicy as RetryPolicy
 from ._transport import MockTransport as MockTransport
@@ -140,8 +142,10 @@ __all__ = [
     "ClientConfig",
     "Clock",
     "DownloadError",
+    "EndWindow",
     "Estimate",
     "EstimateLine",
+    "EtaBias",
     "EventLoopMismatch",
     "InsufficientBalance",
     "InvalidRequestError",

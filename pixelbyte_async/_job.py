@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import attrs
@@ -93,24 +93,38 @@ class Job(JobState):
             log.warning("polling job %s failed transiently: %s", self.id, exc)
 
     def _next_delay(self, policy: PollPolicy, previous: float | None) -> float:
-        clock = self._client.clock
+        return self._delay_at(policy, self._client.clock.time(), previous)
+
+    def _delay_at(
+        self,
+        policy: PollPolicy,
+        now: float,
+        previous: float | None,
+        rng: Callable[[float, float], float] | None = None,
+    ) -> float:
+        window = self._window()
         if self.via_webhook and self._client.webhooks is not None:
-            return policy.safety_delay(now=clock.time(), eta=self._eta())
+            eta = None if window is None else window.expected
+            return policy.safety_delay(now=now, eta=eta)
         return policy.next_delay(
-            now=clock.time(),
-            eta=self._eta(),
+            now=now,
+            eta=None if window is None else window.expected,
             previous=previous,
-            rng=self._client.uniform,
+            rng=rng or self._client.uniform,
+            earliest=None if window is None else window.earliest,
+            latest=None if window is None else window.latest,
         )
 
     def _sweep_due(self, policy: PollPolicy) -> float:
         """Wall time at which an unwatched job should be checked (slot sweeps)."""
-        eta = self._eta()
         if self.via_webhook and self._client.webhooks is not None:
+            window = self._window()
             later = self._last_checked + policy.webhook_interval
-            return later if eta is None else max(eta + policy.webhook_grace, later)
-        return self._last_checked + policy.next_delay(
-            now=self._last_checked, eta=eta, previous=None, rng=lambda low, _: low
+            if window is None:
+                return later
+            return max(window.expected + policy.webhook_grace, later)
+        return self._last_checked + self._delay_at(
+            policy, self._last_checked, None, rng=lambda low, _: low
         )
 
     async def _pause(self, seconds: float) -> None:
@@ -180,8 +194,10 @@ class Job(JobState):
         """
         Wait until the job succeeds and return this handle.
 
-        Polling is adaptive (see `PollPolicy`): a 240 s Kling job costs about six
-        GETs and its completion is noticed within ``near_interval`` seconds.
+        Polling is adaptive (see `PollPolicy`): a 240 s Kling job costs about five
+        GETs once the client has seen a few jobs of its model end (about twelve
+        before), and its completion is noticed within ``unsure_interval`` seconds
+        (within a second where the model's jobs end as expected).
         Cancelling the awaiting task stops polling; it never cancels the paid job.
 
         Args:

@@ -18,6 +18,7 @@ from ._clock import Clock
 from ._config import ClientConfig
 from ._inputs import PRICES
 from ._models import JobErrorInfo, JobInfo, JobOutput, JobStatus
+from ._polling import EndWindow
 from ._serde import decode_job, url_problem
 
 
@@ -97,8 +98,8 @@ class JobClient(Protocol):
         """Tell the client *job* has ended (its job slot is free)."""
         ...
 
-    def eta_factor(self, model: str) -> float:
-        """What to scale an ETA of *model* by (see `EtaBias`)."""
+    def end_window(self, basis: str, *, start: float, eta: float) -> EndWindow:
+        """When a job due at *eta* will end, after this client's jobs of *basis*."""
         ...
 
     def undelivered(self, job_id: str, late: float) -> None:
@@ -226,26 +227,31 @@ class JobState:
         self._observe(decode_job(data, request_id, fallback=self._info))
         self._last_body = data
 
-    def _eta(self) -> float | None:
+    def due(self) -> tuple[str, float, float] | None:
+        """
+        What this job's expected end rests on: ``(basis, start, eta)``.
+
+        The API's ETA (basis: the model), else the model's typical duration
+        (basis: the model and ``" (typical)"``: a different yardstick).
+        """
         info = self._info
+        model = info.model or ""
+        start = (
+            info.created_at.timestamp()
+            if info.created_at is not None
+            else self._submitted_at
+        )
         if info.estimated_completion_time is not None:
-            eta = info.estimated_completion_time.timestamp()
-            # Where this model's jobs have been ending against their ETA.
-            factor = self._client.eta_factor(info.model or "")
-            if factor == 1.0:
-                return eta
-            start = (
-                info.created_at.timestamp()
-                if info.created_at is not None
-                else self._submitted_at
-            )
-            return start + (eta - start) * factor
-        price = PRICES.get(info.model or "")
+            return model, start, info.estimated_completion_time.timestamp()
+        price = PRICES.get(model)
         if price is not None and price.typical_seconds is not None:
-            start = (
-                info.created_at.timestamp()
-                if info.created_at is not None
-                else self._submitted_at
-            )
-            return start + price.typical_seconds
+            return f"{model} (typical)", start, start + price.typical_seconds
         return None
+
+    def _window(self) -> EndWindow | None:
+        """When this job is expected to end, and the span it may end in."""
+        due = self.due()
+        if due is None:
+            return None
+        basis, start, eta = due
+        return self._client.end_window(basis, start=start, eta=eta)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from ._models import JobStatus
-from ._polling import EtaBias
+from ._polling import EndWindow, EtaBias
 
 
 if TYPE_CHECKING:
@@ -77,25 +77,23 @@ class JobLink:
     def finished(self, job: JobState) -> None:
         self._slots.finished(job.id)
         info = job.info
+        due = job.due()
         if (
             info.status is JobStatus.COMPLETED
-            and job.id not in self._learned
-            and info.estimated_completion_time is not None
-            and info.created_at is not None
+            and due is not None
             and info.completed_at is not None
+            and job.id not in self._learned
         ):
             self._learned[job.id] = None
             while len(self._learned) > _LEARNED:
                 self._learned.pop(next(iter(self._learned)))
+            basis, start, eta = due
             self._bias.learn(
-                info.model or "",
-                created=info.created_at.timestamp(),
-                eta=info.estimated_completion_time.timestamp(),
-                ended=info.completed_at.timestamp(),
+                basis, created=start, eta=eta, ended=info.completed_at.timestamp()
             )
 
-    def eta_factor(self, model: str) -> float:
-        return self._bias.factor(model)
+    def end_window(self, basis: str, *, start: float, eta: float) -> EndWindow:
+        return self._bias.window(basis, start=start, eta=eta)
 
     def undelivered(self, job_id: str, late: float) -> None:
         self._wiring.undelivered(job_id, late)

@@ -155,19 +155,46 @@ def test_policy_tables_match_the_defaults(cls):
 
 
 def test_polling_diagram_shows_the_real_schedule():
-    """The polling diagram's GETs are those of the default policy for a 240 s job."""
+    """
+    The polling diagram's GETs are those of the default policy for a 240 s job:
+    the first of its model, and once eight jobs of the model ended at their ETA.
+    """
+    from pixelbyte_async import EtaBias
+
     policy = PollPolicy(jitter=0)
-    now, gets = 0.0, []
-    while now < 240:
-        now += policy.next_delay(now=now, eta=240, previous=None)
-        gets.append(now)
+
+    def schedule(bias: EtaBias) -> list[float]:
+        window = bias.window("kling", start=0, eta=240)
+        now, gets = 0.0, []
+        while now < 240:
+            now += policy.next_delay(
+                now=now,
+                eta=window.expected,
+                previous=None,
+                earliest=window.earliest,
+                latest=window.latest,
+            )
+            gets.append(now)
+        return gets
+
+    first = schedule(EtaBias())
+    known = EtaBias()
+    for _ in range(8):
+        known.learn("kling", created=0, eta=240, ended=240)
+    rows = [first, schedule(known)]
     svg = (DOCS / "_static" / "polling-240s.svg").read_text()
-    labels = re.findall(r'<text x="[\d.]+" y="124"[^>]*>(\d+)</text>', svg)
-    assert [int(label) for label in labels] == [round(t) for t in gets]
-    assert f"{len(gets)} GETs" in svg
-    assert f"{len(gets)} GETs" in (DOCS / "concepts.md").read_text().replace(
-        "five GETs", f"{len(gets)} GETs"
-    )
+    drawn = [
+        [float(x) for x in re.findall(rf'<circle cx="([\d.]+)" cy="{y}" r="5"/>', svg)]
+        for y in (84, 160)
+    ]
+    for gets, xs in zip(rows, drawn, strict=True):
+        assert xs == pytest.approx([40 + 2.2 * t for t in gets], abs=0.25)
+        assert f": {len(gets)} GETs</text>" in svg
+    concepts = (DOCS / "concepts.md").read_text()
+    assert len(rows[1]) == 5
+    assert "that is five GETs" in concepts
+    assert len(first) == 12
+    assert "the first job of a model costs twelve" in concepts
 
 
 def test_bot_recipes_share_one_sdk_function():
