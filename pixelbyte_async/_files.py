@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import mimetypes
 import os
 import secrets
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
-from typing import IO
+from typing import IO, Any, TypeVar
 from urllib.parse import urlsplit
 
 import anyio
@@ -38,9 +39,11 @@ from ._serde import decode_upload
 from ._transport import Request, Transport
 
 
-__all__ = ["Files", "stream_to_file"]
+__all__ = ["Files", "on_disk", "stream_to_file"]
 
 log = logging.getLogger("pixelbyte_async")
+
+T = TypeVar("T")
 
 #: What the upload endpoint accepts, and the largest file of each type.
 UPLOAD_TYPES: Mapping[str, int] = {
@@ -237,9 +240,9 @@ async def stream_to_file(
     overwrite: bool,
 ) -> Path:
     """Download *url* into *target* atomically (used by `Job.download`)."""
-    if not overwrite and await anyio.Path(target).exists():
+    if not overwrite and await on_disk(target.exists):
         raise DownloadError(f"{target} exists and overwrite=False")
-    await anyio.Path(target.parent).mkdir(parents=True, exist_ok=True)
+    await on_disk(target.parent.mkdir, parents=True, exist_ok=True)
     tmp = target.parent / f".{target.name}.{secrets.token_hex(4)}.part"
     host = urlsplit(url).hostname or "?"
     try:
@@ -251,7 +254,8 @@ async def stream_to_file(
                 max_bytes=max_bytes,
                 host=host,
             )
-        await anyio.Path(tmp).replace(target)
+        # In a thread: replacing a big file frees its blocks, which takes time.
+        await anyio.to_thread.run_sync(tmp.replace, target)
     except BaseException as exc:
         # Synchronous on purpose: the partial file must go even when cancelled.
         with contextlib.suppress(OSError):
@@ -267,9 +271,55 @@ async def stream_to_file(
 _BLOCK = 1 << 20
 #: The most bytes one read of a download's body asks for.
 _READ = 64 << 10
-#: A write on the loop slower than this (a slow or network disk) moves the
-#: rest of the download's writes to a worker thread.
-_SLOW_WRITE = 0.02
+#: A file-system call on the loop slower than this (a slow or network disk)
+#: sends such calls to a worker thread for `_SLOW_FOR` seconds.
+_SLOW_CALL = 0.02
+_SLOW_FOR = 60.0
+
+
+class _Disk:
+    """Whether this process's file-system calls have been slow lately."""
+
+    slow_until = 0.0
+
+    @classmethod
+    def slow(cls) -> bool:
+        return time.monotonic() < cls.slow_until
+
+    @classmethod
+    def timed(cls, began: float) -> None:
+        now = time.monotonic()
+        if now - began > _SLOW_CALL:
+            if not cls.slow():
+                log.debug(
+                    "file-system call took %.0f ms: threads for a while",
+                    1e3 * (now - began),
+                )
+            cls.slow_until = now + _SLOW_FOR
+
+
+async def on_disk(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """
+    Run a quick file-system call (create a file, write a block, stat, mkdir).
+
+    On the loop while such calls are quick (a local disk answers in
+    microseconds, where a worker-thread hop costs tens of them and a thread
+    switch); in a worker thread for a minute after one took longer than 20 ms (a
+    slow or network disk), so the loop stalls at most once on such a disk.  Never
+    for reading files a caller names (a FIFO would block): only for the SDK's own
+    new files and folders.
+    """
+    if _Disk.slow():
+        return await anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs))
+    began = time.monotonic()
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        _Disk.timed(began)
+
+
+def _create(path: Path) -> IO[bytes]:
+    return path.open("wb")
 
 
 async def _write_blocks(
@@ -278,17 +328,15 @@ async def _write_blocks(
     """
     Write *chunks* into *path*; return how many bytes.
 
-    The chunks are gathered into 1 MiB blocks, each written at once on the loop
-    (measured: a worker thread per block ran at 0.74–0.95 of a bare aiohttp
-    stream on a busy core, the loop at 0.99–1.05).  Should one write take longer
-    than `_SLOW_WRITE` (a slow or network disk), the rest go to a worker thread,
-    which writes each block while the loop reads the next: the loop never stalls
-    on a slow disk for more than that one write.
+    The chunks are gathered into 1 MiB blocks, each written at once (`on_disk`:
+    on the loop while the disk is quick; measured: a worker thread per block ran
+    at 0.74–0.95 of a bare aiohttp stream on a busy core, the loop at 0.99–1.05).
+    On a slow disk each block is written in a worker thread while the loop reads
+    the next.
     """
-    fh = await anyio.to_thread.run_sync(path.open, "wb")
+    fh = await on_disk(_create, path)
     written = 0
     block = bytearray()
-    threaded = False
     writing: asyncio.Future[int] | None = None
     try:
         async for chunk in chunks:
@@ -299,21 +347,22 @@ async def _write_blocks(
             if len(block) < _BLOCK:
                 continue
             full, block = block, bytearray()
-            if threaded:
-                if writing is not None:
-                    await writing
+            if writing is not None:
+                await writing
+                writing = None
+            if _Disk.slow():
                 writing = asyncio.ensure_future(
                     anyio.to_thread.run_sync(fh.write, full)
                 )
                 continue
-            began = time.perf_counter()
+            began = time.monotonic()
             fh.write(full)
-            threaded = time.perf_counter() - began > _SLOW_WRITE
+            _Disk.timed(began)
         if writing is not None:
             await writing
             writing = None
         if block:
-            await anyio.to_thread.run_sync(fh.write, block)
+            await on_disk(fh.write, block)
     finally:
         # Failed, timed out or cancelled mid-way too: the thread finishes with
         # the file before it is closed (and then removed by the caller).
@@ -322,7 +371,7 @@ async def _write_blocks(
                 await asyncio.wait({writing})
                 if not writing.cancelled():
                     writing.exception()  # retrieved: the failure is raised already
-            await anyio.to_thread.run_sync(fh.close)
+            await on_disk(fh.close)
     return written
 
 

@@ -114,6 +114,21 @@ PRICES: Mapping[str, Price] = {
 }
 
 
+def priced_by(model: str, input: Mapping[str, Any]) -> Mapping[str, Any] | None:  # noqa: A002 -- API field name
+    """
+    What of *input* the list price of *model* depends on, or ``None`` if unknown.
+
+    Inputs with the same answer cost the same at list prices (a batch asks the
+    API's estimate once for them).
+    """
+    price = PRICES.get(model)
+    if price is None or (price.flat is None and price.per_second is None):
+        return None
+    if price.flat is not None:
+        return {}
+    return {"duration": str(input.get("duration", price.default_duration))}
+
+
 def local_cost(model: str, input: Mapping[str, Any]) -> int | None:  # noqa: A002 -- API field name
     """Return the cost from the local price table, or ``None`` for unknown models."""
     price = PRICES.get(model)

@@ -23,7 +23,7 @@ from pixelbyte_async._batch._rows import _entry
 from pixelbyte_async._journal import Journal, read_rows
 from pixelbyte_async.testing import Fault, JobScript
 
-from conftest import bound_client
+from conftest import bound_client, until
 
 
 pytestmark = pytest.mark.anyio
@@ -248,6 +248,32 @@ async def test_server_estimates_unknown_models_once_per_input(fake, pb):
     assert fake.count("POST", "/v1/jobs/estimate") == 2
 
 
+async def test_inputs_priced_alike_are_estimated_once(fake, pb):
+    """
+    The API's estimate is asked once per price, not per prompt: 30 Kling inputs
+    of two durations and two models are three requests (was one per input).
+    """
+    inputs = [kling(n) for n in range(20)]
+    inputs += [kling(n, duration=8) for n in range(20, 28)]
+    inputs += [kling(n, pro=True) for n in range(28, 30)]
+    plan = await run_batch(pb, inputs, dry_run=True).plan()
+    assert fake.count("POST", "/v1/jobs/estimate") == 3
+    costs = [p.estimated_cost_micro_cents for p in plan.items]
+    assert costs == [250_000] * 20 + [400_000] * 8 + [350_000] * 2
+
+
+async def test_a_rejected_estimate_is_asked_again_for_each_alike_input(fake, pb):
+    """One input's rejection is not its price-alikes': each is asked on its own."""
+    fake.inject(
+        Fault.status(400, "INVALID_INPUT", "image unreachable"),
+        method="POST",
+        path="/v1/jobs/estimate",
+    )
+    plan = await run_batch(pb, [kling(n) for n in range(4)], dry_run=True).plan()
+    assert fake.count("POST", "/v1/jobs/estimate") == 5  # the group, then each
+    assert [p.estimated_cost_micro_cents for p in plan.items] == [250_000] * 4
+
+
 async def test_estimate_rejections_are_input_errors(fake, pb):
     """An input the API's estimate rejects stops the batch before any submit."""
     inputs = [{"id": "bad", "model": ECHO, "input": {"prompt": "x", "bogus": "1"}}]
@@ -397,6 +423,14 @@ async def test_stopping_early_then_resuming_reattaches(fake, journal, tmp_path):
         run_batch(pb, inputs, journal=journal, out_dir=tmp_path) as batch,
     ):
         async for _ in batch:
+            # The first row is done; leave once two others run (their submits
+            # go one at a time and may still be on the way).
+            await until(
+                lambda: (
+                    sum(r.state == "submitted" for r in read_rows(journal).values())
+                    >= 2
+                )
+            )
             break
     rows = read_rows(journal)
     in_flight = {r.job_id for r in rows.values() if r.state == "submitted"}
@@ -662,3 +696,31 @@ async def test_only_the_submitting_commit_waits_for_the_disk(tmp_path):
         assert not any("synchronous" in s for s in said)
     finally:
         await journal.aclose()
+
+
+async def test_rows_journaling_at_once_share_one_synced_commit(tmp_path):
+    """
+    A hundred rows about to be sent at once: a few synced commits, not a hundred
+    in a row (the batch's submits queued behind them), and each row is on the
+    disk when its call returns.
+    """
+    journal = await Journal.open(tmp_path / "j.sqlite3")
+    try:
+        keys = [f"r{n}" for n in range(100)]
+        await journal.plan([(k, "m", {"n": k}) for k in keys])
+        said: list[str] = []
+        journal._conn.set_trace_callback(said.append)
+
+        async def one(key: str) -> str:
+            await journal.submitting(key, started_at=1.0, sent_input={"k": key})
+            return (await journal.get(key)).state
+
+        states = await asyncio.gather(*(one(k) for k in keys))
+        assert set(states) == {"submitting"}
+        syncs = said.count("PRAGMA synchronous=FULL")
+        assert 1 <= syncs <= 3, syncs
+        assert sum(s.upper() == "COMMIT" for s in said) == syncs
+    finally:
+        await journal.aclose()
+    rows = read_rows(tmp_path / "j.sqlite3")
+    assert {rows[k].state for k in keys} == {"submitting"}

@@ -72,6 +72,12 @@ def client(**config: object) -> PixelByte:
     return PixelByte(config=ClientConfig(api_key="pb_test_dl", **config), ledger=None)  # type: ignore[arg-type]
 
 
+def slow_disk(monkeypatch) -> None:
+    """Every file-system call counts as slow: the rest go to a worker thread."""
+    monkeypatch.setattr(files, "_SLOW_CALL", -1.0)
+    monkeypatch.setattr(files._Disk, "slow_until", 0.0)
+
+
 def parts(folder) -> list[str]:
     return [p.name for p in folder.iterdir() if p.name.endswith(".part")]
 
@@ -79,7 +85,7 @@ def parts(folder) -> list[str]:
 @pytest.mark.parametrize("disk", ["fast", "slow"])
 async def test_a_download_arrives_whole(server, tmp_path, monkeypatch, disk):
     if disk == "slow":  # every write counts as slow: the rest go to a thread
-        monkeypatch.setattr(files, "_SLOW_WRITE", -1.0)
+        slow_disk(monkeypatch)
     async with client() as pb:
         target = tmp_path / "out.mp4"
         await pb._files.download(f"{server}/whole", target, timeout=30, overwrite=False)
@@ -90,7 +96,7 @@ async def test_a_download_arrives_whole(server, tmp_path, monkeypatch, disk):
 @pytest.mark.parametrize("disk", ["fast", "slow"])
 async def test_a_cut_download_leaves_nothing(server, tmp_path, monkeypatch, disk):
     if disk == "slow":
-        monkeypatch.setattr(files, "_SLOW_WRITE", -1.0)
+        slow_disk(monkeypatch)
     # Not tried again (each try is cut the same way): one try says it all.
     async with client(retry=RetryPolicy.disabled()) as pb:
         with pytest.raises((DownloadError, TransportError)):
@@ -105,7 +111,7 @@ async def test_a_download_over_the_limit_stops_while_reading(
     server, tmp_path, monkeypatch, disk
 ):
     if disk == "slow":
-        monkeypatch.setattr(files, "_SLOW_WRITE", -1.0)
+        slow_disk(monkeypatch)
     async with client(max_download_bytes=2 * MIB + 5) as pb:
         with pytest.raises(DownloadError, match="limit"):
             await pb._files.download(
@@ -117,7 +123,7 @@ async def test_a_download_over_the_limit_stops_while_reading(
 @pytest.mark.parametrize("disk", ["fast", "slow"])
 async def test_a_cancelled_download_leaves_nothing(server, tmp_path, monkeypatch, disk):
     if disk == "slow":
-        monkeypatch.setattr(files, "_SLOW_WRITE", -1.0)
+        slow_disk(monkeypatch)
     async with client() as pb:
         task = asyncio.ensure_future(
             pb._files.download(
@@ -134,3 +140,29 @@ async def test_a_cancelled_download_leaves_nothing(server, tmp_path, monkeypatch
         with pytest.raises(asyncio.CancelledError):
             await task
     assert list(tmp_path.iterdir()) == []
+
+
+async def test_a_slow_disk_sends_file_calls_to_a_thread_for_a_while(
+    tmp_path, monkeypatch
+):
+    """Quick calls run on the loop; after one slow call, threads for _SLOW_FOR."""
+    import threading
+
+    monkeypatch.setattr(files._Disk, "slow_until", 0.0)
+    now = [1000.0]
+    monkeypatch.setattr(files.time, "monotonic", lambda: now[0])
+    loop_thread = threading.get_ident()
+
+    def where() -> int:
+        return threading.get_ident()
+
+    assert await files.on_disk(where) == loop_thread
+
+    def slow() -> int:
+        now[0] += 0.05  # 50 ms: a network disk
+        return threading.get_ident()
+
+    assert await files.on_disk(slow) == loop_thread  # the slow one itself
+    assert await files.on_disk(where) != loop_thread  # then a thread
+    now[0] += files._SLOW_FOR + 1
+    assert await files.on_disk(where) == loop_thread  # and back, later

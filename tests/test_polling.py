@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime
+from itertools import pairwise
 
 import pytest
 from pixelbyte_async import (
@@ -149,7 +150,7 @@ async def test_a_first_240s_job_costs_few_gets_and_is_noticed_promptly(
     assert done.video_url == "https://cdn.example/o.mp4"
     assert len(sim.gets) <= most_gets
     assert 0 <= sim.gets[-1] - sim.done_at <= most_late
-    assert all(b - a <= 60 for a, b in zip(sim.gets, sim.gets[1:], strict=False))
+    assert all(b - a <= 60 for a, b in pairwise(sim.gets))
 
 
 @pytest.mark.parametrize("late", [10, 30, 55, 200])

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from itertools import pairwise
 
 import anyio
 import pytest
@@ -438,3 +439,75 @@ async def test_unsubmitted_rows_are_never_counted_as_spent(fake, tmp_path):
     refused = next(i for i in summary.items if i.status is BatchItemStatus.FAILED)
     assert refused.cost_micro_cents in {None, 0}
     assert summary.cost_micro_cents == 250_000
+
+
+async def test_without_webhooks_a_models_submits_go_one_at_a_time(live, tmp_path):
+    """
+    Without webhooks nothing but the job list tells jobs apart: a batch never has
+    two submits of one model on the wire at once (a cut or a kill -9 can then
+    leave at most one row of unknown fate), whatever its concurrency.
+    """
+    live.inject(Fault.delay(0.05), method="POST", path=SUBMIT, times=None)
+    poll = PollPolicy.fixed(0.02)
+    async with bound_client(live, max_concurrent_jobs=5, poll=poll) as pb:
+        summary = await run_batch(
+            pb, [kling(n) for n in range(6)], journal=tmp_path / "j"
+        ).summary()
+    assert summary.completed == 6
+    arrivals = sorted(r.time for r in live.requests_for("POST", SUBMIT))
+    assert all(b - a >= 0.05 for a, b in pairwise(arrivals))
+
+
+def test_a_send_window_starts_at_one_widens_per_answer_and_shuts_on_a_loss():
+    from pixelbyte_async._batch._submits import SendWindow
+
+    async def scenario() -> None:
+        window = SendWindow(3)
+        await window.acquire()
+        second = asyncio.ensure_future(window.acquire())
+        await asyncio.sleep(0)
+        assert not second.done()  # a slow start: one on the wire
+        window.release(answered=True)  # an answer: room for two
+        await second
+        third = asyncio.ensure_future(window.acquire())
+        await third
+        assert (window.limit, window.sending) == (2, 2)
+        fourth = asyncio.ensure_future(window.acquire())
+        cancelled = asyncio.ensure_future(window.acquire())
+        fifth = asyncio.ensure_future(window.acquire())
+        await asyncio.sleep(0)
+        cancelled.cancel()
+        window.release(answered=True)
+        window.release(answered=True)  # the limit is capped at 3
+        await fourth
+        await fifth  # first come, first served; a waiter that left is skipped
+        assert (window.limit, window.sending) == (3, 2)
+        window.release(lost=True)  # a lost answer: one at a time again
+        assert window.limit == 1
+        sixth = asyncio.ensure_future(window.acquire())
+        await asyncio.sleep(0)
+        assert not sixth.done()  # the fifth is still on the wire
+        window.release()
+        await sixth
+        assert (window.limit, window.sending) == (1, 1)
+
+    asyncio.run(scenario())
+
+
+async def test_with_webhooks_a_models_submits_go_side_by_side(live, tmp_path):
+    """Each attempt's nonce tells its job apart: after a slow start, they overlap."""
+    from pixelbyte_async.webhooks import WebhookReceiver
+
+    live.inject(Fault.delay(0.05), method="POST", path=SUBMIT, times=None)
+    poll = PollPolicy(webhook_grace=0.02, webhook_interval=0.02, min_interval=0.01)
+    async with bound_client(live, max_concurrent_jobs=4, poll=poll) as pb:
+        receiver = WebhookReceiver(live.webhook_secret)
+        pb.use_webhooks(receiver, public_url="https://hooks.example.com/pb")
+        summary = await run_batch(
+            pb, [kling(n) for n in range(10)], journal=tmp_path / "j"
+        ).summary()
+    assert summary.completed == 10
+    arrivals = sorted(r.time for r in live.requests_for("POST", SUBMIT))
+    assert arrivals[1] - arrivals[0] >= 0.05  # the first alone
+    assert min(b - a for a, b in pairwise(arrivals)) < 0.04
+    one_charge_each(live, 10)

@@ -16,7 +16,7 @@ from pixelbyte_async._errors import (
     PixelByteError,
     ValidationError,
 )
-from pixelbyte_async._inputs import local_cost
+from pixelbyte_async._inputs import local_cost, priced_by
 from pixelbyte_async._seams import BatchClient
 
 from ._rows import Entry, canonical
@@ -96,24 +96,34 @@ class Budget:
         self, entries: list[Entry], *, concurrency: int
     ) -> tuple[str, str | None]:
         """
-        Estimate every entry with the API (your prices), one call per distinct input.
+        Estimate every entry with the API (your prices), once per distinct price.
 
-        The local price table stands in only when the API cannot be asked (it is
-        down, or the key may not estimate); returns ``(source, note)``.
+        Inputs of a model the SDK knows the pricing of are asked once per price
+        (e.g. per duration: 2,000 prompts of 5 s are one request); others once per
+        distinct input.  An input the API rejects has its alike inputs asked one
+        by one (the rejection may be its own).  The local price table stands in
+        only when the API cannot be asked (it is down, or the key may not
+        estimate); returns ``(source, note)``.
         """
-        groups: dict[bytes, list[Entry]] = {}
-        for entry in entries:
-            key = canonical([entry.model, entry.document])
-            groups.setdefault(key, []).append(entry)
+        groups = _alike(entries)
         if not groups:
             return "none", None
         problems: list[tuple[str, str]] = []
         unreachable: list[PixelByteError] = []
         limiter = anyio.CapacityLimiter(concurrency)
+        asked = 0
 
         async def ask(group: list[Entry]) -> None:
+            nonlocal asked
             async with limiter:
                 cost, problem, failure = await self._estimate_one(group[0])
+            if problem is not None and len(group) > 1:
+                # Alike in price, not necessarily alike to the API: ask each.
+                async with anyio.create_task_group() as tg:
+                    for entry in group:
+                        tg.start_soon(ask, [entry])
+                return
+            asked += 1
             if failure is not None:
                 unreachable.append(failure)
             if problem is not None:
@@ -125,16 +135,8 @@ class Budget:
         async with anyio.create_task_group() as tg:
             for group in groups.values():
                 tg.start_soon(ask, group)
-        fatal = [exc for exc in unreachable if is_fatal(exc)]
-        if fatal:
-            raise fatal[0]
-        if problems:
-            raise BatchInputError(
-                f"{len(problems)} batch inputs were rejected by the API's estimate; "
-                "nothing was submitted",
-                problems=sorted(problems),
-            )
-        return _estimate_source(unreachable, len(groups))
+        _raise_problems(unreachable, problems)
+        return _estimate_source(unreachable, asked)
 
     async def _estimate_one(
         self, entry: Entry
@@ -251,6 +253,33 @@ class Budget:
                 and other.key not in reported
             ):
                 other.estimate = math.ceil(other.estimate * ratio)
+
+
+def _alike(entries: list[Entry]) -> dict[bytes, list[Entry]]:
+    """*entries* by what the API's estimate depends on (their price, if known)."""
+    groups: dict[bytes, list[Entry]] = {}
+    for entry in entries:
+        priced = priced_by(entry.model, entry.document)
+        key = canonical(
+            [entry.model, entry.document if priced is None else priced, priced]
+        )
+        groups.setdefault(key, []).append(entry)
+    return groups
+
+
+def _raise_problems(
+    unreachable: list[PixelByteError], problems: list[tuple[str, str]]
+) -> None:
+    """Raise what stops the batch before its first submit, if anything."""
+    fatal = [exc for exc in unreachable if is_fatal(exc)]
+    if fatal:
+        raise fatal[0]
+    if problems:
+        raise BatchInputError(
+            f"{len(problems)} batch inputs were rejected by the API's estimate; "
+            "nothing was submitted",
+            problems=sorted(problems),
+        )
 
 
 def _estimate_source(

@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 import anyio
 
 from pixelbyte_async._errors import DownloadError, MissingOutputError, TransportError
+from pixelbyte_async._files import on_disk
 from pixelbyte_async._journal import Journal, JournalRow
 
 from ._outcomes import Outcomes
@@ -87,7 +88,7 @@ class Outputs:
         await self._sweep_leftovers()  # a killed run's temporary files
         try:
             path = await job.download(target, overwrite=True)
-            size = (await anyio.Path(path).stat()).st_size
+            size = (await on_disk(path.stat)).st_size
         except MissingOutputError as exc:
             self._outcomes.emit(
                 entry, BatchItemStatus.FAILED, job_id=job.id, error=str(exc)

@@ -314,6 +314,7 @@ class Batch:
             outcomes=outcomes,
             budget=self._budget,
             unknown=unknown,
+            cap=self._workers(),
         )
         self._steps = Steps(
             self._pb,

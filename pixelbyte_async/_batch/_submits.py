@@ -1,10 +1,12 @@
 """
-Sending a batch's rows: budget-checked, journaled, one at a time, never paid twice.
+Sending a batch's rows: budget-checked, journaled, side by side, never paid twice.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 from typing import TYPE_CHECKING, Any, Literal, cast
 
 import attrs
@@ -31,19 +33,70 @@ if TYPE_CHECKING:
     from pixelbyte_async._job import Job
 
 
-__all__ = ["Submits"]
+__all__ = ["SendWindow", "Submits"]
 
 _MAX_AMBIGUOUS_ATTEMPTS = 3
+
+
+class SendWindow:
+    """
+    How many submits of one model may be on the wire at once.
+
+    Without webhooks, the job list is all that can tell apart the jobs of
+    submits of one model that lost their answers at the same time (a network
+    cut, a `kill -9`), and it cannot: so they go one at a time, and a crash or a
+    cut leaves at most one row of a model of unknown fate.  With webhooks each
+    attempt carries a nonce its delivery names, so a model's submits go out
+    side by side: a slow start from one, one more for each answered submit, up
+    to *cap* (the batch's concurrency); a submit that loses its answer shuts the
+    window to one again while it is looked for.
+    """
+
+    def __init__(self, cap: int) -> None:
+        self.cap = max(1, cap)
+        self.limit = 1
+        self.sending = 0
+        self._waiting: collections.deque[asyncio.Future[None]] = collections.deque()
+
+    async def acquire(self) -> None:
+        """Wait for room on the wire (first come, first served)."""
+        if self.sending < self.limit and not self._waiting:
+            self.sending += 1
+            return
+        turn = asyncio.get_running_loop().create_future()
+        self._waiting.append(turn)
+        try:
+            await turn
+        except BaseException:
+            if turn.done() and not turn.cancelled():
+                self.release()  # handed over just as we gave up: pass it on
+            else:
+                with contextlib.suppress(ValueError):  # dropped by a release
+                    self._waiting.remove(turn)
+            raise
+
+    def release(self, *, answered: bool = False, lost: bool = False) -> None:
+        """A submit is off the wire: *answered* widens the window, *lost* shuts it."""
+        self.sending -= 1
+        if lost:
+            self.limit = 1
+        elif answered:
+            self.limit = min(self.cap, self.limit + 1)
+        while self._waiting and self.sending < self.limit:
+            turn = self._waiting.popleft()
+            if not turn.done():
+                self.sending += 1
+                turn.set_result(None)
 
 
 class Submits:
     """
     A batch's submits: each row is sent at most once unless proven unsent.
 
-    Submits go one at a time, so the budget check before each one sees every
-    earlier charge, and a crash leaves few rows in 'submitting'.  Every attempt is
-    journaled before it is sent; one of unknown fate is settled (`UnknownFates`)
-    before the row may be sent again.
+    Every attempt is checked against the budget (which counts every earlier
+    one at once) and journaled before it is sent; one of unknown fate is settled
+    (`UnknownFates`) before the row may be sent again.  How many of a model's
+    submits are on the wire at once is its `SendWindow`'s say.
     """
 
     def __init__(
@@ -54,13 +107,15 @@ class Submits:
         outcomes: Outcomes,
         budget: Budget,
         unknown: UnknownFates,
+        cap: int,
     ) -> None:
         self._pb = pb
         self._journal = journal
         self._outcomes = outcomes
         self._budget = budget
         self._unknown = unknown
-        self._submit_lock = asyncio.Lock()
+        self._cap = cap
+        self._windows: dict[str, SendWindow] = {}
 
     async def submit(self, entry: Entry) -> Job | None:
         """Submit *entry* without ever paying twice; ``None`` when it ended already."""
@@ -72,20 +127,40 @@ class Submits:
             except PixelByteError as exc:
                 self._rejected(entry, exc, what="upload failed")
                 return None
+            window = self._windows.setdefault(entry.model, SendWindow(self._cap))
             while True:
                 await self._unknown.until_attributable(entry.model)
-                # Submits go one at a time, so the budget check before each one
-                # sees every earlier charge, and a crash leaves few rows in
-                # 'submitting'.
-                async with self._submit_lock:
-                    if self._unknown.holds(entry.model):
-                        continue  # another submit became unknown meanwhile
-                    if self._refuse(entry):
-                        return None
-                    sent_outcome = await self._send(entry, request, sent)
-                    break
+                await window.acquire()
+                # The checks and the budget's count happen at once (nothing
+                # awaited between them), so the check of each submit sees every
+                # earlier one counted (its estimate until its charge is known).
+                if self._unknown.holds(entry.model):
+                    window.release()
+                    continue  # two submits became unknown meanwhile
+                if self._refuse(entry):
+                    window.release()
+                    return None
+                self._budget.charge(
+                    entry.key, entry.estimate or 0, assumed=entry.estimate_assumed
+                )
+                break
+            sent_outcome: Job | AmbiguousSubmitError | Literal[False] = False
+            try:
+                # Journaled ('submitting', synced to the disk: rows about to go
+                # out at once share one commit), then sent.
+                attempt = await self._journaled(entry, sent)
+                sent_outcome = await self._send(entry, request, attempt)
+            finally:
+                window.release(
+                    # Only a job its webhook delivery will name (the attempt's
+                    # nonce) widens the window; without webhooks, one at a time.
+                    answered=sent_outcome is not False
+                    and not isinstance(sent_outcome, AmbiguousSubmitError)
+                    and sent_outcome.via_webhook,
+                    lost=isinstance(sent_outcome, AmbiguousSubmitError),
+                )
             if isinstance(sent_outcome, AmbiguousSubmitError):
-                # Look for its job outside the lock: other rows go on meanwhile.
+                # Look for its job outside the window: other rows go on meanwhile.
                 found = await self._unknown.reconcile_now(entry, sent_outcome)
                 if found is None:
                     continue  # the horizon passed with nothing found: send again
@@ -142,20 +217,8 @@ class Submits:
             typed = cast("ModelInput", attrs.evolve(cast("Any", typed), **changes))
         return typed, typed.to_input()
 
-    async def _send(
-        self,
-        entry: Entry,
-        request: ModelInput | dict[str, Any],
-        sent: dict[str, Any],
-    ) -> Job | AmbiguousSubmitError | Literal[False]:
-        """
-        Send one submit of *entry*, journaled before and after.
-
-        Returns:
-            The job; the `AmbiguousSubmitError` when its fate is unknown (the row
-            stays 'submitting'); ``False`` when the entry has ended (rejected).
-
-        """
+    async def _journaled(self, entry: Entry, sent: dict[str, Any]) -> str:
+        """Journal that *entry* is about to be sent; return the attempt's id."""
         attempt = new_attempt_id()
         await self._journal.submitting(
             entry.key,
@@ -163,6 +226,19 @@ class Submits:
             sent_input=sent,
             attempt=attempt,
         )
+        return attempt
+
+    async def _send(
+        self, entry: Entry, request: ModelInput | dict[str, Any], attempt: str
+    ) -> Job | AmbiguousSubmitError | Literal[False]:
+        """
+        Send one submit of *entry* (journaled already) and journal its answer.
+
+        Returns:
+            The job; the `AmbiguousSubmitError` when its fate is unknown (the row
+            stays 'submitting'); ``False`` when the entry has ended (rejected).
+
+        """
         try:
             if isinstance(request, dict):
                 job = await self._pb.submit(entry.model, request, attempt=attempt)
@@ -178,6 +254,7 @@ class Submits:
                 self._unknown.hold(entry)
             return exc
         except PixelByteError as exc:
+            self._budget.forget(entry.key)  # no job: nothing to count
             await self._journal.unsubmitted(
                 entry.key, error=str(exc), outcome="rejected"
             )

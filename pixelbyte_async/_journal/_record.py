@@ -160,37 +160,37 @@ class Journal(JournalConnection):
 
         """
         sent = None if sent_input is None else _dumps(dict(sent_input))
-        await self._call(self._submitting_sync, key, started_at, sent, attempt)
+        # Rows journaling at once share one synced commit (`_synced`).
+        await self._synced(self._submitting_sync, (key, started_at, sent, attempt))
 
-    def _submitting_sync(
-        self, key: str, started_at: float, sent: str | None, attempt: str | None
-    ) -> None:
+    def _submitting_sync(self, rows: list[tuple[Any, ...]]) -> None:
         # On the disk before the request goes out, power cut included: a row
         # lost back to "planned" would be sent again.  (Other commits need only
         # survive the process: a row left "submitting" is reconciled, never
         # re-sent.)
         self._conn.execute("PRAGMA synchronous=FULL")
         try:
-            self._submitting_commit(key, started_at, sent, attempt)
+            with self._conn:
+                for key, started_at, sent, attempt in rows:
+                    self._submitting_row(key, started_at, sent, attempt)
         finally:
             self._conn.execute("PRAGMA synchronous=NORMAL")
 
-    def _submitting_commit(
+    def _submitting_row(
         self, key: str, started_at: float, sent: str | None, attempt: str | None
     ) -> None:
-        with self._conn:
-            self._conn.execute(
-                "UPDATE items SET state = 'submitting', started_at = ?, job_id = NULL, "
-                "cost_micro_cents = NULL, cost_known = 0, job_status = NULL, "
-                "output_url = NULL, output_path = NULL, output_bytes = NULL, "
-                "error = NULL, attempts = attempts + 1, updated_at = ? WHERE key = ?",
-                (started_at, time.time(), key),
-            )
-            self._conn.execute(
-                "INSERT INTO attempts (key, started_at, sent_input_json, nonce) "
-                "VALUES (?, ?, ?, ?)",
-                (key, started_at, sent, attempt),
-            )
+        self._conn.execute(
+            "UPDATE items SET state = 'submitting', started_at = ?, job_id = NULL, "
+            "cost_micro_cents = NULL, cost_known = 0, job_status = NULL, "
+            "output_url = NULL, output_path = NULL, output_bytes = NULL, "
+            "error = NULL, attempts = attempts + 1, updated_at = ? WHERE key = ?",
+            (started_at, time.time(), key),
+        )
+        self._conn.execute(
+            "INSERT INTO attempts (key, started_at, sent_input_json, nonce) "
+            "VALUES (?, ?, ?, ?)",
+            (key, started_at, sent, attempt),
+        )
 
     async def submitted(
         self,
