@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import ipaddress
 import logging
 import mimetypes
 import os
@@ -19,7 +20,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import IO, Any, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 import anyio
 import attrs
@@ -31,12 +32,22 @@ from ._errors import (
     ResponseDecodeError,
     TransportError,
     ValidationError,
+    loggable_url,
 )
-from ._inputs import ModelInput, check_url, is_binary_file, read_frame, sniff_image_type
+from ._inputs import (
+    IMAGE_MAX_BYTES,
+    ModelInput,
+    check_image,
+    check_url,
+    is_binary_file,
+    is_loopback,
+    read_local,
+    sniff_image_type,
+)
 from ._models import Upload
 from ._pipeline import RequestPipeline
-from ._serde import decode_upload
-from ._transport import Request, Transport
+from ._serde import decode_upload, url_problem
+from ._transport import Request, StreamResponse, Transport
 
 
 __all__ = ["Files", "on_disk", "stream_to_file"]
@@ -56,6 +67,8 @@ UPLOAD_TYPES: Mapping[str, int] = {
     "audio/mpeg": 50 * 1024**2,
     "audio/wav": 50 * 1024**2,
 }
+#: The most an upload's source is read before its type is known.
+_UPLOAD_MAX = max(UPLOAD_TYPES.values())
 
 
 class Files:
@@ -73,7 +86,7 @@ class Files:
         timeout: float | None = None,
     ) -> Upload:
         """Check *source* (type sniffed, size), presign and PUT it: see `PixelByte.upload`."""
-        data, name = await _read_source(source, filename)
+        data, name = await _read_source(source, filename, limit=_UPLOAD_MAX)
         sniffed = sniff_image_type(data)
         guessed = mimetypes.guess_type(name)[0] or ""
         if sniffed is None and content_type is None and guessed.startswith("image/"):
@@ -92,9 +105,10 @@ class Files:
         if not data:
             raise ValidationError(f"{name!r} is empty", field="source")
         if len(data) > UPLOAD_TYPES[ctype]:
+            size = "over" if len(data) > _UPLOAD_MAX else f"{len(data)} bytes,"
             raise ValidationError(
-                f"{name!r} is {len(data)} bytes; {ctype} uploads may be at most "
-                f"{UPLOAD_TYPES[ctype]}",
+                f"{name!r} is {size} {ctype} uploads may be at most "
+                f"{UPLOAD_TYPES[ctype]} bytes",
                 field="source",
             )
         if "." not in name:
@@ -164,8 +178,16 @@ class Files:
                         "nothing was submitted",
                         request_sent=False,
                     )
+                # Read (in a thread, within the limit) and checked as an image
+                # before anything is sent: a frame is never a video or a FIFO.
+                data, filename = await _read_source(
+                    value, None, limit=IMAGE_MAX_BYTES, field=name
+                )
+                check_image(name, data, _shown_name(value))
                 uploaded = await self.upload(
-                    value, timeout=min(remaining, self._pipeline.config.timeout)
+                    data,
+                    filename=filename,
+                    timeout=min(remaining, self._pipeline.config.timeout),
                 )
                 done[key] = uploaded.file_url
             changes[name] = done[key]
@@ -181,8 +203,12 @@ class Files:
     ) -> Path:
         """Download *url* to *path* (atomically), retrying transport trouble."""
         self._pipeline.guard()
-        headers = self._pipeline.headers_for(url)
         config = self._pipeline.config
+        sandbox = is_sandbox(config.base_url)
+        problem = download_url_problem(url, sandbox=sandbox)
+        if problem is not None:
+            raise DownloadError(f"cannot download {loggable_url(url)!r}: {problem}")
+        headers = self._pipeline.headers_for(url)
         budget = timeout or config.download_timeout
         deadline = self._pipeline.clock.monotonic() + budget
 
@@ -195,6 +221,7 @@ class Files:
                 timeout=remaining,
                 max_bytes=config.max_download_bytes,
                 overwrite=overwrite,
+                sandbox=sandbox,
             )
 
         def decide(exc: PixelByteError, attempt: int) -> float | None:
@@ -208,25 +235,84 @@ class Files:
         )
 
 
+def _shown_name(value: object) -> str:
+    """How a frame is named in an error: its path, else "the file"."""
+    if isinstance(value, os.PathLike):
+        return str(Path(value))
+    return "the image" if isinstance(value, bytes) else "the file"
+
+
 async def _read_source(
-    source: os.PathLike[str] | bytes | IO[bytes], filename: str | None
+    source: os.PathLike[str] | bytes | IO[bytes],
+    filename: str | None,
+    *,
+    limit: int,
+    field: str = "source",
 ) -> tuple[bytes, str]:
-    """The bytes and the name of an upload's *source*; a ``str`` is refused."""
+    """
+    The bytes (at most *limit* + 1) and the name of a local *source*.
+
+    Files are read in a worker thread, never on the loop; a ``str`` is refused.
+    """
     if isinstance(source, bytes | bytearray | memoryview):
         return bytes(source), filename or "upload"
     if isinstance(source, os.PathLike):
-        path = Path(source)
-        if not await anyio.Path(path).is_file():
-            raise ValidationError(f"no such file: {path}", field="source")
-        return await anyio.Path(path).read_bytes(), filename or path.name
+        data = await anyio.to_thread.run_sync(
+            functools.partial(read_local, source, limit=limit, field=field)
+        )
+        return data, filename or Path(source).name
     if is_binary_file(source):
-        data = await anyio.to_thread.run_sync(read_frame, source)
+        data = await anyio.to_thread.run_sync(
+            functools.partial(read_local, source, limit=limit, field=field)
+        )
         return data, filename or Path(str(getattr(source, "name", "upload"))).name
     raise ValidationError(
         "upload takes a pathlib.Path, bytes or a binary file object; a str is never "
         "opened as a file (use pathlib.Path(...) for a local file)",
-        field="source",
+        field=field,
     )
+
+
+#: Redirects one download follows; each target is checked like the first URL.
+MAX_REDIRECTS = 5
+
+
+def is_sandbox(base_url: str) -> bool:
+    """Whether the API at *base_url* is a sandbox: plain http on this machine."""
+    parts = urlsplit(base_url)
+    return parts.scheme == "http" and is_loopback(parts.hostname)
+
+
+def download_url_problem(url: str, *, sandbox: bool) -> str | None:
+    """
+    Say why the SDK will not download *url*, or return ``None`` when it will.
+
+    Outputs come from the API's storage: https only, and never this machine or a
+    private network (a redirect there is how a hostile answer reaches an internal
+    service).  With a sandbox API (http on loopback) its own http URLs on this
+    machine are fine too.
+    """
+    parts = urlsplit(url)
+    host = parts.hostname
+    if sandbox and parts.scheme in {"http", "https"} and is_loopback(host):
+        return url_problem(url)
+    if parts.scheme != "https":
+        return (
+            "only https:// outputs are downloaded (http:// only from a sandbox "
+            "on this machine)"
+        )
+    problem = url_problem(url)
+    if problem is not None:
+        return problem
+    if is_loopback(host):
+        return "it points at this machine (loopback)"
+    try:
+        address = ipaddress.ip_address((host or "").strip("[]"))
+    except ValueError:
+        return None  # a name: resolved by the connection, as any client does
+    if not address.is_global:
+        return "it points at a private or reserved address"
+    return None
 
 
 async def stream_to_file(
@@ -238,8 +324,15 @@ async def stream_to_file(
     timeout: float,
     max_bytes: int,
     overwrite: bool,
+    sandbox: bool = False,
 ) -> Path:
-    """Download *url* into *target* atomically (used by `Job.download`)."""
+    """
+    Download *url* into *target* atomically (used by `Job.download`).
+
+    Follows at most `MAX_REDIRECTS` redirects, each target checked with
+    `download_url_problem` (and sent no credentials); a loop or a refused target is
+    a `DownloadError`.
+    """
     if not overwrite and await on_disk(target.exists):
         raise DownloadError(f"{target} exists and overwrite=False")
     await on_disk(target.parent.mkdir, parents=True, exist_ok=True)
@@ -247,12 +340,18 @@ async def stream_to_file(
     host = urlsplit(url).hostname or "?"
     try:
         with anyio.fail_after(timeout):
-            await _stream_into(
+            await _follow(
                 transport,
-                Request(method="GET", url=url, headers=headers, timeout=timeout),
+                Request(
+                    method="GET",
+                    url=url,
+                    # The length on the wire is then the length on disk.
+                    headers={**headers, "Accept-Encoding": "identity"},
+                    timeout=timeout,
+                ),
                 tmp,
                 max_bytes=max_bytes,
-                host=host,
+                sandbox=sandbox,
             )
         # In a thread: replacing a big file frees its blocks, which takes time.
         await anyio.to_thread.run_sync(tmp.replace, target)
@@ -375,21 +474,60 @@ async def _write_blocks(
     return written
 
 
-async def _stream_into(
-    transport: Transport, request: Request, tmp: Path, *, max_bytes: int, host: str
+async def _follow(
+    transport: Transport, request: Request, tmp: Path, *, max_bytes: int, sandbox: bool
 ) -> None:
-    async with transport.stream(request) as resp:
-        if resp.status != 200:  # noqa: PLR2004 -- HTTP OK
-            raise DownloadError(f"GET {host}: HTTP {resp.status}")
-        raw = resp.headers.get("content-length", "")
-        declared = int(raw) if raw.isdigit() else None
-        if declared is not None and declared > max_bytes:
+    """Stream *request* into *tmp*, following checked redirects."""
+    seen = {request.url}
+    for _ in range(MAX_REDIRECTS + 1):
+        host = urlsplit(request.url).hostname or "?"
+        async with transport.stream(request) as resp:
+            if not 300 <= resp.status < 400:  # noqa: PLR2004 -- HTTP redirection
+                await _stream_into(resp, tmp, max_bytes=max_bytes, host=host)
+                return
+            location = resp.headers.get("location")
+        if not location:
+            raise DownloadError(f"GET {host}: HTTP {resp.status} without a Location")
+        target = urljoin(request.url, location.strip())
+        problem = download_url_problem(target, sandbox=sandbox)
+        if problem is not None:
             raise DownloadError(
-                f"output is {declared} bytes, over the {max_bytes} byte limit"
+                f"GET {host} was redirected to {loggable_url(target)!r}, which is "
+                f"refused: {problem}"
             )
-        chunks = resp.iter_chunks(_READ)
-        written = await _write_blocks(chunks, tmp, max_bytes=max_bytes)
-        if declared is not None and written != declared:
-            raise DownloadError(f"output truncated: got {written} of {declared} bytes")
-        if written == 0:
-            raise DownloadError("output is empty")
+        if target in seen:
+            raise DownloadError(
+                f"GET {host}: redirect loop (back to {loggable_url(target)!r})"
+            )
+        seen.add(target)
+        # A hop never carries the API key, wherever it points.
+        headers = {
+            k: v for k, v in request.headers.items() if k.lower() != "authorization"
+        }
+        request = attrs.evolve(request, url=target, headers=headers)
+    raise DownloadError(
+        f"GET {urlsplit(request.url).hostname}: more than {MAX_REDIRECTS} redirects"
+    )
+
+
+async def _stream_into(
+    resp: StreamResponse, tmp: Path, *, max_bytes: int, host: str
+) -> None:
+    if resp.status != 200:  # noqa: PLR2004 -- HTTP OK
+        raise DownloadError(f"GET {host}: HTTP {resp.status}")
+    raw = resp.headers.get("content-length", "")
+    declared = int(raw) if raw.isdigit() else None
+    if declared is not None and declared > max_bytes:
+        raise DownloadError(
+            f"output is {declared} bytes, over the {max_bytes} byte limit"
+        )
+    # Identity was asked for; a server that encodes anyway declares the length of
+    # the encoded bytes, which are decoded on the way in (and a cut stream fails
+    # to decode): only an identity body's length can be compared.
+    encoded = resp.headers.get("content-encoding", "identity").lower() != "identity"
+    chunks = resp.iter_chunks(_READ)
+    written = await _write_blocks(chunks, tmp, max_bytes=max_bytes)
+    if declared is not None and not encoded and written != declared:
+        raise DownloadError(f"output truncated: got {written} of {declared} bytes")
+    if written == 0:
+        raise DownloadError("output is empty")

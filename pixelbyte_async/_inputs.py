@@ -8,6 +8,7 @@ import io
 import ipaddress
 import json
 import os
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any, ClassVar, Protocol, TypeGuard, runtime_checkable
@@ -42,6 +43,8 @@ PROMPT_MAX_CHARS = 2500
 FrameSource = str | os.PathLike[str] | bytes | IO[bytes]
 
 _SNIFF_BYTES = 16
+#: How deep a raw input may nest (the API's bodies are a few levels deep).
+_MAX_DEPTH = 64
 _IMAGE_TYPES_TEXT = "a JPEG, PNG, WebP or GIF image"
 
 
@@ -174,10 +177,46 @@ def _acceptable_url(value: str) -> bool:
     )
 
 
+def check_text(value: str, field: str) -> str:
+    """
+    Require *value* to be encodable as UTF-8, as everything sent as JSON must be.
+
+    A lone surrogate (U+D800..U+DFFF, left by a bad decode or ``surrogateescape``)
+    would reach the API as an escape it cannot read; refused here, it costs nothing.
+    """
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValidationError(
+            f"{field} is not valid UTF-8 text: character {exc.start} is a lone "
+            "surrogate (text decoded with errors='surrogateescape'?)",
+            field=field,
+        ) from None
+    return value
+
+
+def _check_texts(value: object, field: str, depth: int = 0) -> None:
+    """`check_text` for every string (keys too) in a JSON-like *value*."""
+    if isinstance(value, str):
+        check_text(value, field)
+    elif depth > _MAX_DEPTH:
+        raise ValidationError(f"{field} is nested too deeply", field=field)
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            name = f"{field}.{key}" if isinstance(key, str) else field
+            if isinstance(key, str):
+                check_text(key, f"{field} key")
+            _check_texts(item, name, depth + 1)
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            _check_texts(item, f"{field}[{index}]", depth + 1)
+
+
 def check_url(value: str, field: str) -> str:
     """
     Require an absolute https URL (http only for loopback hosts, i.e. the sandbox).
     """
+    check_text(value, field)
     if _acceptable_url(value):
         return value
     raise ValidationError(
@@ -203,9 +242,10 @@ def check_input(value: object) -> dict[str, Any]:
     if not isinstance(value, Mapping):
         raise ValidationError("input must be a mapping", field="input")
     payload = dict(value)
+    _check_texts(payload, "input")
     try:
         json.dumps(payload, allow_nan=False)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RecursionError) as exc:
         raise ValidationError(
             f"input is not JSON-serialisable: {exc}", field="input"
         ) from exc
@@ -235,6 +275,7 @@ def check_frame_url(value: str, field: str) -> str:
     The message is the same whatever the string names on this machine, so it tells
     nobody which files exist.
     """
+    check_text(value, field)
     if _acceptable_url(value):
         return value
     raise ValidationError(
@@ -244,44 +285,50 @@ def check_frame_url(value: str, field: str) -> str:
     )
 
 
-def _check_image_bytes(field: str, head: bytes, size: int, name: str) -> None:
-    if size == 0:
+def check_image(
+    field: str, data: bytes, name: str, limit: int = IMAGE_MAX_BYTES
+) -> None:
+    """
+    Require *data* (read with `read_local`: at most *limit* + 1 bytes) to be an image.
+    """
+    if not data:
         raise ValidationError(f"{field}: {name} is empty", field=field)
-    if size > IMAGE_MAX_BYTES:
+    if len(data) > limit:
         raise ValidationError(
-            f"{field}: {name} is {size} bytes; images may be at most {IMAGE_MAX_BYTES}",
+            f"{field}: {name} is over {limit} bytes; images may be at most {limit}",
             field=field,
         )
-    if sniff_image_type(head) is None:
+    if sniff_image_type(data[:_SNIFF_BYTES]) is None:
         raise ValidationError(
             f"{field}: {name} is not {_IMAGE_TYPES_TEXT}", field=field
         )
 
 
 def _check_frame(field: str, value: object) -> FrameSource:
+    """
+    Check a frame as far as it can be without touching a file.
+
+    Strings, bytes and in-memory streams are checked at once; paths and other file
+    objects when `PixelByte.submit` reads them (in a thread, within the limit): a
+    constructor never blocks, whatever a path names (a FIFO, a device, a file that
+    is replaced before the submit).
+    """
     if isinstance(value, str):
         return check_frame_url(value, field)
     if isinstance(value, bytes | bytearray | memoryview):
         data = bytes(value)
-        _check_image_bytes(field, data[:_SNIFF_BYTES], len(data), "the image")
+        check_image(field, data[: IMAGE_MAX_BYTES + 1], "the image")
         return data
     if isinstance(value, os.PathLike):
-        # A path object is the caller's own decision to read a local file.
-        path = Path(value)
-        try:
-            size = path.stat().st_size
-            with path.open("rb") as file:
-                head = file.read(_SNIFF_BYTES)
-        except OSError as exc:
-            raise ValidationError(
-                f"{field}: cannot read {path}: {exc.strerror or exc}", field=field
-            ) from exc
-        _check_image_bytes(field, head, size, path.name)
-        return value
+        return value  # the caller's own decision to read a local file: on submit
     if is_binary_file(value):
-        peeked, size = _peek(value)
-        if peeked is not None:
-            _check_image_bytes(field, peeked, size, "the file")
+        if isinstance(value, io.BytesIO):
+            held = value.getbuffer()
+            try:
+                head = bytes(held[value.tell() : value.tell() + IMAGE_MAX_BYTES + 1])
+            finally:
+                held.release()
+            check_image(field, head, "the file")
         return value
     raise ValidationError(
         f"{field} must be an https URL (str), a pathlib.Path, bytes or a binary "
@@ -290,30 +337,115 @@ def _check_frame(field: str, value: object) -> FrameSource:
     )
 
 
-def _peek(file: IO[bytes]) -> tuple[bytes | None, int]:
-    """The first bytes and the size of a seekable binary *file* (position kept)."""
-    try:
-        if not file.seekable():
-            return None, 0
-        start = file.tell()
-        head = file.read(_SNIFF_BYTES)
-        size = file.seek(0, io.SEEK_END) - start
-        file.seek(start)
-    except (OSError, ValueError):
-        return None, 0
-    return head, size
+#: Bytes read at a time from a local file or stream.
+_READ_CHUNK = 1024 * 1024
 
 
-def read_frame(value: os.PathLike[str] | bytes | IO[bytes]) -> bytes:
-    """The bytes of a local frame (a path, bytes or a binary file)."""
-    if isinstance(value, bytes):
-        return value
+def read_local(value: os.PathLike[str] | IO[bytes], *, limit: int, field: str) -> bytes:
+    """
+    Read a local file or binary stream: at most *limit* + 1 bytes.
+
+    Blocking: run it in a worker thread.  A path must name a regular file (checked
+    on the opened descriptor, after symlinks, so a FIFO, a device or a socket is
+    refused without waiting on it); a stream is read in chunks until it ends or
+    exceeds *limit*, so an endless pipe costs *limit* bytes, never more.
+    """
     if isinstance(value, os.PathLike):
-        return Path(value).read_bytes()
-    data = value.read()
-    if not isinstance(data, bytes):
-        raise ValidationError("a frame's file object must be opened in binary mode")
-    return data
+        path = Path(value)
+        flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+        try:
+            fd = os.open(path, flags)
+        except OSError as exc:
+            raise ValidationError(
+                f"{field}: cannot read {path}: {exc.strerror or exc}", field=field
+            ) from exc
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise ValidationError(
+                    f"{field}: {path} is not a regular file (a FIFO, device or "
+                    "socket is never read)",
+                    field=field,
+                )
+            with os.fdopen(fd, "rb", buffering=0) as file:
+                fd = -1  # closed by the file object from here on
+                return _read_upto(file, limit, field)
+        except OSError as exc:
+            raise ValidationError(
+                f"{field}: cannot read {path}: {exc.strerror or exc}", field=field
+            ) from exc
+        finally:
+            if fd >= 0:
+                os.close(fd)
+    return _read_upto(value, limit, field)
+
+
+def check_local_frames(request: object) -> None:
+    """
+    Check the frames of *request* that are paths, now.
+
+    Each must be a regular file, not empty, within the limit, and an image by its
+    first bytes.
+
+    Blocking (a few bytes and a ``stat`` per path): for synchronous code that wants
+    every problem up front, like `read_batch_file`.  `PixelByte.submit` checks them
+    again as it reads them (the file may change in between).
+    """
+    for field in getattr(request, "frame_fields", ()):
+        value = getattr(request, field)
+        if not isinstance(value, os.PathLike):
+            continue
+        path = Path(value)
+        try:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        except OSError as exc:
+            raise ValidationError(
+                f"{field}: cannot read {path}: {exc.strerror or exc}", field=field
+            ) from exc
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise ValidationError(
+                    f"{field}: {path} is not a regular file (a FIFO, device or "
+                    "socket is never read)",
+                    field=field,
+                )
+            head = os.read(fd, _SNIFF_BYTES)
+        except OSError as exc:
+            raise ValidationError(
+                f"{field}: cannot read {path}: {exc.strerror or exc}", field=field
+            ) from exc
+        finally:
+            os.close(fd)
+        size = info.st_size
+        if size > IMAGE_MAX_BYTES:
+            raise ValidationError(
+                f"{field}: {path.name} is {size} bytes; images may be at most "
+                f"{IMAGE_MAX_BYTES}",
+                field=field,
+            )
+        check_image(field, head if size else b"", path.name)
+
+
+def _read_upto(file: IO[bytes], limit: int, field: str) -> bytes:
+    parts: list[bytes] = []
+    total = 0
+    while total <= limit:
+        chunk = file.read(min(_READ_CHUNK, limit + 1 - total))
+        if chunk is None:  # a raw stream in non-blocking mode with nothing to read
+            raise ValidationError(
+                f"{field}: the stream has no data ready (non-blocking streams are "
+                "not supported)",
+                field=field,
+            )
+        if not isinstance(chunk, bytes | bytearray):
+            raise ValidationError(
+                f"{field}: a file object must be opened in binary mode", field=field
+            )
+        if not chunk:
+            break
+        parts.append(bytes(chunk))
+        total += len(chunk)
+    return b"".join(parts)
 
 
 def sniff_image_type(data: bytes) -> str | None:
@@ -363,6 +495,7 @@ def _prompt_validator(
         return
     if not isinstance(value, str):
         raise ValidationError("prompt must be a string", field="prompt")
+    check_text(value, "prompt")
     if len(value) > PROMPT_MAX_CHARS:
         raise ValidationError(
             f"prompt is {len(value)} characters; at most {PROMPT_MAX_CHARS} are allowed",
@@ -375,7 +508,9 @@ class KlingO1StartEndFrame:
     """
     Kling O1 start-end frame to video: two frames and a prompt become a video.
 
-    Validation happens when you build it, so bad input never costs money.
+    Validation happens when you build it, so bad input never costs money; a
+    local file (a path or a file object) is checked when `PixelByte.submit`
+    reads it, before anything is uploaded or submitted.
 
     Args:
         image_url: The start frame: an https URL (a ``str`` is always taken as

@@ -323,7 +323,7 @@ class AiohttpTransport:
 
     @asynccontextmanager
     async def stream(self, request: Request) -> AsyncIterator[StreamResponse]:
-        """Send *request* and stream the body."""
+        """Send *request* and stream the body; a 3xx is returned, not followed."""
         session = self._get_session()
         try:
             async with session.request(
@@ -331,7 +331,8 @@ class AiohttpTransport:
                 request.url,
                 headers=dict(request.headers),
                 timeout=self._timeout(request),
-                allow_redirects=True,
+                # The caller follows redirects, checking each target.
+                allow_redirects=False,
             ) as resp:
 
                 async def chunks(size: int) -> AsyncIterator[bytes]:

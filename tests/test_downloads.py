@@ -9,6 +9,7 @@ checked against the limit and against ``Content-Length``.
 from __future__ import annotations
 
 import asyncio
+import gzip
 import hashlib
 from collections.abc import AsyncIterator
 
@@ -18,10 +19,12 @@ from aiohttp import web
 from pixelbyte_async import (
     ClientConfig,
     DownloadError,
+    MockTransport,
     PixelByte,
     RetryPolicy,
     TransportError,
 )
+from pixelbyte_async._transport import Request, Response
 
 from conftest import until
 
@@ -30,6 +33,10 @@ pytestmark = pytest.mark.anyio
 
 MIB = 1 << 20
 BODY = hashlib.sha256(b"x").digest() * (5 * MIB // 32)  # 5 MiB, not all one byte
+
+
+#: The Accept-Encoding of each request to /gzip (reset by the fixture).
+ACCEPT_ENCODINGS: list[str] = []
 
 
 @pytest.fixture(name="server")
@@ -54,7 +61,30 @@ async def server_fixture() -> AsyncIterator[str]:
         await done.wait()  # the test cancels the download meanwhile
         return response
 
+    async def gzipped(request: web.Request) -> web.Response:
+        # A CDN that compresses whatever it was asked: Content-Length is the
+        # compressed size.
+        seen.append(request.headers.get("Accept-Encoding", ""))
+        packed = gzip.compress(BODY[:MIB])
+        return web.Response(
+            body=packed,
+            headers={"Content-Encoding": "gzip", "Content-Type": "video/mp4"},
+        )
+
+    async def loop(_: web.Request) -> web.Response:
+        raise web.HTTPFound("/loop")
+
+    async def hop(request: web.Request) -> web.Response:
+        n = int(request.match_info["n"])
+        target = "/whole" if n == 0 else f"/hop/{n - 1}"
+        raise web.HTTPFound(target)
+
     app = web.Application()
+    seen = ACCEPT_ENCODINGS
+    seen.clear()
+    app.router.add_get("/gzip", gzipped)
+    app.router.add_get("/hop/{n}", hop)
+    app.router.add_get("/loop", loop)
     app.router.add_get("/whole", whole)
     app.router.add_get("/cut", cut)
     app.router.add_get("/slow", slow)
@@ -68,7 +98,12 @@ async def server_fixture() -> AsyncIterator[str]:
     await runner.cleanup()
 
 
+#: An API on loopback http: a sandbox, whose outputs may be http on loopback too.
+SANDBOX_API = "http://127.0.0.1:9"
+
+
 def client(**config: object) -> PixelByte:
+    config.setdefault("base_url", SANDBOX_API)
     return PixelByte(config=ClientConfig(api_key="pb_test_dl", **config), ledger=None)  # type: ignore[arg-type]
 
 
@@ -166,3 +201,127 @@ async def test_a_slow_disk_sends_file_calls_to_a_thread_for_a_while(
     assert await files.on_disk(where) != loop_thread  # then a thread
     now[0] += files._SLOW_FOR + 1
     assert await files.on_disk(where) == loop_thread  # and back, later
+
+
+# Issue 24, findings 6 and 7: encodings, schemes and redirects.
+
+
+async def test_a_compressed_answer_is_asked_away_and_still_read(server, tmp_path):
+    """Identity is asked for; a CDN that compresses anyway is read whole."""
+    async with client() as pb:
+        target = tmp_path / "out.mp4"
+        await pb._files.download(f"{server}/gzip", target, timeout=30, overwrite=False)
+    assert target.read_bytes() == BODY[:MIB]
+    assert ACCEPT_ENCODINGS == ["identity"]
+
+
+async def test_redirects_are_followed_a_bounded_number_of_times(server, tmp_path):
+    async with client() as pb:
+        target = tmp_path / "out.mp4"
+        await pb._files.download(f"{server}/hop/4", target, timeout=30, overwrite=False)
+        assert target.read_bytes() == BODY
+        with pytest.raises(DownloadError, match="redirects"):
+            await pb._files.download(
+                f"{server}/hop/9", tmp_path / "far.mp4", timeout=30, overwrite=False
+            )
+        with pytest.raises(DownloadError, match="redirect loop"):
+            await pb._files.download(
+                f"{server}/loop", tmp_path / "loop.mp4", timeout=30, overwrite=False
+            )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.mp4"]
+
+
+def cdn(routes: dict[str, tuple[int, str]]) -> MockTransport:
+    """A CDN without sockets: path -> (status, Location); 200 gives BODY's first KiB."""
+
+    def answer(request: Request) -> Response:
+        status, location = routes[request.url]
+        headers = {"Location": location} if location else {}
+        return Response(status=status, headers=headers, content=BODY[:1024])
+
+    return MockTransport(answer)
+
+
+API = "https://api.muvi.video"
+
+
+@pytest.mark.parametrize(
+    ("first", "routes", "why"),
+    [
+        ("http://cdn.example/a.mp4", {}, "https"),
+        ("https://127.0.0.1/a.mp4", {}, "loopback"),
+        (
+            "https://cdn.example/a.mp4",
+            {"https://cdn.example/a.mp4": (302, "http://cdn.example/b")},
+            "https",
+        ),
+        (
+            "https://cdn.example/a.mp4",
+            {"https://cdn.example/a.mp4": (302, "https://localhost/x")},
+            "loopback",
+        ),
+        (
+            "https://cdn.example/a.mp4",
+            {"https://cdn.example/a.mp4": (301, "https://10.0.0.7/x")},
+            "private",
+        ),
+        (
+            "https://cdn.example/a.mp4",
+            {"https://cdn.example/a.mp4": (302, "file:///etc/passwd")},
+            "https",
+        ),
+        (
+            "https://cdn.example/a.mp4",
+            {"https://cdn.example/a.mp4": (302, "")},
+            "Location",
+        ),
+        (
+            "https://cdn.example/a.mp4",
+            {
+                "https://cdn.example/a.mp4": (302, "/b.mp4"),
+                "https://cdn.example/b.mp4": (307, "https://cdn.example/a.mp4"),
+            },
+            "redirect loop",
+        ),
+    ],
+)
+async def test_forbidden_targets_are_a_typed_error_not_retried(
+    tmp_path, first, routes, why
+):
+    """
+    Against the real API: https only, no loopback or private hosts, each hop
+    checked like the first, a loop or a bad target is one DownloadError (no retry).
+    """
+    transport = cdn(routes)
+    async with PixelByte(
+        config=ClientConfig(api_key="pb_test_dl", base_url=API),
+        transport=transport,
+        ledger=None,
+    ) as pb:
+        with pytest.raises(DownloadError, match=why):
+            await pb._files.download(
+                first, tmp_path / "o.mp4", timeout=30, overwrite=False
+            )
+    assert len(transport.requests) == len(routes)
+    assert list(tmp_path.iterdir()) == []
+
+
+async def test_an_https_redirect_chain_arrives(tmp_path):
+    transport = cdn(
+        {
+            "https://cdn.example/a.mp4": (302, "https://edge.example/b.mp4?sig=1"),
+            "https://edge.example/b.mp4?sig=1": (200, ""),
+        }
+    )
+    async with PixelByte(
+        config=ClientConfig(api_key="pb_test_dl", base_url=API),
+        transport=transport,
+        ledger=None,
+    ) as pb:
+        target = tmp_path / "o.mp4"
+        await pb._files.download(
+            "https://cdn.example/a.mp4", target, timeout=30, overwrite=False
+        )
+    assert target.read_bytes() == BODY[:1024]
+    # The key goes to the API's origin only: never to a CDN, nor after a hop.
+    assert all("Authorization" not in r.headers for r in transport.requests)

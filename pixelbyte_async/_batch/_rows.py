@@ -24,6 +24,7 @@ from pixelbyte_async._inputs import (
     KlingO1StartEndFrame,
     ModelInput,
     check_input,
+    check_local_frames,
     check_slug,
 )
 from pixelbyte_async._journal import JournalRow
@@ -395,6 +396,7 @@ def _transition_row(row: Mapping[str, Any], base: Path) -> BatchInput:
             duration=5 if duration in {None, ""} else duration,
             pro=_flag(row.get("pro", False)),
         )
+        check_local_frames(request)  # every bad row is reported before sending
     except ValidationError as exc:
         # Speak the file's language: its columns are start/end.
         names = {"image_url": "start", "end_image_url": "end"}
