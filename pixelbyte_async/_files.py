@@ -335,7 +335,12 @@ async def stream_to_file(
     """
     if not overwrite and await on_disk(target.exists):
         raise DownloadError(f"{target} exists and overwrite=False")
-    await on_disk(target.parent.mkdir, parents=True, exist_ok=True)
+    try:
+        await on_disk(target.parent.mkdir, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DownloadError(
+            f"cannot write {target}: {exc.strerror or exc} ({exc.filename})"
+        ) from exc
     tmp = target.parent / f".{target.name}.{secrets.token_hex(4)}.part"
     host = urlsplit(url).hostname or "?"
     try:
@@ -361,6 +366,12 @@ async def stream_to_file(
             tmp.unlink(missing_ok=True)
         if isinstance(exc, TimeoutError) and not isinstance(exc, RequestTimeout):
             raise RequestTimeout(f"download from {host} timed out") from exc
+        if isinstance(exc, OSError) and not isinstance(exc, PixelByteError):
+            # The disk's trouble (a file where a folder should be, no space, no
+            # permission): typed, naming the path, and not retried.
+            raise DownloadError(
+                f"cannot write {target}: {exc.strerror or exc}"
+            ) from exc
         raise
     return target
 

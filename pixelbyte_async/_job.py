@@ -7,8 +7,10 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from urllib.parse import urlsplit
 
+import anyio
 import attrs
 
 from ._clock import sleep_or_until
@@ -316,6 +318,9 @@ class Job(JobState):
         """
         Stream the output to *path*: a temporary file, then an atomic rename.
 
+        If *path* is an existing folder, the file goes into it as ``<job id>.mp4``
+        (the URL's extension, if it has one); the path written is returned.
+
         The API key is only sent to the API's own origin, never to the CDN.  The size
         is checked against ``Content-Length`` and the client's ``max_download_bytes``.
 
@@ -323,7 +328,8 @@ class Job(JobState):
             MissingOutputError: The job has no usable output URL (not completed?, or
                 one that is not an http(s) URL with a host and a valid port: the
                 message names it); nothing was requested.
-            DownloadError: HTTP error, size mismatch, limit exceeded or path exists.
+            DownloadError: HTTP error, size mismatch, limit exceeded, path exists, or
+                the file could not be written (the message names the path).
 
         """
         url = self.video_url
@@ -342,8 +348,13 @@ class Job(JobState):
             raise MissingOutputError(
                 f"job {self.id} has no usable output URL: {_shown(url)!r} ({problem})"
             )
+        target = Path(path)
+        if await anyio.Path(target).is_dir():
+            # A folder: the file is named after the job (as the CLI names it).
+            suffix = PurePosixPath(urlsplit(url).path).suffix
+            target /= f"{self.id}{suffix if 1 < len(suffix) <= 5 else '.mp4'}"  # noqa: PLR2004 -- an extension
         return await self._client.download(
-            url, Path(path), timeout=timeout, overwrite=overwrite
+            url, target, timeout=timeout, overwrite=overwrite
         )
 
 

@@ -19,6 +19,7 @@ from aiohttp import web
 from pixelbyte_async import (
     ClientConfig,
     DownloadError,
+    KlingO1StartEndFrame,
     MockTransport,
     PixelByte,
     RetryPolicy,
@@ -26,7 +27,7 @@ from pixelbyte_async import (
 )
 from pixelbyte_async._transport import Request, Response
 
-from conftest import until
+from conftest import bound_client, until
 
 
 pytestmark = pytest.mark.anyio
@@ -325,3 +326,25 @@ async def test_an_https_redirect_chain_arrives(tmp_path):
     assert target.read_bytes() == BODY[:1024]
     # The key goes to the API's origin only: never to a CDN, nor after a hop.
     assert all("Authorization" not in r.headers for r in transport.requests)
+
+
+# Issue 25: a folder as the target, and the disk's own errors, typed.
+
+
+async def test_a_folder_as_the_target_gets_the_job_id(fake, tmp_path):
+    async with bound_client(fake) as pb:
+        job = await pb.submit(
+            KlingO1StartEndFrame(
+                image_url="https://e.x/a.jpg", end_image_url="https://e.x/b.jpg"
+            )
+        )
+        done = await job.wait(timeout=900)
+        path = await done.download(tmp_path)
+        assert path == tmp_path / f"{job.id}.mp4"
+        assert path.stat().st_size > 0
+        # A file where the folder should be: a typed error naming the path.
+        blocker = tmp_path / "file"
+        blocker.write_bytes(b"x")
+        with pytest.raises(DownloadError, match=str(blocker)):
+            await done.download(blocker / "sub" / "out.mp4")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", f"{job.id}.mp4"]
