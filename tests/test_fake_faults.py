@@ -9,7 +9,8 @@ import json
 
 import aiohttp
 import pytest
-from pixelbyte_async.testing import Fault
+from pixelbyte_async._fake._util import parse_iso
+from pixelbyte_async.testing import FakePixelByte, Fault, JobScript
 
 from fake_helpers import (
     KLING,
@@ -17,6 +18,7 @@ from fake_helpers import (
     api,
     assert_error,
     bearer,
+    get_job,
     session_fixture,  # noqa: F401 -- the session fixture
     submit,
     submit_ok,
@@ -216,3 +218,101 @@ async def test_requests_are_recorded(fake, session):
     assert fake.requests == []
     assert fake.cdn_requests == []
     assert len(fake.jobs) == 1
+
+
+# -- failures, ETAs and waits of a sandbox (issue 24, item 12) ------------------------
+
+
+async def outcomes(session, fake: FakePixelByte, jobs: int) -> list[str]:
+    """Submit *jobs* Kling jobs, let them end, and return their statuses in order."""
+    ids = [await submit_ok(session, fake) for _ in range(jobs)]
+    fake.advance(245)
+    return [(await get_job(session, fake, i))["status"] for i in ids]
+
+
+async def test_fail_rate_fails_a_share_of_the_jobs_the_same_for_a_seed(session):
+    """fail_rate=0.5 fails about half; the same seed fails the same jobs."""
+    runs = []
+    for _ in range(2):
+        async with FakePixelByte(fail_rate=0.5, seed=7) as fake:
+            runs.append(await outcomes(session, fake, 40))
+            failed = [j for j in fake.jobs.values() if j.status == "failed"]
+            assert fake.ledger.charged_micro_cents == (40 - len(failed)) * 250_000
+    assert runs[0] == runs[1]
+    assert 10 <= runs[0].count("failed") <= 30
+    assert set(runs[0]) == {"completed", "failed"}
+    async with FakePixelByte(fail_rate=0.5, seed=8) as fake:
+        assert await outcomes(session, fake, 40) != runs[0]
+
+
+async def test_fail_rate_leaves_scripted_jobs_alone(session):
+    """All jobs fail at 1, none at 0; a script_next job keeps its own outcome."""
+    async with FakePixelByte(fail_rate=1.0) as fake:
+        fake.script_next(JobScript())
+        assert await outcomes(session, fake, 3) == ["completed", "failed", "failed"]
+        fake.fail_rate = 0
+        assert await outcomes(session, fake, 2) == ["completed", "completed"]
+
+
+@pytest.mark.parametrize(("error", "eta"), [(-0.5, 122.5), (1.0, 490.0), (0, 245.0)])
+async def test_eta_error_makes_the_announced_eta_wrong_by_that_share(
+    session, error, eta
+):
+    """The ETA says createdAt + 245 s x (1 + eta_error); the job still takes 245 s."""
+    async with FakePixelByte(eta_error=error) as fake:
+        r = await submit(session, fake)
+        job = await get_job(session, fake, r.body["jobId"])
+        created = parse_iso(job["createdAt"])
+        assert parse_iso(r.body["estimatedCompletionTime"]) - created == eta
+        fake.advance(244)
+        assert (await get_job(session, fake, job["jobId"]))["status"] == "processing"
+        fake.advance(1)
+        assert (await get_job(session, fake, job["jobId"]))["status"] == "completed"
+
+
+async def test_eta_error_spares_a_script_that_names_its_eta(session):
+    async with FakePixelByte(eta_error=-0.5) as fake:
+        fake.script_next(JobScript(eta_seconds=100))
+        r = await submit(session, fake)
+        job = fake.jobs[r.body["jobId"]]
+        assert job.estimated_completion_time - job.created_at == 100
+
+
+@pytest.mark.parametrize(
+    ("speedup", "says", "answers"),
+    [(1.0, 60, 60), (20.0, 60, 3), (20.0, 30, 2), (60.0, 30, 1), (1000.0, 30, 1)],
+)
+async def test_a_faster_fake_shortens_the_429_retry_after(
+    session, speedup, says, answers
+):
+    """Jobs *speedup* times shorter free slots that much sooner: retryAfter shrinks."""
+    async with FakePixelByte(
+        speedup=speedup, concurrent_job_limit=1, concurrency_retry_after=says
+    ) as fake:
+        await submit_ok(session, fake)
+        error = assert_error(
+            await submit(session, fake), 429, "CONCURRENT_JOBS_EXCEEDED"
+        )
+        assert error["details"]["retryAfter"] == answers
+        assert fake.concurrency_retry_after == says
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"fail_rate": 1.5},
+        {"fail_rate": -0.1},
+        {"fail_rate": float("nan")},
+        {"eta_error": -1.5},
+        {"eta_error": float("inf")},
+    ],
+    ids=["rate-above-1", "rate-below-0", "rate-nan", "eta-below-minus-1", "eta-inf"],
+)
+async def test_bad_failure_and_eta_knobs_are_refused(kwargs):
+    """The constructor and the properties refuse a share not in 0..1, an ETA below -1."""
+    with pytest.raises(ValueError, match=next(iter(kwargs))):
+        FakePixelByte(**kwargs)
+    async with FakePixelByte() as fake:
+        for name, value in kwargs.items():
+            with pytest.raises(ValueError, match=name):
+                setattr(fake, name, value)

@@ -11,10 +11,16 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
+import typing
 
+import aiohttp
 import pytest
 from pixelbyte_async import KlingO1StartEndFrame, PixelByte
-from pixelbyte_async.testing import FakePixelByte
+from pixelbyte_async._cli import main as cli_main
+from pixelbyte_async._fake._jobs import OutputShape
+from pixelbyte_async._fake._process import _OUTPUT_SHAPES
+from pixelbyte_async._fake._util import parse_iso
+from pixelbyte_async.testing import FakePixelByte, main
 from pixelbyte_async.webhooks import WebhookServer
 
 
@@ -112,3 +118,117 @@ async def test_http_webhooks_only_on_loopback(url: str, ok: bool) -> None:
         else:
             with pytest.raises(InvalidRequestError, match="webhookUrl"):
                 await send
+
+
+# -- failures, output shapes, wrong ETAs and shorter waits (issue 24, item 12) -------
+
+
+async def submit_raw(
+    session: aiohttp.ClientSession, env: dict[str, str]
+) -> tuple[int, dict[str, typing.Any]]:
+    async with session.post(
+        env["PIXELBYTE_BASE_URL"] + "/v1/jobs/submit",
+        json={"model": REQUEST.model_slug, "input": REQUEST.to_input()},
+        headers={"Authorization": f"Bearer {env['PIXELBYTE_API_KEY']}"},
+    ) as r:
+        return r.status, await r.json()
+
+
+async def get_raw(
+    session: aiohttp.ClientSession, env: dict[str, str], job_id: str
+) -> dict[str, typing.Any]:
+    async with session.get(
+        env["PIXELBYTE_BASE_URL"] + f"/v1/jobs/{job_id}",
+        headers={"Authorization": f"Bearer {env['PIXELBYTE_API_KEY']}"},
+    ) as r:
+        assert r.status == 200
+        body: dict[str, typing.Any] = await r.json()
+        return body
+
+
+async def test_sandbox_fails_shapes_and_misstates_as_told() -> None:
+    """--fail-rate/--seed fail the jobs an in-process fake with that seed fails."""
+    jobs = 12
+    proc, env = await start_sandbox(
+        "--time-scale=1000",  # a Kling job: 0.245 s
+        "--fail-rate=0.5",
+        "--seed=11",
+        "--output-shape=video_url",
+        "--eta-error=-0.5",
+    )
+    try:
+        async with aiohttp.ClientSession() as session:
+            submitted = [await submit_raw(session, env) for _ in range(jobs)]
+            assert {status for status, _ in submitted} == {200}
+            await asyncio.sleep(0.4)
+            seen = [await get_raw(session, env, body["jobId"]) for _, body in submitted]
+    finally:
+        proc.terminate()
+        await proc.wait()
+    async with (
+        FakePixelByte(fail_rate=0.5, seed=11) as fake,
+        PixelByte(api_key=fake.api_key, base_url=fake.url, clock=fake.clock) as pb,
+    ):
+        for _ in range(jobs):
+            await pb.submit(REQUEST)
+        fake.advance(245)
+        expected = [job.status for job in fake.jobs.values()]
+    assert [job["status"] for job in seen] == expected
+    assert 0 < expected.count("failed") < jobs
+    for (_, answer), job in zip(submitted, seen, strict=True):
+        announced = parse_iso(answer["estimatedCompletionTime"])
+        # Half of (5 s queued + 240 s), 1000 times faster: 0.1225 s.
+        assert announced - parse_iso(job["createdAt"]) == pytest.approx(
+            0.1225, abs=2e-3
+        )
+        if job["status"] == "completed":
+            assert set(job["output"]) == {"videoUrl"}
+            assert job["output"]["videoUrl"].endswith("/output_0.mp4")
+        else:
+            assert job["error"]["code"] == "GENERATION_FAILED"
+
+
+async def test_sandbox_retry_after_is_as_much_shorter_as_its_jobs() -> None:
+    """At --time-scale 20 the plan's 30 s wait for a slot is 2 s (rounded up)."""
+    proc, env = await start_sandbox("--time-scale", "20", "--concurrent-job-limit", "1")
+    try:
+        async with aiohttp.ClientSession() as session:
+            assert (await submit_raw(session, env))[0] == 200
+            status, body = await submit_raw(session, env)
+    finally:
+        proc.terminate()
+        await proc.wait()
+    assert (status, body["error"]["code"]) == (429, "CONCURRENT_JOBS_EXCEEDED")
+    assert body["error"]["details"]["retryAfter"] == 2
+
+
+def test_output_shapes_are_the_fakes() -> None:
+    assert set(_OUTPUT_SHAPES) == set(typing.get_args(OutputShape))
+
+
+@pytest.mark.parametrize(
+    ("option", "bad"),
+    [
+        ("--fail-rate", "1.5"),
+        ("--fail-rate", "-0.1"),
+        ("--fail-rate", "nan"),
+        ("--fail-rate", "half"),
+        ("--eta-error", "-2"),
+        ("--eta-error", "inf"),
+        ("--seed", "-1"),
+        ("--seed", "1.5"),
+        ("--output-shape", "gif"),
+    ],
+)
+def test_bad_sandbox_options_are_one_line_usage_errors(
+    option: str, bad: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A value out of range: exit 2 and one line naming the option, in both programs."""
+    for run in (main, lambda argv: cli_main(["sandbox", *argv])):
+        with pytest.raises(SystemExit) as exited:
+            run([option, bad])
+        assert exited.value.code == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1, err
+        assert f"argument {option}" in err
+        assert repr(bad) in err

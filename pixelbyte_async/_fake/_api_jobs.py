@@ -136,7 +136,7 @@ class SubmitHandlers:
                     f"Concurrent job limit of {limit} reached. "
                     "Wait for running jobs to finish.",
                     {
-                        "retryAfter": state.concurrency_retry_after,
+                        "retryAfter": state.retry_after(),
                         "limit": limit,
                         "active": active,
                     },

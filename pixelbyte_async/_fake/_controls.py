@@ -275,8 +275,14 @@ class FakeControls:
         Send every webhook that is due now and return the attempts made.
 
         A job with a ``webhookUrl`` is due once it is completed or failed (not
-        cancelled); a failed attempt (non-2xx or unreachable) is due again after 1,
-        4, 16, 64 and 256 virtual seconds, then abandoned.
+        cancelled).  The attempts go out side by side (at most 32 on the wire);
+        this returns once they, and any the auto sender has under way, have
+        ended.  An attempt fails unless the receiver answers 2xx within 30
+        seconds (a redirect is a failure, and is not followed); a failed attempt
+        is due again 1, 4, 16, 64 and 256 virtual seconds after it ended, then
+        abandoned.  The 30 s are virtual when the clock runs (``time_scale > 0``,
+        yet at least half a real second) or only moves by `advance` (a
+        ``VirtualClock(autojump=False)``), real on an autojump clock.
         """
         return await self._webhooks.deliver_due()
 

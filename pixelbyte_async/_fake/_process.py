@@ -24,7 +24,9 @@ from pixelbyte_async._cmdline import (
     _CLIError,
     _count,
     _debug_option,
+    _float_type,
     _hidden_words,
+    _int_type,
     _micro_cents,
     _Parser,
     _port,
@@ -40,6 +42,43 @@ _TIME_SCALE_HELP = (
     f"jobs run K times faster than on the real API (default {_SANDBOX_TIME_SCALE:g}: "
     "a 4-minute Kling job takes 4 s)"
 )
+
+
+#: The completed-job shapes ``--output-shape`` offers (`JobScript.output_shape`):
+#: the four the API's pages show, and two that clients must survive.
+_OUTPUT_SHAPES = (
+    "reference",
+    "object",
+    "video_url",
+    "image_url",
+    "outputs_only",
+    "none",
+)
+_OUTPUT_SHAPES_HELP = (
+    "how completed jobs give their video (default reference): reference (output "
+    "is the URL, outputs[] the files; the API reference), object (output.url, "
+    "contentType, durationSeconds; the quickstart), video_url (output.videoUrl; "
+    "the models' outputSchema), image_url (output.imageUrl and metadata; the "
+    "webhook example), outputs_only (output null, URL in outputs[0].url) or none "
+    "(completed without any URL)"
+)
+
+# Options without a default value (None): the sandbox's own numbers, checked here.
+_eta_error = _float_type(minimum=-1, inclusive=True)
+_seed = _int_type(minimum=0)
+
+
+def _share(value: str) -> float:
+    """An argparse type: a share from 0 to 1."""
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
+    if not 0 <= number <= 1:  # NaN fails too
+        raise argparse.ArgumentTypeError(
+            f"must be a share from 0 to 1 (0.25: a quarter), got {value!r}"
+        )
+    return number
 
 
 _SANDBOX_DESCRIPTION = (
@@ -69,7 +108,8 @@ def _add_sandbox_arguments(parser: argparse.ArgumentParser) -> None:
         type=_positive,
         default=_SANDBOX_TIME_SCALE,
         metavar="K",
-        help=_TIME_SCALE_HELP,
+        help=_TIME_SCALE_HELP
+        + "; a 429's retryAfter is K times shorter too (30 s: 1 s at x60)",
     )
     parser.add_argument(
         "--api-key",
@@ -110,6 +150,38 @@ def _add_sandbox_arguments(parser: argparse.ArgumentParser) -> None:
         "[::1]); the real API takes https:// only",
     )
     parser.add_argument(
+        "--fail-rate",
+        type=_share,
+        default=None,
+        metavar="P",
+        help="a share P of the jobs (0..1) fail with GENERATION_FAILED at the end "
+        "of their run, and are refunded (default 0)",
+    )
+    parser.add_argument(
+        "--seed",
+        type=_seed,
+        default=None,
+        metavar="N",
+        help="seed of --fail-rate's draws: the same seed and the same submits fail "
+        "the same jobs (default: different ones every run)",
+    )
+    parser.add_argument(
+        "--output-shape",
+        choices=_OUTPUT_SHAPES,
+        default="reference",
+        metavar="SHAPE",
+        help=_OUTPUT_SHAPES_HELP,
+    )
+    parser.add_argument(
+        "--eta-error",
+        type=_eta_error,
+        default=None,
+        metavar="F",
+        help="the ETA announced (estimatedCompletionTime) is off by F times the "
+        "job's run: -0.5 says half the time the job takes, 1 twice as much "
+        "(default 0; at least -1)",
+    )
+    parser.add_argument(
         "--webhook-secret",
         default=None,
         metavar="SECRET",
@@ -133,6 +205,7 @@ async def _serve_sandbox(args: argparse.Namespace, out: TextIO) -> None:
     # Here, not above: the CLI imports this module for its options, and pays for
     # the fake server only when it serves one.
     from ._catalog import MODELS  # noqa: PLC0415 -- only serving needs it
+    from ._jobs import JobScript  # noqa: PLC0415 -- (same)
     from ._server import SANDBOX_API_KEY, FakePixelByte  # noqa: PLC0415 -- (same)
 
     stop = asyncio.Event()
@@ -154,12 +227,16 @@ async def _serve_sandbox(args: argparse.Namespace, out: TextIO) -> None:
         require_auth=not args.no_auth,
         allow_http_webhooks=args.allow_http_webhooks,
         auto_webhooks=True,
+        fail_rate=args.fail_rate or 0.0,
+        seed=args.seed,
+        eta_error=args.eta_error or 0.0,
         **(
             {}
             if args.webhook_secret is None
             else {"webhook_secret": args.webhook_secret}
         ),
     )
+    fake.set_default_script(JobScript(output_shape=args.output_shape))
     try:
         await fake.start()
     except OSError as exc:
@@ -176,7 +253,7 @@ async def _serve_sandbox(args: argparse.Namespace, out: TextIO) -> None:
         lines = [
             (
                 f"FakePixelByte sandbox running (jobs x{args.time_scale:g} faster, "
-                "real-time timestamps); Ctrl-C stops."
+                f"real-time timestamps{_scripted(args)}); Ctrl-C stops."
             ),
             f"PIXELBYTE_BASE_URL={fake.url}",
             f"PIXELBYTE_API_KEY={fake.api_key}",
@@ -189,6 +266,22 @@ async def _serve_sandbox(args: argparse.Namespace, out: TextIO) -> None:
         await stop.wait()
     finally:
         await fake.close()
+
+
+def _scripted(args: argparse.Namespace) -> str:
+    """What the banner says of the jobs' scripting options, if any are given."""
+    said = []
+    if args.fail_rate:
+        seed = "" if args.seed is None else f", seed {args.seed}"
+        said.append(f"{args.fail_rate * 100:g}% of jobs fail{seed}")
+    if args.output_shape != "reference":
+        said.append(f"outputs shaped {args.output_shape}")
+    if args.eta_error:
+        said.append(
+            f"ETAs {abs(args.eta_error) * 100:g}% too "
+            + ("short" if args.eta_error < 0 else "long")
+        )
+    return "".join(f"; {each}" for each in said)
 
 
 def _run_sandbox(args: argparse.Namespace) -> int:

@@ -177,8 +177,14 @@ class WebhookDelivery:
         headers: The headers sent (``X-PixelByte-Timestamp``,
             ``X-PixelByte-Signature``, ``Content-Type``).
         body: The exact bytes sent (sign and verify over these).
-        status: The receiver's HTTP status, or `None` if it could not be reached.
-        error: Why the receiver could not be reached, if it could not.
+        status: The receiver's HTTP status (a redirect's too: none is followed),
+            or `None` if it could not be reached or did not answer in 30 s.
+        error: Why the receiver could not be reached, if it could not
+            (``TimeoutError: ...`` when it did not answer in time).
+        ended_at: Virtual time the attempt ended: the answer, or the moment the
+            API stopped waiting.  The next attempt's delay runs from here.
+
+            .. versionadded:: 0.3.0
 
     """
 
@@ -190,6 +196,7 @@ class WebhookDelivery:
     body: bytes
     status: int | None
     error: str | None = None
+    ended_at: float | None = None
 
     @property
     def ok(self) -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import types
 from typing import Literal, Self
 
@@ -21,7 +22,7 @@ from ._api import build_api_app
 from ._cdn import build_cdn_app
 from ._controls import FakeControls
 from ._records import Ledger
-from ._settings import ENVELOPES, FakeSettings
+from ._settings import ENVELOPES, FakeSettings, check_eta_error, check_fail_rate
 from ._state import Envelope, FakeState
 from ._webhooks import WebhookSender
 
@@ -71,7 +72,9 @@ class FakePixelByte(FakeSettings, FakeControls):
             Errors always use the ``success: false`` envelope.
         concurrent_job_limit: How many pending or processing jobs are allowed before
             submit answers 429 ``CONCURRENT_JOBS_EXCEEDED``; `None`: unlimited.
-        concurrency_retry_after: ``details.retryAfter`` (seconds) of that 429.
+        concurrency_retry_after: ``details.retryAfter`` (seconds) of that 429, as
+            the real API says it (see `concurrency_retry_after`: a fake with a
+            *speedup* says less).
         balance_micro_cents: Starting balance; submits costing more than what is
             left get 402 ``INSUFFICIENT_BALANCE``; `None`: unlimited.
         require_auth: Whether API keys are checked at all.
@@ -79,14 +82,16 @@ class FakePixelByte(FakeSettings, FakeControls):
             (for local receivers); other http URLs are refused as the API does.
         webhook_secret: The secret webhooks are signed with.
         auto_webhooks: Deliver webhooks from a background task, each when it falls
-            due (its job ends, or a retry's time comes), as the API does; with a
-            frozen clock (``time_scale=0``) it looks every 50 ms of real time.
+            due (its job ends, or a retry's time comes), as the API does, several
+            at once (one slow receiver holds up no other job's delivery); with
+            an autojump clock (the default) it looks every 50 ms of real time.
             Otherwise call `deliver_webhooks`.
         speedup: Jobs run this many times faster than their scripts (and the
             models' typical times) say, while the clock and every timestamp stay
             as they are: with ``time_scale=1`` that is a sandbox in real time whose
             Kling job takes 240 / *speedup* seconds (``python -m
-            pixelbyte_async.testing --time-scale``).
+            pixelbyte_async.testing --time-scale``).  The 429's ``retryAfter``
+            shrinks alike (see `concurrency_retry_after`).
         clock_offset: How far the server's clock runs ahead of *clock* (seconds;
             negative: behind): ``createdAt``, every other timestamp and the
             ``Date`` of its answers are off by that much, as a real server's clock
@@ -96,6 +101,17 @@ class FakePixelByte(FakeSettings, FakeControls):
         report_costs: Whether answers say what a job cost (the submit's
             ``costMicroCents``, the enveloped job's ``cost``); ``False`` models an
             API that reports no charges, which the docs leave open.
+
+            .. versionadded:: 0.3.0
+        fail_rate: The share of unscripted jobs that fail, 0 to 1 (`fail_rate`).
+
+            .. versionadded:: 0.3.0
+        seed: Seeds the draws of *fail_rate*: the same seed and the same
+            submits fail the same jobs.  `None`: different ones every run.
+
+            .. versionadded:: 0.3.0
+        eta_error: How far off the announced ETA is, as a share of the job's run
+            (`eta_error`; ``-0.5``: half as long).
 
             .. versionadded:: 0.3.0
 
@@ -124,6 +140,9 @@ class FakePixelByte(FakeSettings, FakeControls):
         speedup: float = 1.0,
         clock_offset: float = 0.0,
         report_costs: bool = True,
+        fail_rate: float = 0.0,
+        seed: int | None = None,
+        eta_error: float = 0.0,
     ) -> None:
         if clock is not None and time_scale:
             raise ValueError("pass either clock or time_scale, not both")
@@ -146,6 +165,9 @@ class FakePixelByte(FakeSettings, FakeControls):
             speedup=float(speedup),
             clock_offset=float(clock_offset),
             report_costs=report_costs,
+            fail_rate=check_fail_rate(fail_rate),
+            chance=random.Random(seed),  # noqa: S311 -- test outcomes, not security
+            eta_error=check_eta_error(eta_error),
         )
         self._host = host
         self._port = port

@@ -7,15 +7,33 @@ documentation of `FakePixelByte`'s properties.
 
 from __future__ import annotations
 
+import math
+
 from pixelbyte_async._clock import VirtualClock
 
 from ._state import Envelope, FakeState
 
 
-__all__ = ["ENVELOPES", "FakeSettings"]
+__all__ = ["ENVELOPES", "FakeSettings", "check_eta_error", "check_fail_rate"]
 
 #: The envelope styles of success bodies.
 ENVELOPES = ("mixed", "flat", "wrapped")
+
+
+def check_fail_rate(value: float) -> float:
+    """*value* as a `FakeSettings.fail_rate`, or `ValueError`."""
+    rate = float(value)
+    if not 0.0 <= rate <= 1.0:  # NaN fails too
+        raise ValueError(f"fail_rate must be a share from 0 to 1, not {value!r}")
+    return rate
+
+
+def check_eta_error(value: float) -> float:
+    """*value* as a `FakeSettings.eta_error`, or `ValueError`."""
+    error = float(value)
+    if not (math.isfinite(error) and error >= -1.0):
+        raise ValueError(f"eta_error must be a finite number >= -1, not {value!r}")
+    return error
 
 
 class FakeSettings:
@@ -122,12 +140,54 @@ class FakeSettings:
 
     @property
     def concurrency_retry_after(self) -> int:
-        """Return (or set) ``details.retryAfter`` of ``CONCURRENT_JOBS_EXCEEDED``."""
+        """
+        Return (or set) ``details.retryAfter`` of ``CONCURRENT_JOBS_EXCEEDED``.
+
+        The real API's value: a fake whose jobs run *speedup* times faster says
+        that much less (rounded up, at least 1 s), as its slots free that much
+        sooner; the sandbox process at ``--time-scale 20`` answers 2 for 30.
+        """
         return self._state.concurrency_retry_after
 
     @concurrency_retry_after.setter
     def concurrency_retry_after(self, value: int) -> None:
         self._state.concurrency_retry_after = value
+
+    @property
+    def fail_rate(self) -> float:
+        """
+        Return (or set) the share of jobs that fail, from 0 (default) to 1.
+
+        Each job not scripted by `script_next` fails with this probability (as
+        the default script says a failure looks: ``GENERATION_FAILED``, at the
+        end of its run, refunded).  The draws come from the *seed* the fake was
+        made with: the same seed and the same submits fail the same jobs.
+
+        .. versionadded:: 0.3.0
+        """
+        return self._state.fail_rate
+
+    @fail_rate.setter
+    def fail_rate(self, value: float) -> None:
+        self._state.fail_rate = check_fail_rate(value)
+
+    @property
+    def eta_error(self) -> float:
+        """
+        Return (or set) how far off the announced ETA is, as a share of the run.
+
+        ``estimatedCompletionTime`` is ``createdAt`` plus the job's duration times
+        ``1 + eta_error``: ``-0.5`` announces half the time the job takes, ``1.0``
+        twice as much, ``0`` (default) the truth.  Applies to jobs created after
+        it is set whose script names no ``eta_seconds``; at least -1.
+
+        .. versionadded:: 0.3.0
+        """
+        return self._state.eta_error
+
+    @eta_error.setter
+    def eta_error(self, value: float) -> None:
+        self._state.eta_error = check_eta_error(value)
 
     @property
     def balance_micro_cents(self) -> int | None:

@@ -7,6 +7,8 @@ The fake's whole state, free of HTTP: jobs, uploads, money, records and faults.
 from __future__ import annotations
 
 import collections
+import math
+import random
 from collections.abc import Callable
 from typing import Any, Literal, TypeAlias
 
@@ -81,10 +83,30 @@ class FakeState:
     clock_offset: float = 0.0
     #: Whether answers say what a job cost (``costMicroCents``, ``cost``).
     report_costs: bool = True
+    #: The share of jobs not scripted by `scripted` that fail (drawn from `chance`).
+    fail_rate: float = 0.0
+    #: The draws of `fail_rate`, one per unscripted job (seeded: the same jobs fail).
+    chance: random.Random = attrs.field(factory=random.Random, repr=False, eq=False)
+    #: How far off the ETA announced is, as a share of the job's duration
+    #: (-0.5: half as long as the job takes), for scripts that name no ETA.
+    eta_error: float = 0.0
 
     def time(self) -> float:
         """Return the server's wall-clock time (`FakeJob.status` reads it)."""
         return self.clock.time() + self.clock_offset
+
+    def retry_after(self) -> int:
+        """
+        ``details.retryAfter`` of ``CONCURRENT_JOBS_EXCEEDED``, as this fake says it.
+
+        `concurrency_retry_after` is what the real API says; jobs *speedup* times
+        shorter free their slots as much sooner, so the wait is shortened alike
+        (rounded up to whole seconds, at least 1).
+        """
+        wait = self.concurrency_retry_after
+        if self.speedup == 1.0 or wait <= 0:
+            return wait
+        return max(1, math.ceil(wait / self.speedup))
 
     def price(self, model: ModelSpec, value: dict[str, Any]) -> int:
         """What this account pays for *model* with *value*."""
@@ -146,9 +168,12 @@ class FakeState:
         job_id: str,
     ) -> FakeJob:
         """Create a job with the next script and charge for it."""
-        script = self.scripted.popleft() if self.scripted else self.default_script
+        script = self.scripted.popleft() if self.scripted else self._unscripted()
         if script.processing_seconds is None:
             script = attrs.evolve(script, processing_seconds=model.typical_seconds)
+        if self.eta_error and script.eta_seconds is None:
+            lasts = script.queue_seconds + (script.processing_seconds or 0.0)
+            script = attrs.evolve(script, eta_seconds=lasts * (1.0 + self.eta_error))
         if self.speedup != 1.0:
             script = attrs.evolve(
                 script,
@@ -175,6 +200,13 @@ class FakeState:
             return job
         self._register(job)
         return job
+
+    def _unscripted(self) -> JobScript:
+        """The default script, failed for a `fail_rate` share of the jobs."""
+        script = self.default_script
+        if self.fail_rate > 0 and self.chance.random() < self.fail_rate:
+            script = attrs.evolve(script, outcome="failed")
+        return script
 
     def _create_deferred(self) -> None:
         now = self.now()
