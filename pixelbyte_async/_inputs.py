@@ -379,6 +379,26 @@ def read_local(value: os.PathLike[str] | IO[bytes], *, limit: int, field: str) -
     return _read_upto(value, limit, field)
 
 
+def check_known_input(model: str, input: Mapping[str, Any]) -> None:  # noqa: A002 -- API field name
+    """
+    Check a raw *input* for a model the SDK types, as its typed request would.
+
+    The fields the typed request knows are checked (frames, prompt, duration);
+    others are left to the API.  Unknown models are not checked.
+    """
+    if model in {KLING_O1_STANDARD_SEF, KLING_O1_PRO_SEF}:
+        KlingO1StartEndFrame(
+            image_url=input.get("image_url"),  # type: ignore[arg-type]
+            end_image_url=input.get("end_image_url"),  # type: ignore[arg-type]
+            prompt=input.get("prompt"),
+            duration=input.get("duration", 5),
+            pro=model == KLING_O1_PRO_SEF,
+        )
+        for name in ("image_url", "end_image_url"):
+            if not isinstance(input.get(name), str):
+                raise ValidationError(f"{name} must be an https URL", field=name)
+
+
 def check_local_frames(request: object) -> None:
     """
     Check the frames of *request* that are paths, now.

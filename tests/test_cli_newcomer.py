@@ -314,7 +314,10 @@ async def test_output_lost_after_the_job_is_one_line_with_the_way_out(
     monkeypatch.setattr(
         "pixelbyte_async._cli._transition_command._check_output_file", lambda *_: None
     )
-    code = await cli("transition", *URLS, "-o", str(tmp_path), "--quiet", *POLL)
+    blocker = tmp_path / "file"
+    blocker.write_bytes(b"x")  # a file where -o's folder should be
+    out = blocker / "x.mp4"
+    code = await cli("transition", *URLS, "-o", str(out), "--quiet", *POLL)
     assert code == EXIT_CODES["validation"]
     line = one_line(capsys)
     (job,) = live.jobs

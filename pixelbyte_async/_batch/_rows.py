@@ -24,6 +24,7 @@ from pixelbyte_async._inputs import (
     KlingO1StartEndFrame,
     ModelInput,
     check_input,
+    check_known_input,
     check_local_frames,
     check_slug,
 )
@@ -371,6 +372,14 @@ def _raw_row(row: Mapping[str, Any]) -> BatchInput:
         )
     if not isinstance(row.get("input"), dict):
         raise ValidationError("'input' must be a JSON object", field="input")
+    model = row.get("model")
+    if isinstance(model, str):
+        try:
+            check_known_input(model, row["input"])
+        except ValidationError as exc:
+            raise ValidationError(
+                f"input: {exc}", field=f"input.{exc.field}" if exc.field else "input"
+            ) from exc
     return {k: v for k, v in row.items() if v is not None}
 
 

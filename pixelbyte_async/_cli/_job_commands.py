@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+from collections.abc import Mapping
 from typing import Any, TextIO
 
 from pixelbyte_async._errors import ValidationError
@@ -140,6 +141,24 @@ async def _models(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             out,
         )
     else:
-        for m in models:
-            print(f"{m.slug}  {m.name or ''}  {json.dumps(m.pricing or {})}", file=out)
+        rows = [(m.slug, _price(m.pricing), m.name or "") for m in models]
+        slug_width = max([4, *(len(slug) for slug, _, _ in rows)])
+        price_width = max([5, *(len(price) for _, price, _ in rows)])
+        print(f"{'SLUG':<{slug_width}}  {'PRICE':<{price_width}}  NAME", file=out)
+        for slug, price, name in rows:
+            print(f"{slug:<{slug_width}}  {price:<{price_width}}  {name}", file=out)
     return 0
+
+
+def _price(pricing: Mapping[str, Any] | None) -> str:
+    """A catalogue price in words: ``$0.05/s``, ``$0.01 each``, or ``?``."""
+    if not pricing:
+        return "?"
+    base = pricing.get("baseCostMicroCents")
+    if not isinstance(base, int | float) or isinstance(base, bool):
+        return "?"
+    usd = _usd(int(base))
+    unit = pricing.get("unit")
+    if pricing.get("type") == "per_second" or unit == "second":
+        return f"{usd}/s"
+    return f"{usd} each" if unit in {None, "generation"} else f"{usd}/{unit}"

@@ -85,7 +85,8 @@ def _report(
         )
     if getattr(args, "json", False):
         error: dict[str, Any] = {
-            "type": type(exc).__name__,
+            # The command line's own errors have no public class: "CLIError".
+            "type": "CLIError" if isinstance(exc, _CLIError) else type(exc).__name__,
             "message": str(exc),
             "exitCode": code,
         }

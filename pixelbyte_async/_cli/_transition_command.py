@@ -13,13 +13,18 @@ import argparse
 import asyncio
 import contextlib
 import struct
+import time
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Self, TextIO
 
+import anyio
+
 from pixelbyte_async._client import PixelByte
-from pixelbyte_async._errors import ValidationError
-from pixelbyte_async._inputs import KlingO1StartEndFrame
+from pixelbyte_async._cmdline import _CLIError
+from pixelbyte_async._errors import DownloadError, ValidationError
+from pixelbyte_async._inputs import KlingO1StartEndFrame, check_local_frames
 from pixelbyte_async._job import Job
 from pixelbyte_async._models import JobInfo
 
@@ -56,15 +61,65 @@ DEMO_START = ((255, 183, 94), (120, 60, 140))  # sunrise
 DEMO_END = ((8, 12, 40), (40, 40, 90))  # starry night
 
 
+#: The library's names of the frames, and the command line's.
+_CLI_NAMES = {"image_url": "START", "end_image_url": "END", "prompt": "--prompt"}
+
+
+@contextlib.contextmanager
+def _cli_words() -> Iterator[None]:
+    """Say a `ValidationError` of the request in the command line's words."""
+    try:
+        yield
+    except ValidationError as exc:
+        name = _CLI_NAMES.get(exc.field or "")
+        if name is None:
+            raise
+        message = str(exc)
+        if exc.field and message.startswith(exc.field):
+            message = name + message[len(exc.field) :]
+        raise ValidationError(message, field=exc.field) from exc
+
+
+def _progress_text(
+    info: JobInfo, *, elapsed: float, expected: float, scale: float
+) -> str:
+    """
+    One progress line: status, elapsed vs expected seconds, cost.
+
+    Seconds are real ones: a sandbox's virtual seconds are divided by its *scale*.
+    """
+    cost = _cost(info.cost_micro_cents)
+    if info.status.is_terminal:
+        took = ""
+        if info.created_at is not None and info.completed_at is not None:
+            seconds = (info.completed_at - info.created_at).total_seconds()
+            took = f"  took {seconds:.0f}s" + (" (sandbox time)" if scale != 1 else "")
+        return f"{info.id} {info.status.value:<10}{took}  {cost}"
+    shown = f"{elapsed:5.0f}s / ~{expected / scale:.0f}s"
+    if scale != 1:
+        shown += f" (sandbox x{scale:g})"
+    return f"{info.id} {info.status.value:<10} {shown}  {cost}"
+
+
 class _Progress:
     """Status, elapsed vs ETA and cost: rich when installed, plain lines otherwise."""
 
-    def __init__(self, pb: PixelByte, job: Job, *, stream: TextIO, quiet: bool) -> None:
+    def __init__(
+        self,
+        pb: PixelByte,
+        job: Job,
+        *,
+        stream: TextIO,
+        quiet: bool,
+        scale: float = 1.0,
+    ) -> None:
         self._pb = pb
         self._job = job
         self._stream = stream
         self._quiet = quiet
+        self._scale = scale
         self._started = pb.clock.time()
+        self._started_real = time.monotonic()
         self._rich: Any = None
         self._task: Any = None
 
@@ -75,10 +130,11 @@ class _Progress:
         return max(1.0, eta.timestamp() - self._started)
 
     def _describe(self, info: JobInfo) -> str:
-        elapsed = self._pb.clock.time() - self._started
-        return (
-            f"{info.id} {info.status.value:<10} {elapsed:5.0f}s / ~{self._expected():.0f}s"
-            f"  {_cost(info.cost_micro_cents)}"
+        return _progress_text(
+            info,
+            elapsed=time.monotonic() - self._started_real,
+            expected=self._expected(),
+            scale=self._scale,
         )
 
     def __enter__(self) -> Self:
@@ -101,7 +157,7 @@ class _Progress:
         if self._rich is None:
             return
         info = self._job.info
-        elapsed = self._pb.clock.time() - self._started
+        elapsed = (time.monotonic() - self._started_real) * self._scale
         done = (
             100.0
             if info.status.is_terminal
@@ -128,7 +184,10 @@ async def _follow(
 ) -> None:
     """Watch *job* with a progress display until it ends; raise if it failed."""
     try:
-        with _Progress(pb, job, stream=err, quiet=args.quiet or args.json) as progress:
+        scale = float(args.time_scale) if args.sandbox else 1.0
+        with _Progress(
+            pb, job, stream=err, quiet=args.quiet or args.json, scale=scale
+        ) as progress:
             ticker = asyncio.ensure_future(_ticking(progress.tick))
             try:
                 watch = job.watch(timeout=args.timeout)
@@ -174,13 +233,13 @@ async def _transition(args: argparse.Namespace, out: TextIO, err: TextIO) -> int
     start: Any = args.start
     end: Any = args.end
     if (start is None) != (end is None):
-        raise ValidationError(
-            "give both START and END frames, or neither (sandbox demo)"
+        raise _CLIError(
+            "give both START and END frames, or neither (sandbox demo)", family="usage"
         )
     if start is None:
         if not args.sandbox:
-            raise ValidationError(
-                "START and END frames are required (or use --sandbox)"
+            raise _CLIError(
+                "START and END frames are required (or use --sandbox)", family="usage"
             )
         start = _png(160, 90, *DEMO_START)
         end = _png(160, 90, *DEMO_END)
@@ -189,13 +248,17 @@ async def _transition(args: argparse.Namespace, out: TextIO, err: TextIO) -> int
     prompt = args.prompt
     if prompt is None and args.sandbox:
         prompt = "Smooth cinematic transition from a sunrise mountain peak to a starry night sky"
-    request = KlingO1StartEndFrame(
-        image_url=start,
-        end_image_url=end,
-        prompt=prompt,
-        duration=args.duration,
-        pro=args.pro,
-    )
+    with _cli_words():
+        request = KlingO1StartEndFrame(
+            image_url=start,
+            end_image_url=end,
+            prompt=prompt,
+            duration=args.duration,
+            pro=args.pro,
+        )
+        # Local frames now, before anything is shown as submitted (in a thread:
+        # a stat and a few bytes each); the submit checks them again as it reads.
+        await anyio.to_thread.run_sync(check_local_frames, request)
     _check_output_file(Path(args.output), "-o")
     async with _client(args) as pb:
         if not args.quiet and not args.json:
@@ -207,7 +270,8 @@ async def _transition(args: argparse.Namespace, out: TextIO, err: TextIO) -> int
                 f"~${request.cost_micro_cents / 1_000_000:.2f}) to {where}",
                 file=err,
             )
-        job = await pb.submit(request, webhook_url=args.webhook_url)
+        with _cli_words():
+            job = await pb.submit(request, webhook_url=args.webhook_url)
         await _follow(pb, job, args, err, _resume_hint(args, "wait", job=job.id))
         path = await _download(job, args)
     size = path.stat().st_size
@@ -233,8 +297,11 @@ async def _download(job: Job, args: argparse.Namespace) -> Path:
     """Write *job*'s output to ``-o``; if that fails now, say how to fetch it later."""
     try:
         return await job.download(args.output)
-    except OSError as exc:
-        what = f"cannot write -o {args.output} ({exc.strerror or exc})"
+    except DownloadError as exc:
+        disk = exc.__cause__
+        if not isinstance(disk, OSError):
+            raise
+        what = f"cannot write -o {args.output} ({disk.strerror or disk})"
         if args.sandbox:
             what += (
                 "; the --sandbox job ends with this process (nothing was charged): "
