@@ -15,6 +15,7 @@ from __future__ import annotations
 import ast
 import asyncio
 import inspect
+import io
 import logging
 import re
 import warnings
@@ -310,6 +311,83 @@ async def test_discord_sends_a_link_over_the_interactions_limit(fake, pb):
 
     assert re.fullmatch(r"Too big to attach; here it is: http://\S+\.mp4", small[1])
     assert re.fullmatch(VIDEO, large[1])
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("size", "content_type"),
+    [(500 * 1024**2, "video/mp4"), (11 * 1024**2, "image/png"), (1, None)],
+)
+async def test_discord_refuses_attachments_that_cannot_be_frames(
+    fake, pb, size, content_type
+):
+    """Issue 25: a 500 MB video/mp4 attachment was paid for; now nothing is sent."""
+    ns = load_recipe("discord")
+    async with ns["TransitionBot"](pb) as bot:
+        interaction = ns["RecordingInteraction"](bot)
+        big = ns["attachment"](bot, END, size=size, content_type=content_type)
+        await bot.tree.get_command("transition").callback(
+            interaction, ns["attachment"](bot, START), big, None
+        )
+        await asyncio.gather(*bot.jobs)
+    assert interaction.sent[1:] == [
+        f"{END.rsplit('/', 1)[-1]} must be an image of at most 10 MB."
+    ]
+    assert fake.count("POST", "/v1/jobs/*") == 0
+    assert fake.jobs == {}
+
+
+@pytest.mark.anyio
+async def test_telegram_frames_are_checked_before_downloading():
+    """Issue 25: photos and documents by what Telegram says of them, before paying."""
+    from datetime import UTC, datetime
+
+    from aiogram.types import Chat, Document, PhotoSize
+
+    ns = load_recipe("telegram")
+    bot = ns["Bot"](token="123456:not-a-real-token", session=ns["RecordingSession"]())
+    chat = Chat(id=42, type="private")
+    downloads: list[str] = []
+
+    async def download(file: Any, *args: Any, **kwargs: Any) -> io.BytesIO:
+        downloads.append(file.file_id)
+        return io.BytesIO(b"image")
+
+    bot.download = download  # Telegram's file API, counted
+
+    def message(**content: Any) -> Any:
+        return ns["Message"](message_id=1, date=datetime.now(UTC), chat=chat, **content)
+
+    def document(size: int | None, mime: str) -> Document:
+        return Document(file_id="f", file_unique_id="u", file_size=size, mime_type=mime)
+
+    def photo(size: int | None) -> list[PhotoSize]:
+        small = PhotoSize(file_id="s", file_unique_id="s", width=90, height=90)
+        return [
+            small,
+            PhotoSize(
+                file_id="f", file_unique_id="u", width=1280, height=720, file_size=size
+            ),
+        ]
+
+    refused = [
+        message(document=document(500 * 1024**2, "video/mp4")),
+        message(document=document(11 * 1024**2, "image/png")),
+        message(document=document(None, "image/png")),
+        message(photo=photo(20 * 1024**2)),
+        message(text="no file at all"),
+    ]
+    for each in refused:
+        assert await ns["frame_bytes"](bot, each) is None
+    assert downloads == []
+    # A small image is downloaded.
+    for each in (
+        message(photo=photo(1000)),
+        message(document=document(1000, "image/jpeg")),
+    ):
+        assert await ns["frame_bytes"](bot, each) == b"image"
+    assert downloads == ["f", "f"]
+    assert bot.session.log == []
 
 
 # -- stopping the bot mid-job ---------------------------------------------------------

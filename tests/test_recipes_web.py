@@ -247,6 +247,37 @@ def test_fastapi_route_answers_with_the_receivers_status(fastapi_recipe):
 
 
 @pytest.mark.anyio
+async def test_fastapi_route_stops_reading_an_oversized_body(fastapi_recipe):
+    """
+    A 300 MB unsigned POST: 413 after the first chunk past the receiver's limit
+    (the whole body was read first, 58 -> 645 MB of uvicorn's memory); a declared
+    Content-Length over it: 413 with nothing read.
+    """
+    import httpx
+
+    sent: list[int] = []
+
+    async def flood(chunks: int):
+        for _ in range(chunks):
+            sent.append(1)
+            yield b" " * (1024 * 1024)
+
+    transport = httpx.ASGITransport(app=fastapi_recipe["app"])
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+        streamed = await http.post("/pixelbyte/webhook", content=flood(300))
+        assert (streamed.status_code, streamed.text) == (413, "too_large")
+        assert len(sent) <= 2
+        sent.clear()
+        declared = await http.post(
+            "/pixelbyte/webhook",
+            content=flood(300),
+            headers={"Content-Length": str(300 * 1024 * 1024)},
+        )
+        assert (declared.status_code, declared.text) == (413, "too_large")
+        assert len(sent) <= 1
+
+
+@pytest.mark.anyio
 async def test_fastapi_route_ends_a_wait_on_another_loop(fastapi_recipe):
     """TestClient runs the app on its own loop and thread; the wait here still ends."""
     receiver = fastapi_recipe["receiver"]
