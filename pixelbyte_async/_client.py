@@ -41,7 +41,7 @@ from ._inputs import (
 from ._job import Job
 from ._job_queries import JobQueries
 from ._ledger import LedgerSpec, SubmitLedger, ledger_for
-from ._links import JobLink, ReconcileLink
+from ._links import JobLink, ReconcileLink, TrackedLink
 from ._pipeline import RequestPipeline
 from ._polling import PollPolicy
 from ._receiver import WebhookReceiver
@@ -57,6 +57,7 @@ from ._retry import (
 from ._signing import WebhookEvent
 from ._slots import JobSlots
 from ._submitting import Submitter
+from ._tracked import FinishedHandler, Tracker
 from ._transport import AiohttpTransport, Transport
 from ._webhook_server import WebhookServer
 from ._wiring import WebhookWiring
@@ -64,6 +65,7 @@ from ._wiring import WebhookWiring
 
 if TYPE_CHECKING:
     from ._batch import Batch, BatchInput
+    from ._ledger import TrackedRecord, TrackingLedger
     from ._sharing import Hub
 
 
@@ -227,6 +229,12 @@ class PixelByte(JobQueries, CatalogCalls):
             owner=new_owner(),
             offset=self._pipeline.server_offset,
         )
+        self._tracker = Tracker(
+            cast("TrackingLedger", self._ledger), owner=self._reconciler.owner
+        )
+        self._tracker.bind(
+            TrackedLink(self.clock, self.get_job, self.reconcile, self._ledger)
+        )
         self._submitter = Submitter(
             self.clock,
             config,
@@ -236,6 +244,7 @@ class PixelByte(JobQueries, CatalogCalls):
             self._reconciler,
             self._wiring,
             self._job_link,
+            self._tracker,
         )
         self._loop: asyncio.AbstractEventLoop | None = None
         # A hub's slots of a process that died stay taken while their jobs run:
@@ -274,6 +283,8 @@ class PixelByte(JobQueries, CatalogCalls):
         if self._state == "closed":
             return
         self._state = "closed"
+        # Tracked jobs first: their leases go back while the ledger is open.
+        await self._tracker.aclose()
         await self._wiring.close()
         if self._owns_ledger:
             await self._ledger.aclose()
@@ -395,6 +406,7 @@ class PixelByte(JobQueries, CatalogCalls):
         version: str | None = None,
         timeout: float | None = None,
         attempt: str | None = None,
+        context: Any = None,
     ) -> Job:
         """
         Submit a job and return its `Job` handle (the job is charged now).
@@ -422,9 +434,15 @@ class PixelByte(JobQueries, CatalogCalls):
             attempt: The nonce tagging this attempt's ``webhookUrl`` when webhooks
                 are in use (default: a fresh one).  Pass your own to journal it
                 before sending, as the batch runner does.
+            context: Makes the job **tracked**: anything JSON-serialisable (at most
+                64 KiB as JSON; a chat id, a user id), recorded in the ledger before
+                the submit is sent and given back as ``job.context``.  The
+                `on_finished` handlers run for it when it ends, in this process or,
+                after a restart, in the one that calls `resume`.
 
         Raises:
-            ValidationError: Bad input; nothing was sent.
+            ValidationError: Bad input (or a context that is not JSON); nothing
+                was sent.
             AmbiguousSubmitError: The job may exist; nothing was re-sent.
             InsufficientBalance, InvalidRequestError, NotFound, ...: As the API says.
 
@@ -438,7 +456,56 @@ class PixelByte(JobQueries, CatalogCalls):
             version=version,
             timeout=timeout,
             attempt=attempt,
+            context=context,
         )
+
+    # -- tracked jobs ------------------------------------------------------------------
+
+    def on_finished(self, handler: FinishedHandler) -> FinishedHandler:
+        """
+        Run *handler* (an async function of one `Job`) when a tracked job ends.
+
+        A tracked job is one submitted with ``context=``.  Handlers run in the
+        order registered, once the job has completed, failed or been cancelled
+        (look at ``job.status``); when they all return, the job is handled and
+        leaves the ledger after the claim window.  A handler that raises is logged
+        and run again with back-off (2 s doubling to 5 minutes), and the job is
+        parked after 5 failures (`failed_handlers`).  A process that dies midway
+        leaves the job to the next one that calls `resume`: handlers run **at
+        least once** per job, and exactly once when they finish; use ``job.id`` as
+        the idempotency key of what they do.  Usable as a decorator.
+
+        .. versionadded:: 0.4.0
+        """
+        return self._tracker.on_finished(handler)
+
+    async def resume(self) -> list[Job]:
+        """
+        Take over the tracked jobs of this ledger that no live process watches.
+
+        Each one is watched again (webhook-fed where webhooks are set up, else
+        polled) and handled when it ends; one whose submit's fate was unknown
+        when its process died is reconciled first (the settle horizon).  From
+        then on, jobs whose process stops renewing its lease (60 s) are taken over
+        too.  Call it once at start-up, after registering `on_finished`.
+
+        Returns:
+            The jobs re-attached whose id is known (running or already ended),
+            each with its ``context``.
+
+        .. versionadded:: 0.4.0
+        """
+        self._check_open()
+        await self._wiring.start()
+        return await self._tracker.resume()
+
+    async def failed_handlers(self) -> list[TrackedRecord]:
+        """
+        The tracked jobs whose handlers kept failing (parked), for a person to look at.
+
+        .. versionadded:: 0.4.0
+        """
+        return await self._tracker.failed()
 
     async def run(
         self,

@@ -128,6 +128,8 @@ class JobState:
         self._last_checked = client.clock.time()
         # Submitted with this client's webhook URL, so wait for the delivery.
         self.via_webhook = False
+        #: What it was submitted with as ``context=`` (a tracked job), else ``None``.
+        self.context: Any = None
         self._needs_fetch = False
         self._last_body: Any = None
 

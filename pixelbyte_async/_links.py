@@ -22,16 +22,18 @@ from ._polling import EndWindow, EtaBias
 if TYPE_CHECKING:
     from ._clock import Clock
     from ._config import ClientConfig
+    from ._errors import AmbiguousSubmitError
     from ._files import Files
     from ._job import Job
     from ._job_state import JobState, WebhookSource
+    from ._ledger import Attempt, SubmitLedger
     from ._pipeline import RequestPipeline
     from ._reconcile import AttemptSource
     from ._slots import JobSlots
     from ._wiring import WebhookWiring
 
 
-__all__ = ["JobLink", "ReconcileLink"]
+__all__ = ["JobLink", "ReconcileLink", "TrackedLink"]
 
 #: How many finished jobs' ids are remembered as learnt from.
 _LEARNED = 1024
@@ -117,3 +119,22 @@ class ReconcileLink:
 
     def list_jobs(self, *, model: str | None = None) -> AsyncGenerator[Job, None]:
         return self._list_jobs(model=model)
+
+
+@attrs.frozen
+class TrackedLink:
+    """What a client lends its tracker: the `TrackedClient` seam."""
+
+    clock: Clock
+    _get_job: Callable[[str], Awaitable[Job]]
+    _reconcile: Callable[[AmbiguousSubmitError], Awaitable[Job | None]]
+    _ledger: SubmitLedger
+
+    async def get_job(self, job_id: str) -> Job:
+        return await self._get_job(job_id)
+
+    async def reconcile(self, error: AmbiguousSubmitError) -> Job | None:
+        return await self._reconcile(error)
+
+    async def ledger_attempt(self, attempt_id: str) -> Attempt | None:
+        return await self._ledger.attempt(attempt_id)

@@ -37,6 +37,7 @@ from ._models import JobInfo, JobStatus
 from ._pipeline import short
 from ._serde import decode_job
 from ._signing import new_attempt_id, tag_webhook_url
+from ._tracked import context_text
 
 
 if TYPE_CHECKING:
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
     from ._pipeline import RequestPipeline
     from ._reconcile import Reconciler
     from ._slots import JobSlots
+    from ._tracked import Tracker
     from ._wiring import WebhookWiring
 
 
@@ -71,6 +73,7 @@ class Submitter:
     _reconciler: Reconciler
     _wiring: WebhookWiring
     _job_link: JobLink
+    _tracker: Tracker
 
     async def submit(
         self,
@@ -81,10 +84,12 @@ class Submitter:
         version: str | None,
         timeout: float | None,
         attempt: str | None,
+        context: Any = None,
     ) -> Job:
         """Validate, take a slot, send once, track; see `PixelByte.submit`."""
         clock = self.clock
         deadline = clock.monotonic() + (timeout or self.config.submit_timeout)
+        tracked = None if context is None else context_text(context)
         slug, payload = await self._prepare_input(model, input, deadline)
         validate_webhook_url(webhook_url)
         ours = await self._wiring.public_url()
@@ -93,11 +98,7 @@ class Submitter:
         if tagged:
             assert ours is not None  # noqa: S101 -- narrowed by `tagged`
             webhook_url = tag_webhook_url(ours, attempt)
-        body: dict[str, Any] = {"model": slug, "input": payload}
-        if version is not None:
-            body["version"] = version
-        if webhook_url is not None:
-            body["webhookUrl"] = webhook_url
+        body = _body(slug, payload, version, webhook_url)
 
         # Waiting for a slot is queueing, not the call: the time spent waiting
         # moves the deadline, which uploads and the request share.
@@ -111,6 +112,10 @@ class Submitter:
         started_at = clock.time()
         reconciler = self._reconciler
         try:
+            if tracked is not None:
+                # Tracked before it is sent: a process that dies with the request
+                # on the wire leaves its context for the next one (`resume`).
+                await self._tracker.before_send(attempt, slug, tracked)
             # In the ledger before it is sent: if this process dies with the
             # request on the wire, every other process knows its fate is unknown.
             await reconciler.sending(
@@ -149,8 +154,8 @@ class Submitter:
                 info = decode_job(data, rid)
             except PixelByteError as exc:
                 self._slots.free(lease)
-                if is_ambiguous(exc):
-                    ambiguous = AmbiguousSubmitError(
+                lost = (
+                    AmbiguousSubmitError(
                         f"submit to {slug} may have created a job ({short(exc)}); "
                         "it was not re-sent. Use PixelByte.reconcile(error) to find "
                         "it.",
@@ -160,9 +165,12 @@ class Submitter:
                         started_at=sent[0],
                         attempt=attempt,
                     )
-                    await reconciler.ended(attempt, lost=ambiguous)
-                    raise ambiguous from exc
-                await reconciler.ended(attempt, lost=None)
+                    if is_ambiguous(exc)
+                    else None
+                )
+                await self._failed(attempt, lost, None if tracked is None else context)
+                if lost is not None:
+                    raise lost from exc
                 raise
             except BaseException:
                 # Cancelled mid-flight: the submit's fate is unknown to us now (the
@@ -179,7 +187,21 @@ class Submitter:
         )
         # Recorded even if the caller is cancelled meanwhile: the job is paid for.
         await asyncio.shield(reconciler.created(attempt, job.id))
+        if tracked is not None:
+            await asyncio.shield(self._tracker.submitted(job, attempt, context))
         return job
+
+    async def _failed(
+        self, attempt: str, lost: AmbiguousSubmitError | None, context: Any
+    ) -> None:
+        """A submit failed: its fate unknown (*lost*) or no job; tell who tracks it."""
+        await self._reconciler.ended(attempt, lost=lost)
+        if context is None:
+            return
+        if lost is not None:
+            self._tracker.lost(lost, context)
+        else:
+            await self._tracker.refused(attempt)
 
     def _track(
         self,
@@ -241,6 +263,18 @@ class Submitter:
             f"model must be a slug or a typed input, not {type(model).__name__}",
             field="model",
         )
+
+
+def _body(
+    slug: str, payload: dict[str, Any], version: str | None, webhook_url: str | None
+) -> dict[str, Any]:
+    """The submit's JSON body."""
+    body: dict[str, Any] = {"model": slug, "input": payload}
+    if version is not None:
+        body["version"] = version
+    if webhook_url is not None:
+        body["webhookUrl"] = webhook_url
+    return body
 
 
 def is_ambiguous(exc: PixelByteError) -> bool:

@@ -37,6 +37,10 @@ from ._records import AttemptState as AttemptState
 from ._records import Claim as Claim
 from ._records import ClaimHow as ClaimHow
 from ._store import SubmitLedger as SubmitLedger
+from ._tracking import DONE_STATES as DONE_STATES
+from ._tracking import TrackedRecord as TrackedRecord
+from ._tracking import TrackedState as TrackedState
+from ._tracking import TrackingLedger as TrackingLedger
 
 
 if TYPE_CHECKING:
@@ -45,6 +49,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_RETENTION",
+    "DONE_STATES",
     "LEDGER_ENV",
     "OPEN_STATES",
     "Attempt",
@@ -56,6 +61,9 @@ __all__ = [
     "MemoryLedger",
     "SqliteLedger",
     "SubmitLedger",
+    "TrackedRecord",
+    "TrackedState",
+    "TrackingLedger",
     "account_id",
     "default_ledger_path",
     "ledger_for",

@@ -10,6 +10,7 @@ import attrs
 
 from ._claiming import decide, overridden, state_after
 from ._records import Attempt, AttemptState, Claim, ClaimHow
+from ._tracking import ACTIVE, DONE_STATES, TrackedRecord, TrackedState, lease_free
 
 
 __all__ = ["MemoryLedger"]
@@ -32,6 +33,7 @@ class MemoryLedger:
         self._written: dict[str, float] = {}  # attempt id -> last write, in order
         self._claims: dict[str, Claim] = {}  # job id -> claim, in order
         self._by_attempt: dict[str, Claim] = {}
+        self._tracked: dict[str, TrackedRecord] = {}  # attempt -> record
 
     @property
     def where(self) -> str:
@@ -39,7 +41,7 @@ class MemoryLedger:
         return "memory"
 
     def __len__(self) -> int:
-        return len(self._attempts) + len(self._claims)
+        return len(self._attempts) + len(self._claims) + len(self._tracked)
 
     # -- writes ----------------------------------------------------------------------
 
@@ -66,6 +68,13 @@ class MemoryLedger:
             del claims[job_id]
             if claim.attempt is not None:
                 self._by_attempt.pop(claim.attempt, None)
+        done = [
+            a
+            for a, r in self._tracked.items()
+            if r.state in DONE_STATES and r.updated_at < horizon
+        ]
+        for attempt in done:
+            del self._tracked[attempt]
 
     async def ready(self) -> None:
         """Nothing to open."""
@@ -137,6 +146,85 @@ class MemoryLedger:
         """See `SubmitLedger.claims`."""
         found = self._claims
         return {j: found[j] for j in job_ids if j in found}
+
+    # -- tracked jobs ----------------------------------------------------------------
+
+    async def track(self, record: TrackedRecord) -> None:
+        """See `TrackingLedger.track`."""
+        self._tracked[record.attempt] = record
+        self._prune(record.created_at)
+
+    async def tracked_job(self, attempt: str, job_id: str, *, at: float) -> None:
+        """See `TrackingLedger.tracked_job`."""
+        found = self._tracked.get(attempt)
+        if found is not None:
+            self._tracked[attempt] = attrs.evolve(found, job_id=job_id, updated_at=at)
+
+    async def tracked(
+        self, *, states: Collection[TrackedState] = ACTIVE
+    ) -> list[TrackedRecord]:
+        """See `TrackingLedger.tracked`."""
+        wanted = set(states)
+        return sorted(
+            (r for r in self._tracked.values() if r.state in wanted),
+            key=lambda r: r.created_at,
+        )
+
+    async def lease(
+        self,
+        attempt: str,
+        owner: str,
+        *,
+        until: float,
+        at: float,
+        gone: Collection[str] = (),
+    ) -> TrackedRecord | None:
+        """See `TrackingLedger.lease`."""
+        found = self._tracked.get(attempt)
+        if found is None or not lease_free(found, owner, at=at, gone=gone):
+            return None
+        leased = attrs.evolve(found, owner=owner, lease_until=until, updated_at=at)
+        self._tracked[attempt] = leased
+        return leased
+
+    async def renew(self, owner: str, *, until: float, at: float) -> None:
+        """See `TrackingLedger.renew`."""
+        del at  # a renewal is not a change worth a timestamp
+        for attempt, r in self._tracked.items():
+            if r.owner == owner and r.state == "active":
+                self._tracked[attempt] = attrs.evolve(r, lease_until=until)
+
+    async def release(self, owner: str, *, at: float) -> None:
+        """See `TrackingLedger.release`."""
+        for attempt, r in self._tracked.items():
+            if r.owner == owner:
+                self._tracked[attempt] = attrs.evolve(
+                    r, owner=None, lease_until=0.0, updated_at=at
+                )
+
+    async def finish(
+        self,
+        attempt: str,
+        owner: str,
+        *,
+        state: TrackedState,
+        at: float,
+        failures: int | None = None,
+        error: str | None = None,
+    ) -> bool:
+        """See `TrackingLedger.finish`."""
+        found = self._tracked.get(attempt)
+        if found is None or found.owner != owner or found.state != "active":
+            return False
+        self._tracked[attempt] = attrs.evolve(
+            found,
+            state=state,
+            failures=found.failures if failures is None else failures,
+            error=error if error is not None else found.error,
+            updated_at=at,
+        )
+        self._prune(at)
+        return True
 
     async def aclose(self) -> None:
         """Nothing to let go of."""

@@ -16,11 +16,13 @@ from typing import Any, TypeVar
 
 import anyio
 import anyio.to_thread
+import attrs
 
 from ._claiming import decide, overridden, state_after
 from ._errors import LedgerError
 from ._memory import MemoryLedger
 from ._records import OPEN_STATES, STATES, Attempt, AttemptState, Claim, ClaimHow
+from ._tracking import ACTIVE, DONE_STATES, TrackedRecord, TrackedState, lease_free
 
 
 __all__ = ["SqliteLedger"]
@@ -72,7 +74,46 @@ CREATE TABLE IF NOT EXISTS claims (
 );
 CREATE UNIQUE INDEX IF NOT EXISTS claims_by_attempt ON claims (account, attempt)
     WHERE attempt IS NOT NULL;
+CREATE TABLE IF NOT EXISTS tracked (
+    account     TEXT NOT NULL,
+    attempt     TEXT NOT NULL,
+    model       TEXT NOT NULL,
+    context     TEXT NOT NULL,
+    state       TEXT NOT NULL,
+    job_id      TEXT,
+    owner       TEXT,
+    lease_until REAL NOT NULL,
+    failures    INTEGER NOT NULL,
+    error       TEXT,
+    created_at  REAL NOT NULL,
+    updated_at  REAL NOT NULL,
+    PRIMARY KEY (account, attempt)
+);
+CREATE INDEX IF NOT EXISTS tracked_by_state ON tracked (account, state, created_at);
 """
+
+_TRACKED_COLUMNS = (
+    "attempt, model, context, state, job_id, owner, lease_until, failures, error, "
+    "created_at, updated_at"
+)
+
+
+def _tracked(row: tuple[Any, ...]) -> TrackedRecord:
+    (attempt, model, context, state, job, owner, until, failures, error, made, at) = row
+    return TrackedRecord(
+        attempt=attempt,
+        model=model,
+        context=context,
+        state=state,
+        job_id=job,
+        owner=owner,
+        lease_until=until,
+        failures=failures,
+        error=error,
+        created_at=made,
+        updated_at=at,
+    )
+
 
 _ATTEMPT_COLUMNS = (
     "id, model, started_at, ends_by, state, owner, tagged, job_id, list_price, "
@@ -421,6 +462,11 @@ class SqliteLedger:
         horizon = now - self.retention
         conn.execute("DELETE FROM attempts WHERE written_at < ?", (horizon,))
         conn.execute("DELETE FROM claims WHERE at < ?", (horizon,))
+        conn.execute(
+            "DELETE FROM tracked WHERE updated_at < ? AND state IN "  # noqa: S608 -- constant states
+            f"({', '.join(repr(s) for s in sorted(DONE_STATES))})",
+            (horizon,),
+        )
 
     async def begin(self, attempt: Attempt) -> None:
         """See `SubmitLedger.begin`."""
@@ -588,6 +634,173 @@ class SqliteLedger:
         if not wanted:
             return {}
         return await self._run(read, lambda memory: memory.claims(wanted))
+
+    # -- tracked jobs ----------------------------------------------------------------
+
+    async def track(self, record: TrackedRecord) -> None:
+        """See `TrackingLedger.track`."""
+        await self._run(
+            lambda conn: self._write(
+                conn,
+                record.created_at,
+                f"INSERT OR REPLACE INTO tracked (account, {_TRACKED_COLUMNS}) "  # noqa: S608 -- constant columns
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                self.account,
+                record.attempt,
+                record.model,
+                record.context,
+                record.state,
+                record.job_id,
+                record.owner,
+                record.lease_until,
+                record.failures,
+                record.error,
+                record.created_at,
+                record.updated_at,
+            ),
+            lambda memory: memory.track(record),
+            writes=True,
+        )
+
+    async def tracked_job(self, attempt: str, job_id: str, *, at: float) -> None:
+        """See `TrackingLedger.tracked_job`."""
+        await self._run(
+            lambda conn: self._write(
+                conn,
+                at,
+                "UPDATE tracked SET job_id = ?, updated_at = ? "
+                "WHERE account = ? AND attempt = ?",
+                job_id,
+                at,
+                self.account,
+                attempt,
+            ),
+            lambda memory: memory.tracked_job(attempt, job_id, at=at),
+            writes=True,
+        )
+
+    async def tracked(
+        self, *, states: Collection[TrackedState] = ACTIVE
+    ) -> list[TrackedRecord]:
+        """See `TrackingLedger.tracked`."""
+        wanted = sorted(set(states))
+
+        def read(conn: sqlite3.Connection) -> list[TrackedRecord]:
+            marks = ", ".join("?" * len(wanted))
+            return [
+                _tracked(row)
+                for row in conn.execute(
+                    f"SELECT {_TRACKED_COLUMNS} FROM tracked WHERE account = ? "  # noqa: S608 -- placeholders only
+                    f"AND state IN ({marks}) ORDER BY created_at",
+                    (self.account, *wanted),
+                )
+            ]
+
+        if not wanted:
+            return []
+        return await self._run(read, lambda memory: memory.tracked(states=wanted))
+
+    async def lease(
+        self,
+        attempt: str,
+        owner: str,
+        *,
+        until: float,
+        at: float,
+        gone: Collection[str] = (),
+    ) -> TrackedRecord | None:
+        """See `TrackingLedger.lease`."""
+
+        def take(conn: sqlite3.Connection) -> TrackedRecord | None:
+            conn.execute("BEGIN IMMEDIATE")
+            row = conn.execute(
+                f"SELECT {_TRACKED_COLUMNS} FROM tracked "  # noqa: S608 -- constant columns
+                "WHERE account = ? AND attempt = ?",
+                (self.account, attempt),
+            ).fetchone()
+            found = None if row is None else _tracked(row)
+            if found is None or not lease_free(found, owner, at=at, gone=gone):
+                conn.execute("COMMIT")
+                return None
+            conn.execute(
+                "UPDATE tracked SET owner = ?, lease_until = ?, updated_at = ? "
+                "WHERE account = ? AND attempt = ?",
+                (owner, until, at, self.account, attempt),
+            )
+            conn.execute("COMMIT")
+            return attrs.evolve(found, owner=owner, lease_until=until, updated_at=at)
+
+        return await self._run(
+            take,
+            lambda memory: memory.lease(attempt, owner, until=until, at=at, gone=gone),
+            writes=True,
+        )
+
+    async def renew(self, owner: str, *, until: float, at: float) -> None:
+        """See `TrackingLedger.renew`."""
+        await self._run(
+            lambda conn: self._write(
+                conn,
+                at,
+                "UPDATE tracked SET lease_until = ? "
+                "WHERE account = ? AND owner = ? AND state = 'active'",
+                until,
+                self.account,
+                owner,
+            ),
+            lambda memory: memory.renew(owner, until=until, at=at),
+            writes=True,
+        )
+
+    async def release(self, owner: str, *, at: float) -> None:
+        """See `TrackingLedger.release`."""
+        await self._run(
+            lambda conn: self._write(
+                conn,
+                at,
+                "UPDATE tracked SET owner = NULL, lease_until = 0, updated_at = ? "
+                "WHERE account = ? AND owner = ?",
+                at,
+                self.account,
+                owner,
+            ),
+            lambda memory: memory.release(owner, at=at),
+            writes=True,
+        )
+
+    async def finish(
+        self,
+        attempt: str,
+        owner: str,
+        *,
+        state: TrackedState,
+        at: float,
+        failures: int | None = None,
+        error: str | None = None,
+    ) -> bool:
+        """See `TrackingLedger.finish`."""
+
+        def write(conn: sqlite3.Connection) -> bool:
+            cursor = conn.execute(
+                "UPDATE tracked SET state = ?, failures = COALESCE(?, failures), "
+                "error = COALESCE(?, error), updated_at = ? "
+                "WHERE account = ? AND attempt = ? AND owner = ? AND state = 'active'",
+                (state, failures, error, at, self.account, attempt, owner),
+            )
+            changed = cursor.rowcount == 1
+            if self._prune_due(at):
+                conn.execute("BEGIN IMMEDIATE")
+                self._prune(conn, at)
+                conn.execute("COMMIT")
+            return changed
+
+        return await self._run(
+            write,
+            lambda memory: memory.finish(
+                attempt, owner, state=state, at=at, failures=failures, error=error
+            ),
+            writes=True,
+        )
 
     async def aclose(self) -> None:
         """Close the file (idempotent)."""

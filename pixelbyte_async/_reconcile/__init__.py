@@ -26,6 +26,7 @@ from ._claims import attempt_id as attempt_id
 from ._claims import check_settle as check_settle
 from ._claims import iso as iso
 from ._claims import new_owner as new_owner
+from ._claims import owner_gone as owner_gone
 from ._claims import timestamp as timestamp
 from ._reconciler import Reconciler as Reconciler
 
@@ -42,5 +43,6 @@ __all__ = [
     "check_settle",
     "iso",
     "new_owner",
+    "owner_gone",
     "timestamp",
 ]

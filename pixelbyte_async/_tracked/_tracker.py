@@ -1,0 +1,382 @@
+"""
+`Tracker`: a client's tracked jobs, from before their submit to their last handler.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Protocol
+
+from pixelbyte_async._clock import Clock, sleep_or_until
+from pixelbyte_async._errors import (
+    AmbiguousSubmitError,
+    JobError,
+    PixelByteError,
+    ReconcileError,
+    ValidationError,
+    WaitTimeout,
+)
+from pixelbyte_async._inputs import check_text
+from pixelbyte_async._ledger import TrackedRecord, TrackedState, TrackingLedger
+from pixelbyte_async._reconcile import owner_gone
+
+
+if TYPE_CHECKING:
+    from pixelbyte_async._job import Job
+    from pixelbyte_async._ledger import Attempt
+
+
+__all__ = ["FinishedHandler", "TrackedClient", "Tracker", "context_text"]
+
+log = logging.getLogger("pixelbyte_async")
+
+#: What `PixelByte.on_finished` takes: called with each tracked job once it ended.
+FinishedHandler = Callable[["Job"], Awaitable[None]]
+
+_PARKED: tuple[TrackedState, ...] = ("parked",)
+
+#: The largest context, as JSON text (it lives in the ledger with the job).
+MAX_CONTEXT_BYTES = 64 * 1024
+
+
+class TrackedClient(Protocol):
+    """What the tracker needs of the client."""
+
+    @property
+    def clock(self) -> Clock:
+        """The client's clock."""
+        ...
+
+    async def get_job(self, job_id: str) -> Job:
+        """`PixelByte.get_job`."""
+        ...
+
+    async def reconcile(self, error: AmbiguousSubmitError) -> Job | None:
+        """`PixelByte.reconcile` (the settle horizon's full wait)."""
+        ...
+
+    async def ledger_attempt(self, attempt_id: str) -> Attempt | None:
+        """The ledger's record of a submit attempt."""
+        ...
+
+
+def context_text(context: object) -> str:
+    """
+    *context* as the JSON text the ledger keeps; `ValidationError` if it cannot be.
+
+    Anything `json.dumps` takes without help (dicts, lists, strings, numbers,
+    booleans, ``None``), in valid UTF-8, at most 64 KiB.
+    """
+    try:
+        text = json.dumps(context, ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise ValidationError(
+            f"context must be JSON-serialisable: {exc}", field="context"
+        ) from exc
+    check_text(text, "context")
+    if len(text.encode()) > MAX_CONTEXT_BYTES:
+        raise ValidationError(
+            f"context is {len(text.encode())} bytes as JSON; at most "
+            f"{MAX_CONTEXT_BYTES} are kept with a job (keep an id, not the data)",
+            field="context",
+        )
+    return text
+
+
+class Tracker:
+    """
+    The tracked jobs of one client: recorded, leased, watched, handled.
+
+    Args:
+        ledger: Where tracked jobs are kept (the client's ledger).
+        owner: This client's name in the ledger (``host:pid:client``).
+        lease: Seconds a lease lasts unless renewed (renewed every third of it).
+        park_after: Handler failures after which a job is parked.
+        retry_initial: The first pause before a failed handler runs again (doubling,
+            up to *retry_max*).
+        retry_max: The longest such pause.
+
+    """
+
+    def __init__(
+        self,
+        ledger: TrackingLedger,
+        *,
+        owner: str,
+        lease: float = 60.0,
+        park_after: int = 5,
+        retry_initial: float = 2.0,
+        retry_max: float = 300.0,
+    ) -> None:
+        self.ledger = ledger
+        self.owner = owner
+        self.lease = lease
+        self.park_after = park_after
+        self.retry_initial = retry_initial
+        self.retry_max = retry_max
+        self.handlers: list[FinishedHandler] = []
+        self._client: TrackedClient | None = None
+        #: attempt -> the task watching (then handling) its job.
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        #: attempt -> its job, once known (what `resume` returns for running ones).
+        self._jobs: dict[str, Job] = {}
+        self._heartbeat: asyncio.Task[None] | None = None
+        self._scanner: asyncio.Task[None] | None = None
+        self._closed = False
+
+    def bind(self, client: TrackedClient) -> None:
+        """Give the tracker its client (done once by `PixelByte`)."""
+        self._client = client
+
+    @property
+    def client(self) -> TrackedClient:
+        assert self._client is not None  # noqa: S101 -- bound by PixelByte
+        return self._client
+
+    @property
+    def _now(self) -> float:
+        return self.client.clock.time()
+
+    def on_finished(self, handler: FinishedHandler) -> FinishedHandler:
+        """Run *handler* for every tracked job once it has ended (see `PixelByte`)."""
+        if not callable(handler):
+            raise TypeError("on_finished takes an async function of one Job")
+        self.handlers.append(handler)
+        return handler
+
+    # -- submits -----------------------------------------------------------------------
+
+    async def before_send(self, attempt: str, model: str, context: str) -> None:
+        """Record a tracked job whose submit is about to be sent; this client holds it."""
+        now = self._now
+        await self.ledger.track(
+            TrackedRecord(
+                attempt=attempt,
+                model=model,
+                context=context,
+                owner=self.owner,
+                lease_until=now + self.lease,
+                created_at=now,
+                updated_at=now,
+            )
+        )
+        self._beat()
+
+    async def submitted(self, job: Job, attempt: str, context: Any) -> None:
+        """Its submit made *job*: tie them, and watch it."""
+        job.context = context
+        await self.ledger.tracked_job(attempt, job.id, at=self._now)
+        self._follow(attempt, job)
+
+    async def refused(self, attempt: str) -> None:
+        """Its submit was refused (no job): nothing to handle."""
+        await self.ledger.finish(attempt, self.owner, state="none", at=self._now)
+
+    def lost(self, error: AmbiguousSubmitError, context: Any) -> None:
+        """Its submit's fate is unknown: find its job (settle horizon), then watch it."""
+        attempt = error.attempt
+        if attempt is not None:
+            self._start(attempt, self._reconciled(attempt, error, context))
+
+    # -- watching and handling ------------------------------------------------------------
+
+    def _start(self, attempt: str, work: Awaitable[None]) -> None:
+        async def run() -> None:
+            try:
+                await work
+            finally:
+                self._tasks.pop(attempt, None)
+
+        self._tasks[attempt] = asyncio.ensure_future(run())
+        self._beat()
+
+    def _follow(self, attempt: str, job: Job) -> None:
+        self._jobs[attempt] = job
+        self._start(attempt, self._watch(attempt, job))
+
+    async def _reconciled(
+        self, attempt: str, error: AmbiguousSubmitError, context: Any
+    ) -> None:
+        try:
+            job = await self.client.reconcile(error)
+        except ReconcileError as exc:
+            # Left active (and leased until this client closes): a person, or a
+            # later resume(), decides.
+            log.warning("tracked submit %s: its job cannot be told: %s", attempt, exc)
+            return
+        if job is None:
+            log.warning("tracked submit %s made no job; nothing to handle", attempt)
+            await self.ledger.finish(attempt, self.owner, state="none", at=self._now)
+            return
+        job.context = context
+        await self.ledger.tracked_job(attempt, job.id, at=self._now)
+        self._jobs[attempt] = job
+        await self._watch(attempt, job)
+
+    async def _watch(self, attempt: str, job: Job, failures: int = 0) -> None:
+        while not job.done:
+            try:
+                await job.wait()
+            except (JobError, WaitTimeout):
+                continue  # failed or cancelled: done; a long job: wait on
+            except PixelByteError as exc:
+                log.warning("tracked job %s: watching failed (%s); again", job.id, exc)
+                await sleep_or_until(self.client.clock, self.retry_initial)
+        await self._handle(attempt, job, failures)
+
+    async def _handle(self, attempt: str, job: Job, failures: int = 0) -> None:
+        if not self.handlers:
+            log.warning(
+                "tracked job %s ended, but no on_finished handler is registered: it "
+                "stays tracked for a process that has one",
+                job.id,
+            )
+            return
+        pause = self.retry_initial
+        while True:
+            try:
+                for handler in self.handlers:
+                    await handler(job)
+            except Exception as exc:  # a handler's failure: logged, tried again
+                failures += 1
+                parked = failures >= self.park_after
+                log.exception(
+                    "on_finished handler failed for tracked job %s (%d of %d)%s",
+                    job.id,
+                    failures,
+                    self.park_after,
+                    "; parked (see failed_handlers())" if parked else "",
+                )
+                if not await self.ledger.finish(
+                    attempt,
+                    self.owner,
+                    state="parked" if parked else "active",
+                    at=self._now,
+                    failures=failures,
+                    error=repr(exc)[:1000],
+                ):
+                    return  # its lease went to another process meanwhile
+                if parked:
+                    return
+                await sleep_or_until(self.client.clock, pause)
+                pause = min(pause * 2, self.retry_max)
+                continue
+            if not await self.ledger.finish(
+                attempt, self.owner, state="handled", at=self._now
+            ):
+                log.warning(
+                    "tracked job %s was handled here after its lease had passed to "
+                    "another process (it may be handled twice)",
+                    job.id,
+                )
+            return
+
+    # -- after a restart -------------------------------------------------------------------
+
+    async def resume(self) -> list[Job]:
+        """Take over every active tracked job nobody (alive) holds; see `PixelByte.resume`."""
+        found: list[Job] = []
+        records = await self.ledger.tracked()
+        gone = {
+            r.owner
+            for r in records
+            if r.owner is not None and r.owner != self.owner and owner_gone(r.owner)
+        }
+        for record in records:
+            if record.attempt in self._tasks:
+                job = self._jobs.get(record.attempt)
+                if job is not None:
+                    found.append(job)
+                continue
+            now = self._now
+            leased = await self.ledger.lease(
+                record.attempt, self.owner, until=now + self.lease, at=now, gone=gone
+            )
+            if leased is None:
+                continue
+            job = await self._reattach(leased)
+            if job is not None:
+                found.append(job)
+        self._beat()
+        if self._scanner is None and not self._closed:
+            self._scanner = asyncio.ensure_future(self._scan())
+        return found
+
+    async def _reattach(self, record: TrackedRecord) -> Job | None:
+        context = json.loads(record.context)
+        attempt = await self.client.ledger_attempt(record.attempt)
+        job_id = record.job_id or (attempt.job_id if attempt is not None else None)
+        if job_id is not None:
+            job = await self.client.get_job(job_id)
+            job.context = context
+            if record.job_id is None:
+                await self.ledger.tracked_job(record.attempt, job_id, at=self._now)
+            self._jobs[record.attempt] = job
+            self._start(
+                record.attempt, self._watch(record.attempt, job, record.failures)
+            )
+            return job
+        if attempt is None or attempt.state == "none":
+            await self.ledger.finish(
+                record.attempt, self.owner, state="none", at=self._now
+            )
+            return None
+        # Its submit's fate was unknown when its process died: reconcile it.
+        error = AmbiguousSubmitError(
+            f"tracked submit {record.attempt} of a stopped process",
+            model=record.model,
+            input={},
+            webhook_url=None,
+            started_at=attempt.started_at,
+            attempt=record.attempt,
+        )
+        self._start(record.attempt, self._reconciled(record.attempt, error, context))
+        return None
+
+    async def _scan(self) -> None:
+        """After `resume`: take over, now and then, what other processes left."""
+        while not self._closed:
+            await sleep_or_until(self.client.clock, self.lease)
+            try:
+                await self.resume()
+            except PixelByteError as exc:
+                log.warning("tracked jobs: looking for orphans failed: %s", exc)
+
+    # -- leases ----------------------------------------------------------------------------
+
+    def _beat(self) -> None:
+        if self._heartbeat is None and not self._closed:
+            self._heartbeat = asyncio.ensure_future(self._renewing())
+
+    async def _renewing(self) -> None:
+        while not self._closed:
+            await sleep_or_until(self.client.clock, self.lease / 3)
+            now = self._now
+            try:
+                await self.ledger.renew(self.owner, until=now + self.lease, at=now)
+            except PixelByteError as exc:
+                log.warning("tracked jobs: renewing leases failed: %s", exc)
+
+    async def failed(self) -> list[TrackedRecord]:
+        """The parked tracked jobs (their handlers kept failing)."""
+        return await self.ledger.tracked(states=_PARKED)
+
+    async def aclose(self) -> None:
+        """Stop watching and handling; give the leases up so another process resumes."""
+        if self._closed:
+            return
+        self._closed = True
+        tasks = [*self._tasks.values(), self._heartbeat, self._scanner]
+        running = [t for t in tasks if t is not None and not t.done()]
+        for task in running:
+            task.cancel()
+        for task in running:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self._heartbeat is not None:  # this client held leases
+            with contextlib.suppress(PixelByteError):
+                await self.ledger.release(self.owner, at=self._now)

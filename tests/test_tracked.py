@@ -1,0 +1,281 @@
+"""
+Tracked jobs (issue 26): submitted with a context, handled once they end, across
+restarts.
+
+A job submitted with ``context=`` is in the ledger before its submit is sent; the
+``on_finished`` handlers run for it when it ends; a handler that raises is tried
+again and the job parked after repeated failures; a process that closes or dies
+leaves its jobs to the next one that calls ``resume()``; a lost submit is
+reconciled (never re-sent) and then handled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sys
+import textwrap
+
+import pytest
+from pixelbyte_async import (
+    AmbiguousSubmitError,
+    Job,
+    JobStatus,
+    KlingO1StartEndFrame,
+    ValidationError,
+)
+from pixelbyte_async.testing import FakePixelByte, Fault, JobScript
+
+from conftest import bound_client, subprocess_env, until
+
+
+pytestmark = pytest.mark.anyio
+
+A, B = "https://e.x/a.jpg", "https://e.x/b.jpg"
+KLING = KlingO1StartEndFrame(image_url=A, end_image_url=B, prompt="tracked")
+
+
+def kling(prompt: str = "tracked") -> KlingO1StartEndFrame:
+    return KlingO1StartEndFrame(image_url=A, end_image_url=B, prompt=prompt)
+
+
+class Seen:
+    """An on_finished handler that records what it was given."""
+
+    def __init__(self, *, fail: int = 0) -> None:
+        self.calls: list[tuple[str, JobStatus, object]] = []
+        self.fail = fail
+
+    async def __call__(self, job: Job) -> None:
+        self.calls.append((job.id, job.status, job.context))
+        if self.fail:
+            self.fail -= 1
+            raise RuntimeError("the chat is down")
+
+
+async def test_a_tracked_job_is_handled_once_with_its_context(fake):
+    seen = Seen()
+    async with bound_client(fake) as pb:
+        pb.on_finished(seen)
+        job = await pb.submit(kling(), context={"chat_id": 42})
+        assert job.context == {"chat_id": 42}
+        await until(lambda: seen.calls, 5)
+        await until(lambda: not pb._tracker._tasks, 5)
+        (record,) = await pb.ledger.tracked(states=("handled",))
+    assert seen.calls == [(job.id, JobStatus.COMPLETED, {"chat_id": 42})]
+    assert record.job_id == job.id
+    assert json.loads(record.context) == {"chat_id": 42}
+
+
+async def test_a_failed_job_is_handled_too(fake):
+    fake.script_next(JobScript(outcome="failed", error_code="GENERATION_FAILED"))
+    seen = Seen()
+    async with bound_client(fake) as pb:
+        pb.on_finished(seen)
+        job = await pb.submit(kling(), context="user-7")
+        await until(lambda: seen.calls, 5)
+    assert seen.calls == [(job.id, JobStatus.FAILED, "user-7")]
+
+
+async def test_an_untracked_job_runs_no_handler(fake):
+    seen = Seen()
+    async with bound_client(fake) as pb:
+        pb.on_finished(seen)
+        job = await pb.submit(kling())
+        await job.wait()
+        assert job.context is None
+        assert await pb.ledger.tracked(states=("active", "handled")) == []
+    assert seen.calls == []
+
+
+async def test_a_failing_handler_is_tried_again_then_parked(fake, caplog):
+    flaky, broken = Seen(fail=2), Seen(fail=99)
+    async with bound_client(fake) as pb:
+        pb._tracker.park_after = 3
+        pb.on_finished(flaky)
+        first = await pb.submit(kling("flaky"), context=1)
+        await until(lambda: len(flaky.calls) == 3, 5)
+        await until(lambda: not pb._tracker._tasks, 5)
+        (handled,) = await pb.ledger.tracked(states=("handled",))
+        assert (handled.job_id, handled.failures) == (first.id, 2)
+
+        pb._tracker.handlers[:] = [broken]
+        second = await pb.submit(kling("broken"), context=2)
+        await until(lambda: len(broken.calls) == 3, 5)
+        await until(lambda: not pb._tracker._tasks, 5)
+        (parked,) = await pb.failed_handlers()
+    assert parked.job_id == second.id
+    assert parked.failures == 3
+    assert "the chat is down" in (parked.error or "")
+    assert "parked" in caplog.text
+
+
+async def test_a_bad_context_is_refused_before_anything_is_sent(fake):
+    async with bound_client(fake) as pb:
+        with pytest.raises(ValidationError, match="JSON") as info:
+            await pb.submit(kling(), context={"when": object()})
+        assert info.value.field == "context"
+        with pytest.raises(ValidationError, match="UTF-8"):
+            await pb.submit(kling(), context={"name": "a\ud800"})
+        with pytest.raises(ValidationError, match="at most 65536"):
+            await pb.submit(kling(), context="x" * 70_000)
+    assert fake.count("POST", "/v1/jobs/submit") == 0
+
+
+async def test_a_closed_process_leaves_its_jobs_to_the_next(fake):
+    """Closed before the job ended: the next client's resume() handles it, once."""
+    fake.clock.autojump = False
+    first, later = Seen(), Seen()
+    async with bound_client(fake) as pb:
+        pb.on_finished(first)
+        job = await pb.submit(kling(), context={"chat_id": 7})
+    fake.clock.autojump = True
+    async with bound_client(fake) as pb:
+        pb.on_finished(later)
+        (resumed,) = await pb.resume()
+        assert (resumed.id, resumed.context) == (job.id, {"chat_id": 7})
+        await until(lambda: later.calls, 5)
+        await until(lambda: not pb._tracker._tasks, 5)
+        assert await pb.resume() == []  # handled: nothing left to take over
+    assert first.calls == []
+    assert later.calls == [(job.id, JobStatus.COMPLETED, {"chat_id": 7})]
+
+
+async def test_a_live_process_keeps_its_jobs(fake):
+    """Another client's resume() does not take a job whose owner renews its lease."""
+    fake.clock.autojump = False
+    mine, theirs = Seen(), Seen()
+    async with bound_client(fake) as owner, bound_client(fake) as other:
+        owner.on_finished(mine)
+        other.on_finished(theirs)
+        job = await owner.submit(kling(), context="mine")
+        assert await other.resume() == []
+        fake.clock.autojump = True
+        await until(lambda: mine.calls, 5)
+        await other.resume()
+    assert [c[0] for c in mine.calls] == [job.id]
+    assert theirs.calls == []
+
+
+async def test_a_lost_tracked_submit_is_reconciled_then_handled(fake):
+    """Never re-sent: its job is found after the settle horizon, then handled."""
+    fake.inject(Fault.drop_after(), method="POST", path="/v1/jobs/submit")
+    seen = Seen()
+    async with bound_client(fake, settle=60) as pb:
+        pb.on_finished(seen)
+        with pytest.raises(AmbiguousSubmitError):
+            await pb.submit(kling(), context={"chat_id": 9})
+        await until(lambda: seen.calls, 10)
+    (job_id,) = fake.jobs
+    assert seen.calls == [(job_id, JobStatus.COMPLETED, {"chat_id": 9})]
+    assert fake.count("POST", "/v1/jobs/submit") == 1
+    assert fake.ledger.double_charged() == []
+
+
+# -- real processes, killed ------------------------------------------------------------
+
+SUBMITTER = textwrap.dedent(
+    """
+    import asyncio, os, sys
+    from pixelbyte_async import KlingO1StartEndFrame, PixelByte
+
+    async def main():
+        async with PixelByte() as pb:
+            async def handler(job):
+                print("handling", job.id, flush=True)
+                if os.environ.get("DIE_IN_HANDLER"):
+                    os.kill(os.getpid(), 9)
+                print("handled", job.id, flush=True)
+
+            pb.on_finished(handler)
+            if sys.argv[1] == "submit":
+                job = await pb.submit(
+                    KlingO1StartEndFrame(
+                        image_url="https://e.x/a.jpg", end_image_url="https://e.x/b.jpg"
+                    ),
+                    context={"chat_id": 42},
+                )
+                print("submitted", job.id, flush=True)
+            else:
+                jobs = await pb.resume()
+                print("resumed", [j.id for j in jobs], flush=True)
+            await asyncio.sleep(3600)
+
+    asyncio.run(main())
+    """
+)
+
+
+async def spawn(
+    fake: FakePixelByte, *args: str, **env: str
+) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        SUBMITTER,
+        *args,
+        env={**subprocess_env(fake), **env},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+
+
+async def line_with(proc: asyncio.subprocess.Process, word: str) -> str:
+    assert proc.stdout is not None
+    while True:
+        raw = await asyncio.wait_for(proc.stdout.readline(), 20)
+        if not raw:
+            err = await proc.stderr.read() if proc.stderr else b""
+            raise AssertionError(f"process ended before {word!r}: {err.decode()}")
+        line = raw.decode().strip()
+        if line.startswith(word):
+            return line
+
+
+async def kill(proc: asyncio.subprocess.Process) -> None:
+    if proc.returncode is None:
+        proc.send_signal(signal.SIGKILL)
+    await proc.wait()
+
+
+async def test_kill_9_between_submit_and_finish_then_resume():
+    """The job ends while nobody runs; the next process's resume() handles it once."""
+    async with FakePixelByte(time_scale=1.0) as fake:
+        fake.set_default_script(JobScript(queue_seconds=0.05, processing_seconds=0.6))
+        first = await spawn(fake, "submit")
+        job_id = (await line_with(first, "submitted")).split()[1]
+        await kill(first)  # before the job ends: its handler never ran
+        await until(lambda: fake.jobs[job_id].status == "completed", 5)
+        second = await spawn(fake, "resume")
+        try:
+            assert job_id in await line_with(second, "resumed")
+            assert (await line_with(second, "handled")).split()[1] == job_id
+        finally:
+            await kill(second)
+        third = await spawn(fake, "resume")
+        try:
+            assert await line_with(third, "resumed") == "resumed []"
+        finally:
+            await kill(third)
+        assert len(fake.jobs) == 1
+
+
+async def test_a_handler_that_kills_its_process_runs_again_once():
+    """Handled at least once: the next process runs it again; a third never does."""
+    async with FakePixelByte(time_scale=1.0) as fake:
+        fake.set_default_script(JobScript(queue_seconds=0.05, processing_seconds=0.1))
+        first = await spawn(fake, "submit", DIE_IN_HANDLER="1")
+        job_id = (await line_with(first, "handling")).split()[1]
+        await first.wait()  # it killed itself inside the handler
+        assert first.returncode == -signal.SIGKILL
+        second = await spawn(fake, "resume")
+        try:
+            assert (await line_with(second, "handled")).split()[1] == job_id
+        finally:
+            await kill(second)
+        third = await spawn(fake, "resume")
+        try:
+            assert await line_with(third, "resumed") == "resumed []"
+        finally:
+            await kill(third)
