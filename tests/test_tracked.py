@@ -221,16 +221,34 @@ async def spawn(
     )
 
 
+#: The lines each process printed, read so far (in any order they came).
+_READ: dict[int, list[str]] = {}
+
+
 async def line_with(proc: asyncio.subprocess.Process, word: str) -> str:
+    """The first line *proc* printed that starts with *word* (waiting for it)."""
     assert proc.stdout is not None
+    seen = _READ.setdefault(proc.pid, [])
     while True:
+        for line in seen:
+            if line.startswith(word):
+                return line
         raw = await asyncio.wait_for(proc.stdout.readline(), 20)
         if not raw:
             err = await proc.stderr.read() if proc.stderr else b""
             raise AssertionError(f"process ended before {word!r}: {err.decode()}")
-        line = raw.decode().strip()
-        if line.startswith(word):
-            return line
+        seen.append(raw.decode().strip())
+
+
+async def handled(fake: FakePixelByte, job_id: str) -> None:
+    """Wait until the shared ledger says *job_id* was handled."""
+    async with bound_client(fake) as pb:
+        for _ in range(200):
+            records = await pb.ledger.tracked(states=("handled",))
+            if any(r.job_id == job_id for r in records):
+                return
+            await asyncio.sleep(0.05)
+    raise AssertionError(f"{job_id} was never marked handled")
 
 
 async def kill(proc: asyncio.subprocess.Process) -> None:
@@ -251,6 +269,7 @@ async def test_kill_9_between_submit_and_finish_then_resume():
         try:
             assert job_id in await line_with(second, "resumed")
             assert (await line_with(second, "handled")).split()[1] == job_id
+            await handled(fake, job_id)
         finally:
             await kill(second)
         third = await spawn(fake, "resume")
@@ -272,6 +291,7 @@ async def test_a_handler_that_kills_its_process_runs_again_once():
         second = await spawn(fake, "resume")
         try:
             assert (await line_with(second, "handled")).split()[1] == job_id
+            await handled(fake, job_id)
         finally:
             await kill(second)
         third = await spawn(fake, "resume")

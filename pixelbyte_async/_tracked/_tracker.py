@@ -38,6 +38,8 @@ log = logging.getLogger("pixelbyte_async")
 FinishedHandler = Callable[["Job"], Awaitable[None]]
 
 _PARKED: tuple[TrackedState, ...] = ("parked",)
+#: How many tracked jobs `Tracker.resume` re-attaches at once (one GET each).
+_RESUMING = 16
 
 #: The largest context, as JSON text (it lives in the ledger with the job).
 MAX_CONTEXT_BYTES = 64 * 1024
@@ -286,21 +288,32 @@ class Tracker:
             for r in records
             if r.owner is not None and r.owner != self.owner and owner_gone(r.owner)
         }
+        gate = asyncio.Semaphore(_RESUMING)
+
+        async def take(record: TrackedRecord) -> None:
+            async with gate:
+                now = self._now
+                leased = await self.ledger.lease(
+                    record.attempt,
+                    self.owner,
+                    until=now + self.lease,
+                    at=now,
+                    gone=gone,
+                )
+                if leased is None:
+                    return
+                job = await self._reattach(leased)
+                if job is not None:
+                    found.append(job)
+
         for record in records:
             if record.attempt in self._tasks:
                 job = self._jobs.get(record.attempt)
                 if job is not None:
                     found.append(job)
-                continue
-            now = self._now
-            leased = await self.ledger.lease(
-                record.attempt, self.owner, until=now + self.lease, at=now, gone=gone
-            )
-            if leased is None:
-                continue
-            job = await self._reattach(leased)
-            if job is not None:
-                found.append(job)
+        await asyncio.gather(
+            *(take(r) for r in records if r.attempt not in self._tasks)
+        )
         self._beat()
         if self._scanner is None and not self._closed:
             self._scanner = asyncio.ensure_future(self._scan())
