@@ -299,3 +299,38 @@ async def test_a_handler_that_kills_its_process_runs_again_once():
             assert await line_with(third, "resumed") == "resumed []"
         finally:
             await kill(third)
+
+
+async def test_the_cli_lists_tracked_jobs_for_an_operator(fake, monkeypatch, capsys):
+    import anyio
+    from pixelbyte_async._cli import main
+
+    broken = Seen(fail=99)
+    async with bound_client(fake) as pb:
+        pb._tracker.park_after = 1
+        pb.on_finished(broken)
+        job = await pb.submit(kling(), context={"chat_id": 5})
+        await until(lambda: broken.calls, 5)
+        await until(lambda: not pb._tracker._tasks, 5)
+    monkeypatch.setenv("PIXELBYTE_API_KEY", fake.api_key)
+    monkeypatch.setenv("PIXELBYTE_BASE_URL", fake.url)
+    requests = len(fake.requests)
+    code = await anyio.to_thread.run_sync(main, ["jobs", "tracked", "--json"])
+    assert code == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert (row["jobId"], row["state"], row["context"]) == (
+        job.id,
+        "parked",
+        {"chat_id": 5},
+    )
+    assert row["failures"] == 1
+    assert "the chat is down" in row["error"]
+    code = await anyio.to_thread.run_sync(
+        main, ["jobs", "tracked", "--state", "active"]
+    )
+    assert (code, capsys.readouterr().out) == (0, "no tracked jobs\n")
+    code = await anyio.to_thread.run_sync(main, ["jobs", "tracked"])
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split()[:3] == ["JOB", "STATE", "FAILS"]
+    assert table[1].split()[:3] == [job.id, "parked", "1"]
+    assert len(fake.requests) == requests  # the ledger only: nothing asked of the API

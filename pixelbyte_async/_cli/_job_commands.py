@@ -11,7 +11,8 @@ import argparse
 import contextlib
 import json
 from collections.abc import Mapping
-from typing import Any, TextIO
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, TextIO, cast
 
 from pixelbyte_async._errors import ValidationError
 from pixelbyte_async._inputs import (
@@ -19,7 +20,12 @@ from pixelbyte_async._inputs import (
     KLING_O1_STANDARD_SEF,
     KlingO1StartEndFrame,
 )
+from pixelbyte_async._ledger import TRACKED_STATES, TrackedState
 from pixelbyte_async._models import JobInfo
+
+
+if TYPE_CHECKING:
+    from pixelbyte_async._ledger import TrackingLedger
 
 from ._connection import _client
 from ._output import _job_json, _job_line, _print_json, _usd
@@ -107,6 +113,8 @@ async def _estimate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 async def _jobs(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    if getattr(args, "jobs_view", None) == "tracked":
+        return await _tracked(args, out, err)
     del err
     found: list[JobInfo] = []
     async with _client(args) as pb:
@@ -119,6 +127,51 @@ async def _jobs(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         for info in found:
             print(_job_line(info), file=out)
     return 0
+
+
+async def _tracked(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """``jobs tracked``: the ledger's tracked jobs, for an operator."""
+    del err
+    states: tuple[TrackedState, ...] = (
+        TRACKED_STATES if args.state == "all" else (args.state,)
+    )
+    async with _client(args) as pb:
+        records = await cast("TrackingLedger", pb.ledger).tracked(states=states)
+    if args.json:
+        _print_json(
+            [
+                {
+                    "attempt": r.attempt,
+                    "jobId": r.job_id,
+                    "model": r.model,
+                    "state": r.state,
+                    "context": json.loads(r.context),
+                    "owner": r.owner,
+                    "failures": r.failures,
+                    "error": r.error,
+                    "createdAt": _iso_unix(r.created_at),
+                    "updatedAt": _iso_unix(r.updated_at),
+                }
+                for r in records
+            ],
+            out,
+        )
+        return 0
+    if not records:
+        print("no tracked jobs", file=out)
+        return 0
+    print(f"{'JOB':<20}  {'STATE':<8}  {'FAILS':>5}  {'SINCE':<20}  CONTEXT", file=out)
+    for r in records:
+        print(
+            f"{r.job_id or '(submit ' + r.attempt[:8] + ')':<20}  {r.state:<8}  "
+            f"{r.failures:>5}  {_iso_unix(r.created_at):<20}  {r.context[:60]}",
+            file=out,
+        )
+    return 0
+
+
+def _iso_unix(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 async def _models(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:

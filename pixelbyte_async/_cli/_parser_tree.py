@@ -268,6 +268,22 @@ def _add_job_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     jo.add_argument(
         "--limit", type=_count, default=20, metavar="N", help="at most N (default 20)"
     )
+    views = jo.add_subparsers(dest="jobs_view", metavar="{tracked}")
+    tracked = views.add_parser(
+        "tracked",
+        parents=[common],
+        help="list tracked jobs (submitted with a context) from the ledger",
+        description="List the tracked jobs of this account in the ledger (this "
+        "machine's SQLite file, or $PIXELBYTE_LEDGER): what is still to handle, "
+        "what was handled, and what was parked after its handlers kept failing. "
+        "It sends no request to the API.",
+    )
+    tracked.add_argument(
+        "--state",
+        choices=["active", "handled", "parked", "none", "all"],
+        default="all",
+        help="only tracked jobs in this state (default all)",
+    )
 
     sub.add_parser(
         "models",

@@ -38,6 +38,7 @@ from ._records import Claim as Claim
 from ._records import ClaimHow as ClaimHow
 from ._store import SubmitLedger as SubmitLedger
 from ._tracking import DONE_STATES as DONE_STATES
+from ._tracking import TRACKED_STATES as TRACKED_STATES
 from ._tracking import TrackedRecord as TrackedRecord
 from ._tracking import TrackedState as TrackedState
 from ._tracking import TrackingLedger as TrackingLedger
@@ -52,6 +53,7 @@ __all__ = [
     "DONE_STATES",
     "LEDGER_ENV",
     "OPEN_STATES",
+    "TRACKED_STATES",
     "Attempt",
     "AttemptState",
     "Claim",
