@@ -268,7 +268,9 @@ def _add_job_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     jo.add_argument(
         "--limit", type=_count, default=20, metavar="N", help="at most N (default 20)"
     )
-    views = jo.add_subparsers(dest="jobs_view", metavar="{tracked}")
+    views = jo.add_subparsers(
+        dest="jobs_view", metavar="{tracked}", help="tracked: list tracked jobs instead"
+    )
     tracked = views.add_parser(
         "tracked",
         parents=[common],
