@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import ast
+import contextlib
+import enum
 import importlib.metadata
-from typing import TYPE_CHECKING
+import inspect
+import sys
+from typing import TYPE_CHECKING, Any
+
+import attrs
+from sphinx.util import inspect as sphinx_inspect
 
 
 if TYPE_CHECKING:
@@ -140,9 +148,83 @@ def _resolve_public_name(
     return None
 
 
+# attrs classes: their ``__init__`` is generated, so autodoc's signature shows what
+# attrs wrote there: the *converter's* parameter type for a converted field
+# (``duration: object``) and, with ``autodoc_preserve_defaults``, the generated
+# source's ``attr_dict['duration'].default`` for every default.  Show the field's
+# declared type and its real default instead (``duration: int = 5``).
+
+
+def _default_text(value: object) -> str:
+    if isinstance(value, attrs.Factory):
+        factory = value.factory
+        if isinstance(factory, type) and not value.takes_self:
+            return f"{factory.__name__}()"
+        return "..."
+    if isinstance(value, enum.Enum):
+        return f"{type(value).__name__}.{value.name}"
+    text = repr(value)
+    try:
+        ast.parse(text, mode="eval")
+    except SyntaxError:
+        return "..."
+    return text
+
+
+def _as_declared(
+    parameter: inspect.Parameter, field: attrs.Attribute[Any], namespace: dict[str, Any]
+) -> inspect.Parameter:
+    """*parameter* of an attrs ``__init__`` with *field*'s type and default."""
+    if field.converter is not None and field.type is not None:
+        declared = field.type
+        if isinstance(declared, str):  # postponed annotations
+            with contextlib.suppress(NameError):
+                declared = eval(declared, namespace)  # noqa: S307 -- our own annotations
+        parameter = parameter.replace(annotation=declared)
+    if field.default is not attrs.NOTHING:
+        default = sphinx_inspect.DefaultValue(_default_text(field.default))
+        parameter = parameter.replace(default=default)
+    return parameter
+
+
+def _attrs_signature(  # noqa: PLR0917 -- the arguments of Sphinx's event
+    app: Sphinx,
+    what: str,
+    name: str,
+    obj: Any,
+    options: object,
+    signature: str | None,
+    return_annotation: str | None,
+) -> tuple[str, str | None] | None:
+    del app, name, options
+    init = getattr(obj, "__init__", None)
+    code = getattr(init, "__code__", None)
+    if (
+        what != "class"
+        or signature is None
+        or not attrs.has(obj)
+        or not getattr(code, "co_filename", "").startswith("<attrs generated")
+    ):
+        return None
+    fields = {field.alias: field for field in attrs.fields(obj)}
+    namespace = vars(sys.modules[obj.__module__])
+    sig = sphinx_inspect.signature(init, bound_method=True)
+    parameters = [
+        _as_declared(p, fields[p.name], namespace) if p.name in fields else p
+        for p in sig.parameters.values()
+    ]
+    text = sphinx_inspect.stringify_signature(
+        sig.replace(parameters=parameters),
+        show_return_annotation=False,
+        unqualified_typehints=True,
+    )
+    return text, return_annotation
+
+
 def setup(app: Sphinx) -> None:
-    """Register the resolver of short public names."""
+    """Register the resolver of short public names and the attrs signatures."""
     app.connect("missing-reference", _resolve_public_name)
+    app.connect("autodoc-process-signature", _attrs_signature)
 
 
 # -- HTML ------------------------------------------------------------------------------

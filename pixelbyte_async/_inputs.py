@@ -488,22 +488,25 @@ def _frame_validator(
     _check_frame(attribute.name, value)
 
 
-def _to_duration(value: object) -> int:
-    if isinstance(value, bool):
+def _to_duration(value: int | str) -> int:
+    # Typed as what callers should pass (it is the constructor's signature in the
+    # docs and in help()); anything else gets a clear error, 5.0 is taken too.
+    raw: object = value
+    if isinstance(raw, bool):
         raise ValidationError(
             "duration must be a whole number of seconds", field="duration"
         )
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str):
-        text = value.strip()
+    if isinstance(raw, int):
+        return raw
+    if isinstance(raw, str):
+        text = raw.strip()
         # isdecimal() alone admits digits int() refuses (superscripts): ASCII only.
         if text.isascii() and text.isdecimal():
             return int(text)
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
+    if isinstance(raw, float) and raw.is_integer():
+        return int(raw)
     raise ValidationError(
-        f"duration must be a whole number of seconds, got {value!r}", field="duration"
+        f"duration must be a whole number of seconds, got {raw!r}", field="duration"
     )
 
 

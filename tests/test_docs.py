@@ -26,7 +26,12 @@ from pixelbyte_async import PRICES, PollPolicy, RetryPolicy
 DOCS = Path(__file__).parent.parent / "docs"
 PAGES = sorted(p for p in DOCS.rglob("*.md") if "_build" not in p.parts)
 
-PYTEST = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-W", "error"]
+# The guide's tests run on anyio's plugin; pytest-asyncio (installed for the pytest
+# plugin's tests) would turn `-W error` on its own configuration warning.
+PYTEST = [
+    *(sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-W", "error"),
+    *("-p", "no:asyncio"),
+]
 
 _BLOCK = re.compile(
     r"^```(?P<head>python|\{code-block\} python)\n"
@@ -208,3 +213,171 @@ def test_bot_recipes_share_one_sdk_function():
         )
 
     assert sdk_part("discord.md") == sdk_part("telegram.md")
+
+
+ROOT = DOCS.parent
+
+
+def load_simple_yaml(text: str) -> object:
+    """
+    Read the YAML subset ``.readthedocs.yaml`` is written in (PyYAML may be absent).
+
+    Block mappings and sequences (indented under their key), plain, quoted and
+    boolean scalars, and comments.
+    """
+    lines = [
+        [len(line) - len(line.lstrip()), line.strip()]
+        for line in text.splitlines()
+        if line.strip() and not line.strip().startswith("#")
+    ]
+
+    def scalar(text: str) -> object:
+        if text[:1] in "\"'":
+            return text[1:-1]
+        if text in {"true", "false"}:
+            return text == "true"
+        return int(text) if text.isdigit() else text
+
+    def block(i: int, indent: int) -> tuple[object, int]:
+        if lines[i][1].startswith("- "):
+            items = []
+            while i < len(lines) and lines[i][0] == indent:
+                rest = lines[i][1][2:]
+                if ": " in rest or rest.endswith(":"):  # an item that is a mapping
+                    lines[i] = [indent + 2, rest]
+                    item, i = block(i, indent + 2)
+                else:
+                    item, i = scalar(rest), i + 1
+                items.append(item)
+            return items, i
+        mapping = {}
+        while i < len(lines) and lines[i][0] == indent:
+            key, _, rest = lines[i][1].partition(":")
+            i += 1
+            if rest.strip():
+                mapping[key] = scalar(rest.strip())
+            else:
+                mapping[key], i = block(i, lines[i][0])
+        return mapping, i
+
+    return block(0, 0)[0]
+
+
+def nox_docs_extras() -> set[str]:
+    """The extras noxfile.py's docs session installs (its DOCS_EXTRAS)."""
+    tree = ast.parse((ROOT / "noxfile.py").read_text())
+    (value,) = [
+        node.value.value
+        for node in tree.body
+        if isinstance(node, ast.Assign)
+        and [getattr(t, "id", None) for t in node.targets] == ["DOCS_EXTRAS"]
+        and isinstance(node.value, ast.Constant)
+    ]
+    (docs,) = [
+        node
+        for node in tree.body
+        if isinstance(node, ast.FunctionDef) and node.name == "docs"
+    ]
+    source = ast.unparse(docs)
+    assert "DOCS_EXTRAS" in source
+    assert "_group('docs')" in source
+    return set(value.split(","))
+
+
+def test_read_the_docs_config_builds_these_docs():
+    """
+    ``.readthedocs.yaml`` is valid (version 2), uses docs/conf.py, fails on warnings
+    and installs what `nox -s docs` installs: extras and groups pyproject defines.
+    """
+    import tomllib
+
+    text = (ROOT / ".readthedocs.yaml").read_text()
+    config = load_simple_yaml(text)
+    try:
+        import yaml
+    except ImportError:
+        pass
+    else:
+        assert yaml.safe_load(text) == config
+    assert isinstance(config, dict)
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+    assert config["version"] == 2
+    assert config["build"]["os"] in {"ubuntu-22.04", "ubuntu-24.04"}
+    assert config["build"]["tools"]["python"] == "3.12"
+    assert config["sphinx"]["configuration"] == "docs/conf.py"
+    assert (ROOT / config["sphinx"]["configuration"]).is_file()
+    assert config["sphinx"]["fail_on_warning"] is True
+    (install,) = config["python"]["install"]
+    assert (install["method"], install["path"]) == ("pip", ".")
+    extras = set(install["extra_requirements"])
+    assert extras <= set(pyproject["project"]["optional-dependencies"])
+    assert "redis" in extras  # autodoc imports pixelbyte_async.redis
+    assert extras == nox_docs_extras()
+    groups = [
+        command.split("--group", 1)[1].split()[0]
+        for command in config["build"]["jobs"]["post_install"]
+        if "--group" in command
+    ]
+    assert groups == ["docs"]
+    assert set(groups) <= set(pyproject["dependency-groups"])
+
+
+def test_ci_builds_the_docs_after_the_tests():
+    """.ci/run runs the tests, then a Sphinx build of the docs where warnings fail."""
+    commands = [
+        line.strip()
+        for line in (ROOT / ".ci" / "run").read_text().splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
+    assert "set -euo pipefail" in commands
+    tests = commands.index("nox -s tests")
+    (docs,) = [c for c in commands if c.startswith("nox -s docs")]
+    assert commands.index(docs) > tests
+    assert {"-W", "-n", "-E"} <= set(docs.split())
+    # pytest's exit 5 ("no tests ran") must stay a failure of the tests session.
+    assert "success_codes" not in (ROOT / "noxfile.py").read_text()
+
+
+def test_quickstart_blocks_fit_the_page():
+    """No line of the quickstart's code and output blocks scrolls sideways."""
+    text = (DOCS / "quickstart.md").read_text()
+    blocks = re.findall(r"^ *```\w*\n(.*?)^ *```$", text, re.MULTILINE | re.DOTALL)
+    assert len(blocks) >= 5
+    wide = [line for block in blocks for line in block.splitlines() if len(line) > 88]
+    assert wide == []
+
+
+@pytest.mark.parametrize(
+    ("cls", "expected"),
+    [
+        (pixelbyte_async.KlingO1StartEndFrame, "duration: int = 5, pro: bool = False)"),
+        (pixelbyte_async.ClientConfig, "retry: RetryPolicy = RetryPolicy()"),
+        (pixelbyte_async.JobInfo, "status: JobStatus = JobStatus.UNKNOWN"),
+        (PollPolicy, "min_interval: float = 1.0"),
+    ],
+    ids=lambda v: getattr(v, "__name__", "sig"),
+)
+def test_api_pages_show_attrs_fields_as_declared(cls, expected):
+    """
+    An attrs class's signature in the API pages shows each field's declared type
+    and real default: not a converter's parameter type (``duration: object``) nor
+    the generated ``__init__``'s source (``attr_dict['duration'].default``).
+    """
+    pytest.importorskip("sphinx")
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("docs_conf", DOCS / "conf.py")
+    assert spec is not None
+    assert spec.loader is not None
+    conf = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(conf)
+
+    signature, _ = conf._attrs_signature(
+        None, "class", cls.__name__, cls, None, "(*, ...)", None
+    )
+
+    shown = re.sub(r"~[\w.]+\.", "", signature)  # as the page shows it: short names
+    assert expected in shown
+    assert "attr_dict" not in signature
+    assert "object" not in signature

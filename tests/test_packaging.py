@@ -103,6 +103,19 @@ def test_license_file_ships():
 
 
 def test_readme_has_a_pip_install_line_for_the_index_page():
-    """The README is PyPI's description: it must not only offer clone commands."""
+    """
+    The README is PyPI's description: it must not only offer clone commands, and
+    while no release exists it says plainly that the index install does not work yet.
+    """
     readme = (Path(__file__).parent.parent / "README.md").read_text()
     assert "pip install 'pixelbyte-async[cli]'" in readme
+    if ".dev" in pixelbyte_async.__version__:
+        assert "**Not on PyPI yet.**" in readme
+        assert "does not work yet" in readme
+
+
+def test_documentation_url_is_the_hosted_site():
+    """The index page's Documentation link is the built site, not MyST sources."""
+    meta = importlib.metadata.metadata("pixelbyte-async")
+    urls = dict(u.split(", ", 1) for u in meta.get_all("Project-URL") or [])
+    assert urls["Documentation"] == "https://pixelbyte-async.readthedocs.io/"

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
+import tomllib
 from pathlib import Path
 
+import attrs
 import pixelbyte_async
 import pytest
 
@@ -13,7 +17,8 @@ from conftest import bound_client
 
 pytestmark = pytest.mark.anyio
 
-README = (Path(__file__).parent.parent / "README.md").read_text()
+ROOT = Path(__file__).parent.parent
+README = (ROOT / "README.md").read_text()
 BLOCKS = re.findall(r"```python\n(.*?)```", README, re.DOTALL)
 
 
@@ -32,12 +37,28 @@ def test_readme_starts_with_the_two_commands():
     )
 
 
-async def test_testing_example_runs_verbatim():
-    """The FakePixelByte example in the README runs as written."""
-    (block,) = [b for b in BLOCKS if "FakePixelByte" in b]
-    namespace: dict[str, object] = {}
-    exec(compile(block, "README.md", "exec"), namespace)  # noqa: S102 -- our own README
-    await namespace["test_my_app"]()  # type: ignore[operator]
+def test_testing_example_passes_under_pytest_as_pasted(tmp_path):
+    """
+    The FakePixelByte example, saved as a test file, passes under a plain ``pytest``.
+
+    No conftest and no options: the SDK's pytest plugin (its ``pytest11`` entry
+    point) gives the fixtures and anyio's plugin runs the test, as for a user who
+    pasted it into a project of theirs.
+    """
+    (block,) = [b for b in BLOCKS if "FakePixelByte" in b or "pixelbyte_fake" in b]
+    (tmp_path / "test_my_app.py").write_text(block)
+
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "test_my_app.py"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "1 passed" in result.stdout
 
 
 async def test_quickstart_runs_against_the_fake(fake, tmp_path, monkeypatch):
@@ -112,3 +133,43 @@ async def test_batch_example_runs(fake, tmp_path, monkeypatch, capsys):
     assert len(lines) == 3
     assert all(" completed " in line for line in lines)
     assert len(list((tmp_path / "videos").iterdir())) == 3
+
+
+def test_readme_links_work_on_a_package_index_page():
+    """
+    Every link is absolute (a relative ``docs/...`` link breaks on PyPI), and each
+    link into the docs names a page that exists, and an anchor of that page.
+    """
+    links = re.findall(r"\]\(([^)\s]+)\)|<(https?://[^>\s]+)>", README)
+    targets = [a or b for a, b in links]
+    assert targets
+    assert [t for t in targets if not t.startswith("https://")] == []
+
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    hosted = pyproject["project"]["urls"]["Documentation"].rstrip("/")
+    to_docs = [t for t in targets if t.startswith(hosted)]
+    assert len(to_docs) >= 4
+    for target in to_docs:
+        page, _, anchor = target.removeprefix(hosted).partition("#")
+        assert page.startswith("/en/latest/"), target
+        name = page.removeprefix("/en/latest/").removesuffix(".html") or "index"
+        source = (ROOT / "docs" / f"{name}.md").read_text()
+        if anchor:
+            headings = {
+                re.sub(r"[^a-z0-9]+", "-", h.lower()).strip("-")
+                for h in re.findall(r"^#+ (.+)$", source, re.MULTILINE)
+            }
+            labels = set(re.findall(r"^\(([\w-]+)\)=$", source, re.MULTILINE))
+            assert anchor in headings | labels, target
+
+
+def test_readme_does_not_give_kling_a_webhook_url():
+    """Only ``pb.submit(..., webhook_url=)`` takes a webhook URL, not the input type."""
+    from pixelbyte_async import KlingO1StartEndFrame
+
+    assert "webhook_url" not in {f.name for f in attrs.fields(KlingO1StartEndFrame)}
+    for block in BLOCKS:
+        for call in re.findall(r"KlingO1StartEndFrame\((.*?)\n\s*\)", block, re.DOTALL):
+            assert "webhook" not in call
+    prose = re.sub(r"```.*?```", "", README, flags=re.DOTALL)
+    assert "`pb.submit(request, webhook_url=...)` checks" in prose

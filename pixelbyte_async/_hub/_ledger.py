@@ -8,11 +8,20 @@ the one rule of `pixelbyte_async._ledger` â€” never a second copy of it in Lua â
 and ``MULTI``/``EXEC`` the writes, again if another process wrote meanwhile), so
 one job goes to one attempt across machines.
 
+Tracked jobs (`TrackingLedger`) are hashes by attempt, indexed by creation time in
+one sorted set per state and, while active, one per owner (what `renew` and
+`release` touch); done ones are also indexed by their last change, which the
+retention counts from.  A lease is taken like a claim (``WATCH`` the record,
+decide with `lease_free`, ``MULTI``/``EXEC``); the other changes are Lua scripts
+that keep the indexes with the record.  Active records never expire.
+
 While Redis is away, what a submit writes (its attempt, its outcome, its own
 job) is kept in order in this process and written once the hub is back, before
 the hub turns healthy: submits go on.  What needs every machine's word cannot
 be answered from here, so reading attempts or claims, and claiming a job by
 inference (a delivery, the job list, a person), raise `LedgerError` until then.
+So do reading tracked jobs, taking a lease and finishing a tracked job; tracking
+one, tying it to its job, and renewing or releasing a process's leases are kept.
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ import logging
 from collections.abc import Collection, Mapping
 from typing import Any, Literal, TypeAlias, get_args
 
+import attrs
 from redis.exceptions import WatchError
 
 from pixelbyte_async._ledger import (
@@ -35,6 +45,14 @@ from pixelbyte_async._ledger import (
 )
 from pixelbyte_async._ledger._claiming import decide, overridden, state_after
 from pixelbyte_async._ledger._records import STATES
+from pixelbyte_async._ledger._tracking import (
+    ACTIVE,
+    DONE_STATES,
+    TRACKED_STATES,
+    TrackedRecord,
+    TrackedState,
+    lease_free,
+)
 
 from ._codec import text
 from ._link import FAULTS, RedisLink
@@ -113,7 +131,120 @@ end
 return 1
 """
 
-_Op: TypeAlias = tuple[Literal["begin", "mark", "claim"], tuple[Any, ...]]
+# -- tracked jobs --
+#
+# Every script that changes a tracked record keeps its indexes with it:
+# KEYS: the record, the done index (done records by last change).
+# ARGV: state index prefix, owner index prefix, attempt, ttl ms, then the script's.
+# A record is in the index of its state (by created_at) always, in its owner's (by
+# created_at) while active, in the done index (by updated_at) while done; a done
+# record (and its indexes) expires after ttl unless written again, an active never.
+_TRACKED_LUA_HEAD = """
+local rec, done = KEYS[1], KEYS[2]
+local by_state, by_owner, id, ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local function unindex()
+  local state, owner = unpack(redis.call('HMGET', rec, 'state', 'owner'))
+  if state then redis.call('ZREM', by_state .. state, id) end
+  if owner then redis.call('ZREM', by_owner .. owner, id) end
+  redis.call('ZREM', done, id)
+end
+local function index()
+  local state, owner, made, at = unpack(
+    redis.call('HMGET', rec, 'state', 'owner', 'created_at', 'updated_at'))
+  redis.call('ZADD', by_state .. state, made, id)
+  if state == 'active' then
+    redis.call('PERSIST', rec)
+    if owner then redis.call('ZADD', by_owner .. owner, made, id) end
+  else
+    redis.call('ZADD', done, at, id)
+    redis.call('PEXPIRE', rec, ttl)
+    redis.call('PEXPIRE', done, ttl)
+    redis.call('PEXPIRE', by_state .. state, ttl)
+  end
+end
+"""
+
+# ARGV (after the head's): the record's fields and values.  Replaces the record.
+_TRACK_LUA = (
+    _TRACKED_LUA_HEAD
+    + """
+unindex()
+redis.call('DEL', rec)
+redis.call('HSET', rec, unpack(ARGV, 5))
+index()
+return 1
+"""
+)
+
+# ARGV (after the head's): job id, at.  Only a record that exists is tied.
+_TRACKED_JOB_LUA = (
+    _TRACKED_LUA_HEAD
+    + """
+if redis.call('EXISTS', rec) == 0 then return 0 end
+redis.call('HSET', rec, 'job_id', ARGV[5], 'updated_at', ARGV[6])
+index()
+return 1
+"""
+)
+
+# ARGV (after the head's): owner, state, at, '1' to set failures / failures,
+# '1' to set error / error.  Only an active record the owner holds moves.
+_FINISH_LUA = (
+    _TRACKED_LUA_HEAD
+    + """
+local state, holder = unpack(redis.call('HMGET', rec, 'state', 'owner'))
+if state ~= 'active' or holder ~= ARGV[5] then return 0 end
+unindex()
+redis.call('HSET', rec, 'state', ARGV[6], 'updated_at', ARGV[7])
+if ARGV[8] == '1' then redis.call('HSET', rec, 'failures', ARGV[9]) end
+if ARGV[10] == '1' then redis.call('HSET', rec, 'error', ARGV[11]) end
+index()
+return 1
+"""
+)
+
+# KEYS: the owner's index.  ARGV: record key prefix, owner, lease until, at,
+# 'release' or 'renew'.  Renews (or gives up) every active lease the owner holds;
+# entries the index kept by mistake are dropped.
+_LEASES_LUA = """
+local ids = redis.call('ZRANGE', KEYS[1], 0, -1)
+for _, id in ipairs(ids) do
+  local key = ARGV[1] .. id
+  local state, owner = unpack(redis.call('HMGET', key, 'state', 'owner'))
+  if state ~= 'active' or owner ~= ARGV[2] then
+    redis.call('ZREM', KEYS[1], id)
+  elseif ARGV[5] == 'renew' then
+    redis.call('HSET', key, 'lease_until', ARGV[3])
+  else
+    redis.call('HDEL', key, 'owner')
+    redis.call('HSET', key, 'lease_until', ARGV[3], 'updated_at', ARGV[4])
+  end
+end
+if ARGV[5] == 'release' then redis.call('DEL', KEYS[1]) end
+return #ids
+"""
+
+# KEYS: the done index.  ARGV: horizon, record key prefix, state index prefix,
+# then the done states.  Deletes done records last changed before the horizon, in
+# bounded steps (a record gone already is taken out of every done state's index).
+_PRUNE_TRACKED_LUA = """
+local old = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[1], 'LIMIT', 0, 1000)
+for _, id in ipairs(old) do
+  local key = ARGV[2] .. id
+  local state = redis.call('HGET', key, 'state')
+  if state ~= 'active' then
+    for i = 4, #ARGV do redis.call('ZREM', ARGV[3] .. ARGV[i], id) end
+    redis.call('DEL', key)
+  end
+  redis.call('ZREM', KEYS[1], id)
+end
+return #old
+"""
+
+_Op: TypeAlias = tuple[
+    Literal["begin", "mark", "claim", "track", "tracked_job", "renew", "release"],
+    tuple[Any, ...],
+]
 
 
 def _fields(attempt: Attempt) -> dict[str, str]:
@@ -159,6 +290,46 @@ def _attempt(attempt_id: str, raw: Mapping[bytes, bytes]) -> Attempt | None:
     )
 
 
+def _tracked_fields(record: TrackedRecord) -> list[str]:
+    """*record*'s hash fields and values, in turn (`_TRACK_LUA`'s arguments)."""
+    fields = {
+        "model": record.model,
+        "context": record.context,
+        "state": record.state,
+        "lease_until": repr(record.lease_until),
+        "failures": str(record.failures),
+        "created_at": repr(record.created_at),
+        "updated_at": repr(record.updated_at),
+    }
+    if record.job_id is not None:
+        fields["job_id"] = record.job_id
+    if record.owner is not None:
+        fields["owner"] = record.owner
+    if record.error is not None:
+        fields["error"] = record.error
+    return [part for pair in fields.items() for part in pair]
+
+
+def _tracked(attempt: str, raw: Mapping[bytes, bytes]) -> TrackedRecord | None:
+    got = _decoded(raw)
+    state = got.get("state")
+    if "model" not in got or state not in TRACKED_STATES:
+        return None  # gone (pruned or expired) between two reads
+    return TrackedRecord(
+        attempt=attempt,
+        model=got["model"],
+        context=got.get("context", "null"),
+        state=state,
+        job_id=got.get("job_id"),
+        owner=got.get("owner"),
+        lease_until=float(got.get("lease_until", "0")),
+        failures=int(got.get("failures", "0")),
+        error=got.get("error"),
+        created_at=float(got["created_at"]),
+        updated_at=float(got["updated_at"]),
+    )
+
+
 def _claim(job_id: str, raw: Mapping[bytes, bytes]) -> Claim | None:
     got = _decoded(raw)
     how = got.get("how")
@@ -176,14 +347,16 @@ class RedisLedger:
     """
     A `SubmitLedger` in a hub's Redis, shared by every machine using the hub.
 
-    Get it from the hub (``hub.ledger()``); ``PixelByte(hub=hub)`` uses it unless
-    told otherwise.  Entries are kept for *retention* seconds by the writers'
-    clock (and expire in Redis after as long again, should nobody write).
+    Also a `TrackingLedger`.  Get it from the hub (``hub.ledger()``);
+    ``PixelByte(hub=hub)`` uses it unless told otherwise.  Entries are kept for *retention* seconds by the writers'
+    clock (and expire in Redis after as long again, should nobody write); active
+    tracked jobs are kept until they are done.
 
     While Redis is away, this process's own writes are kept in order (up to the
     hub's *max_outbox*) and written when it is back; reads of attempts and
     claims, and claims made by inference, raise `LedgerError` meanwhile (no
-    process can tell whose a job is without every machine's word).
+    process can tell whose a job is without every machine's word), and so do
+    reading tracked jobs, leasing and finishing one.
 
     .. versionadded:: 0.3.0
     """
@@ -238,6 +411,26 @@ class RedisLedger:
 
     def _index(self, model: str | None) -> str:
         return self._key("li", "") if model is None else self._key("lm", model)
+
+    def _tracked_key(self, attempt: str) -> str:
+        return self._key("lt", attempt)
+
+    def _state_index(self, state: str) -> str:
+        return self._key("ls", state)
+
+    def _owner_index(self, owner: str) -> str:
+        return self._key("lo", owner)
+
+    def _tracked_keys(self, attempt: str) -> tuple[list[str], list[str | int]]:
+        """The keys and first arguments of a script with `_TRACKED_LUA_HEAD`."""
+        keys = [self._tracked_key(attempt), self._key("lx")]
+        args: list[str | int] = [
+            self._state_index(""),
+            self._owner_index(""),
+            attempt,
+            self._ttl_ms,
+        ]
+        return keys, args
 
     def _redis(self) -> Any:
         """The hub's client for commands (redis-py's types are looser than ours)."""
@@ -318,7 +511,33 @@ class RedisLedger:
             )
             await self._maybe_prune(at)
             return None
-        return await self._claim(*args)
+        if kind == "claim":
+            return await self._claim(*args)
+        await self._apply_tracked(op)
+        return None
+
+    async def _apply_tracked(self, op: _Op) -> None:
+        kind, args = op
+        if kind == "track":
+            (record,) = args
+            keys, head = self._tracked_keys(record.attempt)
+            await self._script("track", _TRACK_LUA)(
+                keys=keys, args=[*head, *_tracked_fields(record)]
+            )
+            at = record.created_at
+        elif kind == "tracked_job":
+            attempt, job_id, at = args
+            keys, head = self._tracked_keys(attempt)
+            await self._script("tracked_job", _TRACKED_JOB_LUA)(
+                keys=keys, args=[*head, job_id, repr(at)]
+            )
+        else:  # renew, release
+            owner, until, at = args
+            await self._script("leases", _LEASES_LUA)(
+                keys=[self._owner_index(owner)],
+                args=[self._tracked_key(""), owner, repr(until), repr(at), kind],
+            )
+        await self._maybe_prune(at)
 
     async def flush(self) -> int:
         """
@@ -457,6 +676,15 @@ class RedisLedger:
                 self._key("lm"),
             ],
         )
+        await self._script("prune_tracked", _PRUNE_TRACKED_LUA)(
+            keys=[self._key("lx")],
+            args=[
+                repr(now - self.retention),
+                self._tracked_key(""),
+                self._state_index(""),
+                *sorted(DONE_STATES),
+            ],
+        )
 
     # -- reads -----------------------------------------------------------------------
 
@@ -546,6 +774,174 @@ class RedisLedger:
                     pipe.hgetall(key)
                 rows.extend(await pipe.execute())
         return rows
+
+    # -- tracked jobs ----------------------------------------------------------------
+
+    async def track(self, record: TrackedRecord) -> None:
+        """See `TrackingLedger.track` (kept until Redis is back, like `begin`)."""
+        await self._write(("track", (record,)))
+
+    async def tracked_job(self, attempt: str, job_id: str, *, at: float) -> None:
+        """See `TrackingLedger.tracked_job` (kept until Redis is back)."""
+        await self._write(("tracked_job", (attempt, job_id, at)))
+
+    async def tracked(
+        self, *, states: Collection[TrackedState] = ACTIVE
+    ) -> list[TrackedRecord]:
+        """
+        See `TrackingLedger.tracked`.
+
+        Raises:
+            LedgerError: Redis is away.
+
+        """
+        wanted = sorted(set(states))
+        if not wanted:
+            return []
+        await self._usable()
+        try:
+            async with self._redis().pipeline(transaction=False) as pipe:
+                for state in wanted:
+                    pipe.zrange(self._state_index(state), 0, -1, withscores=True)
+                ranked = sorted(
+                    (made, member.decode())
+                    for entries in await pipe.execute()
+                    for member, made in entries
+                )
+            ids = list(dict.fromkeys(attempt for _, attempt in ranked))
+            rows = await self._hashes([self._tracked_key(i) for i in ids])
+        except FAULTS as exc:
+            raise self._away(exc) from exc
+        return [
+            r for r in map(_tracked, ids, rows) if r is not None and r.state in wanted
+        ]
+
+    async def lease(
+        self,
+        attempt: str,
+        owner: str,
+        *,
+        until: float,
+        at: float,
+        gone: Collection[str] = (),
+    ) -> TrackedRecord | None:
+        """
+        See `TrackingLedger.lease`.
+
+        Raises:
+            LedgerError: Redis is away (who holds it cannot be told without it).
+
+        """
+        await self._usable()
+        try:
+            return await self._lease(attempt, owner, until=until, at=at, gone=gone)
+        except FAULTS as exc:
+            raise self._away(exc) from exc
+
+    async def _lease(
+        self,
+        attempt: str,
+        owner: str,
+        *,
+        until: float,
+        at: float,
+        gone: Collection[str],
+    ) -> TrackedRecord | None:
+        # Like a contested claim: read, decide with the one rule, write unless
+        # another process wrote the record meanwhile (then again).
+        key = self._tracked_key(attempt)
+        for _ in range(_CLAIM_TRIES):
+            async with self._redis().pipeline(transaction=True) as pipe:
+                try:
+                    await pipe.watch(key)
+                    found = _tracked(attempt, await pipe.hgetall(key))
+                    if found is None or not lease_free(found, owner, at=at, gone=gone):
+                        await pipe.unwatch()
+                        return None
+                    pipe.multi()
+                    pipe.hset(
+                        key,
+                        mapping={
+                            "owner": owner,
+                            "lease_until": repr(until),
+                            "updated_at": repr(at),
+                        },
+                    )
+                    if found.owner is not None and found.owner != owner:
+                        pipe.zrem(self._owner_index(found.owner), attempt)
+                    pipe.zadd(self._owner_index(owner), {attempt: found.created_at})
+                    await pipe.execute()
+                except WatchError:
+                    continue
+            return attrs.evolve(found, owner=owner, lease_until=until, updated_at=at)
+        raise LedgerError(
+            f"tracked job {attempt} is being leased by many processes at once"
+        )
+
+    async def renew(self, owner: str, *, until: float, at: float) -> None:
+        """
+        See `TrackingLedger.renew`.
+
+        Kept until Redis is back, like the other writes of this process (the
+        latest renewal replaces one kept just before it).
+        """
+        op: _Op = ("renew", (owner, until, at))
+        outbox = self._outbox
+        if (
+            outbox
+            and outbox[-1][0] == "renew"
+            and outbox[-1][1][0] == owner
+            and (len(outbox) > 1 or not self._flushing.locked())
+        ):
+            outbox[-1] = op  # not the one a flush may be writing right now
+            return
+        await self._write(op)
+
+    async def release(self, owner: str, *, at: float) -> None:
+        """See `TrackingLedger.release` (kept until Redis is back)."""
+        await self._write(("release", (owner, 0.0, at)))
+
+    async def finish(
+        self,
+        attempt: str,
+        owner: str,
+        *,
+        state: TrackedState,
+        at: float,
+        failures: int | None = None,
+        error: str | None = None,
+    ) -> bool:
+        """
+        See `TrackingLedger.finish`.
+
+        Raises:
+            LedgerError: Redis is away (whether *owner* still holds the lease
+                cannot be told without it; nothing changed).
+
+        """
+        await self._usable()
+        keys, head = self._tracked_keys(attempt)
+        try:
+            done = await self._script("finish", _FINISH_LUA)(
+                keys=keys,
+                args=[
+                    *head,
+                    owner,
+                    state,
+                    repr(at),
+                    "0" if failures is None else "1",
+                    "" if failures is None else str(failures),
+                    "0" if error is None else "1",
+                    "" if error is None else error,
+                ],
+            )
+        except FAULTS as exc:
+            raise self._away(exc) from exc
+        try:
+            await self._maybe_prune(at)
+        except FAULTS as exc:  # it is finished all the same
+            self._link.trouble(exc)
+        return bool(done == 1)
 
     async def aclose(self) -> None:
         """Write what was kept, if Redis is there (the hub closes the connection)."""

@@ -197,7 +197,7 @@ class MemoryLedger:
     async def release(self, owner: str, *, at: float) -> None:
         """See `TrackingLedger.release`."""
         for attempt, r in self._tracked.items():
-            if r.owner == owner:
+            if r.owner == owner and r.state == "active":
                 self._tracked[attempt] = attrs.evolve(
                     r, owner=None, lease_until=0.0, updated_at=at
                 )

@@ -759,7 +759,7 @@ class SqliteLedger:
                 conn,
                 at,
                 "UPDATE tracked SET owner = NULL, lease_until = 0, updated_at = ? "
-                "WHERE account = ? AND owner = ?",
+                "WHERE account = ? AND owner = ? AND state = 'active'",
                 at,
                 self.account,
                 owner,

@@ -52,7 +52,7 @@ class TrackedRecord:
         attempt: The submit's attempt id (the record's key; known before sending).
         model: The model slug.
         context: The caller's context, as JSON text.
-        state: See `TrackedState`.
+        state: ``active``, ``handled``, ``parked`` or ``none`` (see the module).
         job_id: The job, once known.
         owner: The process responsible for it (``host:pid:client``), if any.
         lease_until: When the owner's lease runs out unless renewed.
@@ -135,7 +135,7 @@ class TrackingLedger(Protocol):
         ...
 
     async def release(self, owner: str, *, at: float) -> None:
-        """Give up every lease *owner* holds (a client closing): others take over."""
+        """Give up *owner*'s leases on active tracked jobs (a client closing): others take over."""
         ...
 
     async def finish(
