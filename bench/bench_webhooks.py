@@ -12,6 +12,13 @@ Webhooks: the receiver's throughput, delivery -> wait() latency, requests per jo
 * Burst: 2,000 deliveries issued at once through a pool of 200 connections (under
   the server's default cap of 256); p50/p99 latency from issue to answer, both
   servers side by side.
+* Burst on 2,000 connections at once (a pool of 2,000, as an API ending 2,000 jobs
+  together would open them): how many got 503 and p50/p99, for a bare aiohttp
+  server, ``WebhookServer`` refusing at its cap at once (``queue_wait=0``: how it
+  was before the line) and ``WebhookServer`` as it is (past the cap a connection
+  waits up to 2 s for a slot), and the receiver mounted on a ``GuardedSite``.  The
+  soft open-file limit is raised to the hard one for this (both processes); with a
+  hard limit too low the burst is made smaller, and says so.
 * Latency: N jobs wait on FakePixelByte deliveries (real HTTP on 127.0.0.1); for each
   job, the time from the receiver getting its verified delivery to the awaiting
   ``job.wait()`` returning.  Target p99 <= 10 ms in one process.
@@ -24,7 +31,7 @@ figures alone and only prints them).
 
     python bench/bench_webhooks.py [--jobs 1000] [--deliveries 3000] [--rounds 5]
         [--concurrency 50] [--burst 2000] [--burst-pool 200] [--burst-rounds 3]
-        [--receiver-only]
+        [--burst-all 2000] [--receiver-only]
 """
 
 from __future__ import annotations
@@ -36,9 +43,11 @@ import hashlib
 import hmac
 import json
 import os
+import resource
 import statistics
 import sys
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Iterator
 from pathlib import Path
 from typing import Any
@@ -53,6 +62,7 @@ from pixelbyte_async.webhooks import (
     DEFAULT_TOLERANCE,
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
+    GuardedSite,
     WebhookReceiver,
     WebhookServer,
     signature_headers,
@@ -193,14 +203,32 @@ def bare_app(secret: str) -> web.Application:
 
 @contextlib.asynccontextmanager
 async def aiohttp_server(app: web.Application) -> AsyncIterator[str]:
+    async with aiohttp_site(app, web.TCPSite) as (url, _site):
+        yield url
+
+
+@contextlib.asynccontextmanager
+async def aiohttp_site(
+    app: web.Application, site_class: type[web.TCPSite]
+) -> AsyncIterator[tuple[str, web.TCPSite]]:
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
+    site = site_class(runner, "127.0.0.1", 0)
     await site.start()
     try:
-        yield f"http://127.0.0.1:{site.port}/hook"
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}/hook", site
     finally:
         await runner.cleanup()
+
+
+def raise_fd_limit(wanted: int) -> int:
+    """Raise the soft open-file limit toward *wanted* (up to the hard one); the new soft."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        soft = target
+    return soft
 
 
 def _payloads(n: int, prefix: str) -> list[tuple[bytes, dict[str, str]]]:
@@ -230,24 +258,23 @@ async def _fire(cmd: dict[str, Any]) -> dict[str, float]:
     payloads = _payloads(n, str(cmd["prefix"]))
     url = str(cmd["url"])
     latencies = [0.0] * n
-    errors = 0
+    statuses: Counter[int] = Counter()  # 0: no answer (a connection error)
     sem = asyncio.Semaphore(int(cmd["concurrency"]))
     connector = aiohttp.TCPConnector(limit=int(cmd["pool"]))
     async with aiohttp.ClientSession(connector=connector) as session:
 
         async def one(i: int) -> None:
-            nonlocal errors
             body, headers = payloads[i]
             async with sem:
                 t0 = time.perf_counter()
                 try:
                     async with session.post(url, data=body, headers=headers) as r:
                         await r.read()
-                        ok = r.status == 200
+                        status = r.status
                 except aiohttp.ClientError:
-                    ok = False
+                    status = 0
                 latencies[i] = time.perf_counter() - t0
-            errors += not ok
+            statuses[status] += 1
 
         start = time.perf_counter()
         cpu = time.process_time()
@@ -259,7 +286,9 @@ async def _fire(cmd: dict[str, Any]) -> dict[str, float]:
         "deliveries": n,
         "per_s": n / elapsed,
         "elapsed_s": elapsed,
-        "errors": errors,
+        "errors": n - statuses[200],
+        "status_503": statuses[503],
+        "no_answer": statuses[0],
         "client_cpu_us": cpu / n * 1e6,
         "p50_ms": statistics.median(ms),
         "p99_ms": pct(ms, 0.99),
@@ -269,6 +298,7 @@ async def _fire(cmd: dict[str, Any]) -> dict[str, float]:
 
 def loadgen() -> None:
     """The load generator process: one JSON command per line in, figures out."""
+    raise_fd_limit(1 << 16)
     for line in sys.stdin:
         print(json.dumps(asyncio.run(_fire(json.loads(line)))), flush=True)
 
@@ -328,6 +358,18 @@ async def loadgen_process(cpus: set[int]) -> AsyncIterator[LoadGen]:
 SERVERS = ("bare", "plain", "sdk")
 
 
+#: The burst on 2,000 connections at once: a bare aiohttp server; WebhookServer
+#: refusing at its cap at once (queue_wait=0, as before the line: "before"); as it is
+#: ("after"); the receiver mounted in a plain app on a GuardedSite.
+BURST_ALL = ("bare", "sdk_no_line", "sdk", "guarded")
+
+
+def plain_receiver_app() -> web.Application:
+    app = web.Application(client_max_size=DEFAULT_MAX_BODY + 1)
+    app.router.add_post("/hook", WebhookReceiver(SECRET).aiohttp_handler)
+    return app
+
+
 async def receiver_throughput(
     *,
     deliveries: int,
@@ -336,20 +378,36 @@ async def receiver_throughput(
     burst: int,
     burst_pool: int,
     burst_rounds: int,
+    burst_all: int,
 ) -> dict[str, object]:
-    plain_receiver = WebhookReceiver(SECRET)
-    plain_app = web.Application(client_max_size=DEFAULT_MAX_BODY + 1)
-    plain_app.router.add_post("/hook", plain_receiver.aiohttp_handler)
+    # Each connection of the burst on all connections costs a descriptor in both
+    # processes, with room for the servers' own and the line's.
+    fds = raise_fd_limit(2 * burst_all + 1024)
+    if burst_all > fds // 2 - 512:
+        smaller = max(0, fds // 2 - 512)
+        print(
+            f"open-file limit {fds} (ulimit -n): the burst on all connections is "
+            f"{smaller} instead of {burst_all}"
+        )
+        burst_all = smaller
     with server_core() as others:
         async with (
             aiohttp_server(bare_app(SECRET)) as bare_url,
-            aiohttp_server(plain_app) as plain_url,
+            aiohttp_server(plain_receiver_app()) as plain_url,
+            aiohttp_site(plain_receiver_app(), GuardedSite) as (guarded_url, site),
             WebhookServer(SECRET) as hooks,
+            WebhookServer(SECRET, queue_wait=0) as no_line,
             loadgen_process(others) as gen,
         ):
-            urls = {"bare": bare_url, "plain": plain_url, "sdk": hooks.url}
-            for url in urls.values():  # warm-up
-                await gen.fire(url, 500, concurrency, concurrency)
+            urls = {
+                "bare": bare_url,
+                "plain": plain_url,
+                "sdk": hooks.url,
+                "sdk_no_line": no_line.url,
+                "guarded": guarded_url,
+            }
+            for name in SERVERS:  # warm-up
+                await gen.fire(urls[name], 500, concurrency, concurrency)
             runs: dict[str, list[dict[str, float]]] = {name: [] for name in SERVERS}
             for r in range(rounds):
                 # Rotate who goes first, so drift within a round hits all alike.
@@ -371,6 +429,18 @@ async def receiver_throughput(
                     bursts[name].append(res)
             guard = hooks.stats
             accepted = hooks.receiver.stats["accepted"]
+            everyone: dict[str, list[dict[str, float]]] = {n: [] for n in BURST_ALL}
+            for r in range(burst_rounds if burst_all else 0):
+                for name in BURST_ALL[r % 4 :] + BURST_ALL[: r % 4]:
+                    res = await gen.fire(urls[name], burst_all, burst_all, burst_all)
+                    everyone[name].append(res)
+                    await asyncio.sleep(1.0)  # the last connections close
+            assert isinstance(site, GuardedSite)
+            guards = {
+                "sdk": hooks.stats,
+                "sdk_no_line": no_line.stats,
+                "guarded": site.stats,
+            }
 
     def med(rows: list[dict[str, float]], key: str) -> float:
         return statistics.median(row[key] for row in rows)
@@ -412,6 +482,18 @@ async def receiver_throughput(
             },
             "errors": sum(row["errors"] for rows in bursts.values() for row in rows),
         },
+        "burst_all_connections": {
+            "concurrent": burst_all,
+            "pool": burst_all,
+            "rounds": len(everyone["sdk"]),
+            **{
+                f"{name}_{key}": med(everyone[name], key)
+                for name in BURST_ALL
+                for key in ("status_503", "no_answer", "p50_ms", "p99_ms", "max_ms")
+                if everyone[name]
+            },
+            "guard": guards,
+        },
         "guard": guard,
         "sdk_accepted": accepted,
         "sdk_expected": 500 + rounds * deliveries + burst_rounds * burst,
@@ -427,6 +509,7 @@ async def main(args: argparse.Namespace) -> dict[str, object]:
             burst=args.burst,
             burst_pool=args.burst_pool,
             burst_rounds=args.burst_rounds,
+            burst_all=args.burst_all,
         )
 
     if args.receiver_only:
@@ -489,6 +572,27 @@ def report_receiver(rec: dict[str, Any]) -> bool:
         f"{burst['bare_p50_ms']:.0f} ms, p99 {burst['bare_p99_ms']:.0f} ms; errors "
         f"{tp['errors'] + burst['errors']}; guard {rec['guard']}"
     )
+    everyone = rec["burst_all_connections"]
+    if everyone["rounds"]:
+        names = {
+            "bare": "bare aiohttp",
+            "sdk_no_line": "WebhookServer refusing at its cap (before)",
+            "sdk": "WebhookServer with its line (after)",
+            "guarded": "receiver on a GuardedSite",
+        }
+        print(
+            f"burst on {everyone['concurrent']} connections at once (median of "
+            f"{everyone['rounds']} rounds):"
+        )
+        for name, label in names.items():
+            print(
+                f"  {label}: {everyone[f'{name}_status_503']:.0f} got 503, "
+                f"{everyone[f'{name}_no_answer']:.0f} no answer; p50 "
+                f"{everyone[f'{name}_p50_ms']:.0f} ms, p99 "
+                f"{everyone[f'{name}_p99_ms']:.0f} ms, max "
+                f"{everyone[f'{name}_max_ms']:.0f} ms"
+            )
+        print(f"  guards after the run: {everyone['guard']}")
     return bool(
         tp["ratio"] >= 0.8
         and tp["errors"] + burst["errors"] == 0
@@ -505,6 +609,12 @@ if __name__ == "__main__":
     parser.add_argument("--burst", type=int, default=2000)
     parser.add_argument("--burst-pool", type=int, default=200)
     parser.add_argument("--burst-rounds", type=int, default=3)
+    parser.add_argument(
+        "--burst-all",
+        type=int,
+        default=2000,
+        help="deliveries on as many connections at once (0: skip)",
+    )
     parser.add_argument(
         "--receiver-only",
         action="store_true",

@@ -173,7 +173,10 @@ class DeliveryIntake:
         except WebhookVerificationError as exc:
             self._count("rejected")
             log.warning("rejected webhook delivery: %s (%s)", exc.reason, exc)
-            return (413 if exc.reason == "too_large" else 401), exc.reason
+            if exc.reason == "too_large":
+                return 413, exc.reason
+            # A valid signature over an unusable body: the sender's bug, not a forgery.
+            return (400 if exc.signed else 401), exc.reason
 
 
 class DeliveryDispatch:

@@ -487,12 +487,18 @@ class WebhookVerificationError(PixelByteError):
     Attributes:
         reason: Machine-readable: ``missing_header``, ``malformed``, ``stale``,
             ``future``, ``mismatch``, ``too_large`` or ``not_json``.
+        signed: Whether the signature was valid and the signed body itself is
+            unusable (not JSON, no job id, nested too deep): a receiver answers
+            400, not 401.
+
+    .. versionchanged:: 0.4.0 *signed*.
 
     """
 
-    def __init__(self, message: str, *, reason: str) -> None:
+    def __init__(self, message: str, *, reason: str, signed: bool = False) -> None:
         super().__init__(message)
         self.reason = reason
+        self.signed = signed
 
 
 _BY_STATUS: dict[int, type[APIError]] = {

@@ -55,6 +55,9 @@ __all__ = ["WebhookReceiver"]
 _DEFAULT_RETENTION = 1800.0
 # The counters of `WebhookReceiver.stats`, all 0 at first.
 _STATS = ("received", "accepted", "duplicates", "rejected", "unknown")
+# Seconds `aiohttp_handler` waits for a whole body once the headers are in: the API
+# sends a few hundred bytes; the same bound as WebhookServer's read timeout.
+_DEFAULT_BODY_TIMEOUT = 10.0
 
 
 class WebhookReceiver:
@@ -95,6 +98,10 @@ class WebhookReceiver:
             all), with margin.  Keep it above *tolerance*, so that a replayed
             delivery is refused as stale before it is forgotten.  Pruning is
             amortised O(1) on each call, with no background task.
+        body_timeout: Seconds `aiohttp_handler` waits for the whole body once the
+            headers are in; a slower body is answered 408 ``timeout`` and its
+            connection closed.  (Slow headers are the site's to bound: serve the
+            app through a `GuardedSite`, or a proxy with a header timeout.)
         hub: A started hub shared by processes (`pixelbyte_async.redis.RedisHub`)
             to publish each verified delivery to, with no de-duplication here
             first; its answer decides.  New everywhere: 200 ``ok``, dispatched
@@ -107,7 +114,7 @@ class WebhookReceiver:
 
     .. versionadded:: 0.1.0
     .. versionchanged:: 0.2.0 *retention*; safe from any thread.
-    .. versionchanged:: 0.3.0 *hub*.
+    .. versionchanged:: 0.3.0 *hub*, *body_timeout*.
 
     """
 
@@ -123,11 +130,21 @@ class WebhookReceiver:
         unknown_grace: float = 5.0,
         max_events: int = 50_000,
         retention: float = _DEFAULT_RETENTION,
+        body_timeout: float = _DEFAULT_BODY_TIMEOUT,
         hub: PublishingHub | None = None,
     ) -> None:
         if not retention > 0:
             raise ValueError(
                 f"retention must be a positive number of seconds, not {retention!r}"
+            )
+        if (
+            not isinstance(body_timeout, int | float)
+            or isinstance(body_timeout, bool)
+            or not 0 < body_timeout < float("inf")
+        ):
+            raise ValueError(
+                "body_timeout must be a positive finite number of seconds, "
+                f"not {body_timeout!r}"
             )
         keys = signing_keys(secret)
         self.tolerance = tolerance
@@ -138,6 +155,7 @@ class WebhookReceiver:
         self.unknown_grace = unknown_grace
         self.max_events = max_events
         self.retention = float(retention)
+        self.body_timeout = float(body_timeout)
         # Guards every structure below: handle() may run in any thread.  Never held
         # while calling out (hooks, clients, futures).
         self._lock = threading.Lock()
@@ -338,18 +356,46 @@ class WebhookReceiver:
         An aiohttp handler: mount it with ``app.router.add_post(path, handler)``.
 
         Oversize bodies get 413 from ``Content-Length`` alone, or as soon as the
-        streamed body passes the limit.  The query string goes to `handle` (with a
-        *hub*, `handle_async`) as *url* (for ``pb_attempt``).
+        streamed body passes the limit; a body not in within *body_timeout* gets
+        408 and its connection is closed.  The query string goes to `handle` (with
+        a *hub*, `handle_async`) as *url* (for ``pb_attempt``).
+
+        .. versionchanged:: 0.3.0 408 for a body slower than *body_timeout*.
         """
         declared = request.content_length
         if declared is None or declared <= self.max_body:
-            body = await _read_body(request.content, self.max_body)
+            content = request.content
+            if content.is_eof():  # came with the headers, as a delivery does: no timer
+                body = await _read_body(content, self.max_body)
+            else:
+                try:
+                    async with asyncio.timeout(self.body_timeout):
+                        body = await _read_body(content, self.max_body)
+                except TimeoutError:
+                    return await self._too_slow(request)
             if body is not None:
                 url, headers = request.query_string, request.headers
                 if self._intake.shared is None:
                     return _reply(*self.handle(body, headers, url=url))
                 return _reply(*await self.handle_async(body, headers, url=url))
         return _reply(*self._intake.too_large())
+
+    async def _too_slow(self, request: aiohttp.web.Request) -> aiohttp.web.Response:
+        """
+        408 to a body not in within *body_timeout*, and its connection closed.
+
+        Sent here, then the connection closed: returned unsent, aiohttp would wait
+        for the rest of the body (its ``lingering_time``, 10 s) before closing.
+        """
+        with self._lock:
+            self.stats["received"] += 1
+            self.stats["rejected"] += 1
+        response = _reply(408, "timeout")
+        response.force_close()
+        await response.prepare(request)
+        await response.write_eof()
+        request.protocol.force_close()  # after what was written is sent
+        return response
 
     def aiohttp_app(self, path: str = "/") -> aiohttp.web.Application:
         """Return a sub-application to mount: ``app.add_subapp("/hooks", r.aiohttp_app())``."""

@@ -175,7 +175,8 @@ def decode_json(content: bytes, *, status: int) -> Any:
     """Parse a JSON body or raise `ResponseDecodeError` with an excerpt."""
     try:
         return json.loads(content)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        # RecursionError: a hostile body nested thousands deep.
         excerpt = content[:200].decode("utf-8", "replace")
         raise ResponseDecodeError(
             f"HTTP {status}: response is not JSON: {excerpt!r}",
@@ -306,6 +307,9 @@ def resolve_output_url(output: object) -> str | None:
 _CONTROL = re.compile("[\x00-\x1f\x7f]")
 
 
+# Cached: a finished job's URLs come back unchanged on every GET (and strings in,
+# strings or None out, nothing mutable).
+@functools.lru_cache(maxsize=4096)
 def url_problem(url: str) -> str | None:
     """
     Say why *url* cannot be downloaded, or return ``None`` when it can.

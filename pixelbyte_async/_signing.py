@@ -37,7 +37,14 @@ DEFAULT_MAX_BODY = 256 * 1024
 #: The ``webhookUrl`` query parameter that carries a submit attempt's nonce.
 ATTEMPT_PARAM = "pb_attempt"
 
+#: Deepest nesting of arrays and objects accepted in a body (a payload nests 3 deep):
+#: deeper bodies are ``malformed``, before the JSON parser could recurse into them.
+MAX_DEPTH = 64
+
 _TIMESTAMP_RE = re.compile(r"^[0-9]{1,12}$")
+# A JSON string (its escapes included), and the brackets left once strings are gone.
+_JSON_STRING_RE = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_BRACKET_RE = re.compile(r"[\[\]{}]")
 _SIGNATURE_RE = re.compile(r"^sha256=([0-9a-fA-F]{64})$")
 _ATTEMPT_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
@@ -220,10 +227,13 @@ def verify(
 
     Raises:
         WebhookVerificationError: ``.reason`` is one of ``missing_header``,
-            ``malformed``, ``mismatch``, ``stale``, ``future``, ``too_large`` or
-            ``not_json``.  Never `TypeError`/`ValueError` on hostile input.
+            ``malformed`` (headers, or a signed body without a job id or nesting
+            arrays and objects more than 64 deep), ``mismatch``, ``stale``,
+            ``future``, ``too_large`` or ``not_json``.  Never `TypeError`,
+            `ValueError` or `RecursionError` on hostile input.
 
     .. versionadded:: 0.1.0
+    .. versionchanged:: 0.3.0 A body nested more than 64 deep is ``malformed``.
 
     """
     delivery = read_delivery(
@@ -306,19 +316,55 @@ def read_delivery(  # noqa: C901 -- one check per documented reason
     return _read(raw, timestamp, _attempt_from(url))
 
 
+def _nests_deeper(raw: bytes, limit: int) -> bool:
+    """
+    Whether the JSON in *raw* nests arrays and objects more than *limit* deep.
+
+    A body cannot nest deeper than it has opening brackets, so a payload (a few) costs
+    two counts; the others are decoded as `json.loads` would, and their brackets
+    outside strings walked.  Not JSON (or not text): False, the parser says so.
+    """
+    if raw.count(b"{") + raw.count(b"[") <= limit:
+        return False
+    try:
+        text = raw.decode(json.detect_encoding(raw), "surrogatepass")
+    except UnicodeDecodeError:
+        return False
+    depth = 0
+    for bracket in _BRACKET_RE.findall(_JSON_STRING_RE.sub("", text)):
+        depth += 1 if bracket in "[{" else -1
+        if depth > limit:
+            return True
+    return False
+
+
 def _read(raw: bytes, timestamp: int, attempt: str | None) -> SignedDelivery:
     """Parse a verified body; read its job id and status (the rest waits)."""
+    if _nests_deeper(raw, MAX_DEPTH):
+        raise WebhookVerificationError(
+            f"body nests deeper than {MAX_DEPTH} levels",
+            reason="malformed",
+            signed=True,
+        )
     try:
         payload = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise WebhookVerificationError("body is not JSON", reason="not_json") from exc
+        raise WebhookVerificationError(
+            "body is not JSON", reason="not_json", signed=True
+        ) from exc
+    except RecursionError as exc:  # pragma: no cover -- refused above; a last guard
+        raise WebhookVerificationError(
+            "body nests too deep", reason="malformed", signed=True
+        ) from exc
     if not isinstance(payload, dict):
-        raise WebhookVerificationError("body is not a JSON object", reason="not_json")
+        raise WebhookVerificationError(
+            "body is not a JSON object", reason="not_json", signed=True
+        )
     try:
         job_id = job_id_of(payload)
     except ResponseDecodeError as exc:
         raise WebhookVerificationError(
-            "payload has no jobId", reason="malformed"
+            "payload has no jobId", reason="malformed", signed=True
         ) from exc
     status = decode_status(payload.get("status"), job_id)
     return SignedDelivery(job_id, status, timestamp, payload, attempt=attempt, raw=raw)

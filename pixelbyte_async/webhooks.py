@@ -2,7 +2,7 @@
 """
 Webhooks: verify signed deliveries, receive them, and feed `Job.wait` with them.
 
-The API signs each delivery (contract §8)::
+The API signs each delivery it sends, in two headers::
 
     X-PixelByte-Timestamp: 1760000000
     X-PixelByte-Signature: sha256=<hex HMAC-SHA256(secret, f"{timestamp}.{raw body}")>
@@ -11,7 +11,8 @@ The API signs each delivery (contract §8)::
   as received (never re-serialised JSON) and the headers.
 * `WebhookReceiver` verifies, de-duplicates by job id (the API retries deliveries after
   1, 4, 16, 64 and 256 s), answers fast, and hands events to waiting jobs and your
-  hooks.  Mount its aiohttp handler in your app, or run a standalone `WebhookServer`.
+  hooks.  Mount its aiohttp handler in your app (listening through a `GuardedSite`,
+  which bounds slow and idle connections), or run a standalone `WebhookServer`.
 * ``PixelByte(webhook=server)`` (or `PixelByte.use_webhooks`) adds the ``webhookUrl``
   to every submit, and `Job.wait` then awaits the delivery, with a slow safety poll in
   case a delivery is lost.
@@ -64,6 +65,7 @@ from ._signing import sign as sign
 from ._signing import signature_headers as signature_headers
 from ._signing import tag_webhook_url as tag_webhook_url
 from ._signing import verify as verify
+from ._webhook_server import GuardedSite as GuardedSite
 from ._webhook_server import WebhookServer as WebhookServer
 
 
@@ -83,6 +85,7 @@ __all__ = [
     "DEFAULT_TOLERANCE",
     "SIGNATURE_HEADER",
     "TIMESTAMP_HEADER",
+    "GuardedSite",
     "WebhookEvent",
     "WebhookReceiver",
     "WebhookServer",

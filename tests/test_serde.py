@@ -278,3 +278,15 @@ def test_parse_datetime():
     assert parse_datetime(0) == datetime(1970, 1, 1, tzinfo=UTC)
     for junk in ("", "soon", None, True, float("nan"), [], 1e300, 10**400):
         assert parse_datetime(junk) is None
+
+
+def test_a_body_nested_thousands_deep_is_a_typed_decode_error():
+    """Issue 24: a hostile answer never escapes as a bare RecursionError."""
+    from pixelbyte_async import ResponseDecodeError
+    from pixelbyte_async._hub._codec import parse_event
+    from pixelbyte_async._serde import decode_json
+
+    deep = b'{"a":' * 100_000 + b"1" + b"}" * 100_000
+    with pytest.raises(ResponseDecodeError):
+        decode_json(deep, status=200)
+    assert parse_event(deep) is None

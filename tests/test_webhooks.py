@@ -791,3 +791,109 @@ async def test_a_delivery_that_never_arrives_is_said_once(fake, caplog):
     said = [w for w in warnings if "delivery never arrived" in w]
     assert len(said) == 1, warnings
     assert "https://hooks.example.com/nowhere" in said[0]
+
+
+# -- issue 24, finding 5: a signed body nested too deep ---------------------------------
+
+
+def nested(depth: int) -> bytes:
+    """A signed-looking delivery whose ``extra`` field nests *depth* objects deep."""
+    return (
+        b'{"jobId":"job_deep","status":"completed","extra":'
+        + b'{"a":' * depth
+        + b"1"
+        + b"}" * depth
+        + b"}"
+    )
+
+
+DEEP = b'{"a":' * 10_000 + b"1" + b"}" * 10_000
+
+
+@pytest.mark.parametrize(
+    "body", [DEEP, nested(10_000), b"[" * 5_000 + b"]" * 5_000, nested(65)]
+)
+def test_deep_nesting_is_malformed_not_a_recursion_error(body):
+    """verify() and handle() refuse a correctly signed body nested too deep, typed."""
+    with pytest.raises(WebhookVerificationError) as info:
+        verify(body, headers(body), SECRET, now=TS)
+    assert info.value.reason == "malformed"
+    receiver = WebhookReceiver(SECRET, clock=VirtualClock(start=TS))
+    status, reason = receiver.handle(body, headers(body))
+    assert 400 <= status < 500
+    assert reason == "malformed"
+    assert receiver.stats["rejected"] == 1
+
+
+def test_nesting_up_to_the_limit_and_wide_bodies_are_accepted():
+    """64 levels still verify; so do thousands of brackets side by side, or in strings."""
+    assert verify(nested(63), headers(nested(63)), SECRET, now=TS).job_id == "job_deep"
+    wide = json.dumps(
+        {
+            "jobId": "job_wide",
+            "status": "completed",
+            "outputs": [{"url": f"https://cdn.example/{i}.mp4"} for i in range(2000)],
+            "note": "[{" * 5000,
+        }
+    ).encode()
+    assert verify(wide, headers(wide), SECRET, now=TS).job_id == "job_wide"
+    utf16 = wide.decode().encode("utf-16")
+    assert verify(utf16, headers(utf16), SECRET, now=TS).job_id == "job_wide"
+
+
+@pytest.mark.anyio
+async def test_deep_nesting_over_a_socket_is_400_malformed_never_500():
+    """Through WebhookServer and a receiver mounted in a plain aiohttp app alike."""
+    from aiohttp import web
+
+    plain = WebhookReceiver(SECRET, clock=VirtualClock(start=TS))
+    app = web.Application(client_max_size=plain.max_body + 1)
+    app.router.add_post("/hook", plain.aiohttp_handler)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        async with (
+            WebhookServer(SECRET, clock=VirtualClock(start=TS)) as server,
+            aiohttp.ClientSession() as http,
+        ):
+            for url in (server.url, f"http://127.0.0.1:{port}/hook"):
+                async with http.post(url, data=DEEP, headers=headers(DEEP)) as r:
+                    answer = (r.status, (await r.json())["reason"])
+                assert answer[0] == 400, (url, answer)  # signed: the body is bad
+                assert answer[1] == "malformed"
+                async with http.post(url, data=BODY, headers=headers()) as r:
+                    assert r.status == 200  # and the server goes on serving
+    finally:
+        await runner.cleanup()
+
+
+@pytest.mark.anyio
+async def test_deep_nesting_is_refused_before_the_hub():
+    """With a hub, handle_async refuses the body before anything is published."""
+    from pixelbyte_async._hub._codec import encode_event
+
+    class Hub:
+        running = True
+        connect_timeout = 1.0
+
+        def __init__(self):
+            self.published: list[bytes] = []
+
+        async def publish(self, event):
+            self.published.append(encode_event(event))  # what RedisHub sends
+            return True
+
+        def publish_threadsafe(self, event):  # pragma: no cover -- same loop here
+            raise AssertionError
+
+    hub = Hub()
+    receiver = WebhookReceiver(SECRET, clock=VirtualClock(start=TS), hub=hub)
+    status, reason = await receiver.handle_async(DEEP, headers(DEEP))
+    assert (400 <= status < 500, reason) == (True, "malformed")
+    assert hub.published == []
+    deepest = nested(63)
+    assert await receiver.handle_async(deepest, headers(deepest)) == (200, "ok")
+    assert len(hub.published) == 1

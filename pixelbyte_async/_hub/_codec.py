@@ -164,7 +164,7 @@ def parse_event(raw: bytes) -> RawEvent | None:
         timestamp = int(obj["ts"])
         attempt = obj.get("attempt")
         payload = obj["payload"]
-    except (ValueError, KeyError, TypeError, AttributeError):
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
         return None
     if not isinstance(job_id, str) or not isinstance(payload, dict):
         return None
