@@ -63,6 +63,8 @@ from ._job import Job as Job
 from ._ledger import LedgerError as LedgerError
 from ._ledger import MemoryLedger as MemoryLedger
 from ._ledger import SubmitLedger as SubmitLedger
+from ._ledger import TrackedRecord as TrackedRecord
+from ._ledger import TrackingLedger as TrackingLedger
 from ._models import CatalogModel as CatalogModel
 from ._models import Estimate as Estimate
 from ._models import EstimateLine as EstimateLine
@@ -99,6 +101,8 @@ if TYPE_CHECKING:
     from ._batch import run_batch as run_batch
     from ._journal import JournalError as JournalError
     from ._ledger import SqliteLedger as SqliteLedger
+    from ._sync import SyncJob as SyncJob
+    from ._sync import SyncPixelByte as SyncPixelByte
 
 #: Imported on first use: batches and their SQLite journal are not needed to
 #: submit and wait, and importing them costs a quarter of the package's import time.
@@ -118,6 +122,8 @@ _LAZY = {
     "Settling": "._batch",
     "JournalError": "._journal",
     "SqliteLedger": "._ledger",
+    "SyncJob": "._sync",
+    "SyncPixelByte": "._sync",
 }
 
 __all__ = [
@@ -185,8 +191,12 @@ __all__ = [
     "SqliteLedger",
     "StreamResponse",
     "SubmitLedger",
+    "SyncJob",
+    "SyncPixelByte",
     "SystemClock",
     "Timer",
+    "TrackedRecord",
+    "TrackingLedger",
     "Transport",
     "TransportError",
     "UnexpectedRedirect",

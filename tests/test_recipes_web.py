@@ -1,11 +1,10 @@
 """
 The web recipes answer what they promise, with the real frameworks.
 
-The code is the recipes' own, run from ``docs/recipes/{aiohttp,fastapi,django}.md``:
-the aiohttp app through aiohttp's test client with ``PixelByte`` bound to a
-`FakePixelByte`, the FastAPI app through Starlette's real ``TestClient``, and the
-Django view through Django's real test client (settings configured in-process),
-while a wait is parked on an event loop in another thread.
+The code is the recipes' own, run from ``docs/recipes/{aiohttp,fastapi}.md``: the
+aiohttp app through aiohttp's test client with ``PixelByte`` bound to a
+`FakePixelByte`, and the FastAPI app through Starlette's real ``TestClient``.  The
+Django recipe's tests are in ``test_recipes_django_sync.py``.
 """
 
 from __future__ import annotations
@@ -13,22 +12,15 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import sys
-import threading
-import types
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
-import django
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from django.conf import settings
-from django.test import Client as DjangoClient
-from django.test.utils import override_settings
 from fastapi.testclient import TestClient as StarletteTestClient
 from pixelbyte_async import PixelByte
 from pixelbyte_async.testing import FakePixelByte, Fault
-from pixelbyte_async.webhooks import WebhookEvent, signature_headers
+from pixelbyte_async.webhooks import signature_headers
 
 from conftest import bound_client
 from test_recipes_bots import load_recipe
@@ -295,107 +287,3 @@ async def test_fastapi_route_ends_a_wait_on_another_loop(fastapi_recipe):
 
     assert response.status_code == 200
     assert event.video_url == "https://cdn.example/x.mp4"
-
-
-# -- Django ---------------------------------------------------------------------------
-
-
-@pytest.fixture(name="django_recipe")
-def _django_recipe(monkeypatch) -> Iterator[dict[str, Any]]:
-    if not settings.configured:  # once per process (the docs page may have done it)
-        settings.configure(
-            ALLOWED_HOSTS=["testserver"],
-            MIDDLEWARE=["django.middleware.csrf.CsrfViewMiddleware"],
-            SECRET_KEY="tests-only",
-        )
-        django.setup()
-    ns: dict[str, Any] = {}
-
-    def from_the_page(name: str) -> Any:
-        try:
-            return ns[name]
-        except KeyError:
-            raise AttributeError(name) from None
-
-    views = types.ModuleType("hooks.views")
-    views.__getattr__ = from_the_page  # the page's `from hooks.views import receiver`
-    monkeypatch.setitem(sys.modules, "hooks", types.ModuleType("hooks"))
-    monkeypatch.setitem(sys.modules, "hooks.views", views)
-    urls = types.ModuleType("recipe_urls")
-    with override_settings(
-        ROOT_URLCONF=urls,
-        PIXELBYTE_WEBHOOK_SECRET=SECRET,
-        MIDDLEWARE=["django.middleware.csrf.CsrfViewMiddleware"],
-        ALLOWED_HOSTS=["testserver"],
-    ):
-        load_recipe("django", ns)
-        urls.urlpatterns = ns["urlpatterns"]
-        yield ns
-
-
-def test_django_view_ends_a_wait_parked_on_another_threads_loop(django_recipe):
-    """
-    The sync view, under Django's real test client in this thread, ends a wait
-    parked on an event loop running in another thread (in asyncio debug mode,
-    which raises on any loop call from the wrong thread).
-    """
-    receiver = django_recipe["receiver"]
-    parked = threading.Event()
-    result: dict[str, WebhookEvent | BaseException] = {}
-
-    async def wait_for_delivery() -> WebhookEvent:
-        future = receiver.future_for("job_django000001")
-        parked.set()
-        try:
-            return await asyncio.wait_for(future, 10)
-        finally:
-            receiver.release("job_django000001")
-
-    def loop_thread() -> None:
-        try:
-            result["event"] = asyncio.run(wait_for_delivery(), debug=True)
-        except BaseException as exc:  # report it to the test thread
-            result["event"] = exc
-
-    thread = threading.Thread(target=loop_thread, name="pixelbyte-loop")
-    thread.start()
-    assert parked.wait(10)
-    body = delivery("job_django000001")
-
-    response = DjangoClient(enforce_csrf_checks=True).post(
-        "/pixelbyte/webhook?pb_attempt=att_django",
-        body,
-        content_type="application/json",
-        headers=signature_headers(body, SECRET),
-    )
-    thread.join(10)
-
-    assert (response.status_code, response.content) == (200, b"ok")
-    assert not thread.is_alive()
-    event = result["event"]
-    assert isinstance(event, WebhookEvent), event
-    assert event.job_id == "job_django000001"
-    assert event.attempt == "att_django"  # request.get_full_path() kept the query
-    assert receiver.job_for_attempt("att_django") == "job_django000001"
-
-
-def test_django_view_refuses_what_it_must(django_recipe):
-    """Forged 401, oversized 413, GET 405; a repeated delivery is 200 duplicate."""
-    client = DjangoClient(enforce_csrf_checks=True)
-    body = delivery()
-
-    def post(data: bytes, secret: str = SECRET) -> tuple[int, bytes]:
-        response = client.post(
-            "/pixelbyte/webhook",
-            data,
-            content_type="application/json",
-            headers=signature_headers(data, secret),
-        )
-        return response.status_code, response.content
-
-    huge = b"{" + b" " * (300 * 1024) + b"}"
-    assert post(body) == (200, b"ok")
-    assert post(body) == (200, b"duplicate")
-    assert post(body, "whsec_wrong") == (401, b"mismatch")
-    assert post(huge) == (413, b"too_large")
-    assert client.get("/pixelbyte/webhook").status_code == 405
