@@ -34,6 +34,7 @@ class MemoryLedger:
         self._claims: dict[str, Claim] = {}  # job id -> claim, in order
         self._by_attempt: dict[str, Claim] = {}
         self._tracked: dict[str, TrackedRecord] = {}  # attempt -> record
+        self._done: dict[str, float] = {}  # finished attempt -> when, in order
 
     @property
     def where(self) -> str:
@@ -68,13 +69,13 @@ class MemoryLedger:
             del claims[job_id]
             if claim.attempt is not None:
                 self._by_attempt.pop(claim.attempt, None)
-        done = [
-            a
-            for a, r in self._tracked.items()
-            if r.state in DONE_STATES and r.updated_at < horizon
-        ]
-        for attempt in done:
-            del self._tracked[attempt]
+        done = self._done
+        while done:
+            attempt, at = next(iter(done.items()))
+            if at >= horizon:
+                break
+            del done[attempt]
+            self._tracked.pop(attempt, None)
 
     async def ready(self) -> None:
         """Nothing to open."""
@@ -223,6 +224,8 @@ class MemoryLedger:
             error=error if error is not None else found.error,
             updated_at=at,
         )
+        if state in DONE_STATES:
+            self._done[attempt] = at
         self._prune(at)
         return True
 
