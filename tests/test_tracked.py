@@ -181,7 +181,7 @@ SUBMITTER = textwrap.dedent(
     from pixelbyte_async import KlingO1StartEndFrame, PixelByte
 
     async def main():
-        async with PixelByte() as pb:
+        async with PixelByte(settle=float(os.environ.get("SETTLE", "300"))) as pb:
             async def handler(job):
                 print("handling", job.id, flush=True)
                 if os.environ.get("DIE_IN_HANDLER"):
@@ -334,3 +334,30 @@ async def test_the_cli_lists_tracked_jobs_for_an_operator(fake, monkeypatch, cap
     assert table[0].split()[:3] == ["JOB", "STATE", "FAILS"]
     assert table[1].split()[:3] == [job.id, "parked", "1"]
     assert len(fake.requests) == requests  # the ledger only: nothing asked of the API
+
+
+async def test_a_tracked_submit_lost_in_a_killed_process_is_reconciled_not_resent():
+    """
+    Killed with its submit on the wire: the next process reconciles the attempt
+    (after the settle horizon) and handles its job; the submit is never sent again.
+    """
+    async with FakePixelByte(time_scale=1.0) as fake:
+        fake.set_default_script(JobScript(queue_seconds=0.05, processing_seconds=0.1))
+        # The API makes the job, but holds its answer: the process dies first.
+        fake.inject(
+            Fault.late_create(0.05, answer="hang", hold=30),
+            method="POST",
+            path="/v1/jobs/submit",
+        )
+        first = await spawn(fake, "submit")
+        await until(lambda: len(fake.jobs) == 1, 10)
+        await kill(first)
+        (job_id,) = fake.jobs
+        second = await spawn(fake, "resume", SETTLE="1")
+        try:
+            assert await line_with(second, "resumed") == "resumed []"  # reconciling
+            assert (await line_with(second, "handled")).split()[1] == job_id
+        finally:
+            await kill(second)
+        assert fake.count("POST", "/v1/jobs/submit") == 1
+        assert fake.ledger.double_charged() == []
