@@ -296,6 +296,9 @@ def test_webhook_view_refuses_what_it_must(django_recipe):
     assert post(body) == (200, b"duplicate")
     assert post(body, "whsec_wrong") == (401, b"mismatch")
     assert post(huge) == (413, b"too_large")
+    # Over Django's own DATA_UPLOAD_MAX_MEMORY_SIZE (2.5 MB): still 413, not its
+    # 400 page (issue 25), and nothing past the receiver's limit is read.
+    assert post(b"{" + b" " * (3 * 1024 * 1024) + b"}") == (413, b"too_large")
     assert client.get("/pixelbyte/webhook").status_code == 405
 
 
