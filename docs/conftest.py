@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import pixelbyte_async
+import pytest
 from pixelbyte_async.testing import FakePixelByte
 from sybil import Example, Sybil
 from sybil.evaluators.python import pad
@@ -212,3 +213,15 @@ pytest_collect_file = Sybil(
     setup=_setup,
     teardown=_teardown,
 ).pytest()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """A skipped example is reported at its line in the page, not inside pytest."""
+    del call
+    outcome = yield
+    report = outcome.get_result()
+    example = getattr(item, "example", None)
+    if report.skipped and isinstance(report.longrepr, tuple) and example is not None:
+        reason = report.longrepr[2]
+        report.longrepr = (str(example.path), example.line, reason)

@@ -381,3 +381,18 @@ def test_api_pages_show_attrs_fields_as_declared(cls, expected):
     assert expected in shown
     assert "attr_dict" not in signature
     assert "object" not in signature
+
+
+def test_skipped_examples_are_reported_at_their_line_in_the_page():
+    """Issue 25: skip reasons named pytest's own files (in .nox/...), not the page."""
+    ran = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider",
+         "-p", "no:asyncio", "docs/sync.md"],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parent.parent,
+        check=False,
+    )  # fmt: skip
+    skipped = [line for line in ran.stdout.splitlines() if line.startswith("SKIPPED")]
+    assert skipped, ran.stdout + ran.stderr
+    assert all(" docs/sync.md:" in line for line in skipped), skipped
