@@ -23,6 +23,7 @@ from ._errors import (
     APIError,
     PixelByteError,
     RequestTimeout,
+    TransportError,
     ValidationError,
     error_class_for,
 )
@@ -32,6 +33,7 @@ from ._retry import (
     retry_after_from_details,
 )
 from ._serde import decode_json, error_fields, unwrap
+from ._telemetry import http_call, kind_of
 from ._transport import Request, Response, Transport
 
 
@@ -47,6 +49,16 @@ _T = TypeVar("_T")
 Auth = Literal["bearer", "both", "optional", "none"]
 #: ``"submit"`` calls are retried only when the server provably created nothing.
 Mode = Literal["safe", "submit"]
+
+
+def _reached(error: PixelByteError) -> bool:
+    """
+    Whether a failed earlier try may have acted unseen: sent, then lost.
+
+    An answered try (a 429, a 503) did not act beyond its answer; a submit is only
+    tried again after such a failure, so its earlier tries made no job.
+    """
+    return isinstance(error, TransportError) and error.request_sent
 
 
 class RequestPipeline:
@@ -151,13 +163,16 @@ class RequestPipeline:
             json=json_body,
             timeout=deadline - clock.monotonic(),
         )
+        kind = kind_of(method, path)
         # The first attempt inline: the common case pays for no retry machinery.
         first_error: PixelByteError | None = None
+        sends = [0]
         if request.timeout is not None and request.timeout > 0:
             try:
                 if on_send is not None:
                     on_send()
-                response = await self._send(request)
+                sends[0] += 1
+                response = await self._send(request, kind)
                 result = self._handle(response, method, path)
             except PixelByteError as exc:
                 first_error = exc
@@ -175,7 +190,11 @@ class RequestPipeline:
         async def attempt(remaining: float) -> tuple[Any, str | None]:
             if on_send is not None:
                 on_send()
-            response = await self._send(attrs.evolve(request, timeout=remaining))
+            resend = sends[0]
+            sends[0] += 1
+            response = await self._send(
+                attrs.evolve(request, timeout=remaining), kind, resend=resend
+            )
             return self._handle(response, method, path)
 
         decide = self.decide_submit if mode == "submit" else self.decide_safe
@@ -187,10 +206,18 @@ class RequestPipeline:
             first_error=first_error,
         )
 
-    async def _send(self, request: Request) -> Response:
-        """Send *request*; learn the API's clock from the answer's ``Date``."""
+    async def _send(self, request: Request, kind: str, *, resend: int = 0) -> Response:
+        """Send *request* (a client span); learn the API's clock from its ``Date``."""
         sent = self.clock.time()
-        response = await self.transport.send(request)
+        with http_call(
+            request.method,
+            request.url,
+            kind=kind,
+            params=request.params,
+            resend=resend,
+        ) as call:
+            response = await self.transport.send(request)
+            call.response(response.status)
         self.server_offset.observe(
             response.headers.get("date"), sent=sent, received=self.clock.time()
         )
@@ -233,19 +260,23 @@ class RequestPipeline:
         """
         clock = self.clock
         error = first_error
+        earlier = first_error  # the last try's failure, for the deadline's error
         attempt = 0 if error is None else 1
         while True:
             if error is None:
                 attempt += 1
                 remaining = deadline - clock.monotonic()
                 if remaining <= 0:
+                    # Not sent: only an earlier try may have reached the server
+                    # (and a retried submit's earlier tries made no job).
                     raise RequestTimeout(
-                        f"{what}: deadline passed before attempt {attempt}"
+                        f"{what}: deadline passed before attempt {attempt}",
+                        request_sent=earlier is not None and _reached(earlier),
                     )
                 try:
                     return await attempt_once(remaining)
                 except PixelByteError as exc:
-                    error = exc
+                    error = earlier = exc
             delay = decide(error, attempt)
             if delay is None or delay >= deadline - clock.monotonic():
                 raise error

@@ -374,3 +374,40 @@ async def test_unchanged_poll_bodies_are_not_decoded_again():
         assert job.info is not first
         assert job.video_url == "https://cdn.x/v.mp4"
         assert pb.jobs_in_flight == 0
+
+
+async def test_a_submit_whose_deadline_passed_before_sending_is_not_ambiguous():
+    """
+    The call's one deadline spent before the first try (here by slow uploads of
+    local frames): nothing was sent, so it is a plain RequestTimeout, never an
+    AmbiguousSubmitError that would send the caller to wait a settle horizon.
+    """
+    from pixelbyte_async import AmbiguousSubmitError, RequestTimeout
+
+    clock = VirtualClock(autojump=False)
+    png = b"\x89PNG\r\n\x1a\n" + b"\0" * 64
+
+    def answer(request: Request) -> Response:
+        if request.url.endswith("/v1/uploads/presign"):
+            return json_response(
+                {
+                    "id": "up_1",
+                    "fileUrl": "https://cdn.example/up_1.png",
+                    "uploadUrl": "https://cdn.example/put/up_1",
+                }
+            )
+        if request.method == "PUT":
+            clock.advance(200)  # a slow upload spends the whole deadline
+            return Response(status=200, headers={}, content=b"")
+        return json_response(SUBMITTED)
+
+    pb, mock, _ = client(answer, clock=clock)
+    async with pb:
+        request = KlingO1StartEndFrame(
+            image_url=png, end_image_url="https://example.com/b.jpg"
+        )
+        with pytest.raises(RequestTimeout) as info:
+            await pb.submit(request, timeout=100)
+    assert not isinstance(info.value, AmbiguousSubmitError)
+    assert info.value.request_sent is False
+    assert not any(r.url.endswith("/v1/jobs/submit") for r in mock.requests)
