@@ -361,3 +361,32 @@ async def test_a_tracked_submit_lost_in_a_killed_process_is_reconciled_not_resen
             await kill(second)
         assert fake.count("POST", "/v1/jobs/submit") == 1
         assert fake.ledger.double_charged() == []
+
+
+async def test_a_ledger_away_when_a_handler_returns_is_tried_again(fake, caplog):
+    """
+    The ledger refuses the 'handled' write twice (a Redis outage): the tracker
+    records it once it is back, and the handler is not run again meanwhile.
+    """
+    from pixelbyte_async import LedgerError, MemoryLedger
+
+    class Flaky(MemoryLedger):
+        refusals = 2
+
+        async def finish(self, attempt, owner, **kwargs):  # type: ignore[override]
+            if kwargs.get("state") == "handled" and self.refusals:
+                self.refusals -= 1
+                raise LedgerError("the hub's Redis is unreachable")
+            return await super().finish(attempt, owner, **kwargs)
+
+    seen = Seen()
+    ledger = Flaky()
+    async with bound_client(fake, ledger=ledger) as pb:
+        pb.on_finished(seen)
+        job = await pb.submit(kling(), context="x")
+        await until(lambda: not pb._tracker._tasks, 5)
+        (record,) = await ledger.tracked(states=("handled",))
+    assert record.job_id == job.id
+    assert ledger.refusals == 0
+    assert len(seen.calls) == 1
+    assert "cannot record handled" in caplog.text

@@ -16,7 +16,6 @@ from pixelbyte_async._errors import (
     AmbiguousSubmitError,
     JobError,
     PixelByteError,
-    ReconcileError,
     ValidationError,
     WaitTimeout,
 )
@@ -176,13 +175,45 @@ class Tracker:
 
     async def refused(self, attempt: str) -> None:
         """Its submit was refused (no job): nothing to handle."""
-        await self.ledger.finish(attempt, self.owner, state="none", at=self._now)
+        await self._finish(attempt, "none")
 
     def lost(self, error: AmbiguousSubmitError, context: Any) -> None:
         """Its submit's fate is unknown: find its job (settle horizon), then watch it."""
         attempt = error.attempt
         if attempt is not None:
             self._start(attempt, self._reconciled(attempt, error, context))
+
+    async def _finish(
+        self,
+        attempt: str,
+        state: TrackedState,
+        *,
+        failures: int | None = None,
+        error: str | None = None,
+    ) -> bool:
+        """`TrackingLedger.finish`, tried again while the ledger is away (a Redis outage)."""
+        pause = self.retry_initial
+        while True:
+            try:
+                return await self.ledger.finish(
+                    attempt,
+                    self.owner,
+                    state=state,
+                    at=self._now,
+                    failures=failures,
+                    error=error,
+                )
+            except PixelByteError as exc:
+                log.warning(
+                    "tracked submit %s: cannot record %s in the ledger (%s); again "
+                    "in %.0f s",
+                    attempt,
+                    state,
+                    exc,
+                    pause,
+                )
+                await sleep_or_until(self.client.clock, pause)
+                pause = min(pause * 2, self.retry_max)
 
     # -- watching and handling ------------------------------------------------------------
 
@@ -205,14 +236,14 @@ class Tracker:
     ) -> None:
         try:
             job = await self.client.reconcile(error)
-        except ReconcileError as exc:
+        except PixelByteError as exc:
             # Left active (and leased until this client closes): a person, or a
             # later resume(), decides.
             log.warning("tracked submit %s: its job cannot be told: %s", attempt, exc)
             return
         if job is None:
             log.warning("tracked submit %s made no job; nothing to handle", attempt)
-            await self.ledger.finish(attempt, self.owner, state="none", at=self._now)
+            await self._finish(attempt, "none")
             return
         job.context = context
         await self.ledger.tracked_job(attempt, job.id, at=self._now)
@@ -253,11 +284,9 @@ class Tracker:
                     self.park_after,
                     "; parked (see failed_handlers())" if parked else "",
                 )
-                if not await self.ledger.finish(
+                if not await self._finish(
                     attempt,
-                    self.owner,
-                    state="parked" if parked else "active",
-                    at=self._now,
+                    "parked" if parked else "active",
                     failures=failures,
                     error=repr(exc)[:1000],
                 ):
@@ -267,9 +296,7 @@ class Tracker:
                 await sleep_or_until(self.client.clock, pause)
                 pause = min(pause * 2, self.retry_max)
                 continue
-            if not await self.ledger.finish(
-                attempt, self.owner, state="handled", at=self._now
-            ):
+            if not await self._finish(attempt, "handled"):
                 log.warning(
                     "tracked job %s was handled here after its lease had passed to "
                     "another process (it may be handled twice)",
@@ -334,9 +361,7 @@ class Tracker:
             )
             return job
         if attempt is None or attempt.state == "none":
-            await self.ledger.finish(
-                record.attempt, self.owner, state="none", at=self._now
-            )
+            await self._finish(record.attempt, "none")
             return None
         # Its submit's fate was unknown when its process died: reconcile it.
         error = AmbiguousSubmitError(
