@@ -497,6 +497,9 @@ class PixelByte(JobQueries, CatalogCalls):
         """
         self._check_open()
         await self._wiring.start()
+        # Our receiver listens before the jobs are re-attached: their deliveries
+        # come to it (a server starts on the first submit otherwise).
+        await self._wiring.public_url()
         return await self._tracker.resume()
 
     async def failed_handlers(self) -> list[TrackedRecord]:

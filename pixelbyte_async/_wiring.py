@@ -194,7 +194,12 @@ class WebhookWiring:
             "take until their safety check",
             job_id,
             late,
-            self._url or (self._server.public_url if self._server else "?"),
+            self._url
+            or (
+                self._server.public_url
+                if self._server is not None and self._server.running
+                else "?"
+            ),
         )
 
     def attempts(self) -> AttemptSource | None:

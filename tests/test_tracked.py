@@ -390,3 +390,42 @@ async def test_a_ledger_away_when_a_handler_returns_is_tried_again(fake, caplog)
     assert ledger.refusals == 0
     assert len(seen.calls) == 1
     assert "cannot record handled" in caplog.text
+
+
+async def test_a_resumed_job_with_webhooks_ends_on_its_delivery(tmp_path):
+    """
+    Resumed where webhooks are set up: the job whose submit named our receiver is
+    fed by its delivery (no status polls beyond the one GET that re-attaches it).
+    """
+    from pixelbyte_async import PixelByte, VirtualClock
+    from pixelbyte_async.webhooks import WebhookServer
+
+    clock = VirtualClock(autojump=False)
+    ledger = tmp_path / "ledger.sqlite3"
+    seen = Seen()
+    async with FakePixelByte(clock=clock, allow_http_webhooks=True) as fake:
+
+        def client(server: WebhookServer) -> PixelByte:
+            return PixelByte(
+                api_key=fake.api_key,
+                base_url=fake.url,
+                clock=clock,
+                webhook=server,
+                ledger=ledger,
+            )
+
+        first = WebhookServer(fake.webhook_secret, clock=clock)
+        async with client(first) as pb:
+            job = await pb.submit(kling(), context={"chat_id": 3})
+        port = first.port  # the next process listens where the API delivers
+        second = WebhookServer(fake.webhook_secret, clock=clock, port=port)
+        async with client(second) as pb:
+            pb.on_finished(seen)
+            (resumed,) = await pb.resume()
+            assert resumed.via_webhook
+            polled = fake.count("GET", "/v1/jobs/*")
+            clock.advance(250)  # the job ends (245 s); its delivery comes
+            await fake.deliver_webhooks()
+            await until(lambda: seen.calls, 5)
+            assert fake.count("GET", "/v1/jobs/*") == polled
+    assert seen.calls == [(job.id, JobStatus.COMPLETED, {"chat_id": 3})]

@@ -353,6 +353,9 @@ class Tracker:
         if job_id is not None:
             job = await self.client.get_job(job_id)
             job.context = context
+            # Its submit named our webhook URL: its delivery ends the wait (the
+            # client polls only as a safety net, where webhooks are set up).
+            job.via_webhook = attempt is not None and attempt.tagged
             if record.job_id is None:
                 await self.ledger.tracked_job(record.attempt, job_id, at=self._now)
             self._jobs[record.attempt] = job
