@@ -40,13 +40,20 @@ from ._signing import (
     read_delivery,
     restore,
 )
+from ._telemetry import delivery
 
 
 if TYPE_CHECKING:
     from ._sharing import PublishingHub
 
 
-__all__ = ["DeliveryDispatch", "DeliveryIntake", "ReceiverSettings", "SharedDispatch"]
+__all__ = [
+    "DeliveryDispatch",
+    "DeliveryIntake",
+    "ReceiverSettings",
+    "SharedDispatch",
+    "counted",
+]
 
 log = logging.getLogger("pixelbyte_async.webhooks")
 
@@ -104,6 +111,9 @@ class DeliveryIntake:
 
     def answer(self, request: _Request, override: _Override) -> tuple[int, str]:
         """Verify and hand on one delivery, in this thread (see the receiver's `handle`)."""
+        return counted(self._answer(request, override))
+
+    def _answer(self, request: _Request, override: _Override) -> tuple[int, str]:
         delivery = self._verified(*request)
         if isinstance(delivery, tuple):
             return delivery
@@ -135,17 +145,17 @@ class DeliveryIntake:
             return await asyncio.to_thread(self.answer, request, override)
         delivery = self._verified(*request)
         if isinstance(delivery, tuple):
-            return delivery
+            return counted(delivery)
         try:
-            return _ANSWERS[await shared.accept_async(delivery, received=True)]
+            return counted(_ANSWERS[await shared.accept_async(delivery, received=True)])
         except ConnectionError:
-            return _UNSHARED
+            return counted(_UNSHARED)
 
     def too_large(self) -> tuple[int, str]:
         """The answer to a body refused for its size before it was read in full."""
         self._count("received")
         self._count("rejected")
-        return 413, "too_large"
+        return counted((413, "too_large"))
 
     def _count(self, stat: str) -> None:
         with self._lock:
@@ -424,3 +434,15 @@ def _unshared(event: WebhookEvent, why: str) -> ConnectionError:
     """The error (logged) for a delivery the hub could not share."""
     log.warning("webhook for %s not shared through the hub: %s", event.job_id, why)
     return ConnectionError(f"the webhook for {event.job_id} was not shared: {why}")
+
+
+def counted(answer: tuple[int, str]) -> tuple[int, str]:
+    """Count *answer* to a delivery in ``pixelbyte.webhook.deliveries``; return it."""
+    status, reason = answer
+    if status == 200:  # noqa: PLR2004 -- HTTP OK: "ok" or "duplicate"
+        delivery(reason)
+    elif status == 503:  # noqa: PLR2004 -- the hub could not share it
+        delivery("503")
+    else:
+        delivery(f"rejected:{reason}")
+    return answer

@@ -47,6 +47,7 @@ from ._inputs import (
 from ._models import Upload
 from ._pipeline import RequestPipeline
 from ._serde import decode_upload, url_problem
+from ._telemetry import http_call
 from ._transport import Request, StreamResponse, Transport
 
 
@@ -138,15 +139,17 @@ class Files:
         headers = {**self._pipeline.headers_for(url), "Content-Type": ctype}
 
         async def put(remaining: float) -> None:
-            resp = await self._pipeline.transport.send(
-                Request(
-                    method="PUT",
-                    url=url,
-                    headers=headers,
-                    content=data,
-                    timeout=remaining,
+            with http_call("PUT", url, kind="upload") as call:
+                resp = await self._pipeline.transport.send(
+                    Request(
+                        method="PUT",
+                        url=url,
+                        headers=headers,
+                        content=data,
+                        timeout=remaining,
+                    )
                 )
-            )
+                call.response(resp.status)
             if resp.status >= 300:  # noqa: PLR2004 -- HTTP non-success
                 raise self._pipeline.api_error(resp.status, None, resp, "PUT", "upload")
 
@@ -492,11 +495,13 @@ async def _follow(
     seen = {request.url}
     for _ in range(MAX_REDIRECTS + 1):
         host = urlsplit(request.url).hostname or "?"
-        async with transport.stream(request) as resp:
-            if not 300 <= resp.status < 400:  # noqa: PLR2004 -- HTTP redirection
-                await _stream_into(resp, tmp, max_bytes=max_bytes, host=host)
-                return
-            location = resp.headers.get("location")
+        with http_call("GET", request.url, kind="download") as call:
+            async with transport.stream(request) as resp:
+                call.response(resp.status)
+                if not 300 <= resp.status < 400:  # noqa: PLR2004 -- HTTP redirection
+                    await _stream_into(resp, tmp, max_bytes=max_bytes, host=host)
+                    return
+                location = resp.headers.get("location")
         if not location:
             raise DownloadError(f"GET {host}: HTTP {resp.status} without a Location")
         target = urljoin(request.url, location.strip())

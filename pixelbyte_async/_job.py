@@ -54,9 +54,17 @@ class Job(JobState):
             NotFound: The job does not exist (or is not yours).
 
         """
-        data, rid = await self._client.request(
-            "GET", f"/v1/jobs/{self.id}", timeout=timeout
-        )
+        trace = self._trace
+        if trace is None:
+            data, rid = await self._client.request(
+                "GET", f"/v1/jobs/{self.id}", timeout=timeout
+            )
+        else:
+            trace.event("pixelbyte.poll", {"pixelbyte.job.status": self.status.value})
+            with trace.current():
+                data, rid = await self._client.request(
+                    "GET", f"/v1/jobs/{self.id}", timeout=timeout
+                )
         self._observe_body(data, rid)
         return self
 
@@ -150,6 +158,10 @@ class Job(JobState):
         event = receiver.event_for(self.id)
         if event is None:
             return False
+        if self._trace is not None and not self.done:
+            self._trace.event(
+                "pixelbyte.delivery", {"pixelbyte.job.status": event.job.status.value}
+            )
         self._observe(event.job, from_webhook=True)
         return True
 

@@ -24,6 +24,7 @@ from ._serde import decode_job, url_problem
 
 if TYPE_CHECKING:
     from ._signing import WebhookEvent
+    from ._telemetry import JobTrace
 
 
 __all__ = ["JobClient", "JobState", "WebhookSource"]
@@ -132,6 +133,8 @@ class JobState:
         self.context: Any = None
         self._needs_fetch = False
         self._last_body: Any = None
+        #: Its ``pixelbyte.job`` span and metrics, when this process submitted it.
+        self._trace: JobTrace | None = None
 
     # -- snapshot accessors ------------------------------------------------------
 
@@ -217,9 +220,37 @@ class JobState:
                 or url_problem(self._info.video_url) is not None
             )
         )
+        trace = self._trace
+        if trace is not None and old.status is not self._info.status:
+            trace.status(
+                old.status.value,
+                self._info.status.value,
+                via="webhook" if from_webhook else "poll",
+            )
         if self._info.status.is_terminal:
+            self._end_trace()
             self._client.finished(self)
         return (old.status, old.progress) != (self._info.status, self._info.progress)
+
+    def _traced(self, trace: JobTrace) -> None:
+        """Record this job, just created by a submit, on *trace* until its end."""
+        self._trace = trace
+        trace.created(self.id, self._info.status.value, self._info.cost_micro_cents)
+        if self.done:
+            self._end_trace()
+
+    def _end_trace(self) -> None:
+        trace = self._trace
+        if trace is None:
+            return
+        self._trace = None
+        info = self._info
+        trace.ended(
+            info.status.value,
+            cost=info.cost_micro_cents,
+            charged=info.status is JobStatus.COMPLETED,
+            now=self._client.clock.monotonic(),
+        )
 
     def _observe_body(self, data: Any, request_id: str | None) -> None:
         """Take a GET body; one identical to the last is not decoded again."""

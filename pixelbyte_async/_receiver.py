@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 from ._clock import Clock, SystemClock
-from ._dispatch import DeliveryDispatch, DeliveryIntake
+from ._dispatch import DeliveryDispatch, DeliveryIntake, counted
 from ._handoff import (
     EventHook,
     HookRunner,
@@ -390,7 +390,7 @@ class WebhookReceiver:
         with self._lock:
             self.stats["received"] += 1
             self.stats["rejected"] += 1
-        response = _reply(408, "timeout")
+        response = _reply(*counted((408, "timeout")))
         response.force_close()
         await response.prepare(request)
         await response.write_eof()

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Protocol
 from ._clock import Clock, sleep_or_until
 from ._config import ClientConfig
 from ._errors import RequestTimeout
+from ._telemetry import slot_wait
 
 
 if TYPE_CHECKING:
@@ -128,13 +129,14 @@ class JobSlots:
         Returns its lease in the hub's account-wide slots, or None without a hub.
         """
         if self.shared is not None:
-            return await self._acquire_shared(self.shared, clock, config, timeout)
+            with slot_wait():
+                return await self._acquire_shared(self.shared, clock, config, timeout)
         if self.limit is None or (self.used < self.limit and not self._line):
             self.used += 1
             return None
         turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._line.append(turn)
-        with self._sweeps(clock, config):
+        with self._sweeps(clock, config), slot_wait():
             try:
                 if timeout is None:
                     await turn

@@ -37,6 +37,7 @@ from ._models import JobInfo, JobStatus
 from ._pipeline import short
 from ._serde import decode_job
 from ._signing import new_attempt_id, tag_webhook_url
+from ._telemetry import JobTrace, start_job
 from ._tracked import context_text
 
 
@@ -87,13 +88,59 @@ class Submitter:
         context: Any = None,
     ) -> Job:
         """Validate, take a slot, send once, track; see `PixelByte.submit`."""
+        attempt = attempt or new_attempt_id()
+        # The job's span opens now, a child of the caller's span; it is current while
+        # the submit runs, so its uploads and its POST are its children.
+        trace = start_job(
+            model if isinstance(model, str) else getattr(model, "model_slug", "?"),
+            attempt,
+            started=self.clock.monotonic(),
+        )
+        with trace.current():
+            try:
+                return await self._submit(
+                    model,
+                    input,
+                    webhook_url=webhook_url,
+                    version=version,
+                    timeout=timeout,
+                    attempt=attempt,
+                    context=context,
+                    trace=trace,
+                )
+            except PixelByteError as exc:
+                trace.failed(
+                    exc,
+                    status=(
+                        "unknown"
+                        if isinstance(exc, AmbiguousSubmitError)
+                        else "refused"
+                    ),
+                )
+                raise
+            except BaseException as exc:
+                # Cancelled: the POST may be on the wire, its fate unknown to us.
+                trace.failed(exc, status="unknown")
+                raise
+
+    async def _submit(
+        self,
+        model: str | ModelInput,
+        input: Mapping[str, Any] | None,  # noqa: A002 -- the API's field name
+        *,
+        webhook_url: str | None,
+        version: str | None,
+        timeout: float | None,
+        attempt: str,
+        context: Any,
+        trace: JobTrace,
+    ) -> Job:
         clock = self.clock
         deadline = clock.monotonic() + (timeout or self.config.submit_timeout)
         tracked = None if context is None else context_text(context)
         slug, payload = await self._prepare_input(model, input, deadline)
         validate_webhook_url(webhook_url)
         ours = await self._wiring.public_url()
-        attempt = attempt or new_attempt_id()
         tagged = webhook_url is None and ours is not None
         if tagged:
             assert ours is not None  # noqa: S101 -- narrowed by `tagged`
@@ -109,6 +156,7 @@ class Submitter:
         lease = await self._slots.acquire(
             self.clock, self.config, self.config.slot_timeout
         )
+        trace.event("pixelbyte.slot", {"waited_s": clock.monotonic() - queued})
         started_at = clock.time()
         reconciler = self._reconciler
         try:
@@ -130,6 +178,7 @@ class Submitter:
             )
         except BaseException:
             self._slots.free(lease)
+            self._tracker.abandoned(attempt)  # if tracked: for resume() to reconcile
             raise
         # The slot wait and the ledger's write are queueing, not the call.
         deadline += clock.monotonic() - queued
@@ -176,6 +225,9 @@ class Submitter:
                 # Cancelled mid-flight: the submit's fate is unknown to us now (the
                 # ledger has it 'sending' until its deadline, then unknown).
                 self._slots.free(lease)
+                self._tracker.abandoned(
+                    attempt
+                )  # if tracked: for resume() to reconcile
                 raise
         job = self._track(
             info,
@@ -184,6 +236,7 @@ class Submitter:
             lease=lease,
             started_at=started_at,
             via_webhook=tagged or (ours is not None and webhook_url == ours),
+            trace=trace,
         )
         # Recorded even if the caller is cancelled meanwhile: the job is paid for.
         await asyncio.shield(reconciler.created(attempt, job.id))
@@ -212,6 +265,7 @@ class Submitter:
         lease: str | None,
         started_at: float,
         via_webhook: bool,
+        trace: JobTrace,
     ) -> Job:
         if info.status is JobStatus.UNKNOWN and info.raw_status is None:
             info = attrs.evolve(info, status=JobStatus.PENDING)
@@ -221,6 +275,7 @@ class Submitter:
             log.debug("submit response for %s carried no cost", info.id)
         job = Job(self._job_link, info, input=payload, submitted_at=started_at)
         job.via_webhook = via_webhook
+        job._traced(trace)  # noqa: SLF001 -- same package
         self._reconciler.claims.add(job.id)
         self._slots.bind(job, lease)
         # A delivery may have raced the submit response: take it now.

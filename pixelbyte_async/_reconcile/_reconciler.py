@@ -34,6 +34,7 @@ from pixelbyte_async._errors import (
     ValidationError,
 )
 from pixelbyte_async._ledger import Attempt, SubmitLedger
+from pixelbyte_async._telemetry import Operation, adopted, operation
 
 from ._audit import audit
 from ._claims import (
@@ -281,6 +282,35 @@ class Reconciler:
         competing: Iterable[AmbiguousSubmitError] = (),
     ) -> Job | None:
         """See `PixelByte.reconcile`."""
+        with operation(
+            "pixelbyte.reconcile",
+            {"pixelbyte.model": error.model, "pixelbyte.attempt": attempt_id(error)},
+        ) as op:
+            job = await self._reconcile(
+                error,
+                settle=settle,
+                timeout=timeout,
+                clock_skew=clock_skew,
+                exclude=exclude,
+                competing=competing,
+                op=op,
+            )
+            op.set("pixelbyte.reconcile.outcome", "none" if job is None else "found")
+            if job is not None:
+                op.set("pixelbyte.job.id", job.id)
+            return job
+
+    async def _reconcile(
+        self,
+        error: AmbiguousSubmitError,
+        *,
+        settle: float | None,
+        timeout: float | None,
+        clock_skew: float,
+        exclude: Iterable[str],
+        competing: Iterable[AmbiguousSubmitError],
+        op: Operation,
+    ) -> Job | None:
         horizon = self.settle if settle is None else check_settle(settle)
         clock = self._client.clock
         settle_at = error.started_at + horizon
@@ -307,6 +337,14 @@ class Reconciler:
                 survey=survey,
             )
             now = clock.time()
+            op.event(
+                "pixelbyte.reconcile.look",
+                {
+                    "candidates": len(look.verdict.candidates),
+                    "settled": now >= settle_at,
+                    "waiting": bool(look.verdict.waiting),
+                },
+            )
             if now >= settle_at and not look.verdict.waiting:
                 # The whole window has been seen: if the ledger explains every
                 # other job around it, its one job is the attempt's.
@@ -519,6 +557,12 @@ class Reconciler:
         job.input = dict(error.input)
         self.claims.add(job.id)
         self._slots.adopt(job)
+        if job._trace is None:  # noqa: SLF001 -- same package
+            # Its submit's span ended with its answer lost: the job gets one now,
+            # so its end, its cost and its duration (from the submit) are recorded.
+            clock = self._client.clock
+            started = clock.monotonic() - (clock.time() - error.started_at)
+            job._traced(adopted(error.model, attempt_id(error), started=started))  # noqa: SLF001 -- same package
         return job
 
     async def _none(self, error: AmbiguousSubmitError, me: Attempt) -> None:

@@ -125,6 +125,9 @@ class Tracker:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         #: attempt -> its job, once known (what `resume` returns for running ones).
         self._jobs: dict[str, Job] = {}
+        #: Attempts of this client whose submit has not been answered yet: ours,
+        #: never an orphan for `resume` to take over.
+        self._sending: set[str] = set()
         self._heartbeat: asyncio.Task[None] | None = None
         self._scanner: asyncio.Task[None] | None = None
         self._closed = False
@@ -154,6 +157,7 @@ class Tracker:
     async def before_send(self, attempt: str, model: str, context: str) -> None:
         """Record a tracked job whose submit is about to be sent; this client holds it."""
         now = self._now
+        self._sending.add(attempt)
         await self.ledger.track(
             TrackedRecord(
                 attempt=attempt,
@@ -169,18 +173,25 @@ class Tracker:
 
     async def submitted(self, job: Job, attempt: str, context: Any) -> None:
         """Its submit made *job*: tie them, and watch it."""
+        self._sending.discard(attempt)
         job.context = context
         await self.ledger.tracked_job(attempt, job.id, at=self._now)
         self._follow(attempt, job)
 
     async def refused(self, attempt: str) -> None:
         """Its submit was refused (no job): nothing to handle."""
+        self._sending.discard(attempt)
         await self._finish(attempt, "none")
+
+    def abandoned(self, attempt: str) -> None:
+        """Its submit was cancelled mid-flight: `resume`'s scans reconcile it."""
+        self._sending.discard(attempt)
 
     def lost(self, error: AmbiguousSubmitError, context: Any) -> None:
         """Its submit's fate is unknown: find its job (settle horizon), then watch it."""
         attempt = error.attempt
         if attempt is not None:
+            self._sending.discard(attempt)
             self._start(attempt, self._reconciled(attempt, error, context))
 
     async def _finish(
@@ -333,14 +344,13 @@ class Tracker:
                 if job is not None:
                     found.append(job)
 
+        ours = self._tasks.keys() | self._sending
         for record in records:
             if record.attempt in self._tasks:
                 job = self._jobs.get(record.attempt)
                 if job is not None:
                     found.append(job)
-        await asyncio.gather(
-            *(take(r) for r in records if r.attempt not in self._tasks)
-        )
+        await asyncio.gather(*(take(r) for r in records if r.attempt not in ours))
         self._beat()
         if self._scanner is None and not self._closed:
             self._scanner = asyncio.ensure_future(self._scan())

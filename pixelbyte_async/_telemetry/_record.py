@@ -1,0 +1,371 @@
+"""
+What the SDK records: a job's span and metrics (`JobTrace`), HTTP spans, counters.
+
+Every entry point returns at once when OpenTelemetry is not installed, and builds no
+attribute when nothing records (no provider configured: the API's no-op span).
+Nothing here ever sees a request's headers, so neither the API key nor the webhook
+secret can reach an attribute; URLs are recorded without their query's values.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Literal, Self
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from ._instruments import Instruments, instruments
+
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span
+
+
+__all__ = [
+    "HttpCall",
+    "JobTrace",
+    "Operation",
+    "RequestKind",
+    "adopted",
+    "delivery",
+    "http_call",
+    "kind_of",
+    "operation",
+    "safe_url",
+    "slot_wait",
+    "start_job",
+]
+
+#: What an HTTP request is for, in ``pixelbyte.requests``.
+RequestKind = Literal[
+    "submit", "poll", "list", "upload", "download", "cancel", "catalog", "other"
+]
+
+
+def kind_of(method: str, path: str) -> RequestKind:
+    """The kind of an API call from its method and path."""
+    if path.startswith("/v1/jobs"):
+        if path == "/v1/jobs/submit":
+            return "submit"
+        if path.endswith("/cancel"):
+            return "cancel"
+        if path.rstrip("/") == "/v1/jobs":
+            return "list"
+        return "poll" if method == "GET" else "other"
+    if path.startswith("/v1/uploads"):
+        return "upload"
+    if path.startswith(("/v1/models", "/v1/providers", "/v1/estimate")):
+        return "catalog"
+    return "other"
+
+
+def safe_url(url: str, params: Mapping[str, str] | None = None) -> str:
+    """*url* (plus *params*) with no user info and every query value redacted."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    if params:
+        query.extend(params.items())
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    netloc = host if port is None else f"{host}:{port}"
+    shown = urlencode([(key, "REDACTED") for key, _ in query])
+    return urlunsplit((parts.scheme, netloc, parts.path, shown, ""))
+
+
+class HttpCall:
+    """One HTTP request's client span and its ``pixelbyte.requests`` count."""
+
+    __slots__ = ("_ins", "_kind", "_span", "_status")
+
+    def __init__(self, ins: Instruments | None, span: Span | None, kind: str) -> None:
+        self._ins = ins
+        self._span = span
+        self._kind = kind
+        self._status: int | None = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def response(self, status: int) -> None:
+        """The answer's HTTP status."""
+        self._status = status
+        span = self._span
+        if span is not None and span.is_recording():
+            span.set_attribute("http.response.status_code", status)
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        ins = self._ins
+        if ins is None:
+            return
+        status = self._status
+        error: str | None = None
+        if exc_type is not None:
+            error = exc_type.__qualname__
+        elif status is not None and status >= 400:  # noqa: PLR2004 -- HTTP errors
+            error = str(status)
+        span = self._span
+        if span is not None:
+            if error is not None and span.is_recording():
+                span.set_attribute("error.type", error)
+                span.set_status(ins.trace_api.StatusCode.ERROR)
+            span.end()
+        ins.requests.add(
+            1, {"pixelbyte.request.kind": self._kind, "outcome": error or "ok"}
+        )
+
+
+_NO_CALL = HttpCall(None, None, "")
+
+
+def http_call(
+    method: str,
+    url: str,
+    *,
+    kind: str,
+    params: Mapping[str, str] | None = None,
+    resend: int = 0,
+) -> HttpCall:
+    """A client span for one HTTP request, a child of the current span."""
+    ins = instruments()
+    if ins is None:
+        return _NO_CALL
+    span = ins.tracer.start_span(method, kind=ins.trace_api.SpanKind.CLIENT)
+    if span.is_recording():
+        parts = urlsplit(url)
+        try:
+            port = parts.port or {"https": 443, "http": 80}.get(parts.scheme)
+        except ValueError:
+            port = None
+        span.set_attribute("http.request.method", method)
+        span.set_attribute("server.address", parts.hostname or "")
+        if port is not None:
+            span.set_attribute("server.port", port)
+        span.set_attribute("url.full", safe_url(url, params))
+        span.set_attribute("pixelbyte.request.kind", kind)
+        if resend:
+            span.set_attribute("http.request.resend_count", resend)
+    return HttpCall(ins, span, kind)
+
+
+class JobTrace:
+    """
+    One job's ``pixelbyte.job`` span and metrics, from submit until its end is seen.
+
+    Built by `start_job` (a shared no-op when OpenTelemetry is not installed).
+    """
+
+    __slots__ = ("_counted", "_ins", "_model", "_span", "_started")
+
+    def __init__(
+        self, ins: Instruments | None, span: Span | None, model: str, started: float
+    ) -> None:
+        self._ins = ins
+        self._span = span
+        self._model = model
+        self._started = started
+        self._counted = False
+
+    @property
+    def open(self) -> bool:
+        """Whether the span is still open."""
+        return self._span is not None
+
+    def current(self) -> contextlib.AbstractContextManager[Any]:
+        """Make the job's span the current one (its HTTP requests become children)."""
+        span = self._span
+        if span is None or self._ins is None:
+            return contextlib.nullcontext()
+        used: contextlib.AbstractContextManager[Any] = self._ins.trace_api.use_span(
+            span, end_on_exit=False
+        )
+        return used
+
+    def event(self, name: str, attributes: Mapping[str, str | int | float]) -> None:
+        """Add the span event *name* (``pixelbyte.poll``, ``pixelbyte.reconcile`` ...)."""
+        span = self._span
+        if span is not None and span.is_recording():
+            span.add_event(name, dict(attributes))
+
+    def created(self, job_id: str, status: str, cost: int | None) -> None:
+        """The submit made job *job_id*: it is now active."""
+        ins = self._ins
+        if ins is None:
+            return
+        span = self._span
+        if span is not None and span.is_recording():
+            span.set_attribute("pixelbyte.job.id", job_id)
+            span.set_attribute("pixelbyte.job.status", status)
+            if cost is not None:
+                span.set_attribute("pixelbyte.job.cost_micro_cents", cost)
+            span.add_event("pixelbyte.submitted", {"pixelbyte.job.status": status})
+        if not self._counted:
+            self._counted = True
+            ins.active.add(1, {"pixelbyte.model": self._model})
+
+    def status(self, old: str, new: str, *, via: str) -> None:
+        """The job's status changed from *old* to *new*, seen *via* poll or webhook."""
+        span = self._span
+        if span is not None and span.is_recording():
+            span.add_event(
+                "pixelbyte.status",
+                {"pixelbyte.job.status": new, "previous": old, "via": via},
+            )
+
+    def ended(
+        self, status: str, *, cost: int | None, charged: bool, now: float
+    ) -> None:
+        """
+        The SDK has seen the job end with *status*; close the span and count it.
+
+        *charged* says whether *cost* stays charged (a failed or cancelled job is
+        refunded, so it adds nothing to ``pixelbyte.spend``).
+        """
+        ins = self._ins
+        span = self._span
+        if ins is None or span is None:
+            return
+        self._span = None
+        model = {"pixelbyte.model": self._model}
+        if span.is_recording():
+            span.set_attribute("pixelbyte.job.status", status)
+            if cost is not None:
+                span.set_attribute("pixelbyte.job.cost_micro_cents", cost)
+            if status != "completed":
+                span.set_attribute("error.type", status)
+                span.set_status(ins.trace_api.StatusCode.ERROR)
+        span.end()
+        if self._counted:
+            ins.active.add(-1, model)
+        if charged and cost:
+            ins.spend.add(cost, model)
+        ins.duration.record(
+            max(0.0, now - self._started), {**model, "pixelbyte.job.status": status}
+        )
+
+    def failed(self, error: BaseException, *, status: str) -> None:
+        """The submit made no job we know of (*status*: ``refused`` or ``unknown``)."""
+        ins = self._ins
+        span = self._span
+        if ins is None or span is None:
+            return
+        self._span = None
+        if span.is_recording():
+            span.set_attribute("pixelbyte.job.status", status)
+            span.set_attribute("error.type", type(error).__qualname__)
+            span.set_status(ins.trace_api.StatusCode.ERROR)
+        span.end()
+
+
+_NO_JOB = JobTrace(None, None, "", 0.0)
+
+
+class Operation:
+    """
+    A span around one of the SDK's own steps (``pixelbyte.reconcile`` ...).
+
+    The span is current while the block runs; an exception leaving it is its
+    ``error.type``.
+    """
+
+    __slots__ = ("_ins", "_span", "_used")
+
+    def __init__(self, ins: Instruments | None, span: Span | None) -> None:
+        self._ins = ins
+        self._span = span
+        self._used: contextlib.AbstractContextManager[Any] | None = None
+
+    def __enter__(self) -> Self:
+        ins, span = self._ins, self._span
+        if ins is not None and span is not None:
+            self._used = ins.trace_api.use_span(span, end_on_exit=False)
+            self._used.__enter__()
+        return self
+
+    def set(self, key: str, value: str | float) -> None:
+        """Set the attribute *key*."""
+        span = self._span
+        if span is not None and span.is_recording():
+            span.set_attribute(key, value)
+
+    def event(self, name: str, attributes: Mapping[str, str | int | float]) -> None:
+        """Add the span event *name*."""
+        span = self._span
+        if span is not None and span.is_recording():
+            span.add_event(name, dict(attributes))
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: object,
+    ) -> None:
+        ins, span, used = self._ins, self._span, self._used
+        if ins is None or span is None:
+            return
+        if used is not None:
+            used.__exit__(None, None, None)
+        if exc_type is not None and span.is_recording():
+            span.set_attribute("error.type", exc_type.__qualname__)
+            span.set_status(ins.trace_api.StatusCode.ERROR)
+        span.end()
+
+
+def operation(name: str, attributes: Mapping[str, str | int | float]) -> Operation:
+    """A span named *name* for one step of the SDK, a child of the current span."""
+    ins = instruments()
+    if ins is None:
+        return Operation(None, None)
+    span = ins.tracer.start_span(name)
+    if span.is_recording():
+        span.set_attributes(dict(attributes))
+    return Operation(ins, span)
+
+
+def adopted(job_model: str, attempt: str, *, started: float) -> JobTrace:
+    """
+    A job span for a job found by reconcile (its submit's answer was lost).
+
+    Opened now, a child of the current span (the ``pixelbyte.reconcile`` span);
+    *started* is when its submit began, for ``pixelbyte.job.duration``.
+    """
+    trace = start_job(job_model, attempt, started=started)
+    trace.event("pixelbyte.reconciled", {})
+    return trace
+
+
+def start_job(model: str, attempt: str, *, started: float) -> JobTrace:
+    """Open a job's span, a child of the caller's current span (at submit)."""
+    ins = instruments()
+    if ins is None:
+        return _NO_JOB
+    span = ins.tracer.start_span("pixelbyte.job")
+    if span.is_recording():
+        span.set_attribute("pixelbyte.model", model)
+        span.set_attribute("pixelbyte.attempt", attempt)
+    return JobTrace(ins, span, model, started)
+
+
+def delivery(result: str) -> None:
+    """Count one webhook delivery by *result* (``ok``, ``duplicate``, ``rejected:...``)."""
+    ins = instruments()
+    if ins is not None:
+        ins.deliveries.add(1, {"result": result})
+
+
+@contextlib.contextmanager
+def slot_wait() -> Iterator[None]:
+    """Count a submit as waiting for a job slot while the block runs."""
+    ins = instruments()
+    if ins is None:
+        yield
+        return
+    ins.slots_waiting.add(1)
+    try:
+        yield
+    finally:
+        ins.slots_waiting.add(-1)
