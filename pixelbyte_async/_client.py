@@ -33,6 +33,7 @@ from ._errors import (
     ClientClosedError,
     EventLoopMismatch,
     NotFound,
+    ValidationError,
 )
 from ._files import Files
 from ._inputs import (
@@ -139,6 +140,11 @@ class PixelByte(JobQueries, CatalogCalls):
             ``$PIXELBYTE_LEDGER`` (a path, or ``:memory:``), else one file per
             account in the user's state directory.  A ledger the client opened
             is closed by `aclose`.
+        tracked_group: The name of this program's tracked jobs (``context=``)
+            where several programs share a ledger (one API key on one machine, or
+            one hub): `resume` and the ``on_finished`` handlers take only the
+            tracked jobs of their group, so a bot never runs its handlers for a
+            web app's jobs.  Default ``"default"``.
 
     A client belongs to the event loop it is first used on; create it inside the
     running loop (``async with PixelByte() as pb:`` in your ``main()``).
@@ -166,6 +172,7 @@ class PixelByte(JobQueries, CatalogCalls):
         claim_window: float | None = None,
         hub: Hub | None = None,
         ledger: LedgerSpec = _UNSET,
+        tracked_group: str = "default",
     ) -> None:
         overrides: dict[str, Any] = {
             k: v
@@ -229,8 +236,14 @@ class PixelByte(JobQueries, CatalogCalls):
             owner=new_owner(),
             offset=self._pipeline.server_offset,
         )
+        if not isinstance(tracked_group, str) or not tracked_group.strip():
+            raise ValidationError(
+                "tracked_group must be a non-empty name", field="tracked_group"
+            )
         self._tracker = Tracker(
-            cast("TrackingLedger", self._ledger), owner=self._reconciler.owner
+            cast("TrackingLedger", self._ledger),
+            owner=self._reconciler.owner,
+            group=tracked_group,
         )
         self._tracker.bind(
             TrackedLink(self.clock, self.get_job, self.reconcile, self._ledger)

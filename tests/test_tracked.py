@@ -429,3 +429,31 @@ async def test_a_resumed_job_with_webhooks_ends_on_its_delivery(tmp_path):
             await until(lambda: seen.calls, 5)
             assert fake.count("GET", "/v1/jobs/*") == polled
     assert seen.calls == [(job.id, JobStatus.COMPLETED, {"chat_id": 3})]
+
+
+async def test_programs_sharing_a_ledger_take_only_their_own_tracked_jobs(fake):
+    """
+    A bot and a web app on one key and one machine: each resume() takes only its
+    own group's jobs (the bot's handler never gets the app's context).
+    """
+    fake.clock.autojump = False
+    bot_seen, app_seen = Seen(), Seen()
+    async with bound_client(fake, tracked_group="bot") as bot:
+        bot_job = await bot.submit(kling("bot"), context={"chat_id": 1})
+    async with bound_client(fake, tracked_group="web") as app:
+        app_job = await app.submit(kling("web"), context={"user_id": "u1"})
+    fake.clock.autojump = True
+    async with bound_client(fake, tracked_group="bot") as bot:
+        bot.on_finished(bot_seen)
+        assert [j.id for j in await bot.resume()] == [bot_job.id]
+        await until(lambda: bot_seen.calls, 5)
+        await until(lambda: not bot._tracker._tasks, 5)
+        assert await bot.failed_handlers() == []
+    async with bound_client(fake, tracked_group="web") as app:
+        app.on_finished(app_seen)
+        assert [j.id for j in await app.resume()] == [app_job.id]
+        await until(lambda: app_seen.calls, 5)
+    assert bot_seen.calls == [(bot_job.id, JobStatus.COMPLETED, {"chat_id": 1})]
+    assert app_seen.calls == [(app_job.id, JobStatus.COMPLETED, {"user_id": "u1"})]
+    with pytest.raises(ValidationError):
+        bound_client(fake, tracked_group=" ")

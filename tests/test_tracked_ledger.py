@@ -86,14 +86,15 @@ async def make_fixture(request, tmp_path) -> AsyncIterator[Make]:
 async def test_a_record_comes_back_as_written(make):
     ledger = await make()
     await ledger.track(record(1))
-    await ledger.track(record(2, context='{"user": "ada"}'))
+    await ledger.track(record(2, context='{"user": "ada"}', group="web"))
     await ledger.tracked_job("attempt00000001", "job_one", at=T0 + 5)
     found = await ledger.tracked()
     assert [r.attempt for r in found] == ["attempt00000001", "attempt00000002"]
     assert found[0].job_id == "job_one"
     assert found[0].updated_at == T0 + 5
     assert found[1].context == '{"user": "ada"}'
-    assert found[1] == record(2, context='{"user": "ada"}')
+    assert found[1] == record(2, context='{"user": "ada"}', group="web")
+    assert found[0].group == "default"
     assert await ledger.tracked(states=("handled", "parked")) == []
 
 

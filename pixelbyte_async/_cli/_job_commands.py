@@ -145,6 +145,7 @@ async def _tracked(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                     "jobId": r.job_id,
                     "model": r.model,
                     "state": r.state,
+                    "group": r.group,
                     "context": json.loads(r.context),
                     "owner": r.owner,
                     "failures": r.failures,

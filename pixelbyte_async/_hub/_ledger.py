@@ -295,6 +295,7 @@ def _tracked_fields(record: TrackedRecord) -> list[str]:
     fields = {
         "model": record.model,
         "context": record.context,
+        "group": record.group,
         "state": record.state,
         "lease_until": repr(record.lease_until),
         "failures": str(record.failures),
@@ -327,6 +328,7 @@ def _tracked(attempt: str, raw: Mapping[bytes, bytes]) -> TrackedRecord | None:
         error=got.get("error"),
         created_at=float(got["created_at"]),
         updated_at=float(got["updated_at"]),
+        group=got.get("group", "default"),
     )
 
 

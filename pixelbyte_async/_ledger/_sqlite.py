@@ -87,6 +87,7 @@ CREATE TABLE IF NOT EXISTS tracked (
     error       TEXT,
     created_at  REAL NOT NULL,
     updated_at  REAL NOT NULL,
+    grp         TEXT NOT NULL DEFAULT 'default',
     PRIMARY KEY (account, attempt)
 );
 CREATE INDEX IF NOT EXISTS tracked_by_state ON tracked (account, state, created_at);
@@ -94,12 +95,25 @@ CREATE INDEX IF NOT EXISTS tracked_by_state ON tracked (account, state, created_
 
 _TRACKED_COLUMNS = (
     "attempt, model, context, state, job_id, owner, lease_until, failures, error, "
-    "created_at, updated_at"
+    "created_at, updated_at, grp"
 )
 
 
 def _tracked(row: tuple[Any, ...]) -> TrackedRecord:
-    (attempt, model, context, state, job, owner, until, failures, error, made, at) = row
+    (
+        attempt,
+        model,
+        context,
+        state,
+        job,
+        owner,
+        until,
+        failures,
+        error,
+        made,
+        at,
+        grp,
+    ) = row
     return TrackedRecord(
         attempt=attempt,
         model=model,
@@ -112,6 +126,7 @@ def _tracked(row: tuple[Any, ...]) -> TrackedRecord:
         error=error,
         created_at=made,
         updated_at=at,
+        group=grp,
     )
 
 
@@ -317,6 +332,12 @@ class SqliteLedger:
                 for statement in _SCHEMA.split(";"):
                     if statement.strip():
                         slow.execute(statement)  # all IF NOT EXISTS
+                columns = {row[1] for row in slow.execute("PRAGMA table_info(tracked)")}
+                if "grp" not in columns:  # a file made before tracked groups
+                    slow.execute(
+                        "ALTER TABLE tracked ADD COLUMN grp TEXT NOT NULL "
+                        "DEFAULT 'default'"
+                    )
                 slow.execute(
                     "INSERT OR IGNORE INTO meta (name, value) VALUES (?, ?), (?, ?)",
                     (
@@ -644,7 +665,7 @@ class SqliteLedger:
                 conn,
                 record.created_at,
                 f"INSERT OR REPLACE INTO tracked (account, {_TRACKED_COLUMNS}) "  # noqa: S608 -- constant columns
-                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 self.account,
                 record.attempt,
                 record.model,
@@ -657,6 +678,7 @@ class SqliteLedger:
                 record.error,
                 record.created_at,
                 record.updated_at,
+                record.group,
             ),
             lambda memory: memory.track(record),
             writes=True,

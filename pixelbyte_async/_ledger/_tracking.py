@@ -60,6 +60,9 @@ class TrackedRecord:
         error: The last handler error, as text.
         created_at: When it was recorded (just before its submit was sent).
         updated_at: Its last change.
+        group: The program it belongs to (``PixelByte(tracked_group=...)``):
+            only clients of that group resume it and run their handlers for it,
+            where programs share a ledger.
 
     """
 
@@ -74,6 +77,7 @@ class TrackedRecord:
     error: str | None = None
     created_at: float
     updated_at: float
+    group: str = "default"
 
 
 def lease_free(

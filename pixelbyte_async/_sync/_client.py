@@ -103,6 +103,7 @@ class SyncPixelByte:
         claim_window: float | None = None,
         hub: Hub | None = None,
         ledger: LedgerSpec = _UNSET,
+        tracked_group: str = "default",
     ) -> None:
         refuse_in_loop("__init__")
         kwargs: dict[str, Any] = {
@@ -120,6 +121,7 @@ class SyncPixelByte:
             "settle": settle,
             "claim_window": claim_window,
             "hub": hub,
+            "tracked_group": tracked_group,
         }
         if max_concurrent_jobs is not _UNSET:
             kwargs["max_concurrent_jobs"] = max_concurrent_jobs

@@ -100,6 +100,8 @@ class Tracker:
         retry_initial: The first pause before a failed handler runs again (doubling,
             up to *retry_max*).
         retry_max: The longest such pause.
+        group: The name of this program's tracked jobs where programs share a
+            ledger: only the tracked jobs of its group are resumed and handled.
 
     """
 
@@ -112,8 +114,10 @@ class Tracker:
         park_after: int = 5,
         retry_initial: float = 2.0,
         retry_max: float = 300.0,
+        group: str = "default",
     ) -> None:
         self.ledger = ledger
+        self.group = group
         self.owner = owner
         self.lease = lease
         self.park_after = park_after
@@ -167,6 +171,7 @@ class Tracker:
                 lease_until=now + self.lease,
                 created_at=now,
                 updated_at=now,
+                group=self.group,
             )
         )
         self._beat()
@@ -320,7 +325,9 @@ class Tracker:
     async def resume(self) -> list[Job]:
         """Take over every active tracked job nobody (alive) holds; see `PixelByte.resume`."""
         found: list[Job] = []
-        records = await self.ledger.tracked()
+        # Another program's tracked jobs (same key, same ledger) are not ours to
+        # handle: its handlers expect its contexts.
+        records = [r for r in await self.ledger.tracked() if r.group == self.group]
         gone = {
             r.owner
             for r in records
@@ -414,7 +421,8 @@ class Tracker:
 
     async def failed(self) -> list[TrackedRecord]:
         """The parked tracked jobs (their handlers kept failing)."""
-        return await self.ledger.tracked(states=_PARKED)
+        parked = await self.ledger.tracked(states=_PARKED)
+        return [r for r in parked if r.group == self.group]
 
     async def aclose(self) -> None:
         """Stop watching and handling; give the leases up so another process resumes."""
