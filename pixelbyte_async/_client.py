@@ -17,6 +17,7 @@ import warnings
 from collections.abc import (
     AsyncIterable,
     Callable,
+    Collection,
     Iterable,
     Mapping,
 )
@@ -41,7 +42,7 @@ from ._inputs import (
 )
 from ._job import Job
 from ._job_queries import JobQueries
-from ._ledger import LedgerSpec, SubmitLedger, ledger_for
+from ._ledger import ACTIVE, LedgerSpec, SubmitLedger, ledger_for
 from ._links import JobLink, ReconcileLink, TrackedLink
 from ._pipeline import RequestPipeline
 from ._polling import PollPolicy
@@ -66,7 +67,7 @@ from ._wiring import WebhookWiring
 
 if TYPE_CHECKING:
     from ._batch import Batch, BatchInput
-    from ._ledger import TrackedRecord, TrackingLedger
+    from ._ledger import TrackedRecord, TrackedState, TrackingLedger
     from ._sharing import Hub
 
 
@@ -514,6 +515,19 @@ class PixelByte(JobQueries, CatalogCalls):
         # come to it (a server starts on the first submit otherwise).
         await self._wiring.public_url()
         return await self._tracker.resume()
+
+    async def tracked_jobs(
+        self, states: Collection[TrackedState] = ACTIVE
+    ) -> list[TrackedRecord]:
+        """
+        This group's tracked jobs in *states* (default: those still to handle).
+
+        For a status page, a drain before shutting down (wait until it is empty),
+        or a test.  ``("handled",)`` lists those handled within the claim window.
+
+        .. versionadded:: 0.4.0
+        """
+        return await self._tracker.records(states)
 
     async def failed_handlers(self) -> list[TrackedRecord]:
         """

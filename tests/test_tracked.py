@@ -62,7 +62,8 @@ async def test_a_tracked_job_is_handled_once_with_its_context(fake):
         assert job.context == {"chat_id": 42}
         await until(lambda: seen.calls, 5)
         await until(lambda: not pb._tracker._tasks, 5)
-        (record,) = await pb.ledger.tracked(states=("handled",))
+        (record,) = await pb.tracked_jobs(("handled",))
+        assert await pb.tracked_jobs() == []  # nothing left to handle
     assert seen.calls == [(job.id, JobStatus.COMPLETED, {"chat_id": 42})]
     assert record.job_id == job.id
     assert json.loads(record.context) == {"chat_id": 42}

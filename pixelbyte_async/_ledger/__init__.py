@@ -37,6 +37,7 @@ from ._records import AttemptState as AttemptState
 from ._records import Claim as Claim
 from ._records import ClaimHow as ClaimHow
 from ._store import SubmitLedger as SubmitLedger
+from ._tracking import ACTIVE as ACTIVE
 from ._tracking import DONE_STATES as DONE_STATES
 from ._tracking import TRACKED_STATES as TRACKED_STATES
 from ._tracking import TrackedRecord as TrackedRecord
@@ -49,6 +50,7 @@ if TYPE_CHECKING:
 
 
 __all__ = [
+    "ACTIVE",
     "DEFAULT_RETENTION",
     "DONE_STATES",
     "LEDGER_ENV",

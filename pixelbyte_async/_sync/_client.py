@@ -12,7 +12,14 @@ import contextlib
 import inspect
 import os
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Collection,
+    Iterable,
+    Mapping,
+)
 from datetime import datetime
 from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any, Self, TypeVar
@@ -27,7 +34,7 @@ from pixelbyte_async._config import ClientConfig
 from pixelbyte_async._errors import AmbiguousSubmitError
 from pixelbyte_async._inputs import ModelInput
 from pixelbyte_async._job import Job
-from pixelbyte_async._ledger import LedgerSpec, TrackedRecord
+from pixelbyte_async._ledger import ACTIVE, LedgerSpec, TrackedRecord, TrackedState
 from pixelbyte_async._models import CatalogModel, Estimate, JobStatus, Upload
 from pixelbyte_async._polling import PollPolicy
 from pixelbyte_async._receiver import WebhookReceiver
@@ -307,6 +314,17 @@ class SyncPixelByte:
         """
         client = self._client
         return [self._wrap(job) for job in self._call(client.resume, "resume")]
+
+    def tracked_jobs(
+        self, states: Collection[TrackedState] = ACTIVE
+    ) -> list[TrackedRecord]:
+        """
+        This group's tracked jobs in *states*: `PixelByte.tracked_jobs`.
+
+        .. versionadded:: 0.4.0
+        """
+        client = self._client
+        return self._call(lambda: client.tracked_jobs(states), "tracked_jobs")
 
     def failed_handlers(self) -> list[TrackedRecord]:
         """

@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from typing import TYPE_CHECKING, Any, Protocol
 
 from pixelbyte_async._clock import Clock, sleep_or_until
@@ -419,10 +419,14 @@ class Tracker:
             except PixelByteError as exc:
                 log.warning("tracked jobs: renewing leases failed: %s", exc)
 
+    async def records(self, states: Collection[TrackedState]) -> list[TrackedRecord]:
+        """This group's tracked jobs in *states*."""
+        found = await self.ledger.tracked(states=states)
+        return [r for r in found if r.group == self.group]
+
     async def failed(self) -> list[TrackedRecord]:
         """The parked tracked jobs (their handlers kept failing)."""
-        parked = await self.ledger.tracked(states=_PARKED)
-        return [r for r in parked if r.group == self.group]
+        return await self.records(_PARKED)
 
     async def aclose(self) -> None:
         """Stop watching and handling; give the leases up so another process resumes."""
