@@ -18,13 +18,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ._audit_report import AuditOrphan as AuditOrphan
-from ._audit_report import AuditReport as AuditReport
-from ._client import PixelByte as PixelByte
-from ._clock import Clock as Clock
-from ._clock import SystemClock as SystemClock
-from ._clock import Timer as Timer
-from ._clock import VirtualClock as VirtualClock
 from ._config import ClientConfig as ClientConfig
 from ._errors import AmbiguousSubmitError as AmbiguousSubmitError
 from ._errors import APIError as APIError
@@ -53,18 +46,6 @@ from ._errors import UnexpectedRedirect as UnexpectedRedirect
 from ._errors import ValidationError as ValidationError
 from ._errors import WaitTimeout as WaitTimeout
 from ._errors import WebhookVerificationError as WebhookVerificationError
-from ._inputs import KLING_O1_PRO_SEF as KLING_O1_PRO_SEF
-from ._inputs import KLING_O1_STANDARD_SEF as KLING_O1_STANDARD_SEF
-from ._inputs import PRICES as PRICES
-from ._inputs import KlingO1StartEndFrame as KlingO1StartEndFrame
-from ._inputs import ModelInput as ModelInput
-from ._inputs import Price as Price
-from ._job import Job as Job
-from ._ledger import LedgerError as LedgerError
-from ._ledger import MemoryLedger as MemoryLedger
-from ._ledger import SubmitLedger as SubmitLedger
-from ._ledger import TrackedRecord as TrackedRecord
-from ._ledger import TrackingLedger as TrackingLedger
 from ._models import CatalogModel as CatalogModel
 from ._models import Estimate as Estimate
 from ._models import EstimateLine as EstimateLine
@@ -77,15 +58,11 @@ from ._polling import EndWindow as EndWindow
 from ._polling import EtaBias as EtaBias
 from ._polling import PollPolicy as PollPolicy
 from ._retry import RetryPolicy as RetryPolicy
-from ._transport import MockTransport as MockTransport
-from ._transport import Request as Request
-from ._transport import Response as Response
-from ._transport import StreamResponse as StreamResponse
-from ._transport import Transport as Transport
-from ._transport import json_response as json_response
 
 
 if TYPE_CHECKING:
+    from ._audit_report import AuditOrphan as AuditOrphan
+    from ._audit_report import AuditReport as AuditReport
     from ._batch import Batch as Batch
     from ._batch import BatchInput as BatchInput
     from ._batch import BatchInputError as BatchInputError
@@ -99,14 +76,44 @@ if TYPE_CHECKING:
     from ._batch import read_batch_file as read_batch_file
     from ._batch import resolve_batch_row as resolve_batch_row
     from ._batch import run_batch as run_batch
+    from ._client import PixelByte as PixelByte
+    from ._clock import Clock as Clock
+    from ._clock import SystemClock as SystemClock
+    from ._clock import Timer as Timer
+    from ._clock import VirtualClock as VirtualClock
+    from ._inputs import KLING_O1_PRO_SEF as KLING_O1_PRO_SEF
+    from ._inputs import KLING_O1_STANDARD_SEF as KLING_O1_STANDARD_SEF
+    from ._inputs import PRICES as PRICES
+    from ._inputs import KlingO1StartEndFrame as KlingO1StartEndFrame
+    from ._inputs import ModelInput as ModelInput
+    from ._inputs import Price as Price
+    from ._job import Job as Job
     from ._journal import JournalError as JournalError
+    from ._ledger import LedgerError as LedgerError
+    from ._ledger import MemoryLedger as MemoryLedger
     from ._ledger import SqliteLedger as SqliteLedger
+    from ._ledger import SubmitLedger as SubmitLedger
+    from ._ledger import TrackedRecord as TrackedRecord
+    from ._ledger import TrackingLedger as TrackingLedger
     from ._sync import SyncJob as SyncJob
     from ._sync import SyncPixelByte as SyncPixelByte
+    from ._transport import MockTransport as MockTransport
+    from ._transport import Request as Request
+    from ._transport import Response as Response
+    from ._transport import StreamResponse as StreamResponse
+    from ._transport import Transport as Transport
+    from ._transport import json_response as json_response
 
-#: Imported on first use: batches and their SQLite journal are not needed to
-#: submit and wait, and importing them costs a quarter of the package's import time.
+#: Imported on first use (`__getattr__`), so that ``import pixelbyte_async`` is
+#: quick and imports neither aiohttp nor asyncio: the client, its transport and
+#: what leads to them (`Job`, `AuditReport`), clocks, inputs and ledgers load with
+#: the first of their names (the command line's ``--help`` needs none of them);
+#: batches and their SQLite journal are not needed to submit and wait.  Type
+#: checkers read the imports above.  Errors, configuration and the response types
+#: load at once: the command line's parser needs them too.
 _LAZY = {
+    "AuditOrphan": "._audit_report",
+    "AuditReport": "._audit_report",
     "Batch": "._batch",
     "BatchInput": "._batch",
     "BatchInputError": "._batch",
@@ -120,10 +127,33 @@ _LAZY = {
     "resolve_batch_row": "._batch",
     "run_batch": "._batch",
     "Settling": "._batch",
+    "PixelByte": "._client",
+    "Clock": "._clock",
+    "SystemClock": "._clock",
+    "Timer": "._clock",
+    "VirtualClock": "._clock",
+    "KLING_O1_PRO_SEF": "._inputs",
+    "KLING_O1_STANDARD_SEF": "._inputs",
+    "KlingO1StartEndFrame": "._inputs",
+    "ModelInput": "._inputs",
+    "Price": "._inputs",
+    "PRICES": "._inputs",
+    "Job": "._job",
     "JournalError": "._journal",
+    "LedgerError": "._ledger",
+    "MemoryLedger": "._ledger",
     "SqliteLedger": "._ledger",
+    "SubmitLedger": "._ledger",
+    "TrackedRecord": "._ledger",
+    "TrackingLedger": "._ledger",
     "SyncJob": "._sync",
     "SyncPixelByte": "._sync",
+    "json_response": "._transport",
+    "MockTransport": "._transport",
+    "Request": "._transport",
+    "Response": "._transport",
+    "StreamResponse": "._transport",
+    "Transport": "._transport",
 }
 
 __all__ = [
@@ -210,6 +240,11 @@ __all__ = [
     "resolve_batch_row",
     "run_batch",
 ]
+
+
+def __dir__() -> list[str]:
+    # The lazy names too, loaded or not: dir() lists every export, as before.
+    return sorted({*globals(), *__all__})
 
 
 def __getattr__(name: str) -> Any:

@@ -42,7 +42,7 @@ from ._inputs import (
 )
 from ._job import Job
 from ._job_queries import JobQueries
-from ._ledger import ACTIVE, LedgerSpec, SubmitLedger, ledger_for
+from ._ledger import LedgerSpec, SubmitLedger, ledger_for
 from ._links import JobLink, ReconcileLink, TrackedLink
 from ._pipeline import RequestPipeline
 from ._polling import PollPolicy
@@ -67,7 +67,7 @@ from ._wiring import WebhookWiring
 
 if TYPE_CHECKING:
     from ._batch import Batch, BatchInput
-    from ._ledger import TrackedRecord, TrackedState, TrackingLedger
+    from ._ledger import TrackedRecord, TrackingLedger
     from ._sharing import Hub
 
 
@@ -517,10 +517,13 @@ class PixelByte(JobQueries, CatalogCalls):
         return await self._tracker.resume()
 
     async def tracked_jobs(
-        self, states: Collection[TrackedState] = ACTIVE
+        self, states: Collection[str] = ("active",)
     ) -> list[TrackedRecord]:
         """
         This group's tracked jobs in *states* (default: those still to handle).
+
+        States: ``active`` (running, or ended and not handled yet), ``handled``,
+        ``parked`` (its handlers kept failing) and ``none`` (its submit made no job).
 
         For a status page, a drain before shutting down (wait until it is empty),
         or a test.  ``("handled",)`` lists those handled within the claim window.

@@ -14,14 +14,19 @@ Each command lives in its own module (``_transition_command``, ``_batch_command`
 sandbox process of ``_fake._process``; exit codes and the one-line error are shared
 with it through ``_cmdline``.  This package holds the entry point (`main`) and the
 table of commands (`_COMMANDS`).
+
+Start-up stays light: the parser is built from light modules only (``_cmdline``,
+``_options``, ``_fake._options``), and a command's module, which imports the client
+and aiohttp, is imported only when that command runs, so ``--help`` and a usage
+error print at once.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from collections.abc import Callable, Coroutine, Sequence
+from importlib import import_module
 from typing import Any, TextIO
 
 from pixelbyte_async._cmdline import (
@@ -32,17 +37,9 @@ from pixelbyte_async._cmdline import (
     _Parser,
 )
 from pixelbyte_async._errors import PixelByteError
-from pixelbyte_async._fake._process import _run_sandbox
 
-from ._audit_command import _audit
-from ._batch_command import _batch
-from ._job_commands import _cancel, _estimate, _jobs, _models, _status
-from ._output import _report
 from ._parser_tree import _parser, _resolve_parser
 from ._preflight import _check_connection
-from ._resolve_command import _resolve
-from ._transition_command import _transition, _wait
-from ._webhook_commands import _webhook
 
 
 __all__ = ["EXIT_CODES", "main"]
@@ -51,18 +48,44 @@ __all__ = ["EXIT_CODES", "main"]
 _Command = Callable[[argparse.Namespace, TextIO, TextIO], Coroutine[Any, Any, int]]
 
 
+#: Where each command's coroutine lives: ``(module, name)``, imported when it runs.
+_COMMAND_HOMES: dict[str, tuple[str, str]] = {
+    "transition": ("._transition_command", "_transition"),
+    "batch": ("._batch_command", "_batch"),
+    "status": ("._job_commands", "_status"),
+    "wait": ("._transition_command", "_wait"),
+    "cancel": ("._job_commands", "_cancel"),
+    "estimate": ("._job_commands", "_estimate"),
+    "jobs": ("._job_commands", "_jobs"),
+    "models": ("._job_commands", "_models"),
+    "audit": ("._audit_command", "_audit"),
+    "resolve": ("._resolve_command", "_resolve"),
+    "webhook": ("._webhook_commands", "_webhook"),
+}
+
+
+def _on_demand(module: str, name: str) -> _Command:
+    """
+    The command *name* of *module*, imported when it is called.
+
+    Only the parser is imported up front: ``--help`` and a usage error never load
+    the client (nor aiohttp); the one command that runs loads its own module.
+    """
+
+    def command(
+        args: argparse.Namespace, out: TextIO, err: TextIO
+    ) -> Coroutine[Any, Any, int]:
+        run: _Command = getattr(import_module(module, __name__), name)
+        return run(args, out, err)
+
+    command.__name__ = command.__qualname__ = name
+    command.__doc__ = f"``{module}.{name}``, imported on first use."
+    return command
+
+
+#: The command table (tests replace entries): each runs its module's coroutine.
 _COMMANDS: dict[str, _Command] = {
-    "transition": _transition,
-    "batch": _batch,
-    "status": _status,
-    "wait": _wait,
-    "cancel": _cancel,
-    "estimate": _estimate,
-    "jobs": _jobs,
-    "models": _models,
-    "audit": _audit,
-    "resolve": _resolve,
-    "webhook": _webhook,
+    word: _on_demand(*home) for word, home in _COMMAND_HOMES.items()
 }
 
 
@@ -91,8 +114,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(
             "audit needs --since WHEN, or --journal PATH to look from its lost submits"
         )
+    # Past parsing: what runs is imported now (the client, aiohttp, asyncio's loop).
     if args.command == "sandbox":
+        from pixelbyte_async._fake._process import _run_sandbox  # noqa: PLC0415 -- only to serve
+
         return _run_sandbox(args)
+    import asyncio  # noqa: PLC0415 -- not needed to print help
+
+    from ._output import _report  # noqa: PLC0415 -- its error table imports batches
+
     out, err = sys.stdout, sys.stderr
     try:
         _check_connection(args)

@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 from pixelbyte_async._cmdline import _debug_option, _Parser, _positive
 from pixelbyte_async._config import DEFAULT_BASE_URL
 from pixelbyte_async._errors import ValidationError
-from pixelbyte_async._fake._process import _SANDBOX_TIME_SCALE, _TIME_SCALE_HELP
+from pixelbyte_async._fake._options import _SANDBOX_TIME_SCALE, _TIME_SCALE_HELP
 
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd])")

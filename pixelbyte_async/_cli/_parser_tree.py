@@ -20,7 +20,7 @@ from pixelbyte_async._cmdline import (
     _port,
     _positive,
 )
-from pixelbyte_async._fake._process import _SANDBOX_DESCRIPTION, _add_sandbox_arguments
+from pixelbyte_async._fake._options import _SANDBOX_DESCRIPTION, _add_sandbox_arguments
 from pixelbyte_async._models import JobStatus
 
 from ._options import (

@@ -34,7 +34,7 @@ from pixelbyte_async._config import ClientConfig
 from pixelbyte_async._errors import AmbiguousSubmitError
 from pixelbyte_async._inputs import ModelInput
 from pixelbyte_async._job import Job
-from pixelbyte_async._ledger import ACTIVE, LedgerSpec, TrackedRecord, TrackedState
+from pixelbyte_async._ledger import LedgerSpec, TrackedRecord
 from pixelbyte_async._models import CatalogModel, Estimate, JobStatus, Upload
 from pixelbyte_async._polling import PollPolicy
 from pixelbyte_async._receiver import WebhookReceiver
@@ -316,7 +316,7 @@ class SyncPixelByte:
         return [self._wrap(job) for job in self._call(client.resume, "resume")]
 
     def tracked_jobs(
-        self, states: Collection[TrackedState] = ACTIVE
+        self, states: Collection[str] = ("active",)
     ) -> list[TrackedRecord]:
         """
         This group's tracked jobs in *states*: `PixelByte.tracked_jobs`.

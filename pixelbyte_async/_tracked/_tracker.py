@@ -9,7 +9,7 @@ import contextlib
 import json
 import logging
 from collections.abc import Awaitable, Callable, Collection
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from pixelbyte_async._clock import Clock, sleep_or_until
 from pixelbyte_async._errors import (
@@ -20,7 +20,12 @@ from pixelbyte_async._errors import (
     WaitTimeout,
 )
 from pixelbyte_async._inputs import check_text
-from pixelbyte_async._ledger import TrackedRecord, TrackedState, TrackingLedger
+from pixelbyte_async._ledger import (
+    TRACKED_STATES,
+    TrackedRecord,
+    TrackedState,
+    TrackingLedger,
+)
 from pixelbyte_async._reconcile import owner_gone
 
 
@@ -419,9 +424,16 @@ class Tracker:
             except PixelByteError as exc:
                 log.warning("tracked jobs: renewing leases failed: %s", exc)
 
-    async def records(self, states: Collection[TrackedState]) -> list[TrackedRecord]:
-        """This group's tracked jobs in *states*."""
-        found = await self.ledger.tracked(states=states)
+    async def records(self, states: Collection[str]) -> list[TrackedRecord]:
+        """This group's tracked jobs in *states* (`ValidationError` for others)."""
+        unknown = sorted(set(states) - set(TRACKED_STATES))
+        if unknown:
+            raise ValidationError(
+                f"unknown tracked states {unknown}; they are {list(TRACKED_STATES)}",
+                field="states",
+            )
+        wanted = cast("Collection[TrackedState]", states)
+        found = await self.ledger.tracked(states=wanted)
         return [r for r in found if r.group == self.group]
 
     async def failed(self) -> list[TrackedRecord]:
