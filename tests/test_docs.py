@@ -387,7 +387,7 @@ def test_skipped_examples_are_reported_at_their_line_in_the_page():
     """Issue 25: skip reasons named pytest's own files (in .nox/...), not the page."""
     ran = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider",
-         "-p", "no:asyncio", "docs/sync.md"],
+         "-p", "no:asyncio", "docs/testing.md::line:46,column:1"],
         capture_output=True,
         text=True,
         cwd=Path(__file__).resolve().parent.parent,
@@ -395,4 +395,4 @@ def test_skipped_examples_are_reported_at_their_line_in_the_page():
     )  # fmt: skip
     skipped = [line for line in ran.stdout.splitlines() if line.startswith("SKIPPED")]
     assert skipped, ran.stdout + ran.stderr
-    assert all(" docs/sync.md:" in line for line in skipped), skipped
+    assert all(" docs/testing.md:46:" in line for line in skipped), skipped
