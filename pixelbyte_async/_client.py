@@ -482,7 +482,7 @@ class PixelByte(JobQueries, CatalogCalls):
         A tracked job is one submitted with ``context=``.  Handlers run in the
         order registered, once the job has completed, failed or been cancelled
         (look at ``job.status``); when they all return, the job is handled and
-        leaves the ledger after the claim window.  A handler that raises is logged
+        leaves the ledger after its retention (a day).  A handler that raises is logged
         and run again with back-off (2 s doubling to 5 minutes), and the job is
         parked after 5 failures (`failed_handlers`).  A process that dies midway
         leaves the job to the next one that calls `resume`: handlers run **at
