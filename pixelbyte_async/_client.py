@@ -56,11 +56,12 @@ from ._reconcile import (
 from ._retry import (
     RetryPolicy,
 )
-from ._signing import WebhookEvent
+from ._signing import Secrets, WebhookEvent, is_probe_id
 from ._slots import JobSlots
 from ._submitting import Submitter
 from ._tracked import FinishedHandler, Tracker
 from ._transport import AiohttpTransport, Transport
+from ._webhook_check import WebhookCheck
 from ._webhook_server import WebhookServer
 from ._wiring import WebhookWiring
 
@@ -79,6 +80,9 @@ _UNSET: Any = object()
 _NO_PARAMS: Mapping[str, str] = types.MappingProxyType({})
 _SAFE_ID = re.compile(r"[A-Za-z0-9_.\-]+")
 
+
+# Seconds a webhook check may take (`PixelByte.check_webhooks`).
+_CHECK_TIMEOUT = 10.0
 
 _Mode = Literal["safe", "submit"]
 
@@ -206,7 +210,7 @@ class PixelByte(JobQueries, CatalogCalls):
         self._files = Files(self._pipeline)
         self._decoded_bodies = collections.OrderedDict()
         limit = config.max_concurrent_jobs
-        self._wiring = WebhookWiring(self, hub)
+        self._wiring = WebhookWiring(self, hub, self.clock)
         self._slots = JobSlots(
             limit,
             None if hub is None or limit is None else hub.slots(limit),
@@ -282,6 +286,7 @@ class PixelByte(JobQueries, CatalogCalls):
     async def __aenter__(self) -> Self:
         self._check_open()
         await self._wiring.start()
+        await self._wiring.ensure_checked()
         return self
 
     async def __aexit__(
@@ -374,6 +379,8 @@ class PixelByte(JobQueries, CatalogCalls):
         receiver: WebhookReceiver | WebhookServer | Hub,
         *,
         public_url: str | None = None,
+        check: bool = False,
+        secret: Secrets | None = None,
     ) -> None:
         """
         Feed `Job.wait` from webhook deliveries instead of polling.
@@ -383,6 +390,8 @@ class PixelByte(JobQueries, CatalogCalls):
         resolve when the delivery arrives, with one safety GET after
         ``PollPolicy.webhook_grace`` past the ETA in case the delivery is lost.
         Deliveries for this client's jobs also free their job slots at once.
+        When a wait ends at its safety GET because no delivery came, the client
+        logs a WARNING saying what to check (once per cause every 10 minutes).
 
         With a hub (`pixelbyte_async.redis.RedisHub`), deliveries are received by
         any process (a `WebhookReceiver` with ``hub=``, or ``pixelbyte-async
@@ -395,12 +404,53 @@ class PixelByte(JobQueries, CatalogCalls):
                 or a hub shared by several processes.
             public_url: The https URL the API should call; required with a bare
                 receiver or a hub.
+            check: Run `check_webhooks` before the first submit (or `resume`, or
+                ``async with``, whichever comes first) and raise
+                `WebhookCheckError` if the probe does not arrive: no job is
+                paid for with a broken set-up.
+            secret: The webhook secret to sign probes with, needed with a hub
+                only (a receiver or server signs with its own).
+
+        .. versionchanged:: 0.5.0 *check*, *secret*.
 
         """
-        self._wiring.use(receiver, public_url)
+        self._wiring.use(receiver, public_url, secret)
+        if check:
+            self._wiring.want_check(_CHECK_TIMEOUT)
+
+    async def check_webhooks(self, timeout: float = _CHECK_TIMEOUT) -> WebhookCheck:
+        """
+        Send a signed probe delivery to the webhook URL; say whether it arrived.
+
+        The probe is what the API would send (the same headers, signed with the
+        webhook secret), with the body ``{"jobId": "probe_<nonce>", "status":
+        "probe", "probe": true}``; receivers answer it 200 ``probe`` and
+        dispatch nothing.  It reveals, before the first paid job, a URL that
+        answers 404 (a wrong path or trailing slash, a reverse proxy's prefix),
+        a TLS or connection failure, a redirect, a wrong secret, or a receiver
+        in another process without the hub.  The probe is sent from this
+        machine, not the API's: a URL only reachable from inside your network
+        passes here and may still fail for the API.
+
+        Args:
+            timeout: Seconds the whole check may take.
+
+        Returns:
+            A `WebhookCheck`: ``ok``, the ``url``, the HTTP ``status`` seen,
+            whether the probe ``reached`` this process's receiver (or its hub),
+            and the ``problem`` in words.  It never raises for a failed check.
+
+        .. versionadded:: 0.5.0
+
+        """
+        self._check_open()
+        await self._wiring.start()
+        return await self._wiring.check(timeout)
 
     def _webhook_event(self, event: WebhookEvent) -> bool:
         """Observe a delivery for one of our jobs; return whether we know the job."""
+        if is_probe_id(event.job_id):
+            return True  # a set-up check's probe (through a hub): no job
         job = self._slots.jobs.get(event.job_id)
         if job is not None:
             job._observe(event.job, from_webhook=True)  # noqa: SLF001 -- same package
@@ -463,6 +513,7 @@ class PixelByte(JobQueries, CatalogCalls):
         """
         self._check_open()
         await self._wiring.start()
+        await self._wiring.ensure_checked()
         return await self._submitter.submit(
             model,
             input,
@@ -511,6 +562,7 @@ class PixelByte(JobQueries, CatalogCalls):
         """
         self._check_open()
         await self._wiring.start()
+        await self._wiring.ensure_checked()
         # Our receiver listens before the jobs are re-attached: their deliveries
         # come to it (a server starts on the first submit otherwise).
         await self._wiring.public_url()

@@ -14,7 +14,9 @@ publishes each delivery to it first, and the hub's answer decides what happens h
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
+import contextlib
 import hmac
 import logging
 import threading
@@ -65,6 +67,10 @@ _Override = Callable[[WebhookEvent], bool] | None
 # The answers to a verified delivery: new, a duplicate, or not shared (with a hub).
 _ANSWERS = {True: (200, "ok"), False: (200, "duplicate")}
 _UNSHARED = (503, "hub_unavailable")
+# The answer to a verified probe (`probe_body`): received, dispatched to nobody.
+_PROBE = (200, "probe")
+# How many probe ids a receiver remembers (a check looks for its own at once).
+_MAX_PROBES = 64
 
 
 class ReceiverSettings(Protocol):
@@ -104,6 +110,8 @@ class DeliveryIntake:
         self._lock = lock
         self._keys = keys
         self._local = local
+        # The ids of the probes verified here, newest last (see `saw_probe`).
+        self._probes: collections.OrderedDict[str, None] = collections.OrderedDict()
         #: Publishes to the hub first, if there is one.
         self.shared = (
             None if hub is None else SharedDispatch(hub, local, settings, lock)
@@ -117,6 +125,11 @@ class DeliveryIntake:
         delivery = self._verified(*request)
         if isinstance(delivery, tuple):
             return delivery
+        if delivery.probe:
+            if self.shared is not None and _running_loop() is None:
+                with contextlib.suppress(ConnectionError):
+                    self.shared.publish_probe_blocking(delivery)
+            return self._probe(delivery)
         shared = self.shared
         try:
             if override is not None:
@@ -146,10 +159,28 @@ class DeliveryIntake:
         delivery = self._verified(*request)
         if isinstance(delivery, tuple):
             return counted(delivery)
+        if delivery.probe:
+            with contextlib.suppress(ConnectionError):
+                await shared.publish_probe(delivery)
+            return counted(self._probe(delivery))
         try:
             return counted(_ANSWERS[await shared.accept_async(delivery, received=True)])
         except ConnectionError:
             return counted(_UNSHARED)
+
+    def _probe(self, delivery: SignedDelivery) -> tuple[int, str]:
+        """Remember a verified probe (for `saw_probe`) and answer it; no dispatch."""
+        with self._lock:
+            self._probes[delivery.job_id] = None
+            while len(self._probes) > _MAX_PROBES:
+                self._probes.popitem(last=False)
+        log.info("webhook probe %s received", delivery.job_id)
+        return _PROBE
+
+    def saw_probe(self, job_id: str) -> bool:
+        """Whether the probe *job_id* was verified here (among the latest 64)."""
+        with self._lock:
+            return job_id in self._probes
 
     def too_large(self) -> tuple[int, str]:
         """The answer to a body refused for its size before it was read in full."""
@@ -384,6 +415,19 @@ class SharedDispatch:
             self._local.accept(delivery, received=False)
             raise
         return self._settle(delivery, first=first, received=received)
+
+    async def publish_probe(self, delivery: SignedDelivery) -> None:
+        """
+        Publish a probe, so the process that sent it sees it arrive (best effort).
+
+        The hub records the attribution of its ``pb_attempt`` (the sender looks it
+        up with ``fetch_attempt``); a probe is no ended job, so nobody is fed.
+        """
+        await self._publish(delivery.event())
+
+    def publish_probe_blocking(self, delivery: SignedDelivery) -> None:
+        """`publish_probe` from a thread with no event loop."""
+        self._publish_blocking(delivery.event())
 
     def _settle(self, delivery: SignedDelivery, *, first: bool, received: bool) -> bool:
         if not first:

@@ -115,6 +115,7 @@ class WebhookReceiver:
     .. versionadded:: 0.1.0
     .. versionchanged:: 0.2.0 *retention*; safe from any thread.
     .. versionchanged:: 0.3.0 *hub*, *body_timeout*.
+    .. versionchanged:: 0.5.0 Probes (see `saw_probe`).
 
     """
 
@@ -147,6 +148,7 @@ class WebhookReceiver:
                 f"not {body_timeout!r}"
             )
         keys = signing_keys(secret)
+        self._keys = keys
         self.tolerance = tolerance
         self.max_body = max_body
         self.clock: Clock = clock or SystemClock()
@@ -212,7 +214,8 @@ class WebhookReceiver:
         Verify and dispatch one delivery; return ``(http_status, reason)``.
 
         200 for new and duplicate deliveries (the API must stop retrying), 401 for
-        verification failures, 413 for oversize bodies.  Safe from any thread; the
+        verification failures, 413 for oversize bodies; 200 ``probe`` for a signed
+        probe (`PixelByte.check_webhooks`), dispatched to nobody.  Safe from any thread; the
         answer never waits for an event loop.  With a *hub*, 503 when it could not
         share the delivery; the answer waits for the hub, so call it in a thread
         with no event loop (on one, await `handle_async`, or get `RuntimeError`).
@@ -247,6 +250,18 @@ class WebhookReceiver:
 
         """
         return await self._intake.answer_async((body, headers, url), self._override())
+
+    def saw_probe(self, job_id: str) -> bool:
+        """
+        Whether the probe *job_id* reached this receiver (see `PixelByte.check_webhooks`).
+
+        A probe (``{"jobId": "probe_<nonce>", "status": "probe", "probe": true}``,
+        signed) is answered 200 ``probe`` and dispatched to nobody: no waiter,
+        client or hook sees it, and it counts only as ``received``.
+
+        .. versionadded:: 0.5.0
+        """
+        return self._intake.saw_probe(job_id)
 
     def _override(self) -> Callable[[WebhookEvent], bool] | None:
         """A `dispatch` of a subclass (or patched in): it sees every delivery."""

@@ -47,6 +47,11 @@ _JSON_STRING_RE = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
 _BRACKET_RE = re.compile(r"[\[\]{}]")
 _SIGNATURE_RE = re.compile(r"^sha256=([0-9a-fA-F]{64})$")
 _ATTEMPT_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+#: The job id prefix of a probe delivery (`probe_body`).
+PROBE_PREFIX = "probe_"
+#: The ``status`` of a probe delivery: unknown to older receivers, which take it for
+#: a job that has not ended (answered 200, dispatched to nobody).
+PROBE_STATUS = "probe"
 
 Secrets = str | bytes | Sequence[str | bytes]
 
@@ -83,6 +88,44 @@ class WebhookEvent:
     def video_url(self) -> str | None:
         """The output URL, when the payload carries one."""
         return self.job.video_url
+
+
+def is_probe(payload: Mapping[str, Any]) -> bool:
+    """Whether a verified body is a probe (`probe_body`), not a job's delivery."""
+    job_id = payload.get("jobId")
+    return (
+        payload.get("probe") is True
+        and payload.get("status") == PROBE_STATUS
+        and isinstance(job_id, str)
+        and job_id.startswith(PROBE_PREFIX)
+    )
+
+
+def is_probe_id(job_id: str) -> bool:
+    """Whether *job_id* names a probe (real job ids never start with ``probe_``)."""
+    return job_id.startswith(PROBE_PREFIX)
+
+
+def probe_body(nonce: str) -> bytes:
+    """
+    The body of a probe delivery (see `PixelByte.check_webhooks`).
+
+    ``{"jobId": "probe_<nonce>", "status": "probe", "probe": true}``: a receiver of
+    this SDK answers it 200 ``probe`` and dispatches nothing; an older one sees a
+    job with a status it does not know (not ended), answers 200 and hands it to
+    nobody.
+    """
+    return json.dumps(
+        {"jobId": PROBE_PREFIX + nonce, "status": PROBE_STATUS, "probe": True},
+        separators=(",", ":"),
+    ).encode()
+
+
+def sign_with_keys(keys: Sequence[hmac.HMAC], body: bytes, timestamp: int) -> str:
+    """`sign` with the first of *keys* (from `signing_keys`): no secret needed."""
+    mac = keys[0].copy()
+    mac.update(str(timestamp).encode() + b"." + body)
+    return "sha256=" + mac.hexdigest()
 
 
 def _secret_bytes(secrets: Secrets) -> list[bytes]:
@@ -366,6 +409,17 @@ def _read(raw: bytes, timestamp: int, attempt: str | None) -> SignedDelivery:
         raise WebhookVerificationError(
             "payload has no jobId", reason="malformed", signed=True
         ) from exc
+    if is_probe(payload):
+        # Not a job: no status to decode (nor to warn about as unknown).
+        return SignedDelivery(
+            job_id,
+            JobStatus.UNKNOWN,
+            timestamp,
+            payload,
+            attempt=attempt,
+            raw=raw,
+            probe=True,
+        )
     status = decode_status(payload.get("status"), job_id)
     return SignedDelivery(job_id, status, timestamp, payload, attempt=attempt, raw=raw)
 
@@ -395,6 +449,8 @@ class SignedDelivery:
     attempt: str | None = attrs.field(kw_only=True)
     #: The body as received; None for an event verified elsewhere (`of`).
     raw: bytes | None = attrs.field(kw_only=True)
+    #: A probe (`probe_body`): answered, never dispatched.
+    probe: bool = attrs.field(default=False, kw_only=True)
     _event: WebhookEvent | None = attrs.field(default=None, kw_only=True, alias="made")
 
     @classmethod
@@ -418,7 +474,8 @@ class SignedDelivery:
     def event(self) -> WebhookEvent:
         """The `WebhookEvent`, decoded on first use."""
         if self._event is None:
-            info = decode_job(self.payload)
+            # A probe's "probe" status is no job status: decoded as none (unknown).
+            info = decode_job({"jobId": self.job_id} if self.probe else self.payload)
             self._event = WebhookEvent(
                 job_id=info.id,
                 status=info.status,

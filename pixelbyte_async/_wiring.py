@@ -9,7 +9,9 @@ closes those, and only those).  It keeps the hub told which jobs the client trac
 questions the rest of the client asks:
 which URL a submit sends (`public_url`), where a job waits for its delivery now
 (`source`: ``None`` while a hub is unhealthy, so waits poll), when to wake a parked
-wait (`outage`), and which attempt created which job (`attempts`).
+wait (`outage`), and which attempt created which job (`attempts`).  It says loudly
+when deliveries do not come (`undelivered`, rate-limited per cause) and checks the
+set-up with a signed probe (`check`, and `ensure_checked` for ``check=True``).
 """
 
 from __future__ import annotations
@@ -20,9 +22,12 @@ from typing import TYPE_CHECKING
 
 import attrs
 
+from ._clock import Clock, SystemClock
 from ._errors import ValidationError
 from ._inputs import validate_webhook_url
 from ._receiver import WebhookReceiver
+from ._signing import Secrets, signing_keys
+from ._webhook_check import CAUSES, WebhookCheck, WebhookCheckError, send_probe
 from ._webhook_server import WebhookServer
 
 
@@ -33,16 +38,22 @@ if TYPE_CHECKING:
     from ._signing import WebhookEvent
 
 
-__all__ = ["WebhookWiring"]
+__all__ = ["WARN_EVERY", "WebhookWiring"]
 
 log = logging.getLogger("pixelbyte_async")
+
+#: Seconds between two WARNINGs of one cause of undelivered webhooks (per client).
+WARN_EVERY = 600.0
 
 
 class WebhookWiring:
     """A client's webhook source (receiver, server or hub) and the hubs it owns."""
 
-    def __init__(self, observer: WebhookObserver, hub: Hub | None) -> None:
+    def __init__(
+        self, observer: WebhookObserver, hub: Hub | None, clock: Clock | None = None
+    ) -> None:
         self._observer = observer
+        self._clock: Clock = clock or SystemClock()
         #: The hub of ``PixelByte(hub=...)`` (job slots), if any.
         self.hub = hub
         #: Where deliveries come from (``None``: the client polls).
@@ -56,12 +67,22 @@ class WebhookWiring:
         # Jobs the client tracks, each watched on the hub feeding waits (one
         # `future_for` each, released when the job ends or the client closes).
         self._watched: set[str] = set()
-        self._said_undelivered = False
+        # cause -> (when its last WARNING was logged, how many were muted since).
+        self._reported: dict[str, tuple[float, int]] = {}
+        self._secret: Secrets | None = None
+        self._pending_check: float | None = None
+        self._check_lock = asyncio.Lock()
 
     def use(
-        self, receiver: WebhookReceiver | WebhookServer | Hub, public_url: str | None
+        self,
+        receiver: WebhookReceiver | WebhookServer | Hub,
+        public_url: str | None,
+        secret: Secrets | None = None,
     ) -> None:
         """See `PixelByte.use_webhooks`."""
+        if secret is not None:
+            signing_keys(secret)  # ValueError now for an empty one
+        self._secret = secret
         if isinstance(receiver, WebhookServer):
             self._server = receiver
             self._owns_server = not receiver.running
@@ -163,43 +184,143 @@ class WebhookWiring:
         """
         A job ended *late* seconds ago and its delivery never reached this process.
 
-        One WARNING per client that says what to check (later ones are DEBUG):
-        with a hub, that the receiver publishes under this hub's key prefix and
-        account; otherwise, that the API can reach the webhook URL.
+        One WARNING per cause every `WARN_EVERY` seconds (the others DEBUG, counted
+        in the next WARNING): what was expected, the public URL (never the secret),
+        and what to check.  The causes: ``hub`` (a hub feeds waits: the receiver
+        may publish elsewhere), ``rejected`` (the receiver here refused deliveries:
+        a wrong secret?), ``unreached`` (nothing came).
         """
-        level = logging.DEBUG if self._said_undelivered else logging.WARNING
-        self._said_undelivered = True
         hub = self.webhook_hub
+        url = self._url or (
+            self._server.public_url
+            if self._server is not None and self._server.running
+            else "?"
+        )
+        receiver = self.receiver
+        rejected = (
+            receiver.stats["rejected"] if isinstance(receiver, WebhookReceiver) else 0
+        )
         if hub is not None:
+            cause = "hub"
+        elif rejected:
+            cause = "rejected"
+        else:
+            cause = "unreached"
+        level, more = self._rate(cause)
+        tail = f" ({more} more such jobs since the last warning)" if more else ""
+        if cause == "hub":
             prefix = getattr(hub, "key_prefix", "?")
             account = getattr(hub, "account", "?")
             log.log(
                 level,
                 "job %s ended %.0f s ago and no delivery reached this process "
-                "through the Redis hub (key prefix %r, account %r): check that the "
-                "webhook receiver publishes with the same --redis-prefix and "
-                "--redis-account (RedisHub key_prefix, account), and that the API "
-                "reaches %s; waits meanwhile take until their safety check",
+                "through the Redis hub (key prefix %r, account %r): a receiver "
+                "publishing to this hub was expected to get the API's POST to %s. "
+                "Check that the webhook receiver publishes with the same "
+                "--redis-prefix and --redis-account (RedisHub key_prefix, account), "
+                "and that the API reaches that URL: %s. Waits meanwhile end at their "
+                "safety GET (ETA + webhook_grace); await pb.check_webhooks() tests "
+                "the set-up%s",
                 job_id,
                 late,
                 prefix,
                 account,
-                self._url,
+                url,
+                CAUSES,
+                tail,
+            )
+            return
+        if cause == "rejected":
+            log.log(
+                level,
+                "job %s ended %.0f s ago and its webhook delivery never arrived at %s "
+                "in a form the receiver accepts: the receiver here rejected %d "
+                "deliveries (see its 'rejected webhook delivery' warnings): is it "
+                "set up with the account's webhook secret, and is the clock right? "
+                "Waits meanwhile end at their safety GET (ETA + webhook_grace)%s",
+                job_id,
+                late,
+                url,
+                rejected,
+                tail,
             )
             return
         log.log(
             level,
-            "job %s ended %.0f s ago and its webhook delivery never arrived at %s: "
-            "check that the API can reach that URL (and its path); waits meanwhile "
-            "take until their safety check",
+            "job %s ended %.0f s ago and its webhook delivery never arrived at %s "
+            "(the API's signed POST was expected there; the wait ended at its "
+            "safety GET, ETA + webhook_grace, instead). Likely causes: %s. "
+            "await pb.check_webhooks() tests the set-up%s",
             job_id,
             late,
-            self._url
-            or (
-                self._server.public_url
-                if self._server is not None and self._server.running
-                else "?"
-            ),
+            url,
+            CAUSES,
+            tail,
+        )
+
+    def _rate(self, cause: str) -> tuple[int, int]:
+        """The level of a report of *cause* now, and how many were muted before it."""
+        now = self._clock.monotonic()
+        last, muted = self._reported.get(cause, (None, 0))
+        if last is not None and now - last < WARN_EVERY:
+            self._reported[cause] = (last, muted + 1)
+            return logging.DEBUG, 0
+        self._reported[cause] = (now, 0)
+        return logging.WARNING, muted
+
+    # -- checking the set-up ---------------------------------------------------------
+
+    def want_check(self, timeout: float) -> None:
+        """Check the set-up (`check`) on the next `ensure_checked`; raise if it fails."""
+        self._pending_check = timeout
+
+    async def ensure_checked(self) -> None:
+        """Run the check `want_check` asked for, once it passes; raise if it fails."""
+        async with self._check_lock:
+            timeout = self._pending_check
+            if timeout is None:
+                return
+            result = await self.check(timeout)
+            if not result.ok:
+                raise WebhookCheckError(
+                    f"the webhook set-up failed its check (nothing was submitted): "
+                    f"{result.problem}",
+                    check=result,
+                )
+            self._pending_check = None
+
+    async def check(self, timeout: float) -> WebhookCheck:
+        """Send a signed probe to the public URL: see `PixelByte.check_webhooks`."""
+        receiver = self.receiver
+        url = await self.public_url()
+        if receiver is None or url is None:
+            return WebhookCheck(
+                ok=False,
+                url=url or "",
+                problem="webhooks are not set up: call use_webhooks() first",
+            )
+        local = receiver if isinstance(receiver, WebhookReceiver) else None
+        if local is not None:
+            keys = local._keys  # noqa: SLF001 -- the receiver's own secret
+            now = local.clock.time()
+        elif self._secret is not None:
+            keys = signing_keys(self._secret)
+            now = self._clock.time()
+        else:
+            return WebhookCheck(
+                ok=False,
+                url=url,
+                problem="no webhook secret to sign the probe with: pass "
+                "use_webhooks(hub, public_url=..., secret=...)",
+            )
+        hub = self.webhook_hub
+        return await send_probe(
+            url,
+            keys,
+            now=now,
+            timeout=timeout,
+            reached_here=None if local is None else local.saw_probe,
+            hub_attempt=None if hub is None else hub.fetch_attempt,
         )
 
     def attempts(self) -> AttemptSource | None:

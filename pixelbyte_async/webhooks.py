@@ -40,6 +40,12 @@ body, **not the URL**: the nonce is attribution, not authentication.  Only verif
 deliveries are counted, and the first delivery naming an attempt wins; a later one
 naming it with another job id is logged and ignored.
 
+**Checking the set-up.**  `PixelByte.check_webhooks` sends a signed probe
+(``{"jobId": "probe_<nonce>", "status": "probe", "probe": true}``) to the public URL
+and returns a `WebhookCheck`; receivers answer a probe 200 ``probe`` and dispatch
+nothing.  ``use_webhooks(..., check=True)`` raises `WebhookCheckError` before the
+first submit if it fails.
+
 **Memory.**  Nothing is kept per finished job for long: a job's waiter state goes
 with its last waiter; an event is forgotten *retention* seconds (30 min by default)
 after its last delivery and an attribution after its first, with *max_events* as a
@@ -65,6 +71,8 @@ from ._signing import sign as sign
 from ._signing import signature_headers as signature_headers
 from ._signing import tag_webhook_url as tag_webhook_url
 from ._signing import verify as verify
+from ._webhook_check import WebhookCheck as WebhookCheck
+from ._webhook_check import WebhookCheckError as WebhookCheckError
 from ._webhook_server import GuardedSite as GuardedSite
 from ._webhook_server import WebhookServer as WebhookServer
 
@@ -86,6 +94,8 @@ __all__ = [
     "SIGNATURE_HEADER",
     "TIMESTAMP_HEADER",
     "GuardedSite",
+    "WebhookCheck",
+    "WebhookCheckError",
     "WebhookEvent",
     "WebhookReceiver",
     "WebhookServer",

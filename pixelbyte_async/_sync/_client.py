@@ -40,7 +40,9 @@ from pixelbyte_async._polling import PollPolicy
 from pixelbyte_async._receiver import WebhookReceiver
 from pixelbyte_async._reconcile import DEFAULT_CLOCK_SKEW
 from pixelbyte_async._retry import RetryPolicy
+from pixelbyte_async._signing import Secrets
 from pixelbyte_async._transport import Transport
+from pixelbyte_async._webhook_check import WebhookCheck
 from pixelbyte_async._webhook_server import WebhookServer
 
 from ._job import SyncJob
@@ -214,19 +216,38 @@ class SyncPixelByte:
         receiver: WebhookReceiver | WebhookServer | Hub,
         *,
         public_url: str | None = None,
+        check: bool = False,
+        secret: Secrets | None = None,
     ) -> None:
         """
         Feed `SyncJob.wait` from webhook deliveries instead of polling: `PixelByte.use_webhooks`.
 
         A `WebhookReceiver` mounted in a synchronous framework (its ``handle`` is
-        safe from any thread) hands each delivery to this client's loop.
+        safe from any thread) hands each delivery to this client's loop.  With
+        *check*, the first submit (or `resume`) sends a probe first and raises
+        `WebhookCheckError` if it does not arrive.
+
+        .. versionchanged:: 0.5.0 *check*, *secret*.
         """
         client = self._client
 
         async def use() -> None:
-            client.use_webhooks(receiver, public_url=public_url)
+            client.use_webhooks(
+                receiver, public_url=public_url, check=check, secret=secret
+            )
 
         self._call(use, "use_webhooks")
+
+    def check_webhooks(self, timeout: float = 10.0) -> WebhookCheck:
+        """
+        Send a signed probe to the webhook URL; say whether it arrived: `PixelByte.check_webhooks`.
+
+        .. versionadded:: 0.5.0
+        """
+        client = self._client
+        return self._call(
+            lambda: client.check_webhooks(timeout=timeout), "check_webhooks"
+        )
 
     # -- jobs --------------------------------------------------------------------------
 
