@@ -260,7 +260,6 @@ async def main_inprocess(n: int) -> dict[str, float | int | bool | str]:
 async def queued_seconds(n: int) -> float:
     """Seconds for *n* gathered runs queued behind 100 slots."""
     async with sandbox(time_scale=6000, limit=100) as (_, pb):
-
         with tempfile.TemporaryDirectory() as tmp:
 
             async def one(i: int) -> None:
