@@ -92,7 +92,8 @@ async def send_probe(
     The URL carries the probe's nonce as ``pb_attempt``, as a submit's does.
     *reached_here* tells whether a receiver of this process verified a probe id;
     *hub_attempt* asks a hub which job id a receiver publishing to it attributed
-    an attempt to (a probe's: its own id).
+    an attempt to (a probe's: its own id).  With neither (the command line), any
+    receiver of this SDK that answers 200 ``probe`` counts as reached.
     """
     nonce = new_attempt_id()
     job_id = PROBE_PREFIX + nonce
@@ -112,7 +113,11 @@ async def send_probe(
         )
     except _Failed as exc:
         return WebhookCheck(ok=False, url=url, problem=str(exc))
-    reached = reached_here is not None and reached_here(job_id)
+    if reached_here is None and hub_attempt is None:
+        # Nobody to ask (the command line): a receiver that answers "probe" is one.
+        reached = status == 200 and reason == "probe"  # noqa: PLR2004 -- HTTP OK
+    else:
+        reached = reached_here is not None and reached_here(job_id)
     if not reached and hub_attempt is not None and status == 200:  # noqa: PLR2004
         deadline = started + timeout
         grace = min(deadline, loop.time() + _HUB_GRACE)

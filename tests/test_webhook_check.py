@@ -357,3 +357,25 @@ class Counting:
 
     def _knows_job(self, job_id: str) -> bool:
         return job_id in self.seen
+
+
+async def test_the_cli_checks_a_url_in_one_line(capsys):
+    """`pixelbyte-async webhook check URL`: 0 and 'ok' for a receiver, 14 and why for a 404."""
+    import anyio
+    from pixelbyte_async._cli import EXIT_CODES, main
+    from pixelbyte_async.webhooks import WebhookServer
+
+    secret = "whsec_cli_check"
+    async with WebhookServer(secret) as server:
+        argv = ["webhook", "check", server.url, "--webhook-secret", secret]
+        code = await anyio.to_thread.run_sync(main, argv)
+        assert (code, capsys.readouterr().out.split(":")[0]) == (0, "ok")
+        wrong = server.url.rstrip("/") + "/"  # a trailing slash the server lacks
+        code = await anyio.to_thread.run_sync(
+            main, ["webhook", "check", wrong, "--webhook-secret", secret, "--json"]
+        )
+        out = capsys.readouterr().out
+        assert code == EXIT_CODES["webhook_invalid"]
+        assert '"status": 404' in out
+        assert "trailing slash" in out
+        assert secret not in out

@@ -412,7 +412,7 @@ def _add_webhook_parser(sub: Any) -> None:
     whsub = wh.add_subparsers(
         dest="webhook_command",
         required=True,
-        metavar="{verify,listen}",
+        metavar="{verify,listen,check}",
         help="what to do",
     )
     wv = whsub.add_parser(
@@ -451,6 +451,25 @@ def _add_webhook_parser(sub: Any) -> None:
     wv.add_argument("--json", action="store_true", help="print the event as JSON")
     _secret_option(wv)
     _debug_option(wv.add_argument, top=False)
+    wc = whsub.add_parser(
+        "check",
+        help="send a signed probe to your webhook URL (exit 0 if it is answered "
+        "200 'probe', 14 if not)",
+        description="Send a signed probe delivery to URL, as the API would, and say "
+        "what came back: a receiver of this SDK answers 200 'probe' without "
+        "dispatching it.  Catches a 404 (wrong path, trailing slash), a redirect, "
+        "a wrong secret, TLS and proxy trouble before the first paid job.",
+    )
+    wc.add_argument("url", help="the public https URL the API calls")
+    wc.add_argument(
+        "--timeout",
+        type=_non_negative,
+        default=10.0,
+        help="seconds to wait for the answer (default 10)",
+    )
+    wc.add_argument("--json", action="store_true", help="print the result as JSON")
+    _secret_option(wc)
+    _debug_option(wc.add_argument, top=False)
     wl = whsub.add_parser(
         "listen",
         help="run a receiver that verifies and prints deliveries",

@@ -14,12 +14,13 @@ import asyncio
 import contextlib
 import os
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 from urllib.parse import urlsplit
 
-from pixelbyte_async._cmdline import _CLIError
+from pixelbyte_async._cmdline import EXIT_CODES, _CLIError
 from pixelbyte_async._errors import ValidationError
 from pixelbyte_async.webhooks import (
     WebhookEvent,
@@ -40,7 +41,38 @@ if TYPE_CHECKING:
 async def _webhook(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if args.webhook_command == "verify":
         return _webhook_verify(args, out)
+    if args.webhook_command == "check":
+        return await _webhook_check(args, out)
     return await _webhook_listen(args, out, err)
+
+
+async def _webhook_check(args: argparse.Namespace, out: TextIO) -> int:
+    """Probe the public URL; one line (or JSON) with what came back."""
+    from pixelbyte_async._signing import signing_keys  # noqa: PLC0415 -- on use
+    from pixelbyte_async._webhook_check import send_probe  # noqa: PLC0415
+
+    result = await send_probe(
+        args.url,
+        signing_keys(_secrets(args)),
+        now=time.time(),
+        timeout=args.timeout,
+        reached_here=None,
+    )
+    if args.json:
+        _print_json(
+            {
+                "ok": result.ok,
+                "url": result.url,
+                "status": result.status,
+                "problem": result.problem,
+            },
+            out,
+        )
+    elif result.ok:
+        print(f"ok: {result.url} answered {result.status} 'probe'", file=out)
+    else:
+        print(f"webhook check failed: {result.problem}", file=out)
+    return EXIT_CODES["ok"] if result.ok else EXIT_CODES["webhook_invalid"]
 
 
 def _parse_header_lines(lines: Sequence[str]) -> dict[str, str]:
