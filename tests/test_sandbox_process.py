@@ -8,6 +8,7 @@ default tolerance, the CLI and adaptive polling work against it with no flags.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import sys
 import time
@@ -232,3 +233,61 @@ def test_bad_sandbox_options_are_one_line_usage_errors(
         assert len(err.strip().splitlines()) == 1, err
         assert f"argument {option}" in err
         assert repr(bad) in err
+
+
+async def test_the_sandbox_logs_requests_and_deliveries_when_asked(tmp_path) -> None:
+    """Issue 27: `--log requests,deliveries` prints each request and delivery."""
+    from pixelbyte_async.webhooks import WebhookServer
+
+    proc, env = await start_sandbox("--time-scale", "2000", "--allow-http-webhooks",
+                                    "--log", "requests,deliveries")  # fmt: skip
+    try:
+        server = WebhookServer(env["PIXELBYTE_WEBHOOK_SECRET"])
+        async with PixelByte(
+            api_key=env["PIXELBYTE_API_KEY"],
+            base_url=env["PIXELBYTE_BASE_URL"],
+            webhook=server,
+            ledger=None,
+        ) as pb:
+            job = await pb.submit(REQUEST)
+            await job.wait(timeout=30)
+        assert proc.stdout is not None
+        seen: list[str] = []
+        while not any("webhook " in line for line in seen):
+            raw = await asyncio.wait_for(proc.stdout.readline(), 20)
+            assert raw, "the sandbox exited"
+            seen.append(raw.decode())
+    finally:
+        proc.terminate()
+        await proc.wait()
+    assert any("POST /v1/jobs/submit -> 200" in line for line in seen), seen
+    assert any(f"webhook {job.id} attempt 1 -> 200" in line for line in seen), seen
+
+
+async def test_an_http_webhook_refused_names_the_option() -> None:
+    from pixelbyte_async import InvalidRequestError
+
+    async with (
+        FakePixelByte() as fake,
+        PixelByte(api_key=fake.api_key, base_url=fake.url, clock=fake.clock) as pb,
+    ):
+        with pytest.raises(InvalidRequestError, match="--allow-http-webhooks"):
+            await pb._pipeline.request(
+                "POST",
+                "/v1/jobs/submit",
+                json_body={
+                    "model": REQUEST.model_slug,
+                    "input": REQUEST.to_input(),
+                    "webhookUrl": "http://127.0.0.1:9/hook",
+                },
+                mode="submit",
+            )
+
+
+def test_the_log_option_takes_kinds_or_none() -> None:
+    from pixelbyte_async._fake._options import _log_kinds
+
+    assert _log_kinds("requests,deliveries") == ("requests", "deliveries")
+    assert _log_kinds("none") == ()
+    with pytest.raises(argparse.ArgumentTypeError):
+        _log_kinds("everything")

@@ -11,6 +11,7 @@ handlers themselves live by resource: `SubmitHandlers` and `JobHandlers`
 from __future__ import annotations
 
 import hmac
+import logging
 from collections.abc import Awaitable, Callable
 from email.utils import formatdate
 from typing import Any, Literal, TypeAlias
@@ -39,6 +40,9 @@ from ._records import RecordedRequest
 from ._state import FakeState
 from ._util import new_request_id
 
+
+#: Each API request and its answer's status (the sandbox's ``--log requests``).
+REQUEST_LOG = logging.getLogger("pixelbyte_async.testing.requests")
 
 __all__ = ["UNAUTHORIZED_MESSAGE", "build_api_app"]
 
@@ -72,6 +76,10 @@ class _Api:
             response = await answer(request)
             # Dated by the server's own clock, as a real server dates its answers.
             response.headers["Date"] = formatdate(self.state.now(), usegmt=True)
+            if REQUEST_LOG.isEnabledFor(logging.INFO):
+                REQUEST_LOG.info(
+                    "%s %s -> %d", request.method, request.path_qs, response.status
+                )
             return response
 
         return handle

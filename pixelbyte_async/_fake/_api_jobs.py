@@ -189,12 +189,18 @@ class SubmitHandlers:
             )
         )
         if parts is None or not allowed or not parts.hostname:
-            raise ApiError(
-                400,
-                "INVALID_WEBHOOK_URL",
-                "webhookUrl must be a valid HTTPS URL.",
-                {"webhookUrl": url},
-            )
+            message = "webhookUrl must be a valid HTTPS URL."
+            if (
+                parts is not None
+                and parts.scheme == "http"
+                and is_loopback(parts.hostname)
+            ):
+                message += (
+                    " (The sandbox takes http:// on this machine when started with "
+                    "--allow-http-webhooks, or FakePixelByte(allow_http_webhooks="
+                    "True); the real API takes https:// only.)"
+                )
+            raise ApiError(400, "INVALID_WEBHOOK_URL", message, {"webhookUrl": url})
 
     def estimate(self, call: Call) -> Reply:
         """``POST /v1/jobs/estimate``."""

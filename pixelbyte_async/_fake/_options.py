@@ -73,6 +73,21 @@ _SANDBOX_DESCRIPTION = (
 )
 
 
+_LOG_KINDS = ("requests", "deliveries")
+
+
+def _log_kinds(value: str) -> tuple[str, ...]:
+    """``--log``: a comma list of requests/deliveries, or none."""
+    words = tuple(w.strip() for w in value.split(",") if w.strip())
+    if words == ("none",):
+        return ()
+    unknown = [w for w in words if w not in _LOG_KINDS]
+    if not words or unknown:
+        msg = f"expected requests, deliveries, both (comma-separated) or none; got {value!r}"
+        raise argparse.ArgumentTypeError(msg)
+    return words
+
+
 def _add_sandbox_arguments(parser: argparse.ArgumentParser) -> None:
     """The sandbox process's options: ``sandbox`` and ``python -m ….testing``."""
     parser.add_argument(
@@ -132,6 +147,16 @@ def _add_sandbox_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="accept http:// webhook URLs to this machine (127.0.0.1, localhost, "
         "[::1]); the real API takes https:// only",
+    )
+    parser.add_argument(
+        "--log",
+        type=_log_kinds,
+        default=None,
+        metavar="WHAT",
+        help="print each API request and its status ('requests'), each webhook "
+        "delivery attempt and its outcome ('deliveries'), both "
+        "('requests,deliveries') or nothing ('none'); default: both when the "
+        "output is a terminal, else none",
     )
     parser.add_argument(
         "--fail-rate",

@@ -53,6 +53,7 @@ async def _serve_sandbox(args: argparse.Namespace, out: TextIO) -> None:
     from ._jobs import JobScript  # noqa: PLC0415 -- (same)
     from ._server import SANDBOX_API_KEY, FakePixelByte  # noqa: PLC0415 -- (same)
 
+    _logging(args, out)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     with contextlib.suppress(NotImplementedError, AttributeError):
@@ -111,6 +112,22 @@ async def _serve_sandbox(args: argparse.Namespace, out: TextIO) -> None:
         await stop.wait()
     finally:
         await fake.close()
+
+
+def _logging(args: argparse.Namespace, out: TextIO) -> None:
+    """Print the request and delivery logs ``--log`` asks for (a terminal: both)."""
+    import logging  # noqa: PLC0415 -- only the serving sandbox logs
+
+    kinds = args.log
+    if kinds is None:
+        kinds = ("requests", "deliveries") if out.isatty() else ()
+    for kind in kinds:
+        logger = logging.getLogger(f"pixelbyte_async.testing.{kind}")
+        handler = logging.StreamHandler(out)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
 
 
 def _scripted(args: argparse.Namespace) -> str:

@@ -71,6 +71,8 @@ MAX_IN_FLIGHT = 32
 _NO_TIMEOUT = aiohttp.ClientTimeout(total=None)
 _DELIVERABLE = frozenset({"completed", "failed"})
 _log = logging.getLogger("pixelbyte_async.testing")
+#: Each delivery attempt and its outcome (the sandbox's ``--log deliveries``).
+DELIVERY_LOG = logging.getLogger("pixelbyte_async.testing.deliveries")
 
 
 def sign(secret: str, timestamp: str, body: bytes) -> str:
@@ -300,6 +302,14 @@ class WebhookSender:
             ended_at=ended,
         )
         self.state.webhook_deliveries.append(delivery)
+        if DELIVERY_LOG.isEnabledFor(logging.INFO):
+            DELIVERY_LOG.info(
+                "webhook %s attempt %d -> %s %s",
+                job.id,
+                attempt,
+                http_status if http_status is not None else "no answer",
+                job.webhook_url if error is None else f"{job.webhook_url} ({error})",
+            )
         return delivery
 
     async def _send(
