@@ -64,6 +64,7 @@ async def test_a_tracked_job_is_handled_once_with_its_context(fake):
         await until(lambda: not pb._tracker._tasks, 5)
         (record,) = await pb.tracked_jobs(("handled",))
         assert await pb.tracked_jobs() == []  # nothing left to handle
+        assert pb._tracker._jobs == {}  # nor held in memory: a long run stays flat
         with pytest.raises(ValidationError, match="unknown tracked states"):
             await pb.tracked_jobs(("done",))
     assert seen.calls == [(job.id, JobStatus.COMPLETED, {"chat_id": 42})]

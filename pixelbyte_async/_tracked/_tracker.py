@@ -21,6 +21,7 @@ from pixelbyte_async._errors import (
 )
 from pixelbyte_async._inputs import check_text
 from pixelbyte_async._ledger import (
+    ACTIVE,
     TRACKED_STATES,
     TrackedRecord,
     TrackedState,
@@ -184,9 +185,14 @@ class Tracker:
     async def submitted(self, job: Job, attempt: str, context: Any) -> None:
         """Its submit made *job*: tie them, and watch it."""
         self._sending.discard(attempt)
+        await self._tie(attempt, job, context)
+        self._start(attempt, self._watch(attempt, job))
+
+    async def _tie(self, attempt: str, job: Job, context: Any) -> None:
+        """*job* is *attempt*'s: give it its context, and tell the ledger."""
         job.context = context
         await self.ledger.tracked_job(attempt, job.id, at=self._now)
-        self._follow(attempt, job)
+        self._jobs[attempt] = job
 
     async def refused(self, attempt: str) -> None:
         """Its submit was refused (no job): nothing to handle."""
@@ -243,14 +249,12 @@ class Tracker:
             try:
                 await work
             finally:
+                # Handled, parked or left: nothing of it stays in this process.
                 self._tasks.pop(attempt, None)
+                self._jobs.pop(attempt, None)
 
         self._tasks[attempt] = asyncio.ensure_future(run())
         self._beat()
-
-    def _follow(self, attempt: str, job: Job) -> None:
-        self._jobs[attempt] = job
-        self._start(attempt, self._watch(attempt, job))
 
     async def _reconciled(
         self, attempt: str, error: AmbiguousSubmitError, context: Any
@@ -266,9 +270,7 @@ class Tracker:
             log.warning("tracked submit %s made no job; nothing to handle", attempt)
             await self._finish(attempt, "none")
             return
-        job.context = context
-        await self.ledger.tracked_job(attempt, job.id, at=self._now)
-        self._jobs[attempt] = job
+        await self._tie(attempt, job, context)
         await self._watch(attempt, job)
 
     async def _watch(self, attempt: str, job: Job, failures: int = 0) -> None:
@@ -330,9 +332,8 @@ class Tracker:
     async def resume(self) -> list[Job]:
         """Take over every active tracked job nobody (alive) holds; see `PixelByte.resume`."""
         found: list[Job] = []
-        # Another program's tracked jobs (same key, same ledger) are not ours to
-        # handle: its handlers expect its contexts.
-        records = [r for r in await self.ledger.tracked() if r.group == self.group]
+        # Only this group's: another program's handlers expect other contexts.
+        records = await self.records(ACTIVE)
         gone = {
             r.owner
             for r in records
