@@ -4,12 +4,13 @@ Typed request inputs, validated before anything is sent, and the local price tab
 
 from __future__ import annotations
 
+import contextlib
 import io
 import ipaddress
 import json
 import os
 import stat
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any, ClassVar, Protocol, TypeGuard, runtime_checkable
 from urllib.parse import urlsplit
@@ -341,41 +342,45 @@ def _check_frame(field: str, value: object) -> FrameSource:
 _READ_CHUNK = 1024 * 1024
 
 
-def read_local(value: os.PathLike[str] | IO[bytes], *, limit: int, field: str) -> bytes:
+@contextlib.contextmanager
+def _regular_file(path: Path, field: str) -> Iterator[tuple[IO[bytes], os.stat_result]]:
     """
-    Read a local file or binary stream: at most *limit* + 1 bytes.
+    Open *path* to read, if it is a regular file; yield it and its ``stat``.
 
-    Blocking: run it in a worker thread.  A path must name a regular file (checked
-    on the opened descriptor, after symlinks, so a FIFO, a device or a socket is
-    refused without waiting on it); a stream is read in chunks until it ends or
-    exceeds *limit*, so an endless pipe costs *limit* bytes, never more.
+    The check is made on the opened descriptor, after symlinks, and the open does
+    not wait (``O_NONBLOCK``): a FIFO, a device or a socket is refused, never
+    waited on.  An `OSError`, opening or reading, is a `ValidationError`.
     """
-    if isinstance(value, os.PathLike):
-        path = Path(value)
-        flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
-        try:
-            fd = os.open(path, flags)
-        except OSError as exc:
-            raise ValidationError(
-                f"{field}: cannot read {path}: {exc.strerror or exc}", field=field
-            ) from exc
-        try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+    try:
+        fd = os.open(path, flags)
+        with os.fdopen(fd, "rb", buffering=0) as file:
+            info = os.fstat(file.fileno())
+            if not stat.S_ISREG(info.st_mode):
                 raise ValidationError(
                     f"{field}: {path} is not a regular file (a FIFO, device or "
                     "socket is never read)",
                     field=field,
                 )
-            with os.fdopen(fd, "rb", buffering=0) as file:
-                fd = -1  # closed by the file object from here on
-                return _read_upto(file, limit, field)
-        except OSError as exc:
-            raise ValidationError(
-                f"{field}: cannot read {path}: {exc.strerror or exc}", field=field
-            ) from exc
-        finally:
-            if fd >= 0:
-                os.close(fd)
+            yield file, info
+    except OSError as exc:
+        raise ValidationError(
+            f"{field}: cannot read {path}: {exc.strerror or exc}", field=field
+        ) from exc
+
+
+def read_local(value: os.PathLike[str] | IO[bytes], *, limit: int, field: str) -> bytes:
+    """
+    Read a local file or binary stream: at most *limit* + 1 bytes.
+
+    Blocking: run it in a worker thread.  A path must name a regular file (see
+    `_regular_file`: a FIFO is refused without waiting on it); a stream is read in
+    chunks until it ends or exceeds *limit*, so an endless pipe costs *limit*
+    bytes, never more.
+    """
+    if isinstance(value, os.PathLike):
+        with _regular_file(Path(value), field) as (file, _):
+            return _read_upto(file, limit, field)
     return _read_upto(value, limit, field)
 
 
@@ -415,27 +420,8 @@ def check_local_frames(request: object) -> None:
         if not isinstance(value, os.PathLike):
             continue
         path = Path(value)
-        try:
-            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-        except OSError as exc:
-            raise ValidationError(
-                f"{field}: cannot read {path}: {exc.strerror or exc}", field=field
-            ) from exc
-        try:
-            info = os.fstat(fd)
-            if not stat.S_ISREG(info.st_mode):
-                raise ValidationError(
-                    f"{field}: {path} is not a regular file (a FIFO, device or "
-                    "socket is never read)",
-                    field=field,
-                )
-            head = os.read(fd, _SNIFF_BYTES)
-        except OSError as exc:
-            raise ValidationError(
-                f"{field}: cannot read {path}: {exc.strerror or exc}", field=field
-            ) from exc
-        finally:
-            os.close(fd)
+        with _regular_file(path, field) as (file, info):
+            head = file.read(_SNIFF_BYTES)
         size = info.st_size
         if size > IMAGE_MAX_BYTES:
             raise ValidationError(
