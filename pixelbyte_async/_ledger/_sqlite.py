@@ -466,12 +466,14 @@ class SqliteLedger:
 
     # -- writes ----------------------------------------------------------------------
 
-    def _write(self, conn: sqlite3.Connection, at: float, sql: str, *args: Any) -> None:
-        conn.execute(sql, args)  # one statement: its own transaction
+    def _write(self, conn: sqlite3.Connection, at: float, sql: str, *args: Any) -> int:
+        """Run one write statement (its own transaction); return the rows it changed."""
+        changed = conn.execute(sql, args).rowcount
         if self._prune_due(at):
             conn.execute("BEGIN IMMEDIATE")
             self._prune(conn, at)
             conn.execute("COMMIT")
+        return changed
 
     def _prune_due(self, now: float) -> bool:
         """Whether a minute has passed (by the writers' clock) since the last prune."""
@@ -803,18 +805,21 @@ class SqliteLedger:
         """See `TrackingLedger.finish`."""
 
         def write(conn: sqlite3.Connection) -> bool:
-            cursor = conn.execute(
+            changed = self._write(
+                conn,
+                at,
                 "UPDATE tracked SET state = ?, failures = COALESCE(?, failures), "
                 "error = COALESCE(?, error), updated_at = ? "
                 "WHERE account = ? AND attempt = ? AND owner = ? AND state = 'active'",
-                (state, failures, error, at, self.account, attempt, owner),
+                state,
+                failures,
+                error,
+                at,
+                self.account,
+                attempt,
+                owner,
             )
-            changed = cursor.rowcount == 1
-            if self._prune_due(at):
-                conn.execute("BEGIN IMMEDIATE")
-                self._prune(conn, at)
-                conn.execute("COMMIT")
-            return changed
+            return changed == 1
 
         return await self._run(
             write,
