@@ -259,16 +259,16 @@ async def _read_source(
     """
     if isinstance(source, bytes | bytearray | memoryview):
         return bytes(source), filename or "upload"
-    if isinstance(source, os.PathLike):
+    if isinstance(source, os.PathLike) or is_binary_file(source):
         data = await anyio.to_thread.run_sync(
             functools.partial(read_local, source, limit=limit, field=field)
         )
-        return data, filename or Path(source).name
-    if is_binary_file(source):
-        data = await anyio.to_thread.run_sync(
-            functools.partial(read_local, source, limit=limit, field=field)
+        named = (
+            os.fspath(source)
+            if isinstance(source, os.PathLike)
+            else str(getattr(source, "name", "upload"))
         )
-        return data, filename or Path(str(getattr(source, "name", "upload"))).name
+        return data, filename or Path(named).name
     raise ValidationError(
         "upload takes a pathlib.Path, bytes or a binary file object; a str is never "
         "opened as a file (use pathlib.Path(...) for a local file)",
