@@ -10,16 +10,16 @@ the retention, active ones never.
 from __future__ import annotations
 
 import json
-import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import anyio
 import pytest
-from pixelbyte_async import MemoryLedger, SqliteLedger
 from pixelbyte_async._ledger import TrackedRecord
 
-from redis_fixture import redis_server_fixture, require_redis  # noqa: F401 -- fixture
+# The ledgers under test, one fixture for both contracts: memory, SQLite, Redis.
+from redis_fixture import redis_server_fixture  # noqa: F401 -- fixture
+from test_ledger_contract import make_fixture  # noqa: F401 -- fixture
 
 
 pytestmark = pytest.mark.anyio
@@ -42,45 +42,6 @@ def record(n: int, **changes: Any) -> TrackedRecord:
         "updated_at": T0 + n,
     }
     return TrackedRecord(**{**values, **changes})
-
-
-@pytest.fixture(name="make", params=["memory", "sqlite", "redis"])
-async def make_fixture(request, tmp_path) -> AsyncIterator[Make]:
-    """``make(retention=...)``: one "process"'s view of a shared tracking ledger."""
-    made: list[Any] = []
-    hubs: list[Any] = []
-    kind = request.param
-    shared = MemoryLedger()
-    prefix = "t" + uuid.uuid4().hex[:10]
-    if kind == "redis":
-        require_redis()
-        server = request.getfixturevalue("redis_server")
-
-    async def make(retention: float = 86_400.0) -> Any:
-        if kind == "memory":
-            return (
-                shared
-                if retention == shared.retention
-                else MemoryLedger(retention=retention)
-            )
-        if kind == "sqlite":
-            ledger: Any = SqliteLedger(
-                tmp_path / "l.sqlite3", account="acct", retention=retention
-            )
-            made.append(ledger)
-            return ledger
-        from pixelbyte_async.redis import RedisHub
-
-        hub = RedisHub(server.url, key_prefix=prefix)
-        await hub.start()
-        hubs.append(hub)
-        return hub.ledger(account="acct", retention=retention)
-
-    yield make
-    for ledger in made:
-        await ledger.aclose()
-    for hub in hubs:
-        await hub.aclose()
 
 
 async def test_a_record_comes_back_as_written(make):
