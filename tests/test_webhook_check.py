@@ -379,3 +379,8 @@ async def test_the_cli_checks_a_url_in_one_line(capsys):
         assert '"status": 404' in out
         assert "trailing slash" in out
         assert secret not in out
+        code = await anyio.to_thread.run_sync(
+            main, ["webhook", "check", "not-a-url", "--webhook-secret", secret]
+        )
+        assert code == EXIT_CODES["validation"]
+        assert capsys.readouterr().err.startswith("error: URL must be an https:// URL")

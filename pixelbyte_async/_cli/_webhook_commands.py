@@ -48,9 +48,11 @@ async def _webhook(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 async def _webhook_check(args: argparse.Namespace, out: TextIO) -> int:
     """Probe the public URL; one line (or JSON) with what came back."""
-    from pixelbyte_async._signing import signing_keys  # noqa: PLC0415 -- on use
+    from pixelbyte_async._inputs import check_url  # noqa: PLC0415 -- on use
+    from pixelbyte_async._signing import signing_keys  # noqa: PLC0415
     from pixelbyte_async._webhook_check import send_probe  # noqa: PLC0415
 
+    check_url(args.url, "URL")  # what the API accepts as a webhookUrl, or exit 3
     result = await send_probe(
         args.url,
         signing_keys(_secrets(args)),
