@@ -95,6 +95,7 @@ if TYPE_CHECKING:
     from ._ledger import SubmitLedger as SubmitLedger
     from ._ledger import TrackedRecord as TrackedRecord
     from ._ledger import TrackingLedger as TrackingLedger
+    from ._report import write_batch_report as write_batch_report
     from ._sync import SyncJob as SyncJob
     from ._sync import SyncPixelByte as SyncPixelByte
     from ._transport import MockTransport as MockTransport
@@ -127,6 +128,7 @@ _LAZY = {
     "resolve_batch_row": "._batch",
     "run_batch": "._batch",
     "Settling": "._batch",
+    "write_batch_report": "._report",
     "PixelByte": "._client",
     "Clock": "._clock",
     "SystemClock": "._clock",
@@ -239,6 +241,7 @@ __all__ = [
     "read_batch_file",
     "resolve_batch_row",
     "run_batch",
+    "write_batch_report",
 ]
 
 

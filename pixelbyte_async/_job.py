@@ -363,11 +363,48 @@ class Job(JobState):
         target = Path(path)
         if await anyio.Path(target).is_dir():
             # A folder: the file is named after the job (as the CLI names it).
-            suffix = PurePosixPath(urlsplit(url).path).suffix
-            target /= f"{self.id}{suffix if 1 < len(suffix) <= 5 else '.mp4'}"  # noqa: PLR2004 -- an extension
+            target /= f"{self.id}{_extension(url, '.mp4')}"
         return await self._client.download(
             url, target, timeout=timeout, overwrite=overwrite
         )
+
+    async def download_poster(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        timeout: float | None = None,
+        overwrite: bool = True,
+    ) -> Path:
+        """
+        Download the output's poster image (`poster_url`) to *path*, like `download`.
+
+        If *path* is an existing folder, the file goes into it as
+        ``<job id>.poster.jpg`` (the URL's extension, if it has one).
+
+        Raises:
+            MissingOutputError: The job has no usable poster or thumbnail URL.
+            DownloadError: As for `download`.
+
+        .. versionadded:: 0.5.0
+
+        """
+        url = self.poster_url
+        if url is None:
+            raise MissingOutputError(
+                f"job {self.id} ({self.status.value}) has no poster image to download"
+            )
+        target = Path(path)
+        if await anyio.Path(target).is_dir():
+            target /= f"{self.id}.poster{_extension(url, '.jpg')}"
+        return await self._client.download(
+            url, target, timeout=timeout, overwrite=overwrite
+        )
+
+
+def _extension(url: str, default: str) -> str:
+    """The extension of *url*'s path (``.mp4``), or *default* when it has none."""
+    suffix = PurePosixPath(urlsplit(url).path).suffix
+    return suffix if 1 < len(suffix) <= 5 else default  # noqa: PLR2004 -- an extension
 
 
 def _shown(url: str) -> str:

@@ -184,6 +184,21 @@ class JobState:
         return self._info.outputs
 
     @property
+    def poster_url(self) -> str | None:
+        """
+        The output's still image for previews (``posterImage``, else ``thumbnail``).
+
+        The first usable one among the outputs (see `video_url`), or ``None``.
+
+        .. versionadded:: 0.5.0
+        """
+        for output in self._info.outputs:
+            for url in (output.poster_image, output.thumbnail):
+                if url is not None and url_problem(url) is None:
+                    return url
+        return None
+
+    @property
     def error(self) -> JobErrorInfo | None:
         """Why the job failed, when it did."""
         return self._info.error

@@ -473,15 +473,16 @@ async def test_unfinished_jobs_are_collected_by_the_next_run(fake, pb, journal):
 async def test_intact_downloads_are_skipped(fake, pb, journal, tmp_path):
     """Files already there at the recorded size are not fetched again."""
     inputs = [kling(1), kling(2)]
+    videos = "/outputs/*/output_0.mp4"
     first = await run_batch(pb, inputs, journal=journal, out_dir=tmp_path).summary()
-    fetched = len(fake.cdn_requests_for("GET", "/outputs/*"))
+    fetched = len(fake.cdn_requests_for("GET", videos))
     assert fetched == 2
     again = await run_batch(pb, inputs, journal=journal, out_dir=tmp_path).summary()
-    assert len(fake.cdn_requests_for("GET", "/outputs/*")) == 2
+    assert len(fake.cdn_requests_for("GET", videos)) == 2
     assert all(i.resumed and i.path for i in again.items)
     first.items[1].path.write_bytes(b"truncated")
     third = await run_batch(pb, inputs, journal=journal, out_dir=tmp_path).summary()
-    assert len(fake.cdn_requests_for("GET", "/outputs/*")) == 3
+    assert len(fake.cdn_requests_for("GET", videos)) == 3
     assert third.items[1].path.read_bytes() == MP4
     assert fake.count("POST", "/v1/jobs/submit") == 2
 

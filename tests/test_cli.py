@@ -86,7 +86,11 @@ async def test_batch_runs_and_resumes(live, tmp_path, capsys):
         4,
         1_000_000,
     )
-    assert sorted(p.name for p in out.iterdir()) == [f"r{n}.mp4" for n in range(4)]
+    assert sorted(p.name for p in out.iterdir()) == [
+        *(f"r{n}{suffix}" for n in range(4) for suffix in (".mp4", ".poster.jpg")),
+        "report.html",
+    ]
+    assert summary["report"] == str(out / "report.html")
     assert (out / "r0.mp4").read_bytes() == MP4
     journal = tmp_path / "rows.jsonl.journal.sqlite"
     assert summary["journal"] == str(journal)

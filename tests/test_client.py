@@ -82,6 +82,28 @@ async def test_completed_without_output(fake, pb, tmp_path):
         await job.download(tmp_path / "x.mp4")
 
 
+@pytest.mark.parametrize(
+    ("shape", "has_poster"),
+    [("reference", True), ("outputs_only", True), ("object", False), ("none", False)],
+)
+async def test_poster_image_is_downloaded_like_the_output(
+    fake, pb, tmp_path, shape, has_poster
+):
+    """``posterImage`` (else ``thumbnail``) of the outputs; a folder names it by id."""
+    fake.script_next(JobScript(output_shape=shape))
+    job = await (await pb.submit(kling())).wait()
+    if not has_poster:
+        assert job.poster_url is None
+        with pytest.raises(MissingOutputError, match="no poster image"):
+            await job.download_poster(tmp_path)
+        return
+    assert job.poster_url == f"{fake.cdn_url}/outputs/{job.id}/poster_0.jpg"
+    path = await job.download_poster(tmp_path)
+    assert path == tmp_path / f"{job.id}.poster.jpg"
+    assert path.read_bytes()[:3] == b"\xff\xd8\xff"  # the sandbox's JPEG
+    assert [r.authorization for r in fake.cdn_requests] == [None]  # no API key
+
+
 async def test_failed_job_raises(fake, pb):
     """A failed job raises JobFailed with the server's code; the fake refunds it."""
     fake.script_next(JobScript(outcome="failed", error_code="GENERATION_FAILED"))

@@ -111,6 +111,9 @@ def test_a_script_submits_waits_and_downloads(fake, tmp_path):
         assert done.video_url is not None
         assert path == tmp_path / "out.mp4"
         assert path.stat().st_size > 0
+        poster = done.download_poster(tmp_path)
+        assert done.poster_url is not None
+        assert poster == tmp_path / f"{job.id}.poster.jpg"
         assert len(loop_threads()) == 1
     assert pb.closed
     assert loop_threads() == []
@@ -131,6 +134,7 @@ def test_the_handle_reads_through_to_the_job(pb):
         "estimated_completion_time",
         "video_url",
         "outputs",
+        "poster_url",
         "error",
         "done",
         "input",

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import re
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
@@ -27,6 +28,8 @@ if TYPE_CHECKING:
 
 
 __all__ = ["Outputs"]
+
+log = logging.getLogger("pixelbyte_async")
 
 #: A download's temporary file (see `pixelbyte_async._files.stream_to_file`).
 _PART = re.compile(r"\..+\.[0-9a-f]{8}\.part")
@@ -103,7 +106,10 @@ class Outputs:
                 error=f"download failed ({exc}); run the batch again to retry it",
             )
             return
-        await self._journal.downloaded(entry.key, path=str(path), size=size)
+        poster = await self._poster(entry, job)
+        await self._journal.downloaded(
+            entry.key, path=str(path), size=size, poster=poster
+        )
         self._outcomes.emit(
             entry,
             BatchItemStatus.COMPLETED,
@@ -112,11 +118,28 @@ class Outputs:
             path=path,
         )
 
+    async def _poster(self, entry: Entry, job: Job) -> str | None:
+        """
+        Download *job*'s poster image next to its output, for the batch report.
 
-def _suffix(url: str | None) -> str:
+        ``{key}.poster.jpg``; a row without one (or whose poster cannot be
+        fetched) is still a finished row: the report shows it without a picture.
+        """
+        url = job.poster_url
+        if url is None:
+            return None
+        target = self._out_dir / f"{entry.key}.poster{_suffix(url, '.jpg')}"
+        try:
+            return str(await job.download_poster(target, overwrite=True))
+        except (DownloadError, TransportError, MissingOutputError, OSError) as exc:
+            log.info("batch row %s: no poster image (%s)", entry.key, exc)
+            return None
+
+
+def _suffix(url: str | None, default: str = ".mp4") -> str:
     try:
         path = urlsplit(url or "").path
     except ValueError:  # e.g. an unusable URL recorded by an older version
-        return ".mp4"
+        return default
     suffix = PurePosixPath(path).suffix.lower()
-    return suffix if re.fullmatch(r"\.[a-z0-9]{1,5}", suffix) else ".mp4"
+    return suffix if re.fullmatch(r"\.[a-z0-9]{1,5}", suffix) else default

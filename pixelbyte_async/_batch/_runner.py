@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import logging
 import os
 import time
 import warnings
@@ -18,8 +19,9 @@ from typing import TYPE_CHECKING, Literal, Self
 import anyio
 
 from pixelbyte_async._errors import ValidationError
-from pixelbyte_async._journal import Journal
+from pixelbyte_async._journal import Journal, JournalError
 from pixelbyte_async._reconcile import check_settle
+from pixelbyte_async._report import report_from
 
 from ._audit import Audit, audit
 from ._budget import Budget
@@ -49,6 +51,8 @@ if TYPE_CHECKING:
 __all__ = ["Batch", "run_batch"]
 
 _DEFAULT_WORKERS = 10
+
+log = logging.getLogger("pixelbyte_async")
 
 
 class Batch:
@@ -89,6 +93,7 @@ class Batch:
         source: str | None = None,
         reuse_journal: bool = False,
         assume_list_prices: bool = False,
+        report: bool = True,
     ) -> None:
         _check_options(
             max_cost_micro_cents=max_cost_micro_cents,
@@ -108,6 +113,8 @@ class Batch:
         self._rerun_changed = rerun_changed
         self._source = source
         self._reuse_journal = reuse_journal
+        self._report = report
+        self._report_path: Path | None = None
         self._budget = Budget(
             pb, limit=max_cost_micro_cents, assume_list_prices=assume_list_prices
         )
@@ -353,6 +360,7 @@ class Batch:
         assert self._journal is not None  # noqa: S101 -- set by _prepare
         assert self._unknown is not None  # noqa: S101 -- set by _prepare
         outcomes, journal, unknown = self._outcomes, self._journal, self._unknown
+        interrupted = False
         try:
             if self._dry_run:
                 for entry in self._entries:
@@ -385,12 +393,45 @@ class Batch:
             )
         except Exception as exc:  # noqa: BLE001 -- handed to whoever iterates
             self._error = _unwrap(exc)
+        except asyncio.CancelledError:
+            interrupted = True
+            raise
         finally:
             self._ended_at = self._pb.clock.monotonic()
             self._ended_real = time.monotonic()
+            if not self._dry_run:
+                await finish_anyway(
+                    asyncio.ensure_future(
+                        self._record_run(interrupted or self._error is not None)
+                    )
+                )
             await finish_anyway(asyncio.ensure_future(journal.aclose()))
             self._phase = "done"
             outcomes.end()
+
+    async def _record_run(self, interrupted: bool) -> None:
+        """
+        Journal this run (when, how long, its budget) and write ``report.html``.
+
+        Neither may fail the batch: a journal or disk problem here is logged.
+        """
+        assert self._journal is not None  # noqa: S101 -- set by _prepare
+        journal = self._journal
+        try:
+            await journal.record_run(
+                started_at=self._started_time,
+                ended_at=self._pb.clock.time(),
+                wall_seconds=max(0.0, self._ended_real - self._started_real),
+                budget_micro_cents=self._budget.limit,
+                stop_reason=None
+                if self._outcomes is None
+                else self._outcomes.stop_reason,
+                interrupted=interrupted,
+            )
+            if self._out_dir is not None and self._report:
+                self._report_path = await report_from(journal, self._out_dir)
+        except (JournalError, OSError) as exc:
+            log.warning("the batch report could not be written: %s", exc)
 
     async def _worker(self, queue: collections.deque[Entry]) -> None:
         assert self._steps is not None  # noqa: S101 -- set by _prepare
@@ -426,6 +467,7 @@ class Batch:
             audit_error=self._audit.error,
             follow_up=self._audit.follow_up,
             follow_up_until=self._audit.follow_up_until,
+            report=self._report_path,
         )
 
 
@@ -445,6 +487,7 @@ def run_batch(
     source: str | None = None,
     reuse_journal: bool = False,
     assume_list_prices: bool = False,
+    report: bool = True,
 ) -> Batch:
     """
     Run many jobs: budget-guarded, crash-safe, at most ``max_concurrent_jobs`` at once.
@@ -500,6 +543,9 @@ def run_batch(
             list prices when the API's estimate cannot be asked (by default such
             a batch is refused: the account may pay more).  What is then counted
             without the API's word is `BatchSummary.assumed_cost_micro_cents`.
+        report: With *out_dir*, write ``{out_dir}/report.html`` when the run
+            ends or is interrupted: totals, charts and a contact sheet of the
+            outputs (see `write_batch_report`); its path is `BatchSummary.report`.
 
     Raises:
         ValidationError: On bad arguments (at once).
@@ -522,6 +568,7 @@ def run_batch(
         source=source,
         reuse_journal=reuse_journal,
         assume_list_prices=assume_list_prices,
+        report=report,
     )
 
 

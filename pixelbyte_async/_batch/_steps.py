@@ -104,7 +104,11 @@ class Steps:
                     async for info in snapshots:
                         if info.status is not last:
                             last = info.status
-                            await journal.status(entry.key, status=info.status.value)
+                            await journal.status(
+                                entry.key,
+                                status=info.status.value,
+                                at=self._pb.clock.time(),
+                            )
             except WaitTimeout as exc:
                 self._outcomes.emit(
                     entry,
@@ -119,7 +123,11 @@ class Steps:
         info = job.info
         error = _job_error(info)
         await journal.status(
-            entry.key, status=info.status.value, output_url=info.video_url, error=error
+            entry.key,
+            status=info.status.value,
+            output_url=info.video_url,
+            error=error,
+            at=self._pb.clock.time(),
         )
         if info.status is JobStatus.FAILED:
             self._budget.refund(entry.key)

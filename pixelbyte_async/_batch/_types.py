@@ -327,6 +327,7 @@ class BatchSummary:
             ``pixelbyte-async audit --journal PATH`` (and by the next run).
         follow_up_until: Until when (Unix time) those lost submits may still make
             a job (their settle horizon), if any.
+        report: The report written in the output folder (``report.html``), if any.
 
     .. versionadded:: 0.2.0
     .. versionchanged:: 0.3.0 *others*, *follow_up*, *follow_up_until*,
@@ -349,6 +350,7 @@ class BatchSummary:
     clock_seconds: float | None = None
     follow_up: tuple[str, ...] = ()
     follow_up_until: float | None = None
+    report: Path | None = None
 
     @property
     def orphan_cost_micro_cents(self) -> int:

@@ -38,7 +38,7 @@ from pixelbyte_async._cmdline import (
 )
 from pixelbyte_async._errors import PixelByteError
 
-from ._parser_tree import _parser, _resolve_parser
+from ._parser_tree import _parser, _report_parser, _resolve_parser
 from ._preflight import _check_connection
 
 
@@ -60,6 +60,7 @@ _COMMAND_HOMES: dict[str, tuple[str, str]] = {
     "models": ("._job_commands", "_models"),
     "audit": ("._audit_command", "_audit"),
     "resolve": ("._resolve_command", "_resolve"),
+    "report": ("._report_command", "_report_command"),
     "webhook": ("._webhook_commands", "_webhook"),
 }
 
@@ -89,20 +90,27 @@ _COMMANDS: dict[str, _Command] = {
 }
 
 
-def _is_resolve(arguments: list[str]) -> bool:
-    """Whether *arguments* are ``[--debug] batch resolve ...``."""
+#: ``batch WORD ...`` commands with a parser of their own.
+_BATCH_SUBCOMMANDS = {"resolve": _resolve_parser, "report": _report_parser}
+
+
+def _batch_subcommand(arguments: list[str]) -> str | None:
+    """``resolve`` or ``report`` for ``[--debug] batch resolve|report ...``."""
     words = [w for w in arguments if w != "--debug"]
-    return words[:2] == ["batch", "resolve"]
+    if words[:1] == ["batch"] and words[1:2] and words[1] in _BATCH_SUBCOMMANDS:
+        return words[1]
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI and return its exit code."""
     arguments = list(sys.argv[1:] if argv is None else argv)
     parser, words = _parser(), arguments
-    if _is_resolve(arguments):
+    subcommand = _batch_subcommand(arguments)
+    if subcommand is not None:
         # 'batch resolve ROW ...': 'batch' itself takes a file name first.
-        at = arguments.index("resolve")
-        parser, words = _resolve_parser(), arguments[at + 1 :]
+        at = arguments.index(subcommand)
+        parser, words = _BATCH_SUBCOMMANDS[subcommand](), arguments[at + 1 :]
         if "--debug" in arguments[:at]:
             words.append("--debug")
     hidden = _hidden_words(parser, arguments)

@@ -154,6 +154,7 @@ def _summary_json(summary: BatchSummary) -> dict[str, Any]:
         "followUpUntil": summary.follow_up_until,
         "auditError": summary.audit_error,
         "journal": None if summary.journal is None else str(summary.journal),
+        "report": None if summary.report is None else str(summary.report),
         "plan": _plan_json(summary.plan),
         "items": [_item_json(item) for item in summary.items],
     }
@@ -367,6 +368,8 @@ def _summary_table(summary: BatchSummary) -> list[tuple[str, str]]:
         table.append(("sandbox time", f"{clock:.1f}s (the sandbox's clock)"))
     if summary.journal is not None:
         table.append(("journal", str(summary.journal)))
+    if summary.report is not None:
+        table.append(("report", str(summary.report)))
     return table
 
 

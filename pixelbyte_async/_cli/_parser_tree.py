@@ -336,6 +336,36 @@ def _resolve_parser() -> _Parser:
     return re_
 
 
+def _report_parser() -> _Parser:
+    """``batch report``: its own parser (``batch`` takes a file name first)."""
+    rp = _Parser(
+        prog="pixelbyte-async batch report",
+        description="Rebuild DIR/report.html of a batch from its journal and the "
+        "files in DIR, offline (nothing is asked of the API): totals, spend against "
+        "the budget, a timeline, jobs in flight, spend over time, and a contact "
+        "sheet with each row's poster, video or error. Every batch with --out "
+        "writes it when it ends or is interrupted; this makes it again.",
+    )
+    rp.add_argument(
+        "file",
+        help="the batch's .jsonl/.csv file (its journal is FILE.journal.sqlite), "
+        "or the journal itself",
+    )
+    rp.add_argument(
+        "--out", required=True, metavar="DIR", help="the batch's output directory"
+    )
+    rp.add_argument(
+        "--journal",
+        default=None,
+        metavar="PATH",
+        help="the batch's journal (default FILE.journal.sqlite)",
+    )
+    rp.add_argument("--json", action="store_true", help="print the result as JSON")
+    rp.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    rp.set_defaults(command="report")
+    return rp
+
+
 def _add_audit_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     """The ``audit`` command."""
     au = sub.add_parser(

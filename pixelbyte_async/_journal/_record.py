@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import functools
 import json
+import sqlite3
 import time
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, TypeVar
 
 from ._connection import JournalConnection
 from ._errors import JournalError
@@ -19,6 +20,8 @@ from ._schema import JournalRow, LostAttempt, State, columns, decode_row
 
 
 __all__ = ["Journal"]
+
+_T = TypeVar("_T")
 
 
 def _dumps(value: Any) -> str:
@@ -241,7 +244,8 @@ class Journal(JournalConnection):
             self._conn.execute(
                 "UPDATE items SET state = 'submitted', job_id = ?, "
                 "cost_micro_cents = ?, cost_known = ?, job_status = ?, error = NULL, "
-                "candidates_json = NULL, updated_at = ? WHERE key = ?",
+                "candidates_json = NULL, running_at = NULL, ended_at = NULL, "
+                "poster_path = NULL, updated_at = ? WHERE key = ?",
                 (job_id, cost, int(cost_known), status, time.time(), key),
             )
             self._set_latest_attempt(key, job_id=job_id, outcome=how)
@@ -284,6 +288,7 @@ class Journal(JournalConnection):
         status: str,
         output_url: str | None = None,
         error: str | None = None,
+        at: float | None = None,
     ) -> None:
         """
         Record the job's latest *status* (terminal ones move the row's state).
@@ -293,35 +298,107 @@ class Journal(JournalConnection):
             status: ``pending``, ``processing``, ``completed``, ``failed`` …
             output_url: The output URL, once completed.
             error: Why the job failed, in words.
+            at: When the status was seen (Unix time, the client's clock): the
+                first ``processing`` and the first terminal status are kept
+                for the batch report's timeline.
 
         """
-        await self._quick(self._status_sync, key, status, output_url, error)
+        await self._quick(self._status_sync, key, status, output_url, error, at)
 
     def _status_sync(
-        self, key: str, status: str, output_url: str | None, error: str | None
+        self,
+        key: str,
+        status: str,
+        output_url: str | None,
+        error: str | None,
+        at: float | None,
     ) -> None:
         state = status if status in {"completed", "failed", "cancelled"} else None
+        running = at if status == "processing" else None
+        ended = at if state is not None else None
         with self._conn:
             self._conn.execute(
                 "UPDATE items SET job_status = ?, "
                 "state = CASE WHEN ? IS NULL OR state = 'downloaded' THEN state "
                 "ELSE ? END, "
-                "output_url = COALESCE(?, output_url), error = ?, updated_at = ? "
+                "output_url = COALESCE(?, output_url), error = ?, updated_at = ?, "
+                "running_at = COALESCE(running_at, ?), "
+                "ended_at = COALESCE(ended_at, ?) "
                 "WHERE key = ?",
-                (status, state, state, output_url, error, time.time(), key),
+                (
+                    status,
+                    state,
+                    state,
+                    output_url,
+                    error,
+                    time.time(),
+                    running,
+                    ended,
+                    key,
+                ),
             )
 
-    async def downloaded(self, key: str, *, path: str, size: int) -> None:
-        """Record that the output of *key* was written to *path* (*size* bytes)."""
-        await self._quick(self._downloaded_sync, key, path, size)
+    async def downloaded(
+        self, key: str, *, path: str, size: int, poster: str | None = None
+    ) -> None:
+        """
+        Record that the output of *key* was written to *path* (*size* bytes).
 
-    def _downloaded_sync(self, key: str, path: str, size: int) -> None:
+        *poster*: where its poster image was written, if it has one.
+        """
+        await self._quick(self._downloaded_sync, key, path, size, poster)
+
+    def _downloaded_sync(
+        self, key: str, path: str, size: int, poster: str | None
+    ) -> None:
         with self._conn:
             self._conn.execute(
                 "UPDATE items SET state = 'downloaded', output_path = ?, "
-                "output_bytes = ?, error = NULL, updated_at = ? WHERE key = ?",
-                (path, size, time.time(), key),
+                "output_bytes = ?, poster_path = COALESCE(?, poster_path), "
+                "error = NULL, updated_at = ? WHERE key = ?",
+                (path, size, poster, time.time(), key),
             )
+
+    async def record_run(
+        self,
+        *,
+        started_at: float,
+        ended_at: float,
+        wall_seconds: float,
+        budget_micro_cents: int | None,
+        stop_reason: str | None,
+        interrupted: bool,
+    ) -> None:
+        """
+        Record one run of the batch (for the report): when, how long, its budget.
+
+        *started_at*/*ended_at* are by the client's clock (the sandbox's, under
+        ``--sandbox``); *wall_seconds* is real time.
+        """
+        await self._quick(
+            self._run_sync,
+            (
+                started_at,
+                ended_at,
+                wall_seconds,
+                budget_micro_cents,
+                stop_reason,
+                int(interrupted),
+            ),
+        )
+
+    def _run_sync(self, values: tuple[Any, ...]) -> None:
+        with self._conn:
+            self._conn.execute(
+                "INSERT INTO runs (started_at, ended_at, wall_seconds, "
+                "budget_micro_cents, stop_reason, interrupted) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                values,
+            )
+
+    async def read(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
+        """Run *fn* on the journal's database in its worker thread (a reader)."""
+        return await self._call(fn, self._conn)
 
     async def needs_attention(
         self, key: str, *, reason: str, candidates: Iterable[str] = ()

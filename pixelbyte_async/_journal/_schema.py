@@ -74,7 +74,10 @@ CREATE TABLE IF NOT EXISTS items (
     error             TEXT,
     candidates_json   TEXT,
     created_at        REAL NOT NULL,
-    updated_at        REAL NOT NULL
+    updated_at        REAL NOT NULL,
+    running_at        REAL,
+    ended_at          REAL,
+    poster_path       TEXT
 );
 CREATE TABLE IF NOT EXISTS attempts (
     id               INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -86,7 +89,20 @@ CREATE TABLE IF NOT EXISTS attempts (
     nonce            TEXT
 );
 CREATE INDEX IF NOT EXISTS attempts_by_key ON attempts (key);
+CREATE TABLE IF NOT EXISTS runs (
+    id                  INTEGER PRIMARY KEY AUTOINCREMENT,
+    started_at          REAL NOT NULL,
+    ended_at            REAL NOT NULL,
+    wall_seconds        REAL NOT NULL,
+    budget_micro_cents  INTEGER,
+    stop_reason         TEXT,
+    interrupted         INTEGER NOT NULL DEFAULT 0
+);
 """
+
+#: Columns added to ``items`` after the first release, with their types: a
+#: journal written before them gets them (NULL) when a writer opens it.
+_ADDED_ITEM_COLUMNS = {"running_at": "REAL", "ended_at": "REAL", "poster_path": "TEXT"}
 
 
 @attrs.frozen(kw_only=True)
@@ -237,6 +253,10 @@ def write_schema(conn: sqlite3.Connection) -> None:
         if "nonce" not in {r[1] for r in conn.execute("PRAGMA table_info(attempts)")}:
             # A journal from before attempt nonces: add the column, keep the rows.
             conn.execute("ALTER TABLE attempts ADD COLUMN nonce TEXT")
+        have = {r[1] for r in conn.execute("PRAGMA table_info(items)")}
+        for name, kind in _ADDED_ITEM_COLUMNS.items():
+            if name not in have:  # a journal from before the batch report
+                conn.execute(f"ALTER TABLE items ADD COLUMN {name} {kind}")
         conn.execute(
             "INSERT OR IGNORE INTO meta (name, value) VALUES (?, ?), (?, ?)",
             ("schema_version", str(SCHEMA_VERSION), "created_at", str(time.time())),

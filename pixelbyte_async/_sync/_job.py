@@ -99,6 +99,11 @@ class SyncJob:
         return self._job.outputs
 
     @property
+    def poster_url(self) -> str | None:
+        """A still image of the output (``posterImage``, else ``thumbnail``)."""
+        return self._job.poster_url
+
+    @property
     def error(self) -> JobErrorInfo | None:
         """Why the job failed, when it did."""
         return self._job.error
@@ -236,5 +241,26 @@ class SyncJob:
         job = self._job
         return self._client._call(  # noqa: SLF001 -- its client
             lambda: job.download(path, timeout=timeout, overwrite=overwrite),
+            "download",
+        )
+
+    def download_poster(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        timeout: float | None = None,
+        overwrite: bool = True,
+    ) -> Path:
+        """
+        Download the output's poster image to *path*: `Job.download_poster`.
+
+        Raises:
+            MissingOutputError: The job has no usable poster or thumbnail URL.
+            DownloadError: As for `download`.
+
+        """
+        job = self._job
+        return self._client._call(  # noqa: SLF001 -- its client
+            lambda: job.download_poster(path, timeout=timeout, overwrite=overwrite),
             "download",
         )
