@@ -353,6 +353,8 @@ async def test_ctrl_c_and_kill_9_then_resume_pay_once(tmp_path):
         assert proc.returncode == EXIT_CODES["interrupted"], err.decode()
         assert b"Resume with: pixelbyte-async batch" in err
         assert fake.count("POST", "/v1/jobs/*/cancel") == 0
+        # Interrupted, it still wrote its report: the rows not finished are waiting.
+        assert 'data-group="waiting"' in (out / "report.html").read_text()
 
         # 2. kill -9 while a submit is on the wire: the API creates that job
         #    after the process died, so its row is left 'submitting'.
