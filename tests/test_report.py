@@ -358,3 +358,28 @@ def fake_process_free_journal(tmp_path: Path) -> tuple[Path, Path]:
     argv = ["batch", str(rows_file), "--out", str(out), "--sandbox"]
     assert cli_main([*argv, "--journal", str(journal), "--quiet"]) == 0
     return rows_file, out
+
+
+def test_a_big_batch_keeps_its_page_light():
+    """2,000 rows: a timeline about 600 px tall; posters past the first 120 lazy."""
+    rows = tuple(
+        ReportRow(
+            key=f"r{i}",
+            position=i,
+            model=SLUG,
+            state="downloaded",
+            job_id=f"job_{i}",
+            submitted_at=float(i),
+            ended_at=i + 240.0,
+            poster=f"r{i}.poster.jpg",
+        )
+        for i in range(2000)
+    )
+    page = Page(render(ReportData(rows=rows)))
+    timeline = next(a for a in page.all("svg") if a["id"] == "timeline")
+    assert timeline["viewbox"] is not None
+    height = float(timeline["viewbox"].split()[3])
+    assert 600 <= height <= 700
+    lazy = [a.get("loading") for a in page.all("img", "poster")]
+    assert lazy[:120] == [None] * 120
+    assert lazy[120:] == ["lazy"] * 1880

@@ -130,7 +130,8 @@ def timeline_chart(rows: Sequence[ReportRow]) -> str | None:
         (r for r in rows if r.submitted_at is not None),
         key=lambda r: (r.submitted_at, r.position),
     )
-    lane = max(2.0, min(14.0, 600 / len(timed)))
+    # At most about 600 px tall: a big batch's bars get thin, its shape stays.
+    lane = min(14.0, max(600 / len(timed), 0.25))
     height = lane * len(timed)
     frame = _Frame(span[0], span[1], height)
     parts = [frame.x_axis()]

@@ -241,11 +241,17 @@ def _charts(data: ReportData) -> str:
     )
 
 
-def _picture(row: ReportRow, key: str, what: str) -> str:
+#: Posters past this many cards load as they scroll into view (a big batch's page
+#: opens without reading thousands of images first).
+_EAGER_POSTERS = 120
+
+
+def _picture(row: ReportRow, key: str, what: str, index: int) -> str:
     if row.poster is not None:
+        lazy = ' loading="lazy"' if index >= _EAGER_POSTERS else ""
         return (
             f'<img class="poster" src="{escape(quote(row.poster))}" '
-            f'alt="Poster of {key}: {what}" width="320" height="180">'
+            f'alt="Poster of {key}: {what}" width="320" height="180"{lazy}>'
         )
     return (
         f'<div class="noposter" role="img" aria-label="No picture for {key} '
@@ -284,7 +290,7 @@ def _video(row: ReportRow, key: str) -> str:
     )
 
 
-def _card(row: ReportRow) -> str:
+def _card(row: ReportRow, index: int) -> str:
     group = row.group
     key = escape(row.key)
     what = escape(row.prompt or row.key)
@@ -303,7 +309,7 @@ def _card(row: ReportRow) -> str:
     body.append(_video(row, key))
     return (
         f'<li class="card {group}" data-group="{group}">'
-        f'{_picture(row, key, what)}<div class="body">{"".join(body)}</div></li>'
+        f'{_picture(row, key, what, index)}<div class="body">{"".join(body)}</div></li>'
     )
 
 
@@ -320,7 +326,7 @@ def _sheet(data: ReportData) -> str:
         for g, label in _GROUPS
         if data.count(g)
     ]
-    cards = "".join(_card(row) for row in data.rows)
+    cards = "".join(_card(row, i) for i, row in enumerate(data.rows))
     return (
         '<section aria-labelledby="sheet-h"><h2 id="sheet-h">Contact sheet</h2>'
         f'<div class="filters" role="group" aria-label="Show rows">'
