@@ -7,7 +7,9 @@ sandbox with its clock 6,000 times faster than real time: once through
 as the loop a user would write instead (``asyncio.Semaphore(100)`` around
 ``pb.run`` and ``download``, no journal).  Both with ``max_concurrent_jobs=100``;
 rounds interleaved, median.  Prints batch / bare throughput (goal >= 0.8) and
-writes bench/results/batch.json.
+writes bench/results/batch.json.  The batch runs twice: as by default (with its
+report: a poster image fetched per row, ``report.html`` written at the end) and
+with ``report=False``, so the report's own cost is measured side by side.
 
     python bench/bench_batch.py [--rows 2000] [--rounds 3]
 """
@@ -35,14 +37,16 @@ async def timed(kind: str, rows: int) -> float:
     async with sandbox(time_scale=6000, limit=100) as (_, pb):
         with tempfile.TemporaryDirectory() as tmp:
             began = time.perf_counter()
-            if kind == "batch":
+            if kind in {"batch", "batch_no_report"}:
                 summary = await run_batch(
                     pb,
                     inputs(rows),
                     journal=Path(tmp) / "journal.sqlite",
                     out_dir=Path(tmp) / "out",
+                    report=kind == "batch",
                 ).summary()
                 assert summary.completed == rows, summary
+                assert (summary.report is not None) is (kind == "batch")
             else:
                 gate = asyncio.Semaphore(100)
 
@@ -57,17 +61,23 @@ async def timed(kind: str, rows: int) -> float:
 
 async def main(ns: argparse.Namespace) -> dict[str, object]:
     batch: list[float] = []
+    plain: list[float] = []
     bare: list[float] = []
     for _ in range(ns.rounds):
         bare.append(await timed("bare", ns.rows))
         batch.append(await timed("batch", ns.rows))
+        plain.append(await timed("batch_no_report", ns.rows))
     return {
         "rows": ns.rows,
         "rounds": ns.rounds,
         "bare_seconds": round(statistics.median(bare), 2),
         "batch_seconds": round(statistics.median(batch), 2),
+        "batch_no_report_seconds": round(statistics.median(plain), 2),
         "ratio_batch_over_bare": round(
             statistics.median(bare) / statistics.median(batch), 3
+        ),
+        "ratio_batch_no_report_over_bare": round(
+            statistics.median(bare) / statistics.median(plain), 3
         ),
     }
 

@@ -188,7 +188,7 @@ async def test_report_false_writes_none(fake, tmp_path):
             pb, [row(0)], out_dir=tmp_path, report=False
         ).summary()
     assert summary.report is None
-    assert not (tmp_path / "report.html").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r0.mp4"]  # no poster
 
 
 async def test_rebuilt_offline_from_the_journal_and_a_moved_folder(fake, tmp_path):

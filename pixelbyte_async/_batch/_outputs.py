@@ -9,7 +9,7 @@ import contextlib
 import logging
 import re
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import anyio
@@ -39,11 +39,20 @@ class Outputs:
     """
     Where a batch downloads its outputs (*out_dir*), and what is there already.
 
-    A file the journal recorded at its size is not fetched again.
+    A file the journal recorded at its size is not fetched again.  With
+    *posters* (for the batch report), each output's poster image goes next to it.
     """
 
-    def __init__(self, out_dir: Path, *, journal: Journal, outcomes: Outcomes) -> None:
+    def __init__(
+        self,
+        out_dir: Path,
+        *,
+        journal: Journal,
+        outcomes: Outcomes,
+        posters: bool = True,
+    ) -> None:
         self._out_dir = out_dir
+        self._posters = posters
         self._journal = journal
         self._outcomes = outcomes
         self._swept: asyncio.Future[None] | None = None
@@ -89,15 +98,19 @@ class Outputs:
         """Download *job*'s output for *entry*, journal and report it."""
         target = self.target(entry, job.video_url)
         await self._sweep_leftovers()  # a killed run's temporary files
+        # The poster comes meanwhile (a small file: its latency, not its bytes).
+        poster = asyncio.ensure_future(self._poster(entry, job))
         try:
             path = await job.download(target, overwrite=True)
             size = (await on_disk(path.stat)).st_size
         except MissingOutputError as exc:
+            await _cancel(poster)
             self._outcomes.emit(
                 entry, BatchItemStatus.FAILED, job_id=job.id, error=str(exc)
             )
             return
         except (DownloadError, TransportError, OSError) as exc:
+            await _cancel(poster)
             self._outcomes.emit(
                 entry,
                 BatchItemStatus.UNFINISHED,
@@ -106,9 +119,11 @@ class Outputs:
                 error=f"download failed ({exc}); run the batch again to retry it",
             )
             return
-        poster = await self._poster(entry, job)
+        except BaseException:
+            await _cancel(poster)
+            raise
         await self._journal.downloaded(
-            entry.key, path=str(path), size=size, poster=poster
+            entry.key, path=str(path), size=size, poster=await poster
         )
         self._outcomes.emit(
             entry,
@@ -126,7 +141,7 @@ class Outputs:
         fetched) is still a finished row: the report shows it without a picture.
         """
         url = job.poster_url
-        if url is None:
+        if url is None or not self._posters:
             return None
         target = self._out_dir / f"{entry.key}.poster{_suffix(url, '.jpg')}"
         try:
@@ -134,6 +149,13 @@ class Outputs:
         except (DownloadError, TransportError, MissingOutputError, OSError) as exc:
             log.info("batch row %s: no poster image (%s)", entry.key, exc)
             return None
+
+
+async def _cancel(task: asyncio.Future[Any]) -> None:
+    """Cancel *task* and wait for it to end (a download removes its ``.part``)."""
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 def _suffix(url: str | None, default: str = ".mp4") -> str:

@@ -306,7 +306,12 @@ class Batch:
         outputs = (
             None
             if self._out_dir is None
-            else Outputs(self._out_dir, journal=journal, outcomes=outcomes)
+            else Outputs(
+                self._out_dir,
+                journal=journal,
+                outcomes=outcomes,
+                posters=self._report,
+            )
         )
         unknown = self._unknown = UnknownFates(
             self._pb,
@@ -546,6 +551,8 @@ def run_batch(
         report: With *out_dir*, write ``{out_dir}/report.html`` when the run
             ends or is interrupted: totals, charts and a contact sheet of the
             outputs (see `write_batch_report`); its path is `BatchSummary.report`.
+            Each output's poster image is downloaded next to it for the report
+            (``{key}.poster.jpg``); ``report=False`` fetches none.
 
     Raises:
         ValidationError: On bad arguments (at once).
