@@ -617,7 +617,8 @@ class PixelByte(JobQueries, CatalogCalls):
         Run many inputs under this client's job limit: see `pixelbyte_async.run_batch`.
 
         Options: *journal*, *out_dir*, *max_cost_micro_cents*, *dry_run*,
-        *retry_failed*, *wait_timeout*, *settle*, *fit*.
+        *retry_failed*, *wait_timeout*, *settle*, *fit*, *rerun_changed*,
+        *source*, *reuse_journal*, *assume_list_prices*, *report*.
         """
         from ._batch import run_batch  # noqa: PLC0415 -- batches load on first use
 
