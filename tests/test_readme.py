@@ -132,7 +132,10 @@ async def test_batch_example_runs(fake, tmp_path, monkeypatch, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 3
     assert all(" completed " in line for line in lines)
-    assert len(list((tmp_path / "videos").iterdir())) == 3
+    videos = tmp_path / "videos"
+    assert len(list(videos.glob("*.mp4"))) == 3
+    assert len(list(videos.glob("*.poster.jpg"))) == 3
+    assert (videos / "report.html").is_file()
 
 
 def test_readme_links_work_on_a_package_index_page():
