@@ -136,7 +136,8 @@ def test_every_command_is_in_the_table_and_imports():
 
     parser = _cli._parser()
     (sub,) = [a for a in parser._actions if a.dest == "command"]
-    assert set(_cli._COMMANDS) == (set(sub.choices) - {"sandbox"}) | {"resolve"}
+    batch_words = set(_cli._BATCH_SUBCOMMANDS)  # 'batch resolve', 'batch report'
+    assert set(_cli._COMMANDS) == (set(sub.choices) - {"sandbox"}) | batch_words
     assert set(_cli._COMMAND_HOMES) == set(_cli._COMMANDS)
     for word, (module, name) in _cli._COMMAND_HOMES.items():
         run = getattr(importlib.import_module(module, "pixelbyte_async._cli"), name)
