@@ -360,12 +360,8 @@ class Job(JobState):
             raise MissingOutputError(
                 f"job {self.id} has no usable output URL: {_shown(url)!r} ({problem})"
             )
-        target = Path(path)
-        if await anyio.Path(target).is_dir():
-            # A folder: the file is named after the job (as the CLI names it).
-            target /= f"{self.id}{_extension(url, '.mp4')}"
-        return await self._client.download(
-            url, target, timeout=timeout, overwrite=overwrite
+        return await self._fetch(
+            url, path, f"{self.id}{_extension(url, '.mp4')}", timeout, overwrite
         )
 
     async def download_poster(
@@ -393,9 +389,23 @@ class Job(JobState):
             raise MissingOutputError(
                 f"job {self.id} ({self.status.value}) has no poster image to download"
             )
+        return await self._fetch(
+            url, path, f"{self.id}.poster{_extension(url, '.jpg')}", timeout, overwrite
+        )
+
+    async def _fetch(
+        self,
+        url: str,
+        path: str | os.PathLike[str],
+        name: str,
+        timeout: float | None,
+        overwrite: bool,
+    ) -> Path:
+        """Download *url* to *path*, or to *path*/*name* when *path* is a folder."""
         target = Path(path)
         if await anyio.Path(target).is_dir():
-            target /= f"{self.id}.poster{_extension(url, '.jpg')}"
+            # A folder: the file is named after the job (as the CLI names it).
+            target /= name
         return await self._client.download(
             url, target, timeout=timeout, overwrite=overwrite
         )
