@@ -98,6 +98,7 @@ if TYPE_CHECKING:
     from ._report import write_batch_report as write_batch_report
     from ._sync import SyncJob as SyncJob
     from ._sync import SyncPixelByte as SyncPixelByte
+    from ._tracked import LostSubmit as LostSubmit
     from ._transport import MockTransport as MockTransport
     from ._transport import Request as Request
     from ._transport import Response as Response
@@ -147,6 +148,7 @@ _LAZY = {
     "SqliteLedger": "._ledger",
     "SubmitLedger": "._ledger",
     "TrackedRecord": "._ledger",
+    "LostSubmit": "._tracked",
     "TrackingLedger": "._ledger",
     "SyncJob": "._sync",
     "SyncPixelByte": "._sync",
@@ -198,6 +200,7 @@ __all__ = [
     "JournalError",
     "KlingO1StartEndFrame",
     "LedgerError",
+    "LostSubmit",
     "MemoryLedger",
     "MissingOutputError",
     "MockTransport",

@@ -59,7 +59,7 @@ from ._retry import (
 from ._signing import Secrets, WebhookEvent, is_probe_id
 from ._slots import JobSlots
 from ._submitting import Submitter
-from ._tracked import FinishedHandler, Tracker
+from ._tracked import FinishedHandler, LostHandler, Tracker
 from ._transport import AiohttpTransport, Transport
 from ._webhook_check import WebhookCheck
 from ._webhook_server import WebhookServer
@@ -543,6 +543,24 @@ class PixelByte(JobQueries, CatalogCalls):
         .. versionadded:: 0.4.0
         """
         return self._tracker.on_finished(handler)
+
+    def on_lost(self, handler: LostHandler) -> LostHandler:
+        """
+        Run *handler* (async, of one `LostSubmit`) for a tracked submit with no job.
+
+        A tracked submit whose answer was lost (`AmbiguousSubmitError`), or whose
+        process died while sending it, is settled by reconcile: when no job of
+        the account can be its once its settle horizon has passed, nothing runs
+        and nothing is charged, and these handlers are told, with its
+        ``context``, so that a bot can tell its user or submit again.  Like
+        `on_finished`: in order, retried with back-off, parked after 5 failures,
+        at least once (in this process, or after a restart in the one that calls
+        `resume`).  Without one, such a submit is only logged.  Usable as a
+        decorator.
+
+        .. versionadded:: 0.5.0
+        """
+        return self._tracker.on_lost(handler)
 
     async def resume(self) -> list[Job]:
         """

@@ -34,6 +34,7 @@ from pixelbyte_async import (
     JobFailed,
     JobStatus,
     KlingO1StartEndFrame,
+    LostSubmit,
     NotFound,
     PixelByte,
     RetryPolicy,
@@ -240,6 +241,28 @@ def test_on_finished_refuses_async_handlers(pb):
 
     with pytest.raises(TypeError, match="plain function"):
         pb.on_finished(handler)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="plain function"):
+        pb.on_lost(handler)  # type: ignore[arg-type]
+
+
+def test_a_lost_tracked_submit_runs_a_plain_on_lost_handler(fake):
+    """on_lost takes a plain function too, run in a worker thread."""
+    fake.inject(Fault.drop_before(), method="POST", path="/v1/jobs/submit")
+    told: list[tuple[object, str]] = []
+    done = threading.Event()
+    with bound(fake, settle=60) as pb:
+
+        @pb.on_lost
+        def tell(lost: LostSubmit) -> None:
+            told.append((lost.context, threading.current_thread().name))
+            done.set()
+
+        with pytest.raises(AmbiguousSubmitError):
+            pb.submit(REQUEST, context={"chat_id": 3})
+        assert done.wait(10)
+    [(context, thread)] = told
+    assert context == {"chat_id": 3}
+    assert thread not in {LOOP_THREAD, threading.current_thread().name}
 
 
 # -- threads -------------------------------------------------------------------------
@@ -574,6 +597,7 @@ def test_every_public_name_of_the_async_classes_has_a_twin():
         (SyncPixelByte.upload_file, PixelByte.upload_file),
         (SyncPixelByte.use_webhooks, PixelByte.use_webhooks),
         (SyncPixelByte.on_finished, PixelByte.on_finished),
+        (SyncPixelByte.on_lost, PixelByte.on_lost),
         (SyncPixelByte.resume, PixelByte.resume),
         (SyncPixelByte.failed_handlers, PixelByte.failed_handlers),
         (SyncJob.wait, Job.wait),
@@ -581,6 +605,7 @@ def test_every_public_name_of_the_async_classes_has_a_twin():
         (SyncJob.watch, Job.watch),
         (SyncJob.cancel, Job.cancel),
         (SyncJob.download, Job.download),
+        (SyncJob.download_poster, Job.download_poster),
     ],
     ids=lambda f: f.__qualname__,
 )

@@ -23,6 +23,7 @@ from pixelbyte_async import (
     Job,
     JobStatus,
     KlingO1StartEndFrame,
+    LostSubmit,
     ValidationError,
 )
 from pixelbyte_async.testing import FakePixelByte, Fault, JobScript
@@ -175,6 +176,94 @@ async def test_a_lost_tracked_submit_is_reconciled_then_handled(fake):
     assert seen.calls == [(job_id, JobStatus.COMPLETED, {"chat_id": 9})]
     assert fake.count("POST", "/v1/jobs/submit") == 1
     assert fake.ledger.double_charged() == []
+
+
+class Lost:
+    """An on_lost handler that records what it was given."""
+
+    def __init__(self, *, fail: int = 0) -> None:
+        self.calls: list[LostSubmit] = []
+        self.fail = fail
+
+    async def __call__(self, lost: LostSubmit) -> None:
+        self.calls.append(lost)
+        if self.fail:
+            self.fail -= 1
+            raise RuntimeError("the chat is down")
+
+
+async def test_a_lost_tracked_submit_that_made_no_job_is_told_to_on_lost(fake):
+    """
+    The answer is lost and no job was made: after the settle horizon the on_lost
+    handlers get its context (a failing one is run again); nothing is re-sent.
+    """
+    fake.inject(Fault.drop_before(), method="POST", path="/v1/jobs/submit")
+    lost, seen = Lost(fail=1), Seen()
+    async with bound_client(fake, settle=60) as pb:
+        pb.on_finished(seen)
+        assert pb.on_lost(lost) is lost  # usable as a decorator
+        started = fake.clock.time()
+        with pytest.raises(AmbiguousSubmitError):
+            await pb.submit(kling(), context={"chat_id": 9})
+        await until(lambda: len(lost.calls) == 2, 10)
+        await until(lambda: not pb._tracker._tasks, 5)
+        (record,) = await pb.tracked_jobs(("none",))
+    first, again = lost.calls
+    assert first == again
+    assert first.context == {"chat_id": 9}
+    assert first.model == KLING.model_slug
+    assert first.attempt == record.attempt
+    assert "no job was found" in first.reason
+    assert fake.clock.time() - started >= 60  # not before its settle horizon
+    assert seen.calls == []
+    assert fake.jobs == {}
+    assert fake.count("POST", "/v1/jobs/submit") == 1
+
+
+async def test_a_tracked_submit_its_dead_process_never_sent_is_told_on_resume(fake):
+    """
+    A record whose process died before its submit was recorded (a lease that ran
+    out, no attempt in the ledger): resume tells on_lost, and it ends as none.
+    """
+    from pixelbyte_async import MemoryLedger, TrackedRecord
+
+    ledger = MemoryLedger()
+    now = fake.clock.time()
+    await ledger.track(
+        TrackedRecord(
+            attempt="a" * 32,
+            model=KLING.model_slug,
+            context=json.dumps({"chat_id": 5}),
+            owner="elsewhere:1:abc",
+            lease_until=now - 1,
+            created_at=now - 100,
+            updated_at=now - 100,
+        )
+    )
+    lost = Lost()
+    async with bound_client(fake, ledger=ledger) as pb:
+        pb.on_lost(lost)
+        assert await pb.resume() == []
+        await until(lambda: lost.calls, 5)
+        await until(lambda: not pb._tracker._tasks, 5)
+    (call,) = lost.calls
+    assert (call.attempt, call.context) == ("a" * 32, {"chat_id": 5})
+    assert "stopped before sending it" in call.reason
+    (record,) = await ledger.tracked(states=("none",))
+    assert record.attempt == "a" * 32
+    assert fake.count("POST", "/v1/jobs/submit") == 0
+
+
+async def test_without_an_on_lost_handler_a_lost_submit_is_logged_and_none(
+    fake, caplog
+):
+    fake.inject(Fault.drop_before(), method="POST", path="/v1/jobs/submit")
+    async with bound_client(fake, settle=60) as pb:
+        with pytest.raises(AmbiguousSubmitError):
+            await pb.submit(kling(), context="x")
+        await until(lambda: not pb._tracker._tasks, 10)
+        assert len(await pb.tracked_jobs(("none",))) == 1
+    assert "no on_lost handler is registered" in caplog.text
 
 
 # -- real processes, killed ------------------------------------------------------------

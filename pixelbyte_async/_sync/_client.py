@@ -41,6 +41,7 @@ from pixelbyte_async._receiver import WebhookReceiver
 from pixelbyte_async._reconcile import DEFAULT_CLOCK_SKEW
 from pixelbyte_async._retry import RetryPolicy
 from pixelbyte_async._signing import Secrets
+from pixelbyte_async._tracked import LostSubmit
 from pixelbyte_async._transport import Transport
 from pixelbyte_async._webhook_check import WebhookCheck
 from pixelbyte_async._webhook_server import WebhookServer
@@ -323,6 +324,38 @@ class SyncPixelByte:
             client.on_finished(in_a_thread)
 
         self._call(register, "on_finished")
+        return handler
+
+    def on_lost(
+        self, handler: Callable[[LostSubmit], object]
+    ) -> Callable[[LostSubmit], object]:
+        """
+        Run *handler* for a tracked submit that made no job: `PixelByte.on_lost`.
+
+        *handler* is a plain function of one `LostSubmit`, run in a worker thread;
+        as with `PixelByte.on_lost`, it is retried with back-off and run at least
+        once.  Usable as a decorator.
+
+        Raises:
+            TypeError: *handler* is an async function (use `PixelByte` for those).
+
+        .. versionadded:: 0.5.0
+        """
+        if not callable(handler) or inspect.iscoroutinefunction(handler):
+            raise TypeError(
+                "SyncPixelByte.on_lost takes a plain function of one LostSubmit; "
+                "register async handlers on a PixelByte"
+            )
+
+        async def in_a_thread(lost: LostSubmit) -> None:
+            await anyio.to_thread.run_sync(handler, lost)
+
+        client = self._client
+
+        async def register() -> None:
+            client.on_lost(in_a_thread)
+
+        self._call(register, "on_lost")
         return handler
 
     def resume(self) -> list[SyncJob]:

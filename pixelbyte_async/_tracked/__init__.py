@@ -10,9 +10,18 @@ takes over the jobs whose process is gone.  It sees the client only as a
 """
 
 from ._tracker import FinishedHandler as FinishedHandler
+from ._tracker import LostHandler as LostHandler
+from ._tracker import LostSubmit as LostSubmit
 from ._tracker import TrackedClient as TrackedClient
 from ._tracker import Tracker as Tracker
 from ._tracker import context_text as context_text
 
 
-__all__ = ["FinishedHandler", "TrackedClient", "Tracker", "context_text"]
+__all__ = [
+    "FinishedHandler",
+    "LostHandler",
+    "LostSubmit",
+    "TrackedClient",
+    "Tracker",
+    "context_text",
+]

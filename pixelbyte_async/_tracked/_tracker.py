@@ -11,6 +11,8 @@ import logging
 from collections.abc import Awaitable, Callable, Collection
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
+import attrs
+
 from pixelbyte_async._clock import Clock, sleep_or_until
 from pixelbyte_async._errors import (
     AmbiguousSubmitError,
@@ -35,12 +37,47 @@ if TYPE_CHECKING:
     from pixelbyte_async._ledger import Attempt
 
 
-__all__ = ["FinishedHandler", "TrackedClient", "Tracker", "context_text"]
+__all__ = [
+    "FinishedHandler",
+    "LostHandler",
+    "LostSubmit",
+    "TrackedClient",
+    "Tracker",
+    "context_text",
+]
 
 log = logging.getLogger("pixelbyte_async")
 
 #: What `PixelByte.on_finished` takes: called with each tracked job once it ended.
 FinishedHandler = Callable[["Job"], Awaitable[None]]
+
+
+@attrs.frozen(kw_only=True)
+class LostSubmit:
+    """
+    A tracked submit that made no job: what `PixelByte.on_lost` handlers are given.
+
+    Its answer was lost (or its process died while sending it), and once its
+    settle horizon had passed no job of the account could be its: nothing runs,
+    nothing is charged.  Tell the user, or submit again.
+
+    Attributes:
+        attempt: The submit's attempt nonce (its key in the ledger).
+        model: The model it was for.
+        context: Its ``context=``, as given (decoded from JSON after a restart).
+        reason: Why it is known to have made no job, in words.
+
+    .. versionadded:: 0.5.0
+    """
+
+    attempt: str
+    model: str
+    context: Any
+    reason: str
+
+
+#: What `PixelByte.on_lost` takes: called with each tracked submit that made no job.
+LostHandler = Callable[[LostSubmit], Awaitable[None]]
 
 _PARKED: tuple[TrackedState, ...] = ("parked",)
 #: How many tracked jobs `Tracker.resume` re-attaches at once (one GET each).
@@ -130,6 +167,7 @@ class Tracker:
         self.retry_initial = retry_initial
         self.retry_max = retry_max
         self.handlers: list[FinishedHandler] = []
+        self.lost_handlers: list[LostHandler] = []
         self._client: TrackedClient | None = None
         #: attempt -> the task watching (then handling) its job.
         self._tasks: dict[str, asyncio.Task[None]] = {}
@@ -160,6 +198,13 @@ class Tracker:
         if not callable(handler):
             raise TypeError("on_finished takes an async function of one Job")
         self.handlers.append(handler)
+        return handler
+
+    def on_lost(self, handler: LostHandler) -> LostHandler:
+        """Run *handler* for every tracked submit that made no job (see `PixelByte`)."""
+        if not callable(handler):
+            raise TypeError("on_lost takes an async function of one LostSubmit")
+        self.lost_handlers.append(handler)
         return handler
 
     # -- submits -----------------------------------------------------------------------
@@ -267,8 +312,14 @@ class Tracker:
             log.warning("tracked submit %s: its job cannot be told: %s", attempt, exc)
             return
         if job is None:
-            log.warning("tracked submit %s made no job; nothing to handle", attempt)
-            await self._finish(attempt, "none")
+            lost = LostSubmit(
+                attempt=attempt,
+                model=error.model,
+                context=context,
+                reason="its answer was lost, and no job was found for it once its "
+                "settle horizon had passed",
+            )
+            await self._lost(lost)
             return
         await self._tie(attempt, job, context)
         await self._watch(attempt, job)
@@ -292,17 +343,69 @@ class Tracker:
                 job.id,
             )
             return
+
+        async def run() -> None:
+            for handler in self.handlers:
+                await handler(job)
+
+        await self._run_handlers(
+            attempt,
+            run,
+            f"on_finished handler failed for tracked job {job.id}",
+            done="handled",
+            failures=failures,
+        )
+
+    async def _lost(self, lost: LostSubmit, failures: int = 0) -> None:
+        """Its submit made no job: run the `on_lost` handlers, then it is ``none``."""
+        if not self.lost_handlers:
+            log.warning(
+                "tracked submit %s made no job (%s); no on_lost handler is registered",
+                lost.attempt,
+                lost.reason,
+            )
+            await self._finish(lost.attempt, "none")
+            return
+
+        async def run() -> None:
+            for handler in self.lost_handlers:
+                await handler(lost)
+
+        await self._run_handlers(
+            lost.attempt,
+            run,
+            f"on_lost handler failed for tracked submit {lost.attempt}",
+            done="none",
+            failures=failures,
+        )
+
+    async def _run_handlers(
+        self,
+        attempt: str,
+        run: Callable[[], Awaitable[None]],
+        what: str,
+        *,
+        done: TrackedState,
+        failures: int,
+    ) -> None:
+        """
+        Run *run* (the handlers) until it returns, then record *attempt* as *done*.
+
+        A failure is logged and run again with back-off; after `park_after`
+        failures the record is parked (`failed_handlers`).  Recorded before and
+        after, so a process that dies midway leaves it to the next `resume`:
+        at least once.
+        """
         pause = self.retry_initial
         while True:
             try:
-                for handler in self.handlers:
-                    await handler(job)
+                await run()
             except Exception as exc:  # a handler's failure: logged, tried again
                 failures += 1
                 parked = failures >= self.park_after
                 log.exception(
-                    "on_finished handler failed for tracked job %s (%d of %d)%s",
-                    job.id,
+                    "%s (%d of %d)%s",
+                    what,
                     failures,
                     self.park_after,
                     "; parked (see failed_handlers())" if parked else "",
@@ -319,11 +422,11 @@ class Tracker:
                 await sleep_or_until(self.client.clock, pause)
                 pause = min(pause * 2, self.retry_max)
                 continue
-            if not await self._finish(attempt, "handled"):
+            if not await self._finish(attempt, done):
                 log.warning(
-                    "tracked job %s was handled here after its lease had passed to "
-                    "another process (it may be handled twice)",
-                    job.id,
+                    "tracked submit %s was handled here after its lease had passed "
+                    "to another process (it may be handled twice)",
+                    attempt,
                 )
             return
 
@@ -387,7 +490,18 @@ class Tracker:
             )
             return job
         if attempt is None or attempt.state == "none":
-            await self._finish(record.attempt, "none")
+            reason = (
+                "no submit of it was recorded: its process stopped before sending it"
+                if attempt is None
+                else "the ledger knows it made no job"
+            )
+            lost = LostSubmit(
+                attempt=record.attempt,
+                model=record.model,
+                context=context,
+                reason=reason,
+            )
+            self._start(record.attempt, self._lost(lost, record.failures))
             return None
         # Its submit's fate was unknown when its process died: reconcile it.
         error = AmbiguousSubmitError(
