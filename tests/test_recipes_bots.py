@@ -65,7 +65,10 @@ ON_IT = r"On it: job (?P<job>job_\w+), about four minutes\."
 VIDEO = r"video: [1-9]\d* bytes|\[job_\w+\.mp4: [1-9]\d* bytes\]"
 CHECKING = (
     r"PixelByte is slow to answer; checking whether the job started\. The video "
-    r"comes here if it did; if nothing comes in ten minutes, please try again\."
+    r"comes here if it did, and word that it did not otherwise\."
+)
+NEVER_STARTED = (
+    r"PixelByte never started that video \(nothing was charged\); please ask again\."
 )
 BOT_PROCESS = Path(__file__).parent / "recipe_bot_process.py"
 
@@ -105,6 +108,7 @@ async def ask_telegram(
     bot = ns["Bot"](token=TOKEN, session=session or ns["RecordingSession"]())
     async with bound_client(fake) as pb:
         pb.on_finished(ns["delivery"](bot))  # main()'s start-up
+        pb.on_lost(ns["lost_notice"](bot))
         await pb.resume()
         await ns["dp"].feed_update(bot, ns["command"](f"/transition {args}"), pb=pb)
         answered = len(bot.session.log)
@@ -199,7 +203,7 @@ CASES = [
     # delivers once the job is found ...
     ("answer-lost-job-found", _lost_answer, f"{START} {END}", [CHECKING, VIDEO]),
     # ... or the SDK finds, after the settle horizon, that it made none.
-    ("answer-lost-no-job", _no_job, f"{START} {END}", [CHECKING]),
+    ("answer-lost-no-job", _no_job, f"{START} {END}", [CHECKING, NEVER_STARTED]),
     ("refused", _refused, f"{START} {END}", [r"PixelByte said no: .*"]),
     (
         "job-failed",
