@@ -23,7 +23,10 @@ MP4 = (files("pixelbyte_async") / "_data" / "sample.mp4").read_bytes()
 ROWS = 10
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3])
+# 18 and 123 (and 4, 8, 11, 12 at times) once left two rows of one model of unknown
+# fate: a resumed row was still settling when the next submit of its model went out,
+# and the next kill landed while that one was on the wire (test_batch_submitting.py).
+@pytest.mark.parametrize("seed", [1, 2, 3, 4, 8, 11, 12, 18, 123])
 async def test_kill_9_at_random_points_then_resume(tmp_path, seed):
     """Three kills at random request counts, then a clean run: one charge per row."""
     rng = random.Random(seed)  # noqa: S311 -- where to kill, not security

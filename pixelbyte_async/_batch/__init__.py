@@ -20,7 +20,8 @@ them, downloads their outputs and yields one `BatchItem` per input as it finishe
   (counted from the journaled start of the attempt, so it survives a crash) has
   passed with nothing found; other rows go on meanwhile.
   Only two lost submits of one model at once pause that model's new submits
-  (a third could not be told apart), shown in `Batch.settling` with a countdown.
+  (a third could not be told apart), and so does one an earlier run left in
+  flight, until it is settled; shown in `Batch.settling` with a countdown.
 * **Audit.**  At the end, the account's jobs created during the run that no
   journal row claims and a lost submit may have made are listed with their cost
   (`BatchSummary.orphans`); other submitters' jobs are counted

@@ -249,9 +249,7 @@ class Submits:
             self._budget.charge(
                 entry.key, entry.estimate or 0, assumed=entry.estimate_assumed
             )
-            self._unknown.add(entry.key, exc)
-            if not exc.tagged:
-                self._unknown.hold(entry)
+            self._unknown.lost(entry, exc)
             return exc
         except PixelByteError as exc:
             self._budget.forget(entry.key)  # no job: nothing to count

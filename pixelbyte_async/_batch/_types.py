@@ -279,7 +279,8 @@ class Settling:
         settle_at: Unix time its settle horizon ends: by then its job is found, or
             it is known to have made none.
         holding: Whether new submits of its model wait for it: two lost submits of
-            one model at once, which the job list could not tell apart from a third.
+            one model at once, which the job list could not tell apart from a
+            third, or a submit an earlier run left in flight.
         waiting: How many rows of its model wait (while *holding*).
 
     .. versionadded:: 0.3.0

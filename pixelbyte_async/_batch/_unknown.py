@@ -52,11 +52,20 @@ class UnknownFates:
 
     Settled means its job was found (and journaled), or its settle horizon passed
     with none (sending again is safe).  Meanwhile every such attempt, earlier
-    runs' included, competes for the jobs reconcile finds.  Rows of its model go on
-    being sent: their jobs are theirs by their submits' answers.  Only while two
-    lost submits of one model that no webhook nonce attributes overlap do new
-    submits of that model wait (`until_attributable`): a third could not be told
-    apart from them either.
+    runs' included, competes for the jobs reconcile finds.
+
+    A submit of this run whose answer was lost (`lost`) lets rows of its model go
+    on being sent: their jobs are theirs by their submits' answers.  Only while
+    two such lost submits of one model that no webhook nonce attributes overlap
+    do new submits of that model wait (`until_attributable`): a third could not be
+    told apart from them either.
+
+    A submit an earlier run left in flight (`hold`: it stopped, killed perhaps,
+    with the request on the wire) holds its model until it is settled.  A run
+    that stops like that may stop again: a submit of the model on the wire then
+    would be a second lost submit beside it, and the job list cannot tell their
+    jobs apart (the dead sender's window reaches to when the next run found it
+    gone, plus the horizon), so the next run would have to set both aside.
     """
 
     def __init__(
@@ -79,6 +88,9 @@ class UnknownFates:
         #: Per model, the rows being settled that only the job list can
         #: attribute, with when their horizon ends.
         self._listed: dict[str, dict[str, float]] = collections.defaultdict(dict)
+        #: Per model, those of them an earlier run left in flight: each one
+        #: holds its model alone.
+        self._left: dict[str, set[str]] = collections.defaultdict(set)
         #: Per model, how many rows wait for those to settle, and the future that
         #: wakes them when one is settled.
         self._waiting: collections.Counter[str] = collections.Counter()
@@ -104,9 +116,29 @@ class UnknownFates:
     # -- the per-model gate ----------------------------------------------------------
 
     def hold(self, entry: Entry) -> None:
-        """Count *entry*'s lost submit as one only the job list can attribute."""
-        listed = self._listed[entry.model]
-        listed[entry.key] = self._attempts[entry.key].started_at + self.horizon
+        """
+        Hold *entry*'s model for its submit an earlier run left in flight.
+
+        Its attempt (`add`) is settled before any new submit of its model goes
+        out: see the class docstring.
+        """
+        listed = self._list(entry)
+        self._left[entry.model].add(entry.key)
+        log.warning(
+            "batch: %s: an earlier run stopped while submitting %s; new submits of "
+            "this model wait until it is settled (at the latest %s), since another "
+            "submit lost meanwhile could not be told apart from it",
+            entry.model,
+            entry.key,
+            iso(listed[entry.key]),
+        )
+
+    def lost(self, entry: Entry, attempt: AmbiguousSubmitError) -> None:
+        """Record this run's submit of *entry* that lost its answer (*attempt*)."""
+        self.add(entry.key, attempt)
+        if attempt.tagged:
+            return  # its webhook delivery will name it
+        listed = self._list(entry)
         if len(listed) == _PAUSING:
             log.warning(
                 "batch: %s: rows %s lost their submits at once; new submits of this "
@@ -117,9 +149,17 @@ class UnknownFates:
                 iso(min(listed.values())),
             )
 
+    def _list(self, entry: Entry) -> dict[str, float]:
+        """Count *entry*'s lost submit as one only the job list can attribute."""
+        listed = self._listed[entry.model]
+        listed[entry.key] = self._attempts[entry.key].started_at + self.horizon
+        return listed
+
     def holds(self, model: str) -> bool:
         """Whether new submits of *model* must wait."""
-        return len(self._listed.get(model, ())) >= _PAUSING
+        return bool(self._left.get(model)) or (
+            len(self._listed.get(model, ())) >= _PAUSING
+        )
 
     def settling(self) -> tuple[Settling, ...]:
         """The rows being settled now, soonest first."""
@@ -139,14 +179,16 @@ class UnknownFates:
 
     async def until_attributable(self, model: str) -> None:
         """
-        Wait while two lost submits of *model* are being settled.
+        Wait while two lost submits of *model*, or one an earlier run left, settle.
 
         Without an idempotency key, the job list cannot tell apart the jobs of lost
         submits of one model made at the same time; a third one would make it
         worse, so a new submit waits until one of them is settled (its job found,
-        or its horizon passed).  The wait is logged once a minute with how long
-        it may last and how many rows wait.  Rows of other models, and waiting for
-        and downloading running jobs, go on meanwhile.
+        or its horizon passed).  A submit an earlier run left in flight is settled
+        before any new one goes out (see the class docstring).  The wait is logged
+        once a minute with how long it may last and how many rows wait.  Rows of
+        other models, and waiting for and downloading running jobs, go on
+        meanwhile.
         """
         if not self.holds(model):
             return
@@ -171,6 +213,9 @@ class UnknownFates:
             self._waiting[model] -= 1
 
     def _release(self, entry: Entry) -> None:
+        left = self._left.get(entry.model)
+        if left is not None:
+            left.discard(entry.key)
         listed = self._listed.get(entry.model)
         if listed is not None and listed.pop(entry.key, None) is not None:
             released = self._released.pop(entry.model, None)

@@ -298,9 +298,13 @@ def _pause_line(holding: list[Settling], left: int) -> str:
     if not holding:
         return "RESUMED: lost submits settled; submits go on."
     until = min(s.settle_at for s in holding)
+    what = (
+        f"row {holding[0].key}'s submit of unknown fate is being settled"
+        if len(holding) == 1
+        else f"rows {', '.join(s.key for s in holding)} lost their submits at once"
+    )
     return (
-        f"PAUSED {holding[0].model}: rows {', '.join(s.key for s in holding)} lost "
-        f"their submits at once; new submits of this model wait until "
+        f"PAUSED {holding[0].model}: {what}; new submits of this model wait until "
         f"{_clock(until)} at the latest ({left}s, {holding[0].waiting} rows waiting)."
     )
 
