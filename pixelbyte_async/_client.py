@@ -16,6 +16,7 @@ import types
 import warnings
 from collections.abc import (
     AsyncIterable,
+    Awaitable,
     Callable,
     Collection,
     Iterable,
@@ -471,6 +472,7 @@ class PixelByte(JobQueries, CatalogCalls):
         timeout: float | None = None,
         attempt: str | None = None,
         context: Any = None,
+        on_sending: Callable[[float], Awaitable[object]] | None = None,
     ) -> Job:
         """
         Submit a job and return its `Job` handle (the job is charged now).
@@ -503,6 +505,11 @@ class PixelByte(JobQueries, CatalogCalls):
                 the submit is sent and given back as ``job.context``.  The
                 `on_finished` handlers run for it when it ends, in this process or,
                 after a restart, in the one that calls `resume`.
+            on_sending: An async function of one float, awaited once a job slot
+                is taken, right before the request goes out, with the attempt's
+                start (Unix time, the client's clock): record the attempt in
+                your own store there (a settle horizon counts from that start),
+                as `run_batch` journals its rows.  If it raises, nothing is sent.
 
         Raises:
             ValidationError: Bad input (or a context that is not JSON); nothing
@@ -522,6 +529,7 @@ class PixelByte(JobQueries, CatalogCalls):
             timeout=timeout,
             attempt=attempt,
             context=context,
+            on_sending=on_sending,
         )
 
     # -- tracked jobs ------------------------------------------------------------------

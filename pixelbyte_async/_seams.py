@@ -8,7 +8,7 @@ through `BatchClient`, and `PixelByte` satisfies it unchanged.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import IO, TYPE_CHECKING, Any, Protocol
 
 
@@ -74,8 +74,9 @@ class BatchClient(Protocol):
         input: Mapping[str, Any] | None = None,  # noqa: A002 -- the API's field name
         *,
         attempt: str | None = None,
+        on_sending: Callable[[float], Awaitable[object]] | None = None,
     ) -> Job:
-        """Submit one job, tagged with the journaled *attempt* nonce."""
+        """Submit one job, tagged with *attempt*, journaled by *on_sending*."""
         ...
 
     async def get_job(self, job_id: str) -> Job:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -86,6 +86,7 @@ class Submitter:
         timeout: float | None,
         attempt: str | None,
         context: Any = None,
+        on_sending: Callable[[float], Awaitable[object]] | None = None,
     ) -> Job:
         """Validate, take a slot, send once, track; see `PixelByte.submit`."""
         attempt = attempt or new_attempt_id()
@@ -106,6 +107,7 @@ class Submitter:
                     timeout=timeout,
                     attempt=attempt,
                     context=context,
+                    on_sending=on_sending,
                     trace=trace,
                 )
             except PixelByteError as exc:
@@ -133,6 +135,7 @@ class Submitter:
         timeout: float | None,
         attempt: str,
         context: Any,
+        on_sending: Callable[[float], Awaitable[object]] | None,
         trace: JobTrace,
     ) -> Job:
         clock = self.clock
@@ -160,13 +163,7 @@ class Submitter:
         started_at = clock.time()
         reconciler = self._reconciler
         try:
-            if tracked is not None:
-                # Tracked before it is sent: a process that dies with the request
-                # on the wire leaves its context for the next one (`resume`).
-                await self._tracker.before_send(attempt, slug, tracked)
-            # In the ledger before it is sent: if this process dies with the
-            # request on the wire, every other process knows its fate is unknown.
-            await reconciler.sending(
+            await self._announce(
                 attempt,
                 slug,
                 started_at=started_at,
@@ -175,6 +172,8 @@ class Submitter:
                 + _LEDGER_WRITE_ALLOWANCE,
                 tagged=tagged,
                 list_price=local_cost(slug, payload),
+                tracked=tracked,
+                on_sending=on_sending,
             )
         except BaseException:
             self._slots.free(lease)
@@ -243,6 +242,38 @@ class Submitter:
         if tracked is not None:
             await asyncio.shield(self._tracker.submitted(job, attempt, context))
         return job
+
+    async def _announce(
+        self,
+        attempt: str,
+        slug: str,
+        *,
+        started_at: float,
+        ends_by: float,
+        tagged: bool,
+        list_price: int | None,
+        tracked: str | None,
+        on_sending: Callable[[float], Awaitable[object]] | None,
+    ) -> None:
+        """Record the attempt wherever it must be known before it is sent."""
+        if on_sending is not None:
+            # The caller's own record of the attempt (a batch's journal), with
+            # the slot taken: the start it records is when the request goes.
+            await on_sending(started_at)
+        if tracked is not None:
+            # Tracked before it is sent: a process that dies with the request
+            # on the wire leaves its context for the next one (`resume`).
+            await self._tracker.before_send(attempt, slug, tracked)
+        # In the ledger before it is sent: if this process dies with the
+        # request on the wire, every other process knows its fate is unknown.
+        await self._reconciler.sending(
+            attempt,
+            slug,
+            started_at=started_at,
+            ends_by=ends_by,
+            tagged=tagged,
+            list_price=list_price,
+        )
 
     async def _failed(
         self, attempt: str, lost: AmbiguousSubmitError | None, context: Any

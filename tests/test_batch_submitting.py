@@ -69,13 +69,18 @@ def received(fake: FakePixelByte) -> list[str]:
 def watch_submits(
     pb: PixelByte, journal: Path, monkeypatch: pytest.MonkeyPatch
 ) -> list[list[str]]:
-    """For each submit *pb* sends, the rows 'submitting' in the journal just then."""
+    """For each submit *pb* sends, the rows 'submitting' in the journal as it goes."""
     seen: list[list[str]] = []
     send = pb.submit
 
     async def submit(*args: Any, **kwargs: Any) -> Any:
-        seen.append(unsettled(journal))  # journaled (and synced) already
-        return await send(*args, **kwargs)
+        journal_it = kwargs["on_sending"]  # the batch journals the row in it
+
+        async def then_look(started_at: float) -> None:
+            await journal_it(started_at)
+            seen.append(unsettled(journal))  # journaled (and synced), about to go
+
+        return await send(*args, **{**kwargs, "on_sending": then_look})
 
     monkeypatch.setattr(pb, "submit", submit)
     return seen
@@ -190,3 +195,36 @@ async def test_killed_twice_then_resumed_nothing_is_set_aside(
     assert len(frozen.jobs) == ROWS
     assert frozen.ledger.double_charged() == []
     assert sorted(frozen.ledger.charges_by_fingerprint().values()) == [1] * ROWS
+
+
+async def test_a_row_is_journaled_when_its_slot_is_free_not_before(fake, tmp_path):
+    """
+    A row waiting for the client's job slot is not yet 'submitting': its start (the
+    settle horizon's origin) is when its request went, not when it began to wait.
+
+    Row 0's job runs past the batch's wait (reported unfinished; it keeps its slot
+    until it ends, about 1,000 s later); row 1 waits for that slot meanwhile.
+    """
+    from pixelbyte_async.testing import JobScript
+
+    fake.set_default_script(JobScript(queue_seconds=1, processing_seconds=2))
+    fake.script_next(JobScript(queue_seconds=1, processing_seconds=1000))
+    journal = tmp_path / "j.sqlite"
+    async with bound_client(fake, max_concurrent_jobs=1) as pb:
+        summary = await run_batch(
+            pb, [kling(0), kling(1)], journal=journal, wait_timeout=5
+        ).summary()
+    assert [i.status for i in summary.items] == [
+        BatchItemStatus.UNFINISHED,
+        BatchItemStatus.COMPLETED,
+    ]
+    first, second = fake.requests_for("POST", SUBMIT)
+    assert second.time - first.time > 900  # it waited for the slot
+    started = read_rows(journal)[_key(journal, "p1")].started_at
+    assert started is not None
+    assert second.time - 1 <= started <= second.time
+
+
+def _key(journal: Path, prompt: str) -> str:
+    (key,) = [k for k, r in read_rows(journal).items() if r.input["prompt"] == prompt]
+    return key

@@ -146,10 +146,7 @@ class Submits:
                 break
             sent_outcome: Job | AmbiguousSubmitError | Literal[False] = False
             try:
-                # Journaled ('submitting', synced to the disk: rows about to go
-                # out at once share one commit), then sent.
-                attempt = await self._journaled(entry, sent)
-                sent_outcome = await self._send(entry, request, attempt)
+                sent_outcome = await self._send(entry, request, sent)
             finally:
                 window.release(
                     # Only a job its webhook delivery will name (the attempt's
@@ -217,33 +214,42 @@ class Submits:
             typed = cast("ModelInput", attrs.evolve(cast("Any", typed), **changes))
         return typed, typed.to_input()
 
-    async def _journaled(self, entry: Entry, sent: dict[str, Any]) -> str:
-        """Journal that *entry* is about to be sent; return the attempt's id."""
-        attempt = new_attempt_id()
-        await self._journal.submitting(
-            entry.key,
-            started_at=self._pb.clock.time(),
-            sent_input=sent,
-            attempt=attempt,
-        )
-        return attempt
-
     async def _send(
-        self, entry: Entry, request: ModelInput | dict[str, Any], attempt: str
+        self, entry: Entry, request: ModelInput | dict[str, Any], sent: dict[str, Any]
     ) -> Job | AmbiguousSubmitError | Literal[False]:
         """
-        Send one submit of *entry* (journaled already) and journal its answer.
+        Journal and send one submit of *entry*, and journal its answer.
+
+        The row is journaled 'submitting' (synced to the disk; rows going out at
+        once share one commit) by the client's *on_sending*: once the client's
+        job slot is taken, right before the request leaves, with that moment as
+        the attempt's start.  Journaled before the slot wait, a row waiting
+        long for a slot would count its settle horizon from too early a start.
 
         Returns:
             The job; the `AmbiguousSubmitError` when its fate is unknown (the row
             stays 'submitting'); ``False`` when the entry has ended (rejected).
 
         """
+        attempt = new_attempt_id()
+        journaled = False
+
+        async def journal(started_at: float) -> None:
+            nonlocal journaled
+            await self._journal.submitting(
+                entry.key, started_at=started_at, sent_input=sent, attempt=attempt
+            )
+            journaled = True
+
         try:
             if isinstance(request, dict):
-                job = await self._pb.submit(entry.model, request, attempt=attempt)
+                job = await self._pb.submit(
+                    entry.model, request, attempt=attempt, on_sending=journal
+                )
             else:
-                job = await self._pb.submit(request, attempt=attempt)
+                job = await self._pb.submit(
+                    request, attempt=attempt, on_sending=journal
+                )
         except AmbiguousSubmitError as exc:
             # It may be charged: count it against the budget until settled.
             self._budget.charge(
@@ -253,9 +259,10 @@ class Submits:
             return exc
         except PixelByteError as exc:
             self._budget.forget(entry.key)  # no job: nothing to count
-            await self._journal.unsubmitted(
-                entry.key, error=str(exc), outcome="rejected"
-            )
+            if journaled:  # else its request never left (a slot's wait timed out)
+                await self._journal.unsubmitted(
+                    entry.key, error=str(exc), outcome="rejected"
+                )
             self._rejected(entry, exc, what="submit rejected")
             return False
         await self._outcomes.record(entry, job, how="submitted")

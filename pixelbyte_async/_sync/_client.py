@@ -262,13 +262,17 @@ class SyncPixelByte:
         timeout: float | None = None,
         attempt: str | None = None,
         context: Any = None,
+        on_sending: Callable[[float], object] | None = None,
     ) -> SyncJob:
         """
         Submit a job and return its `SyncJob` handle: `PixelByte.submit`.
 
         The job is charged now.  It is never re-sent when its fate is unknown
         (`AmbiguousSubmitError`; see `reconcile`).  With *context* the job is
-        tracked: the `on_finished` handlers run for it when it ends.
+        tracked: the `on_finished` handlers run for it when it ends.  *on_sending*
+        (a plain function of one float, run in a worker thread) is called once a
+        job slot is taken, right before the request goes out, with the attempt's
+        start: record the attempt there; if it raises, nothing is sent.
 
         Raises:
             ValidationError: Bad input (or a context that is not JSON); nothing was sent.
@@ -277,6 +281,13 @@ class SyncPixelByte:
 
         """
         client = self._client
+        hook = None
+        if on_sending is not None:
+            call = on_sending
+
+            async def hook(started_at: float) -> None:
+                await anyio.to_thread.run_sync(call, started_at)
+
         job = self._call(
             lambda: client.submit(
                 model,
@@ -286,6 +297,7 @@ class SyncPixelByte:
                 timeout=timeout,
                 attempt=attempt,
                 context=context,
+                on_sending=hook,
             ),
             "submit",
         )
