@@ -383,3 +383,33 @@ def test_a_big_batch_keeps_its_page_light():
     lazy = [a.get("loading") for a in page.all("img", "poster")]
     assert lazy[:120] == [None] * 120
     assert lazy[120:] == ["lazy"] * 1880
+
+
+async def test_rows_skipped_for_the_budget_say_so(fake, tmp_path):
+    """A row the last run skipped (over the budget) is 'skipped: budget', not waiting."""
+    out = tmp_path / "out"
+    journal = tmp_path / "j.sqlite"
+    async with bound_client(fake) as pb:
+        summary = await run_batch(
+            pb,
+            [row(n) for n in range(3)],
+            journal=journal,
+            out_dir=out,
+            max_cost_micro_cents=500_000,  # two rows at $0.25
+            fit=True,
+        ).summary()
+    assert (summary.completed, summary.skipped) == (2, 1)
+    page = Page((out / "report.html").read_text())
+    assert [c["data-group"] for c in page.all("li", "card")] == [
+        "done",
+        "done",
+        "skipped",
+    ]
+    assert "skipped: budget" in page.words
+    # A later run that submits it: no longer skipped.
+    async with bound_client(fake) as pb:
+        await run_batch(
+            pb, [row(n) for n in range(3)], journal=journal, out_dir=out
+        ).summary()
+    page = Page((out / "report.html").read_text())
+    assert [c["data-group"] for c in page.all("li", "card")] == ["done"] * 3

@@ -432,11 +432,22 @@ class Batch:
                 if self._outcomes is None
                 else self._outcomes.stop_reason,
                 interrupted=interrupted,
+                skipped=self._skipped(),
             )
             if self._out_dir is not None and self._report:
                 self._report_path = await report_from(journal, self._out_dir)
         except (JournalError, OSError) as exc:
             log.warning("the batch report could not be written: %s", exc)
+
+    def _skipped(self) -> dict[str, str]:
+        """The rows this run skipped, with why (for the report)."""
+        if self._outcomes is None:
+            return {}
+        return {
+            item.key: item.skip_reason or "skipped"
+            for item in self._outcomes.items()
+            if item.status is BatchItemStatus.SKIPPED
+        }
 
     async def _worker(self, queue: collections.deque[Entry]) -> None:
         assert self._steps is not None  # noqa: S101 -- set by _prepare

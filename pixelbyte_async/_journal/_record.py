@@ -368,12 +368,15 @@ class Journal(JournalConnection):
         budget_micro_cents: int | None,
         stop_reason: str | None,
         interrupted: bool,
+        skipped: Mapping[str, str] | None = None,
     ) -> None:
         """
         Record one run of the batch (for the report): when, how long, its budget.
 
         *started_at*/*ended_at* are by the client's clock (the sandbox's, under
-        ``--sandbox``); *wall_seconds* is real time.
+        ``--sandbox``); *wall_seconds* is real time.  *skipped*: the rows this
+        run skipped, with why (``budget`` …); an earlier run's reasons are
+        replaced.
         """
         await self._quick(
             self._run_sync,
@@ -385,15 +388,21 @@ class Journal(JournalConnection):
                 stop_reason,
                 int(interrupted),
             ),
+            dict(skipped or {}),
         )
 
-    def _run_sync(self, values: tuple[Any, ...]) -> None:
+    def _run_sync(self, values: tuple[Any, ...], skipped: dict[str, str]) -> None:
         with self._conn:
             self._conn.execute(
                 "INSERT INTO runs (started_at, ended_at, wall_seconds, "
                 "budget_micro_cents, stop_reason, interrupted) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
                 values,
+            )
+            self._conn.execute("UPDATE items SET skipped = NULL")
+            self._conn.executemany(
+                "UPDATE items SET skipped = ? WHERE key = ?",
+                [(reason, key) for key, reason in skipped.items()],
             )
 
     async def read(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:

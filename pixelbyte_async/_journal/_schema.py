@@ -77,7 +77,8 @@ CREATE TABLE IF NOT EXISTS items (
     updated_at        REAL NOT NULL,
     running_at        REAL,
     ended_at          REAL,
-    poster_path       TEXT
+    poster_path       TEXT,
+    skipped           TEXT
 );
 CREATE TABLE IF NOT EXISTS attempts (
     id               INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -102,7 +103,12 @@ CREATE TABLE IF NOT EXISTS runs (
 
 #: Columns added to ``items`` after the first release, with their types: a
 #: journal written before them gets them (NULL) when a writer opens it.
-_ADDED_ITEM_COLUMNS = {"running_at": "REAL", "ended_at": "REAL", "poster_path": "TEXT"}
+_ADDED_ITEM_COLUMNS = {
+    "running_at": "REAL",
+    "ended_at": "REAL",
+    "poster_path": "TEXT",
+    "skipped": "TEXT",
+}
 
 
 @attrs.frozen(kw_only=True)

@@ -25,7 +25,7 @@ __all__ = ["ReportData", "ReportRow", "ReportRun", "collect"]
 DONE = frozenset({"completed", "downloaded"})
 FAILED = frozenset({"failed", "cancelled"})
 ATTENTION = frozenset({"needs_attention"})
-#: planned, submitting, submitted: not finished (yet).
+#: planned (unless the last run skipped it), submitting, submitted: not finished.
 WAITING = frozenset({"planned", "submitting", "submitted"})
 
 
@@ -57,16 +57,19 @@ class ReportRow:
     ended_at: float | None = None
     video: str | None = None
     poster: str | None = None
+    skipped: str | None = None
 
     @property
     def group(self) -> str:
-        """``done``, ``failed``, ``attention`` or ``waiting``: how it is counted."""
+        """``done``, ``failed``, ``attention``, ``skipped`` or ``waiting``."""
         if self.state in DONE:
             return "done"
         if self.state in FAILED:
             return "failed"
         if self.state in ATTENTION:
             return "attention"
+        if self.state == "planned" and self.skipped is not None:
+            return "skipped"  # by the last run: over the budget, say
         return "waiting"
 
     @property
@@ -149,7 +152,8 @@ def collect(
     cursor = conn.execute(
         "SELECT key, position, model, state, job_id, job_status, input_json, "  # noqa: S608 -- column names from PRAGMA, no input
         "cost_micro_cents, cost_known, error, attempts, started_at, "
-        f"{col('running_at')}, {col('ended_at')}, output_path, {col('poster_path')} "
+        f"{col('running_at')}, {col('ended_at')}, output_path, {col('poster_path')}, "
+        f"{col('skipped')} "
         "FROM items ORDER BY position"
     )
     rows = tuple(_row(values, folder) for values in cursor.fetchall())
@@ -199,6 +203,7 @@ def _row(values: tuple[Any, ...], folder: Path) -> ReportRow:
         ended_at,
         output_path,
         poster_path,
+        skipped,
     ) = values
     try:
         document = json.loads(input_json)
@@ -224,6 +229,7 @@ def _row(values: tuple[Any, ...], folder: Path) -> ReportRow:
         ended_at=ended_at,
         video=_inside(output_path, folder) if state == "downloaded" else None,
         poster=_inside(poster_path, folder),
+        skipped=skipped,
     )
 
 

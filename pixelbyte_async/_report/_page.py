@@ -24,6 +24,7 @@ _GROUPS = (
     ("failed", "Failed"),
     ("waiting", "Waiting"),
     ("attention", "Needs attention"),
+    ("skipped", "Skipped"),
 )
 
 _CSP = (
@@ -105,6 +106,7 @@ footer { padding-bottom: 32px; font-size: .85rem; }
 .badge.done { background: var(--done); } .badge.failed { background: var(--failed); }
 .badge.waiting { background: var(--waiting); }
 .badge.attention { background: var(--attention); }
+.badge.skipped { background: var(--muted); }
 .prompt { margin: 0; display: -webkit-box; -webkit-line-clamp: 3;
   -webkit-box-orient: vertical; overflow: hidden; }
 .facts { color: var(--muted); font-size: .85rem; margin: 0; }
@@ -170,7 +172,11 @@ def _stat(label: str, value: str, css: str = "", extra: str = "") -> str:
 
 
 def _totals(data: ReportData) -> str:
-    parts = [_stat(label, f"{data.count(g):,}", g) for g, label in _GROUPS]
+    parts = [
+        _stat(label, f"{data.count(g):,}", g)
+        for g, label in _GROUPS
+        if g != "skipped" or data.count(g)
+    ]
     parts.append(_stat("Rows", f"{len(data.rows):,}"))
     confirmed, assumed = data.confirmed_micro_cents, data.assumed_micro_cents
     budget = data.budget_micro_cents
@@ -253,9 +259,10 @@ def _picture(row: ReportRow, key: str, what: str, index: int) -> str:
             f'<img class="poster" src="{escape(quote(row.poster))}" '
             f'alt="Poster of {key}: {what}" width="320" height="180"{lazy}>'
         )
+    shown = "skipped" if row.group == "skipped" else row.state.replace("_", " ")
     return (
         f'<div class="noposter" role="img" aria-label="No picture for {key} '
-        f'({escape(row.state)})">{escape(row.state.replace("_", " "))}</div>'
+        f'({escape(shown)})">{escape(shown)}</div>'
     )
 
 
@@ -295,6 +302,8 @@ def _card(row: ReportRow, index: int) -> str:
     key = escape(row.key)
     what = escape(row.prompt or row.key)
     status = row.job_status if row.state in {"completed", "downloaded"} else row.state
+    if group == "skipped":
+        status = f"skipped: {row.skipped}"
     body = [
         f"<h3>{key}</h3>",
         f'<span class="badge {group}">{escape(status or row.state)}</span>',
