@@ -25,7 +25,14 @@ from pixelbyte_async import (
     KlingO1StartEndFrame,
     PixelByte,
 )
-from pixelbyte_async._telemetry import _instruments, configure, kind_of, safe_url
+from pixelbyte_async._telemetry import (
+    _instruments,
+    _record,
+    configure,
+    http_call,
+    kind_of,
+    safe_url,
+)
 from pixelbyte_async.testing import Fault, JobScript
 from pixelbyte_async.webhooks import WebhookReceiver, signature_headers
 
@@ -369,3 +376,73 @@ async def test_submits_waiting_for_a_slot_are_counted(fake, otel):
         await first.wait(timeout=900)
         await (await second).wait(timeout=900)
     assert otel.total("pixelbyte.slots.waiting") == 0
+
+
+def test_request_attributes_are_cached_per_url_and_never_changed(otel):
+    """A retry's resend count stays on its span; the cached attributes are shared."""
+    url = "http://127.0.0.1:8080/v1/jobs/j_cached"
+    for resend in (0, 1, 0):
+        with http_call("GET", url, kind="poll", resend=resend) as call:
+            call.response(200)
+    first, retried, again = otel.spans("GET")
+    assert (
+        dict(first.attributes)
+        == dict(again.attributes)
+        == {
+            "http.request.method": "GET",
+            "server.address": "127.0.0.1",
+            "server.port": 8080,
+            "url.full": url,
+            "pixelbyte.request.kind": "poll",
+            "http.response.status_code": 200,
+        }
+    )
+    assert retried.attributes["http.request.resend_count"] == 1
+    assert (
+        "http.request.resend_count"
+        not in _record._REQUEST_ATTRIBUTES[("GET", url, "poll")]
+    )
+    assert otel.total("pixelbyte.requests", outcome="ok") == 3
+
+
+def test_signed_urls_and_params_are_redacted_and_not_cached(otel):
+    """A URL with a query (a signed download) or params is sanitised, never kept."""
+    signed = "https://cdn.example.com/v.mp4?X-Amz-Signature=abc"
+    listed = "http://127.0.0.1:8080/v1/jobs"
+    with http_call("GET", signed, kind="download") as call:
+        call.response(200)
+    with http_call("GET", listed, kind="list", params={"cursor": "c_1"}) as call:
+        call.response(200)
+    download, listing = otel.spans("GET")
+    assert download.attributes["url.full"] == (
+        "https://cdn.example.com/v.mp4?X-Amz-Signature=REDACTED"
+    )
+    assert download.attributes["server.port"] == 443  # the scheme's default
+    assert listing.attributes["url.full"] == listed + "?cursor=REDACTED"
+    keys = {url for _, url, _ in _record._REQUEST_ATTRIBUTES}
+    assert signed not in keys
+    assert listed not in keys
+
+
+def test_an_invalid_port_records_no_server_port(otel):
+    """A URL whose port does not parse has no ``server.port`` (and no port shown)."""
+    with http_call("GET", "http://127.0.0.1:99999/v1/jobs/j_1", kind="poll"):
+        pass
+    (span,) = otel.spans("GET")
+    assert "server.port" not in span.attributes
+    assert span.attributes["url.full"] == "http://127.0.0.1/v1/jobs/j_1"
+
+
+def test_the_attribute_caches_are_bounded(otel, monkeypatch):
+    """Many distinct job URLs and outcomes: the caches start afresh at their bound."""
+    monkeypatch.setattr(_record, "_REQUEST_ATTRIBUTES", {})
+    monkeypatch.setattr(_record, "_COUNT_ATTRIBUTES", {})
+    monkeypatch.setattr(_record, "_CACHED_URLS", 8)
+    monkeypatch.setattr(_record, "_CACHED_OUTCOMES", 4)
+    for i in range(50):
+        with http_call("GET", f"http://127.0.0.1:8080/v1/jobs/j_{i}", kind="poll") as c:
+            c.response(400 + i)
+        assert len(_record._REQUEST_ATTRIBUTES) <= 8
+        assert len(_record._COUNT_ATTRIBUTES) <= 4
+    assert otel.total("pixelbyte.requests", **{"pixelbyte.request.kind": "poll"}) == 50
+    assert otel.total("pixelbyte.requests", outcome="449") == 1

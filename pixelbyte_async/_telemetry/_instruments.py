@@ -20,7 +20,7 @@ if TYPE_CHECKING:
         MeterProvider,
         UpDownCounter,
     )
-    from opentelemetry.trace import Tracer, TracerProvider
+    from opentelemetry.trace import SpanKind, StatusCode, Tracer, TracerProvider
 
 
 __all__ = ["Instruments", "configure", "instruments"]
@@ -34,8 +34,10 @@ class Instruments:
 
     __slots__ = (
         "active",
+        "client",
         "deliveries",
         "duration",
+        "error",
         "requests",
         "slots_waiting",
         "spend",
@@ -47,6 +49,9 @@ class Instruments:
         #: The ``opentelemetry.trace`` module (``use_span``, ``SpanKind`` ...).
         self.trace_api = trace_api
         self.tracer = tracer
+        #: ``SpanKind.CLIENT`` and ``StatusCode.ERROR``, looked up once.
+        self.client: SpanKind = trace_api.SpanKind.CLIENT
+        self.error: StatusCode = trace_api.StatusCode.ERROR
         self.active: UpDownCounter = meter.create_up_down_counter(
             "pixelbyte.jobs.active",
             unit="{job}",

@@ -59,22 +59,88 @@ def kind_of(method: str, path: str) -> RequestKind:
     return "other"
 
 
-def safe_url(url: str, params: Mapping[str, str] | None = None) -> str:
-    """*url* (plus *params*) with no user info and every query value redacted."""
+_DEFAULT_PORTS = {"https": 443, "http": 80}
+
+
+def _sanitised(
+    url: str, params: Mapping[str, str] | None
+) -> tuple[str, int | None, str]:
+    """
+    *url*'s host, its ``server.port`` and `safe_url` (*url* is split once).
+
+    The port is the URL's, else its scheme's default; ``None`` when invalid.
+    """
     parts = urlsplit(url)
-    query = parse_qsl(parts.query, keep_blank_values=True)
-    if params:
-        query.extend(params.items())
     host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
     try:
         port = parts.port
     except ValueError:
-        port = None
-    netloc = host if port is None else f"{host}:{port}"
+        port = server_port = None
+    else:
+        server_port = port or _DEFAULT_PORTS.get(parts.scheme)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    if params:
+        query.extend(params.items())
+    shown_host = f"[{host}]" if ":" in host else host
+    netloc = shown_host if port is None else f"{shown_host}:{port}"
     shown = urlencode([(key, "REDACTED") for key, _ in query])
-    return urlunsplit((parts.scheme, netloc, parts.path, shown, ""))
+    return host, server_port, urlunsplit((parts.scheme, netloc, parts.path, shown, ""))
+
+
+def safe_url(url: str, params: Mapping[str, str] | None = None) -> str:
+    """*url* (plus *params*) with no user info and every query value redacted."""
+    return _sanitised(url, params)[2]
+
+
+#: A request's span attributes by (method, URL, kind), for URLs with no query and
+#: no ``params`` (the API's paths; never a signed upload or download URL): a job's
+#: GETs repeat its URL, so it is split and sanitised once.  Shared and never
+#: mutated (the OpenTelemetry SDK copies a span's attributes).
+_REQUEST_ATTRIBUTES: dict[tuple[str, str, str], dict[str, str | int]] = {}
+#: How many URLs `_REQUEST_ATTRIBUTES` holds before it starts afresh.
+_CACHED_URLS = 1024
+#: ``pixelbyte.requests``' attributes by (kind, outcome), shared likewise.
+_COUNT_ATTRIBUTES: dict[tuple[str, str], dict[str, str]] = {}
+#: Outcomes are kinds x (``ok``, HTTP statuses, exception names): few, yet bounded.
+_CACHED_OUTCOMES = 256
+
+
+def _request_attributes(
+    method: str, url: str, kind: str, params: Mapping[str, str] | None
+) -> dict[str, str | int]:
+    """The client span's attributes for a request (shared: never mutate it)."""
+    key = (method, url, kind)
+    cached = not params and "?" not in url
+    if cached:
+        found = _REQUEST_ATTRIBUTES.get(key)
+        if found is not None:
+            return found
+    host, port, safe = _sanitised(url, params)
+    attributes: dict[str, str | int] = {
+        "http.request.method": method,
+        "server.address": host,
+    }
+    if port is not None:
+        attributes["server.port"] = port
+    attributes["url.full"] = safe
+    attributes["pixelbyte.request.kind"] = kind
+    if cached:
+        if len(_REQUEST_ATTRIBUTES) >= _CACHED_URLS:
+            _REQUEST_ATTRIBUTES.clear()
+        _REQUEST_ATTRIBUTES[key] = attributes
+    return attributes
+
+
+def _count_attributes(kind: str, outcome: str) -> dict[str, str]:
+    """``pixelbyte.requests``' attributes (shared: never mutate them)."""
+    key = (kind, outcome)
+    found = _COUNT_ATTRIBUTES.get(key)
+    if found is None:
+        found = {"pixelbyte.request.kind": kind, "outcome": outcome}
+        if len(_COUNT_ATTRIBUTES) >= _CACHED_OUTCOMES:
+            _COUNT_ATTRIBUTES.clear()
+        _COUNT_ATTRIBUTES[key] = found
+    return found
 
 
 class HttpCall:
@@ -112,11 +178,9 @@ class HttpCall:
         if span is not None:
             if error is not None and span.is_recording():
                 span.set_attribute("error.type", error)
-                span.set_status(ins.trace_api.StatusCode.ERROR)
+                span.set_status(ins.error)
             span.end()
-        ins.requests.add(
-            1, {"pixelbyte.request.kind": self._kind, "outcome": error or "ok"}
-        )
+        ins.requests.add(1, _count_attributes(self._kind, error or "ok"))
 
 
 _NO_CALL = HttpCall(None, None, "")
@@ -134,19 +198,10 @@ def http_call(
     ins = instruments()
     if ins is None:
         return _NO_CALL
-    span = ins.tracer.start_span(method, kind=ins.trace_api.SpanKind.CLIENT)
+    span = ins.tracer.start_span(method, kind=ins.client)
     if span.is_recording():
-        parts = urlsplit(url)
-        try:
-            port = parts.port or {"https": 443, "http": 80}.get(parts.scheme)
-        except ValueError:
-            port = None
-        span.set_attribute("http.request.method", method)
-        span.set_attribute("server.address", parts.hostname or "")
-        if port is not None:
-            span.set_attribute("server.port", port)
-        span.set_attribute("url.full", safe_url(url, params))
-        span.set_attribute("pixelbyte.request.kind", kind)
+        # One call, one lock: the attributes are parsed once per URL (cached).
+        span.set_attributes(_request_attributes(method, url, kind, params))
         if resend:
             span.set_attribute("http.request.resend_count", resend)
     return HttpCall(ins, span, kind)
@@ -189,7 +244,7 @@ class JobTrace:
         """Add the span event *name* (``pixelbyte.poll``, ``pixelbyte.reconcile`` ...)."""
         span = self._span
         if span is not None and span.is_recording():
-            span.add_event(name, dict(attributes))
+            span.add_event(name, attributes)
 
     def created(self, job_id: str, status: str, cost: int | None) -> None:
         """The submit made job *job_id*: it is now active."""
@@ -237,7 +292,7 @@ class JobTrace:
                 span.set_attribute("pixelbyte.job.cost_micro_cents", cost)
             if status != "completed":
                 span.set_attribute("error.type", status)
-                span.set_status(ins.trace_api.StatusCode.ERROR)
+                span.set_status(ins.error)
         span.end()
         if self._counted:
             ins.active.add(-1, model)
@@ -257,7 +312,7 @@ class JobTrace:
         if span.is_recording():
             span.set_attribute("pixelbyte.job.status", status)
             span.set_attribute("error.type", type(error).__qualname__)
-            span.set_status(ins.trace_api.StatusCode.ERROR)
+            span.set_status(ins.error)
         span.end()
 
 
@@ -296,7 +351,7 @@ class Operation:
         """Add the span event *name*."""
         span = self._span
         if span is not None and span.is_recording():
-            span.add_event(name, dict(attributes))
+            span.add_event(name, attributes)
 
     def __exit__(
         self,
@@ -311,7 +366,7 @@ class Operation:
             used.__exit__(None, None, None)
         if exc_type is not None and span.is_recording():
             span.set_attribute("error.type", exc_type.__qualname__)
-            span.set_status(ins.trace_api.StatusCode.ERROR)
+            span.set_status(ins.error)
         span.end()
 
 
@@ -322,7 +377,7 @@ def operation(name: str, attributes: Mapping[str, str | int | float]) -> Operati
         return Operation(None, None)
     span = ins.tracer.start_span(name)
     if span.is_recording():
-        span.set_attributes(dict(attributes))
+        span.set_attributes(attributes)
     return Operation(ins, span)
 
 
