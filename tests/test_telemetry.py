@@ -338,9 +338,49 @@ async def test_reconciled_job_gets_a_span_and_its_spend(fake, otel):
     assert job.id == found.attributes["pixelbyte.job.id"]
     assert found.attributes["pixelbyte.job.status"] == "completed"
     assert reconcile.get_span_context().span_id == found.parent.span_id
-    # The API's GET does not say what a job cost: only what it reported is spent.
-    assert otel.total("pixelbyte.spend") == (job.cost_micro_cents or 0)
+    # The API's GET does not say what a job cost: its list price is counted as
+    # its spend, and said to be one (as a batch says "assumed").
+    assert job.cost_micro_cents is None
+    ((attributes, spent),) = otel.points("pixelbyte.spend")
+    assert spent == 250_000  # 5 s of Kling O1 Standard
+    assert attributes["pixelbyte.cost.source"] == "list_price"
+    assert found.attributes["pixelbyte.job.cost_assumed_micro_cents"] == 250_000
+    assert "pixelbyte.job.cost_micro_cents" not in found.attributes
     assert otel.total("pixelbyte.jobs.active") == 0
+
+
+async def test_a_job_resumed_by_another_client_gets_a_span_and_its_spend(fake, otel):
+    """resume() re-attaches a tracked job: it is traced to its end and paid for."""
+    from pixelbyte_async import MemoryLedger
+
+    from conftest import until
+
+    fake.set_default_script(JobScript(queue_seconds=5, processing_seconds=200))
+    ledger = MemoryLedger()
+    async with bound_client(fake, ledger=ledger) as first:
+        job = await first.submit(kling(), context={"chat_id": 1})
+    # The first client closed with its job running: its leases went back.
+    handled: list[str] = []
+
+    async def handler(done: object) -> None:
+        handled.append(getattr(done, "id", ""))
+
+    async with bound_client(fake, ledger=ledger) as second:
+        second.on_finished(handler)
+        (resumed,) = await second.resume()
+        await until(lambda: handled, 10)
+    assert resumed.id == job.id
+    (span,) = [
+        s
+        for s in otel.spans("pixelbyte.job")
+        if "pixelbyte.resumed" in [e.name for e in s.events]
+    ]
+    assert span.attributes["pixelbyte.job.id"] == job.id
+    assert span.attributes["pixelbyte.job.status"] == "completed"
+    assert span.attributes["pixelbyte.job.cost_assumed_micro_cents"] == 250_000
+    assert otel.total("pixelbyte.spend", **{"pixelbyte.cost.source": "list_price"}) == (
+        250_000
+    )
 
 
 @pytest.mark.parametrize(

@@ -33,6 +33,7 @@ from pixelbyte_async._errors import (
     ReconcileTimeout,
     ValidationError,
 )
+from pixelbyte_async._inputs import local_cost
 from pixelbyte_async._ledger import Attempt, SubmitLedger
 from pixelbyte_async._telemetry import Operation, adopted, operation
 
@@ -87,6 +88,9 @@ class _Look:
 
     verdict: Verdict
     jobs: dict[str, Job]
+    #: Our clock just before the job list was asked for: the list shows no job
+    #: made after it (however late it arrived, or was sorted out).
+    seen_at: float
 
     def candidates(self) -> list[Job]:
         return [self.jobs[i] for i in self.verdict.candidates]
@@ -337,15 +341,18 @@ class Reconciler:
                 survey=survey,
             )
             now = clock.time()
+            # Settled only by a list asked for after the horizon: one asked for
+            # before it misses a job made since, even if it came back after it.
+            settled = look.seen_at >= settle_at
             op.event(
                 "pixelbyte.reconcile.look",
                 {
                     "candidates": len(look.verdict.candidates),
-                    "settled": now >= settle_at,
+                    "settled": settled,
                     "waiting": bool(look.verdict.waiting),
                 },
             )
-            if now >= settle_at and not look.verdict.waiting:
+            if settled and not look.verdict.waiting:
                 # The whole window has been seen: if the ledger explains every
                 # other job around it, its one job is the attempt's.
                 sole = look.verdict.sole
@@ -362,7 +369,9 @@ class Reconciler:
             left = deadline - clock.monotonic()
             if left <= 0:
                 raise _timed_out(error, now, settle_at)
-            pause = interval if now >= settle_at else min(interval, settle_at - now)
+            # (A list asked for before the horizon that has passed since: look
+            # again at once.)
+            pause = interval if settled else min(interval, settle_at - now)
             await sleep_or_until(clock, max(min(pause, left), 0.0))
             interval = min(interval * 2, MAX_LOOK_INTERVAL)
 
@@ -461,6 +470,7 @@ class Reconciler:
         floor = self.window(me, horizon, clock_skew).low
         if not survey.looked:
             floor -= LOOKBACK
+        seen_at = clock.time()
         jobs = await created_since(self._client, model=error.model, floor=floor)
         listed = {**survey.before, **{job.id: job for job in jobs}}
         # Sorted by the window as measured now: the listing's own answers may
@@ -518,7 +528,7 @@ class Reconciler:
             for i, job in listed.items()
             if (created := created_at(job)) is not None and created < mine.low
         }
-        return _Look(verdict, listed)
+        return _Look(verdict, listed, seen_at)
 
     def _may_still_prove(
         self, error: AmbiguousSubmitError, look: _Look, now: float
@@ -562,7 +572,14 @@ class Reconciler:
             # so its end, its cost and its duration (from the submit) are recorded.
             clock = self._client.clock
             started = clock.monotonic() - (clock.time() - error.started_at)
-            job._traced(adopted(error.model, attempt_id(error), started=started))  # noqa: SLF001 -- same package
+            job._traced(  # noqa: SLF001 -- same package
+                adopted(
+                    error.model,
+                    attempt_id(error),
+                    started=started,
+                    list_price=local_cost(error.model, error.input),
+                )
+            )
         return job
 
     async def _none(self, error: AmbiguousSubmitError, me: Attempt) -> None:

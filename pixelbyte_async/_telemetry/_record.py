@@ -214,7 +214,7 @@ class JobTrace:
     Built by `start_job` (a shared no-op when OpenTelemetry is not installed).
     """
 
-    __slots__ = ("_counted", "_ins", "_model", "_span", "_started")
+    __slots__ = ("_assumed", "_counted", "_ins", "_model", "_span", "_started")
 
     def __init__(
         self, ins: Instruments | None, span: Span | None, model: str, started: float
@@ -224,6 +224,9 @@ class JobTrace:
         self._model = model
         self._started = started
         self._counted = False
+        #: The list price, counted as spend when the API never says the charge
+        #: (a job found by reconcile or resume: its submit's answer is gone).
+        self._assumed: int | None = None
 
     @property
     def open(self) -> bool:
@@ -286,10 +289,13 @@ class JobTrace:
             return
         self._span = None
         model = {"pixelbyte.model": self._model}
+        assumed = self._assumed if charged and cost is None else None
         if span.is_recording():
             span.set_attribute("pixelbyte.job.status", status)
             if cost is not None:
                 span.set_attribute("pixelbyte.job.cost_micro_cents", cost)
+            elif assumed is not None:
+                span.set_attribute("pixelbyte.job.cost_assumed_micro_cents", assumed)
             if status != "completed":
                 span.set_attribute("error.type", status)
                 span.set_status(ins.error)
@@ -298,6 +304,9 @@ class JobTrace:
             ins.active.add(-1, model)
         if charged and cost:
             ins.spend.add(cost, model)
+        elif assumed:
+            # Not the API's word: said so, as the batch says "assumed".
+            ins.spend.add(assumed, {**model, "pixelbyte.cost.source": "list_price"})
         ins.duration.record(
             max(0.0, now - self._started), {**model, "pixelbyte.job.status": status}
         )
@@ -381,15 +390,28 @@ def operation(name: str, attributes: Mapping[str, str | int | float]) -> Operati
     return Operation(ins, span)
 
 
-def adopted(job_model: str, attempt: str, *, started: float) -> JobTrace:
+def adopted(
+    job_model: str,
+    attempt: str,
+    *,
+    started: float,
+    how: str = "reconciled",
+    list_price: int | None = None,
+) -> JobTrace:
     """
-    A job span for a job found by reconcile (its submit's answer was lost).
+    A job span for a job whose creation this process did not see.
 
-    Opened now, a child of the current span (the ``pixelbyte.reconcile`` span);
-    *started* is when its submit began, for ``pixelbyte.job.duration``.
+    Found by reconcile (its submit's answer was lost), or re-attached by
+    ``resume()``.  Opened now, a child of the current span (the ``pixelbyte.reconcile`` span);
+    *started* is when its submit began, for ``pixelbyte.job.duration``; *how*
+    names its first event (``pixelbyte.reconciled``, ``pixelbyte.resumed``).
+    *list_price* is counted as its spend (``pixelbyte.cost.source=list_price``)
+    if the API never says what it charged.
     """
     trace = start_job(job_model, attempt, started=started)
-    trace.event("pixelbyte.reconciled", {})
+    trace.event(f"pixelbyte.{how}", {})
+    if trace is not _NO_JOB:
+        trace._assumed = list_price  # noqa: SLF001 -- its own class
     return trace
 
 

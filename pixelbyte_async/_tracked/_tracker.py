@@ -30,6 +30,7 @@ from pixelbyte_async._ledger import (
     TrackingLedger,
 )
 from pixelbyte_async._reconcile import owner_gone
+from pixelbyte_async._telemetry import adopted
 
 
 if TYPE_CHECKING:
@@ -479,6 +480,7 @@ class Tracker:
         if job_id is not None:
             job = await self.client.get_job(job_id)
             job.context = context
+            self._traced(job, record, attempt)
             # Its submit named our webhook URL: its delivery ends the wait (the
             # client polls only as a safety net, where webhooks are set up).
             job.via_webhook = attempt is not None and attempt.tagged
@@ -514,6 +516,27 @@ class Tracker:
         )
         self._start(record.attempt, self._reconciled(record.attempt, error, context))
         return None
+
+    def _traced(self, job: Job, record: TrackedRecord, attempt: Attempt | None) -> None:
+        """
+        Give a re-attached job its ``pixelbyte.job`` span, here and now.
+
+        Its first process's span ended with that process: its end, cost and
+        duration are recorded by this one.
+        """
+        if job._trace is not None:  # noqa: SLF001 -- the client's job
+            return
+        clock = self.client.clock
+        started = clock.monotonic() - max(0.0, clock.time() - record.created_at)
+        job._traced(  # noqa: SLF001 -- the client's job
+            adopted(
+                record.model,
+                record.attempt,
+                started=started,
+                how="resumed",
+                list_price=None if attempt is None else attempt.list_price,
+            )
+        )
 
     async def _scan(self) -> None:
         """After `resume`: take over, now and then, what other processes left."""
