@@ -22,7 +22,7 @@ from collections.abc import (
 )
 from datetime import datetime
 from types import TracebackType
-from typing import IO, TYPE_CHECKING, Any, Self, TypeVar
+from typing import IO, TYPE_CHECKING, Any, Literal, Self, TypeVar
 
 import aiohttp
 import anyio.to_thread
@@ -320,22 +320,7 @@ class SyncPixelByte:
 
         .. versionadded:: 0.4.0
         """
-        if not callable(handler) or inspect.iscoroutinefunction(handler):
-            raise TypeError(
-                "SyncPixelByte.on_finished takes a plain function of one SyncJob; "
-                "register async handlers on a PixelByte"
-            )
-        wrap = self._wrap
-
-        async def in_a_thread(job: Job) -> None:
-            await anyio.to_thread.run_sync(handler, wrap(job))
-
-        client = self._client
-
-        async def register() -> None:
-            client.on_finished(in_a_thread)
-
-        self._call(register, "on_finished")
+        self._register_plain("on_finished", "SyncJob", handler, self._wrap)
         return handler
 
     def on_lost(
@@ -353,22 +338,32 @@ class SyncPixelByte:
 
         .. versionadded:: 0.5.0
         """
+        self._register_plain("on_lost", "LostSubmit", handler, lambda lost: lost)
+        return handler
+
+    def _register_plain(
+        self,
+        name: Literal["on_finished", "on_lost"],
+        of: str,
+        handler: Callable[[Any], object],
+        given: Callable[[Any], object],
+    ) -> None:
+        """Register plain *handler* with the client's *name*, run in a worker thread."""
         if not callable(handler) or inspect.iscoroutinefunction(handler):
             raise TypeError(
-                "SyncPixelByte.on_lost takes a plain function of one LostSubmit; "
+                f"SyncPixelByte.{name} takes a plain function of one {of}; "
                 "register async handlers on a PixelByte"
             )
 
-        async def in_a_thread(lost: LostSubmit) -> None:
-            await anyio.to_thread.run_sync(handler, lost)
+        async def in_a_thread(value: Any) -> None:
+            await anyio.to_thread.run_sync(handler, given(value))
 
         client = self._client
 
         async def register() -> None:
-            client.on_lost(in_a_thread)
+            getattr(client, name)(in_a_thread)
 
-        self._call(register, "on_lost")
-        return handler
+        self._call(register, name)
 
     def resume(self) -> list[SyncJob]:
         """
