@@ -13,6 +13,7 @@ import sqlite3
 from html.parser import HTMLParser
 from pathlib import Path
 
+import anyio
 import pytest
 from pixelbyte_async import JournalError, run_batch, write_batch_report
 from pixelbyte_async._cli import main as cli_main
@@ -413,3 +414,23 @@ async def test_rows_skipped_for_the_budget_say_so(fake, tmp_path):
         ).summary()
     page = Page((out / "report.html").read_text())
     assert [c["data-group"] for c in page.all("li", "card")] == ["done"] * 3
+
+
+async def test_a_report_that_cannot_be_made_never_stops_the_batch(
+    fake, tmp_path, monkeypatch, caplog
+):
+    """A bug in the page (or a full disk) is logged; the batch ends as it would."""
+    import pixelbyte_async._report as report
+
+    def broken(*_: object) -> None:
+        raise ValueError("a bug in the page")
+
+    monkeypatch.setattr(report, "render", broken)
+    async with bound_client(fake) as pb:
+        with anyio.fail_after(30):  # it used to hang: the batch never ended
+            summary = await run_batch(pb, [row(0)], out_dir=tmp_path).summary()
+    assert summary.completed == 1
+    assert summary.report is None
+    assert "the batch report could not be written" in caplog.text
+    assert not (tmp_path / "report.html").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []

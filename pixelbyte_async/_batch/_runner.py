@@ -438,6 +438,8 @@ class Batch:
                 self._report_path = await report_from(journal, self._out_dir)
         except (JournalError, OSError) as exc:
             log.warning("the batch report could not be written: %s", exc)
+        except Exception:  # a bug here must not stop the batch from ending
+            log.exception("the batch report could not be written")
 
     def _skipped(self) -> dict[str, str]:
         """The rows this run skipped, with why (for the report)."""
