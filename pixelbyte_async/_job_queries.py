@@ -35,6 +35,20 @@ _SAFE_ID = re.compile(r"[A-Za-z0-9_.\-]+")
 #: Jobs whose last GET body is kept with its decoded state (not tracked ones:
 #: their handles keep theirs).
 _DECODED = 256
+#: ``GET /v1/jobs/{id}`` paths by job id (any client's), and how many are kept.
+_PATHS: dict[str, str] = {}
+_PATHS_KEPT = 1024
+
+
+def _job_path(job_id: object) -> str:
+    """The path of *job_id*'s GET (its id percent-encoded if need be), remembered."""
+    if not isinstance(job_id, str) or not job_id.strip():
+        raise ValidationError("job_id must be a non-empty string", field="job_id")
+    safe_id = job_id if _SAFE_ID.fullmatch(job_id) else quote(job_id, safe="")
+    if len(_PATHS) >= _PATHS_KEPT:
+        _PATHS.clear()
+    path = _PATHS[job_id] = f"/v1/jobs/{safe_id}"
+    return path
 
 
 class JobQueries:
@@ -57,12 +71,10 @@ class JobQueries:
             NotFound: No such job (or not yours).
 
         """
-        if not isinstance(job_id, str) or not job_id.strip():
-            raise ValidationError("job_id must be a non-empty string", field="job_id")
-        safe_id = job_id if _SAFE_ID.fullmatch(job_id) else quote(job_id, safe="")
-        data, rid = await self._pipeline.request(
-            "GET", f"/v1/jobs/{safe_id}", timeout=timeout
-        )
+        path = _PATHS.get(job_id) if isinstance(job_id, str) else None
+        if path is None:
+            path = _job_path(job_id)
+        data, rid = await self._pipeline.request("GET", path, timeout=timeout)
         existing = self._slots.jobs.get(job_id)
         if existing is not None:
             existing._observe_body(data, rid)  # noqa: SLF001 -- same package
@@ -79,7 +91,8 @@ class JobQueries:
         """
         cache = self._decoded_bodies
         seen = cache.get(job_id)
-        if seen is not None and seen[0] == data:
+        # The pipeline hands out the same payload for an unchanged body.
+        if seen is not None and (seen[0] is data or seen[0] == data):
             cache.move_to_end(job_id)
             return seen[1]
         info = decode_job(data, rid)

@@ -269,7 +269,9 @@ class JobState:
 
     def _observe_body(self, data: Any, request_id: str | None) -> None:
         """Take a GET body; one identical to the last is not decoded again."""
-        if data is not None and data == self._last_body:
+        last = self._last_body
+        # The pipeline hands out the same payload for an unchanged body.
+        if data is not None and (data is last or data == last):
             self._last_checked = self._client.clock.time()
             return
         self._observe(decode_job(data, request_id, fallback=self._info))

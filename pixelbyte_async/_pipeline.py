@@ -12,10 +12,8 @@ import json
 import logging
 import types
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 from urllib.parse import urlsplit
-
-import attrs
 
 from ._clock import Clock, ServerOffset
 from ._config import ClientConfig
@@ -34,7 +32,8 @@ from ._retry import (
 )
 from ._serde import decode_json, error_fields, unwrap
 from ._telemetry import http_call, kind_of
-from ._transport import Request, Response, Transport
+from ._telemetry._record import quiet
+from ._transport import AiohttpTransport, Request, Response, Transport
 
 
 __all__ = ["Auth", "Mode", "RequestPipeline", "origin", "short"]
@@ -43,6 +42,39 @@ log = logging.getLogger("pixelbyte_async")
 
 _NO_PARAMS: Mapping[str, str] = types.MappingProxyType({})
 _T = TypeVar("_T")
+#: How many paths `RequestPipeline` remembers the URL and kind of, and how many
+#: jobs the last GET body of; past that each starts afresh.
+_ROUTES = 1024
+_BODIES = 256
+
+
+class _Route:
+    """What a call's method and path give: its URL and its kind (telemetry's)."""
+
+    __slots__ = ("kind", "method", "path", "url")
+
+    def __init__(self, method: str, path: str, base_url: str) -> None:
+        self.method = method
+        self.path = path
+        self.url = base_url + path
+        self.kind: str = kind_of(method, path)
+
+
+class _Exchange(Protocol):
+    """`AiohttpTransport.exchange`'s shape: ``(status, headers, body)`` of a request."""
+
+    def __call__(
+        self,
+        method: str,
+        url: str,
+        headers: Mapping[str, str],
+        *,
+        params: Mapping[str, str] | None = None,
+        json: Any = None,
+        content: bytes | None = None,
+        timeout: float | None = None,
+    ) -> Awaitable[tuple[int, Mapping[str, str], bytes]]: ...
+
 
 #: How a call authenticates: the Bearer key, Bearer plus ``x-api-key`` (the models
 #: pages), the key if there is one (the public catalogue), or none.
@@ -92,6 +124,29 @@ class RequestPipeline:
         self._api_origin = origin(config.base_url)
         #: The API's clock against ours, from the ``Date`` of every answer.
         self.server_offset = ServerOffset()
+        #: Each call's `_Route` by ``(method, path)``: a job's GETs repeat its path.
+        self._routes: dict[tuple[str, str], _Route] = {}
+        #: The last answer to each job's GET: ``(body, payload, request id)``.
+        #: An unchanged body (a job polled while nothing happens) is not parsed
+        #: again; the payload is shared, and its readers never change it.
+        self._bodies: dict[str, tuple[bytes, Any, str | None]] = {}
+
+    @property
+    def transport(self) -> Transport:
+        """Where requests go."""
+        return self._transport
+
+    @transport.setter
+    def transport(self, transport: Transport) -> None:
+        self._transport = transport
+        # Our own transport is called without building `Request`/`Response`
+        # objects, unless a subclass changed how it sends.
+        self._exchange: _Exchange = (
+            transport.exchange
+            if isinstance(transport, AiohttpTransport)
+            and type(transport).send is AiohttpTransport.send
+            else self._send_request
+        )
 
     def _shared_headers(self, auth: Auth) -> Mapping[str, str]:
         """The headers for *auth*, built once; never mutate the result."""
@@ -147,81 +202,190 @@ class RequestPipeline:
         *on_send* is called as each try goes out (a submit's lost try is its last).
         """
         self.guard()
-        clock = self.clock
+        now = self.clock.monotonic()
         if deadline is None:
-            deadline = clock.monotonic() + (timeout or self.config.timeout)
-        headers = self._shared_headers(auth)
+            first = timeout or self.config.timeout
+            deadline = now + first
+        else:
+            first = deadline - now
+        headers: Mapping[str, str] | None = self._header_cache.get(auth)
+        if headers is None:
+            headers = self._shared_headers(auth)
         if json_body is not None:
             headers = {**headers, "Content-Type": "application/json"}
-        url = self.config.base_url + path
+        route = self._routes.get((method, path))
+        if route is None:
+            route = self._route(method, path)
         query: Mapping[str, str] = dict(params) if params else _NO_PARAMS
-        request = Request(
-            method=method,
-            url=url,
-            headers=headers,
-            params=query,
-            json=json_body,
-            timeout=deadline - clock.monotonic(),
-        )
-        kind = kind_of(method, path)
         # The first attempt inline: the common case pays for no retry machinery.
         first_error: PixelByteError | None = None
-        sends = [0]
-        if request.timeout is not None and request.timeout > 0:
+        sends = 0
+        if first > 0:
             try:
                 if on_send is not None:
                     on_send()
-                sends[0] += 1
-                response = await self._send(request, kind)
-                result = self._handle(response, method, path)
+                sends = 1
+                sent = self.clock.time()
+                if quiet():
+                    answer = await self._exchange(
+                        method,
+                        route.url,
+                        headers,
+                        params=query,
+                        json=json_body,
+                        timeout=first,
+                    )
+                else:
+                    answer = await self._traced(route, headers, query, json_body, first)
+                result = self._answered(route, sent, answer)
             except PixelByteError as exc:
                 first_error = exc
             else:
-                if log.isEnabledFor(logging.DEBUG):
-                    log.debug(
-                        "%s %s -> %d request_id=%s",
-                        method,
-                        path,
-                        response.status,
-                        result[1],
-                    )
                 return result
+        return await self._retry(
+            route,
+            headers,
+            query,
+            json_body,
+            deadline=deadline,
+            mode=mode,
+            on_send=on_send,
+            sends=sends,
+            first_error=first_error,
+        )
+
+    def _route(self, method: str, path: str) -> _Route:
+        """*method* and *path*'s `_Route`, remembered (a bounded number of them)."""
+        routes = self._routes
+        if len(routes) >= _ROUTES:
+            routes.clear()
+        route = routes[method, path] = _Route(method, path, self.config.base_url)
+        return route
+
+    async def _retry(
+        self,
+        route: _Route,
+        headers: Mapping[str, str],
+        query: Mapping[str, str],
+        json_body: Any,
+        *,
+        deadline: float,
+        mode: Mode,
+        on_send: Callable[[], None] | None,
+        sends: int,
+        first_error: PixelByteError | None,
+    ) -> tuple[Any, str | None]:
+        """The tries after the first (or all of them when it never went out)."""
+        sent = [sends]
 
         async def attempt(remaining: float) -> tuple[Any, str | None]:
             if on_send is not None:
                 on_send()
-            resend = sends[0]
-            sends[0] += 1
-            response = await self._send(
-                attrs.evolve(request, timeout=remaining), kind, resend=resend
+            resend = sent[0]
+            sent[0] += 1
+            return await self._attempt(
+                route, headers, query, json_body, remaining, resend=resend
             )
-            return self._handle(response, method, path)
 
         decide = self.decide_submit if mode == "submit" else self.decide_safe
         return await self.retrying(
             attempt,
             deadline=deadline,
             decide=decide,
-            what=f"{method} {path}",
+            what=f"{route.method} {route.path}",
             first_error=first_error,
         )
 
-    async def _send(self, request: Request, kind: str, *, resend: int = 0) -> Response:
-        """Send *request* (a client span); learn the API's clock from its ``Date``."""
+    async def _attempt(
+        self,
+        route: _Route,
+        headers: Mapping[str, str],
+        query: Mapping[str, str],
+        json_body: Any,
+        timeout: float,
+        *,
+        resend: int = 0,
+    ) -> tuple[Any, str | None]:
+        """One try (`request` makes the first itself, the same way)."""
         sent = self.clock.time()
+        if quiet():
+            answer = await self._exchange(
+                route.method,
+                route.url,
+                headers,
+                params=query,
+                json=json_body,
+                timeout=timeout,
+            )
+        else:
+            answer = await self._traced(
+                route, headers, query, json_body, timeout, resend=resend
+            )
+        return self._answered(route, sent, answer)
+
+    async def _traced(
+        self,
+        route: _Route,
+        headers: Mapping[str, str],
+        query: Mapping[str, str],
+        json_body: Any,
+        timeout: float,
+        *,
+        resend: int = 0,
+    ) -> tuple[int, Mapping[str, str], bytes]:
+        """Send within a client span (when telemetry records)."""
+        method, url = route.method, route.url
         with http_call(
-            request.method,
-            request.url,
-            kind=kind,
-            params=request.params,
-            resend=resend,
+            method, url, kind=route.kind, params=query, resend=resend
         ) as call:
-            response = await self.transport.send(request)
-            call.response(response.status)
+            answer = await self._exchange(
+                method, url, headers, params=query, json=json_body, timeout=timeout
+            )
+            call.response(answer[0])
+        return answer
+
+    def _answered(
+        self,
+        route: _Route,
+        sent: float,
+        answer: tuple[int, Mapping[str, str], bytes],
+    ) -> tuple[Any, str | None]:
+        """Learn the API's clock from the answer's ``Date``; handle the answer."""
+        status, headers, content = answer
         self.server_offset.observe(
-            response.headers.get("date"), sent=sent, received=self.clock.time()
+            headers.get("date"), sent=sent, received=self.clock.time()
         )
-        return response
+        result = self._handle_answer(status, headers, content, route)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "%s %s -> %d request_id=%s", route.method, route.path, status, result[1]
+            )
+        return result
+
+    async def _send_request(
+        self,
+        method: str,
+        url: str,
+        headers: Mapping[str, str],
+        *,
+        params: Mapping[str, str] | None = None,
+        json: Any = None,
+        content: bytes | None = None,
+        timeout: float | None = None,
+    ) -> tuple[int, Mapping[str, str], bytes]:
+        """Any other transport: through its `Transport.send`."""
+        response = await self._transport.send(
+            Request(
+                method=method,
+                url=url,
+                headers=headers,
+                params=params if params is not None else _NO_PARAMS,
+                json=json,
+                content=content,
+                timeout=timeout,
+            )
+        )
+        return response.status, response.headers, response.content
 
     def decide_safe(self, exc: PixelByteError, attempt: int) -> float | None:
         return self.config.retry.delay_for(exc, attempt, self._uniform)
@@ -290,36 +454,68 @@ class RequestPipeline:
             error = None
             await clock.sleep(delay)
 
-    def _handle(
-        self, response: Response, method: str, path: str
+    def _handle_answer(
+        self,
+        status: int,
+        headers: Mapping[str, str],
+        content: bytes,
+        route: _Route,
     ) -> tuple[Any, str | None]:
-        status = response.status
-        header_rid = response.headers.get("x-request-id")
+        header_rid = headers.get("x-request-id")
+        poll = route.kind == "poll"
         if 200 <= status < 300:  # noqa: PLR2004 -- HTTP success class
-            if not response.content or response.content.isspace():
+            if not content or content.isspace():
                 return {}, header_rid
-            body = decode_json(response.content, status=status)
+            if poll:
+                seen = self._bodies.get(route.path)
+                if seen is not None and seen[0] == content:
+                    return seen[1], seen[2] or header_rid
+            body = decode_json(content, status=status)
             if isinstance(body, dict) and body.get("success") is False:
-                raise self.api_error(status, body, response, method, path)
+                raise self._api_error(
+                    status, body, headers, content, method=route.method, path=route.path
+                )
             data, rid = unwrap(body)
+            if poll:
+                bodies = self._bodies
+                if len(bodies) >= _BODIES:
+                    bodies.clear()
+                bodies[route.path] = (content, data, rid)
             return data, rid or header_rid
         try:
-            body = json.loads(response.content) if response.content else None
+            body = json.loads(content) if content else None
         except (ValueError, UnicodeDecodeError):
             body = None
-        raise self.api_error(status, body, response, method, path)
+        raise self._api_error(
+            status, body, headers, content, method=route.method, path=route.path
+        )
 
     def api_error(
         self, status: int, body: Any, response: Response, method: str, path: str
     ) -> APIError:
+        """The `APIError` for an error answer (*body* its parsed JSON, if any)."""
+        return self._api_error(
+            status, body, response.headers, response.content, method=method, path=path
+        )
+
+    def _api_error(
+        self,
+        status: int,
+        body: Any,
+        headers: Mapping[str, str],
+        content: bytes,
+        *,
+        method: str,
+        path: str,
+    ) -> APIError:
         code, message, details, rid = error_fields(body)
         if message is None:
-            excerpt = response.content[:200].decode("utf-8", "replace").strip()
+            excerpt = content[:200].decode("utf-8", "replace").strip()
             message = excerpt or f"{method} {path} failed"
         if 200 <= status < 300:  # noqa: PLR2004 -- a 2xx carrying success:false
             status = 400 if code is None else status
         retry_after = parse_retry_after(
-            response.headers.get("retry-after"), now=self.clock.time()
+            headers.get("retry-after"), now=self.clock.time()
         )
         if retry_after is None:
             retry_after = retry_after_from_details(details)
@@ -331,7 +527,7 @@ class RequestPipeline:
             status=status,
             code=code,
             details=details,
-            request_id=rid or response.headers.get("x-request-id"),
+            request_id=rid or headers.get("x-request-id"),
             retry_after=retry_after,
         )
 

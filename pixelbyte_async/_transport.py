@@ -15,7 +15,9 @@ being read (neither is retried).
 from __future__ import annotations
 
 import asyncio
+import collections
 import inspect
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, Protocol, runtime_checkable
@@ -42,6 +44,8 @@ __all__ = [
 ]
 
 _MAX_BODY = 16 * 1024 * 1024
+#: ``Content-Encoding`` values under which ``Content-Length`` is the body's size.
+_IDENTITY = frozenset({"", "identity"})
 
 
 @attrs.frozen(kw_only=True)
@@ -114,11 +118,22 @@ def _is_redirect(status: int) -> bool:
     return 300 <= status < 400  # noqa: PLR2004 -- HTTP's redirection class
 
 
+def _what(method: str, url: str) -> str:
+    """``METHOD URL`` without the query, for error messages."""
+    return f"{method} {url.split('?', 1)[0]}"
+
+
 def _redirect_error(
     request: Request, status: int, headers: Mapping[str, str]
 ) -> UnexpectedRedirect:
     """The error for a 3xx answer to a request that must not follow redirects."""
-    what = f"{request.method} {request.url.split('?', 1)[0]}"
+    return _redirect_error_for(request.method, request.url, status, headers)
+
+
+def _redirect_error_for(
+    method: str, url: str, status: int, headers: Mapping[str, str]
+) -> UnexpectedRedirect:
+    what = _what(method, url)
     location = headers.get("location", headers.get("Location"))
     target = (
         "without a Location"
@@ -135,7 +150,11 @@ def _redirect_error(
 
 
 def _map_aiohttp_error(exc: BaseException, request: Request) -> TransportError:
-    what = f"{request.method} {request.url.split('?', 1)[0]}"
+    return _map_error_for(exc, request.method, request.url)
+
+
+def _map_error_for(exc: BaseException, method: str, url: str) -> TransportError:
+    what = _what(method, url)
     if isinstance(exc, aiohttp.ConnectionTimeoutError):
         return RequestTimeout(f"{what}: connect timed out", request_sent=False)
     if isinstance(exc, asyncio.TimeoutError | aiohttp.ServerTimeoutError):
@@ -145,6 +164,47 @@ def _map_aiohttp_error(exc: BaseException, request: Request) -> TransportError:
             f"{what}: cannot connect: {exc.os_error}", request_sent=False
         )
     return TransportError(f"{what}: {type(exc).__name__}: {exc}")
+
+
+class _Gate:
+    """
+    At most *limit* requests inside aiohttp at once; the others wait, in order.
+
+    A free place is taken without a coroutine (``free -= 1``): cheaper than
+    `asyncio.Semaphore` on the path every request takes.  A place given back
+    while others wait is handed to the first of them, so ``waiters`` is never
+    non-empty while ``free`` is above 0 (a waiter gone meanwhile is skipped).
+    """
+
+    __slots__ = ("free", "waiters")
+
+    def __init__(self, limit: int) -> None:
+        self.free = limit
+        self.waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+
+    async def wait(self, timeout: float | None) -> None:
+        """Wait for a place (only when `free` is 0); `TimeoutError` after *timeout*."""
+        place = asyncio.get_running_loop().create_future()
+        self.waiters.append(place)
+        try:
+            async with asyncio.timeout(timeout):
+                await place
+        except BaseException:
+            if place.done() and not place.cancelled():
+                self.release()  # handed a place too late to use it: pass it on
+            else:
+                place.cancel()  # skipped by `release`
+            raise
+
+    def release(self) -> None:
+        """Give a place back: to the first live waiter, else to `free`."""
+        waiters = self.waiters
+        while waiters:
+            place = waiters.popleft()
+            if not place.done():
+                place.set_result(None)
+                return
+        self.free += 1
 
 
 class AiohttpTransport:
@@ -174,7 +234,10 @@ class AiohttpTransport:
         self._connect_timeout = connect_timeout
         self._max_body = max_body
         self._closed = False
-        self._semaphore: asyncio.Semaphore | None = None
+        self._gate: _Gate | None = None
+        #: The last `aiohttp.ClientTimeout` made, by its total (most requests
+        #: are first tries with the client's whole timeout: one object serves).
+        self._last_timeout: tuple[float | None, aiohttp.ClientTimeout] | None = None
 
     @property
     def max_connections(self) -> int:
@@ -200,12 +263,20 @@ class AiohttpTransport:
         return self._session
 
     def _timeout(self, request: Request) -> aiohttp.ClientTimeout:
-        connect = self._connect_timeout
-        if request.timeout is not None:
-            connect = min(connect, request.timeout)
-        return aiohttp.ClientTimeout(total=request.timeout, sock_connect=connect)
+        return self._timeout_for(request.timeout)
 
-    def _gate(self) -> asyncio.Semaphore | None:
+    def _timeout_for(self, total: float | None) -> aiohttp.ClientTimeout:
+        last = self._last_timeout
+        if last is not None and last[0] == total:
+            return last[1]
+        connect = self._connect_timeout
+        if total is not None:
+            connect = min(connect, total)
+        made = aiohttp.ClientTimeout(total=total, sock_connect=connect)
+        self._last_timeout = (total, made)
+        return made
+
+    def _make_gate(self) -> _Gate:
         """
         Admit at most as many requests into aiohttp as there are connections.
 
@@ -214,12 +285,9 @@ class AiohttpTransport:
         With thousands of jobs polling at once that is the difference between a
         small heap and garbage collections that stall the event loop.
         """
-        if self._semaphore is None:
-            limit = self.max_connections
-            if limit <= 0:
-                return None
-            self._semaphore = asyncio.Semaphore(limit)
-        return self._semaphore
+        limit = self.max_connections
+        self._gate = _Gate(limit if limit > 0 else sys.maxsize)
+        return self._gate
 
     async def send(self, request: Request) -> Response:
         """
@@ -227,69 +295,94 @@ class AiohttpTransport:
 
         Redirects are never followed: a 3xx raises `UnexpectedRedirect`.
         """
-        session = self._get_session()
-        gate = self._gate()
-        if gate is not None:
-            if gate.locked():
-                # Waiting for a connection counts against the request's deadline,
-                # and nothing has been sent while we wait.
-                loop = asyncio.get_running_loop()
-                entered = loop.time()
-                try:
-                    async with asyncio.timeout(request.timeout):
-                        await gate.acquire()
-                except TimeoutError as exc:
-                    raise RequestTimeout(
-                        f"{request.method} {request.url.split('?', 1)[0]}: no free "
-                        "connection before the deadline",
-                        request_sent=False,
-                    ) from exc
-                if request.timeout is not None:
-                    left = request.timeout - (loop.time() - entered)
-                    request = attrs.evolve(request, timeout=max(0.001, left))
-            else:
-                await gate.acquire()
+        status, headers, body = await self.exchange(
+            request.method,
+            request.url,
+            request.headers,
+            params=request.params,
+            json=request.json,
+            content=request.content,
+            timeout=request.timeout,
+        )
+        # aiohttp's headers are already a case-insensitive mapping.
+        return Response(status=status, headers=headers, content=body)
+
+    async def exchange(
+        self,
+        method: str,
+        url: str,
+        headers: Mapping[str, str],
+        *,
+        params: Mapping[str, str] | None = None,
+        json: Any = None,
+        content: bytes | None = None,
+        timeout: float | None = None,
+    ) -> tuple[int, Mapping[str, str], bytes]:
+        """
+        `send` without the `Request` and `Response` objects: ``(status, headers, body)``.
+
+        The request pipeline's path for every API call (*headers* are aiohttp's,
+        case-insensitive); the same checks and errors as `send`.
+        """
+        session = self._session
+        if session is None or self._closed:
+            session = self._get_session()
+        gate = self._gate
+        if gate is None:
+            gate = self._make_gate()
+        if gate.free > 0:
+            gate.free -= 1
+        else:
+            # Waiting for a connection counts against the request's deadline,
+            # and nothing has been sent while we wait.
+            loop = asyncio.get_running_loop()
+            entered = loop.time()
+            try:
+                await gate.wait(timeout)
+            except TimeoutError as exc:
+                raise RequestTimeout(
+                    f"{_what(method, url)}: no free connection before the deadline",
+                    request_sent=False,
+                ) from exc
+            if timeout is not None:
+                timeout = max(0.001, timeout - (loop.time() - entered))
         try:
             async with session.request(
-                request.method,
-                request.url,
-                headers=request.headers,
-                params=request.params or None,
-                json=request.json if request.content is None else None,
-                data=request.content,
-                timeout=self._timeout(request),
+                method,
+                url,
+                headers=headers,
+                params=params or None,
+                json=json if content is None else None,
+                data=content,
+                timeout=self._timeout_for(timeout),
                 allow_redirects=False,
             ) as resp:
-                if _is_redirect(resp.status):
-                    raise _redirect_error(request, resp.status, resp.headers)
-                declared = resp.content_length
-                encoding = resp.headers.get("Content-Encoding", "").strip().lower()
+                status = resp.status
+                answer = resp.headers
+                if 300 <= status < 400:  # noqa: PLR2004 -- HTTP's redirection class
+                    raise _redirect_error_for(method, url, status, answer)
+                declared = answer.get("Content-Length")
+                encoding = answer.get("Content-Encoding")
                 if (
                     declared is not None
-                    and declared <= self._max_body
-                    and encoding in {"", "identity"}
+                    and int(declared) <= self._max_body
+                    and (encoding is None or encoding.strip().lower() in _IDENTITY)
                 ):
                     body = await resp.read()  # known and bounded: one read
                 else:
                     # Unknown size, or compressed (its Content-Length says nothing
                     # of the inflated size): count what is actually read.
-                    body = await self._read_limited(resp, request)
-                return Response(
-                    # aiohttp's headers are already a case-insensitive mapping.
-                    status=resp.status,
-                    headers=resp.headers,
-                    content=body,
-                )
+                    body = await self._read_limited(resp, method, url)
+                return status, answer, body
         except TransportError:
             raise
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            raise _map_aiohttp_error(exc, request) from exc
+            raise _map_error_for(exc, method, url) from exc
         finally:
-            if gate is not None:
-                gate.release()
+            gate.release()
 
     async def _read_limited(
-        self, resp: aiohttp.ClientResponse, request: Request
+        self, resp: aiohttp.ClientResponse, method: str, url: str
     ) -> bytes:
         """
         Read at most *max_body* bytes, or raise `ResponseTooLarge`.
@@ -298,7 +391,7 @@ class AiohttpTransport:
         only download it again, so the error is not retryable.
         """
         limit = self._max_body
-        what = f"{request.method} {request.url.split('?', 1)[0]}"
+        what = _what(method, url)
         declared = resp.content_length
         if declared is not None and declared > limit:
             resp.close()  # do not read it, and do not reuse the connection

@@ -14,6 +14,7 @@ from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Literal, Self
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from . import _instruments
 from ._instruments import Instruments, instruments
 
 
@@ -31,6 +32,7 @@ __all__ = [
     "http_call",
     "kind_of",
     "operation",
+    "quiet",
     "safe_url",
     "slot_wait",
     "start_job",
@@ -186,6 +188,60 @@ class HttpCall:
 _NO_CALL = HttpCall(None, None, "")
 
 
+#: What `quiet` last looked at: the instruments, and when they are the API's
+#: proxies (no provider given to `configure`), the API's module, the proxy tracer
+#: and the proxy counter, which tell whether a global provider was set since.
+_watched: tuple[Any, Any, Any, Any] = (None, None, None, None)
+
+
+def _watch(ins: Instruments) -> tuple[Any, Any, Any, Any]:
+    """
+    Remember what tells whether *ins* record nothing now.
+
+    Instruments made from providers given to `configure` (or from a global one
+    set before they were made) may always record: nothing is remembered for
+    them but themselves.  The API's proxies record nothing until the
+    application sets a global provider, which they learn at once.
+    """
+    global _watched  # noqa: PLW0603 -- the one cache of `quiet`
+    api, tracer, counter = ins.trace_api, ins.tracer, ins.requests
+    if (
+        isinstance(tracer, getattr(api, "ProxyTracer", ()))
+        and hasattr(api, "_TRACER_PROVIDER")
+        and hasattr(tracer, "_real_tracer")
+        and hasattr(counter, "_real_instrument")
+    ):
+        _watched = (ins, api, tracer, counter)
+    else:
+        _watched = (ins, None, None, None)
+    return _watched
+
+
+def quiet() -> bool:
+    """
+    Whether an HTTP request would record nothing (no OpenTelemetry, or no provider).
+
+    A cheap check for the path every request takes: when it says ``True``,
+    `http_call` may be skipped.
+    """
+    ins = _instruments._loaded  # noqa: SLF001 -- instruments(), without a call
+    if ins is None:
+        return True
+    seen, api, tracer, counter = _watched
+    if seen is not ins:
+        if ins is _instruments._UNSET:  # noqa: SLF001 -- not loaded yet
+            ins = instruments()
+            if ins is None:
+                return True
+        seen, api, tracer, counter = _watch(ins)
+    return (
+        api is not None
+        and api._TRACER_PROVIDER is None  # noqa: SLF001 -- set once, by the API
+        and tracer._real_tracer is None  # noqa: SLF001
+        and counter._real_instrument is None  # noqa: SLF001
+    )
+
+
 def http_call(
     method: str,
     url: str,
@@ -195,8 +251,10 @@ def http_call(
     resend: int = 0,
 ) -> HttpCall:
     """A client span for one HTTP request, a child of the current span."""
+    if quiet():
+        return _NO_CALL
     ins = instruments()
-    if ins is None:
+    if ins is None:  # pragma: no cover -- quiet() said so
         return _NO_CALL
     span = ins.tracer.start_span(method, kind=ins.client)
     if span.is_recording():
