@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
+from typing import Any
 
 from pixelbyte_async import KlingO1StartEndFrame, PixelByte
 from pixelbyte_async.testing import FakePixelByte
+from pixelbyte_async.webhooks import WebhookServer
 
 
 def kling(prompt: str) -> KlingO1StartEndFrame:
@@ -24,18 +26,35 @@ def kling(prompt: str) -> KlingO1StartEndFrame:
 
 @contextlib.asynccontextmanager
 async def sandbox(
-    *, time_scale: float | None = None, limit: int | None = 10
+    *, time_scale: float | None = None, limit: int | None = 10, webhooks: bool = False
 ) -> AsyncIterator[tuple[FakePixelByte, PixelByte]]:
-    """A fake API (its clock *time_scale* times real time, else frozen) and a client."""
-    options = {} if time_scale is None else {"time_scale": time_scale}
-    async with (
-        FakePixelByte(**options) as fake,
-        PixelByte(
-            api_key=fake.api_key,
-            base_url=fake.url,
-            clock=fake.clock,
-            max_concurrent_jobs=limit,
-            ledger=None,
-        ) as pb,
-    ):
+    """
+    A fake API (its clock *time_scale* times real time, else frozen) and a client.
+
+    *webhooks*: the client receives the fake's signed deliveries on a local
+    `WebhookServer` (as ``--sandbox --listen`` does).
+    """
+    options: dict[str, Any] = {} if time_scale is None else {"time_scale": time_scale}
+    if webhooks:
+        options |= {"allow_http_webhooks": True, "auto_webhooks": True}
+    async with contextlib.AsyncExitStack() as stack:
+        fake = await stack.enter_async_context(FakePixelByte(**options))
+        extra: dict[str, Any] = {}
+        if webhooks:
+            server = WebhookServer(
+                fake.webhook_secret, host="127.0.0.1", port=0, clock=fake.clock
+            )
+            await server.start()
+            stack.push_async_callback(server.close)
+            extra["webhook"] = server
+        pb = await stack.enter_async_context(
+            PixelByte(
+                api_key=fake.api_key,
+                base_url=fake.url,
+                clock=fake.clock,
+                max_concurrent_jobs=limit,
+                ledger=None,
+                **extra,
+            )
+        )
         yield fake, pb

@@ -11,7 +11,7 @@ writes bench/results/batch.json.  The batch runs twice: as by default (with its
 report: a poster image fetched per row, ``report.html`` written at the end) and
 with ``report=False``, so the report's own cost is measured side by side.
 
-    python bench/bench_batch.py [--rows 2000] [--rounds 3]
+    python bench/bench_batch.py [--rows 2000] [--rounds 3] [--webhooks]
 """
 
 from __future__ import annotations
@@ -32,9 +32,9 @@ def inputs(n: int) -> list[KlingO1StartEndFrame]:
     return [kling(f"batch bench {i}") for i in range(n)]
 
 
-async def timed(kind: str, rows: int) -> float:
+async def timed(kind: str, rows: int, *, webhooks: bool = False) -> float:
     """Seconds for *rows* through the batch or the bare loop."""
-    async with sandbox(time_scale=6000, limit=100) as (_, pb):
+    async with sandbox(time_scale=6000, limit=100, webhooks=webhooks) as (_, pb):
         with tempfile.TemporaryDirectory() as tmp:
             began = time.perf_counter()
             if kind in {"batch", "batch_no_report"}:
@@ -63,13 +63,15 @@ async def main(ns: argparse.Namespace) -> dict[str, object]:
     batch: list[float] = []
     plain: list[float] = []
     bare: list[float] = []
+    hooks = ns.webhooks
     for _ in range(ns.rounds):
-        bare.append(await timed("bare", ns.rows))
-        batch.append(await timed("batch", ns.rows))
-        plain.append(await timed("batch_no_report", ns.rows))
+        bare.append(await timed("bare", ns.rows, webhooks=hooks))
+        batch.append(await timed("batch", ns.rows, webhooks=hooks))
+        plain.append(await timed("batch_no_report", ns.rows, webhooks=hooks))
     return {
         "rows": ns.rows,
         "rounds": ns.rounds,
+        "webhooks": ns.webhooks,
         "bare_seconds": round(statistics.median(bare), 2),
         "batch_seconds": round(statistics.median(batch), 2),
         "batch_no_report_seconds": round(statistics.median(plain), 2),
@@ -86,11 +88,18 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rows", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--webhooks",
+        action="store_true",
+        help="both sides receive the sandbox's deliveries (a batch then sends a "
+        "model's submits side by side: each attempt's nonce names its job)",
+    )
     args = parser.parse_args()
     report = asyncio.run(main(args))
     for key, value in report.items():
         print(f"{key:>22}: {value}")
     met = "met" if report["ratio_batch_over_bare"] >= 0.8 else "MISSED"  # type: ignore[operator]
     print(f"{'goal':>22}: batch / bare >= 0.8 ({met})")
-    out = Path(__file__).parent / "results" / "batch.json"
+    name = "batch-webhooks.json" if args.webhooks else "batch.json"
+    out = Path(__file__).parent / "results" / name
     out.write_text(json.dumps(report, indent=2) + "\n")
