@@ -208,14 +208,10 @@ class RequestPipeline:
             deadline = now + first
         else:
             first = deadline - now
-        headers: Mapping[str, str] | None = self._header_cache.get(auth)
-        if headers is None:
-            headers = self._shared_headers(auth)
+        headers = self._shared_headers(auth)
         if json_body is not None:
             headers = {**headers, "Content-Type": "application/json"}
-        route = self._routes.get((method, path))
-        if route is None:
-            route = self._route(method, path)
+        route = self._route(method, path)
         query: Mapping[str, str] = dict(params) if params else _NO_PARAMS
         # The first attempt inline: the common case pays for no retry machinery.
         first_error: PixelByteError | None = None
@@ -225,23 +221,9 @@ class RequestPipeline:
                 if on_send is not None:
                     on_send()
                 sends = 1
-                sent = self.clock.time()
-                if quiet():
-                    answer = await self._exchange(
-                        method,
-                        route.url,
-                        headers,
-                        params=query,
-                        json=json_body,
-                        timeout=first,
-                    )
-                else:
-                    answer = await self._traced(route, headers, query, json_body, first)
-                result = self._answered(route, sent, answer)
+                return await self._attempt(route, headers, query, json_body, first)
             except PixelByteError as exc:
                 first_error = exc
-            else:
-                return result
         return await self._retry(
             route,
             headers,
@@ -257,6 +239,9 @@ class RequestPipeline:
     def _route(self, method: str, path: str) -> _Route:
         """*method* and *path*'s `_Route`, remembered (a bounded number of them)."""
         routes = self._routes
+        route = routes.get((method, path))
+        if route is not None:
+            return route
         if len(routes) >= _ROUTES:
             routes.clear()
         route = routes[method, path] = _Route(method, path, self.config.base_url)
@@ -306,7 +291,7 @@ class RequestPipeline:
         *,
         resend: int = 0,
     ) -> tuple[Any, str | None]:
-        """One try (`request` makes the first itself, the same way)."""
+        """One try: its client span (when telemetry records), its answer handled."""
         sent = self.clock.time()
         if quiet():
             answer = await self._exchange(
