@@ -29,6 +29,7 @@ __all__ = [
     "ModelInput",
     "Price",
     "local_cost",
+    "usd",
     "validate_webhook_url",
 ]
 
@@ -131,6 +132,11 @@ def priced_by(model: str, input: Mapping[str, Any]) -> Mapping[str, Any] | None:
     if price.flat is not None:
         return {}
     return {"duration": str(input.get("duration", price.default_duration))}
+
+
+def usd(micro_cents: float) -> str:
+    """Return *micro_cents* in dollars, for people: ``$1,234.50``."""
+    return f"${micro_cents / 1_000_000:,.2f}"
 
 
 def local_cost(model: str, input: Mapping[str, Any]) -> int | None:  # noqa: A002 -- API field name

@@ -10,10 +10,10 @@ import attrs
 
 from pixelbyte_async._audit_report import AuditOrphan
 from pixelbyte_async._errors import PixelByteError
+from pixelbyte_async._inputs import usd
 from pixelbyte_async._journal import Journal
 from pixelbyte_async._seams import BatchClient
 
-from ._budget import usd
 from ._rows import Entry
 from ._types import is_fatal
 

@@ -16,21 +16,16 @@ from pixelbyte_async._errors import (
     PixelByteError,
     ValidationError,
 )
-from pixelbyte_async._inputs import local_cost, priced_by
+from pixelbyte_async._inputs import local_cost, priced_by, usd
 from pixelbyte_async._seams import BatchClient
 
 from ._rows import Entry, canonical
 from ._types import SPENDING, BatchInputError, BatchPlan, BudgetExceeded, is_fatal
 
 
-__all__ = ["Budget", "usd"]
+__all__ = ["Budget"]
 
 log = logging.getLogger("pixelbyte_async")
-
-
-def usd(micro_cents: int) -> str:
-    """Return *micro_cents* in dollars, for people: ``$1,234.50``."""
-    return f"${micro_cents / 1_000_000:,.2f}"
 
 
 class Budget:

@@ -38,6 +38,7 @@ from pixelbyte_async._errors import (
     WaitTimeout,
     WebhookVerificationError,
 )
+from pixelbyte_async._inputs import usd
 from pixelbyte_async._journal import JournalError
 from pixelbyte_async._models import JobInfo, JobStatus
 
@@ -103,7 +104,7 @@ def _report(
 
 
 def _usd(micro_cents: int | None) -> str:
-    return "?" if micro_cents is None else f"${micro_cents / 1_000_000:,.2f}"
+    return "?" if micro_cents is None else usd(micro_cents)
 
 
 def _iso(moment: datetime | None) -> str | None:

@@ -12,6 +12,8 @@ import math
 from collections.abc import Iterable, Sequence
 from html import escape
 
+from pixelbyte_async._inputs import usd
+
 from ._data import ReportRow
 
 
@@ -57,10 +59,6 @@ def _seconds(value: float) -> str:
     if minutes < 120:  # noqa: PLR2004
         return f"{minutes}m" if value % 60 == 0 else f"{minutes}m{value % 60:02d}s"
     return f"{minutes // 60}h{minutes % 60:02d}m"
-
-
-def _usd(micro_cents: float) -> str:
-    return f"${micro_cents / 1_000_000:,.2f}"
 
 
 class _Frame:
@@ -204,7 +202,7 @@ def _y_axis(frame: _Frame, top: float, label: str) -> str:
     value = 0.0
     while value <= top + 1e-9:
         y = _TOP + frame.height - value / top * frame.height
-        text = _usd(value) if label == "usd" else f"{value:g}"
+        text = usd(value) if label == "usd" else f"{value:g}"
         parts.append(
             f'<line class="grid" x1="{_LEFT}" x2="{_WIDTH - _RIGHT}" '
             f'y1="{y:.1f}" y2="{y:.1f}"/>'
@@ -262,10 +260,10 @@ def spend_chart(rows: Sequence[ReportRow], budget: int | None) -> str | None:
             f'<line class="budget" x1="{_LEFT}" x2="{_WIDTH - _RIGHT}" '
             f'y1="{y:.1f}" y2="{y:.1f}"/>'
             f'<text class="label budget-label" x="{_WIDTH - _RIGHT}" '
-            f'y="{y - 5:.1f}" text-anchor="end">budget {_usd(budget)}</text>'
+            f'y="{y - 5:.1f}" text-anchor="end">budget {usd(budget)}</text>'
         )
     body += f'<path class="line spend" d="{_step_path(frame, points, top)}"/>'
-    desc = f"{_usd(total)} spent in all, net of refunds" + (
-        f", against a budget of {_usd(budget)}." if budget is not None else "."
+    desc = f"{usd(total)} spent in all, net of refunds" + (
+        f", against a budget of {usd(budget)}." if budget is not None else "."
     )
     return _svg("spend", "Spend over time", desc, height, body)

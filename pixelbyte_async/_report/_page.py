@@ -13,6 +13,8 @@ from datetime import UTC, datetime
 from html import escape
 from urllib.parse import quote
 
+from pixelbyte_async._inputs import usd
+
 from ._charts import concurrency_chart, spend_chart, timeline_chart
 from ._data import ReportData, ReportRow
 
@@ -147,10 +149,6 @@ _JS = """
 """
 
 
-def _usd(micro_cents: int) -> str:
-    return f"${micro_cents / 1_000_000:,.2f}"
-
-
 def _when(unix: float) -> str:
     return datetime.fromtimestamp(unix, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
@@ -180,8 +178,8 @@ def _totals(data: ReportData) -> str:
     parts.append(_stat("Rows", f"{len(data.rows):,}"))
     confirmed, assumed = data.confirmed_micro_cents, data.assumed_micro_cents
     budget = data.budget_micro_cents
-    parts.append(_stat("Spend (charged)", _usd(confirmed)))
-    parts.append(_stat("Spend (estimated)", _usd(assumed)))
+    parts.append(_stat("Spend (charged)", usd(confirmed)))
+    parts.append(_stat("Spend (estimated)", usd(assumed)))
     if budget is not None:
         spent = confirmed + assumed
         share = min(1.0, spent / budget) if budget else 1.0
@@ -192,7 +190,7 @@ def _totals(data: ReportData) -> str:
             f'aria-label="spend against the budget">'
             f'<span style="width:{share * 100:.1f}%"></span></div>'
         )
-        parts.append(_stat("Budget", _usd(budget), extra=meter))
+        parts.append(_stat("Budget", usd(budget), extra=meter))
     if data.runs:
         parts.append(_stat("Wall time", _seconds(data.wall_seconds)))
         clock = data.clock_seconds
@@ -271,7 +269,7 @@ def _facts(row: ReportRow) -> str:
     if row.duration is not None:
         facts.append(f"{row.duration:g} s")
     if row.cost_micro_cents is not None and row.job_id is not None:
-        cost = _usd(row.cost_micro_cents)
+        cost = usd(row.cost_micro_cents)
         if row.group == "failed":
             cost += " refunded"
         elif not row.cost_known:
