@@ -124,15 +124,9 @@ def _what(method: str, url: str) -> str:
 
 
 def _redirect_error(
-    request: Request, status: int, headers: Mapping[str, str]
-) -> UnexpectedRedirect:
-    """The error for a 3xx answer to a request that must not follow redirects."""
-    return _redirect_error_for(request.method, request.url, status, headers)
-
-
-def _redirect_error_for(
     method: str, url: str, status: int, headers: Mapping[str, str]
 ) -> UnexpectedRedirect:
+    """The error for a 3xx answer to a request that must not follow redirects."""
     what = _what(method, url)
     location = headers.get("location", headers.get("Location"))
     target = (
@@ -149,11 +143,7 @@ def _redirect_error_for(
     )
 
 
-def _map_aiohttp_error(exc: BaseException, request: Request) -> TransportError:
-    return _map_error_for(exc, request.method, request.url)
-
-
-def _map_error_for(exc: BaseException, method: str, url: str) -> TransportError:
+def _map_aiohttp_error(exc: BaseException, method: str, url: str) -> TransportError:
     what = _what(method, url)
     if isinstance(exc, aiohttp.ConnectionTimeoutError):
         return RequestTimeout(f"{what}: connect timed out", request_sent=False)
@@ -360,7 +350,7 @@ class AiohttpTransport:
                 status = resp.status
                 answer = resp.headers
                 if 300 <= status < 400:  # noqa: PLR2004 -- HTTP's redirection class
-                    raise _redirect_error_for(method, url, status, answer)
+                    raise _redirect_error(method, url, status, answer)
                 declared = answer.get("Content-Length")
                 encoding = answer.get("Content-Encoding")
                 if (
@@ -377,7 +367,7 @@ class AiohttpTransport:
         except TransportError:
             raise
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            raise _map_error_for(exc, method, url) from exc
+            raise _map_aiohttp_error(exc, method, url) from exc
         finally:
             gate.release()
 
@@ -433,7 +423,9 @@ class AiohttpTransport:
                         async for chunk in resp.content.iter_chunked(size):
                             yield chunk
                     except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-                        raise _map_aiohttp_error(exc, request) from exc
+                        raise _map_aiohttp_error(
+                            exc, request.method, request.url
+                        ) from exc
 
                 yield StreamResponse(
                     status=resp.status, headers=_lower(resp.headers), chunks=chunks
@@ -441,7 +433,7 @@ class AiohttpTransport:
         except TransportError:
             raise
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            raise _map_aiohttp_error(exc, request) from exc
+            raise _map_aiohttp_error(exc, request.method, request.url) from exc
 
     async def aclose(self) -> None:
         """Close the session if we made it; a borrowed session is left open."""
@@ -489,7 +481,9 @@ class MockTransport:
         """Answer *request* with the handler; a 3xx raises `UnexpectedRedirect`."""
         response = await self._answer(request)
         if _is_redirect(response.status):
-            raise _redirect_error(request, response.status, response.headers)
+            raise _redirect_error(
+                request.method, request.url, response.status, response.headers
+            )
         return response
 
     @asynccontextmanager
