@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import collections
+import functools
 import json
 from importlib.resources import files
 
@@ -21,6 +23,7 @@ from pixelbyte_async import (
 )
 from pixelbyte_async._batch._rows import _entry
 from pixelbyte_async._journal import Journal, read_rows
+from pixelbyte_async._journal._connection import JournalConnection
 from pixelbyte_async.testing import Fault, JobScript
 
 from conftest import bound_client, until
@@ -501,6 +504,58 @@ async def test_failed_download_is_retried_by_the_next_run(fake, pb, journal, tmp
     assert second.completed == 1
     assert second.items[0].path.read_bytes() == MP4
     assert fake.count("POST", "/v1/jobs/submit") == 1
+
+
+async def test_a_failed_download_journals_the_jobs_end(fake, pb, journal, tmp_path):
+    """Without its file, the completed job is still recorded (state, URL, end)."""
+    fake.inject(
+        Fault.status(500, "INTERNAL_ERROR"), origin="cdn", path="/outputs/*", times=1
+    )
+    await run_batch(pb, [kling(1)], journal=journal, out_dir=tmp_path).summary()
+    (row,) = read_rows(journal).values()
+    assert (row.state, row.job_status) == ("completed", "completed")
+    assert row.output_url is not None
+    assert row.output_path is None
+
+
+async def test_a_finished_row_is_four_journal_writes(
+    fake, pb, journal, tmp_path, monkeypatch
+):
+    """Submitting (synced), its job, processing, and the end with its file: one each."""
+    writes: dict[str, collections.Counter[str]] = collections.defaultdict(
+        collections.Counter
+    )
+    quick, synced = JournalConnection._quick, JournalConnection._synced
+
+    async def counted_quick(self, fn, *args):
+        name = getattr(fn, "func", fn).__name__
+        key = fn.args[0] if isinstance(fn, functools.partial) else args[0]
+        if name != "_get_sync":
+            writes[key][name] += 1
+        return await quick(self, fn, *args)
+
+    async def counted_synced(self, many, args):
+        writes[args[0]][many.__name__] += 1
+        return await synced(self, many, args)
+
+    monkeypatch.setattr(JournalConnection, "_quick", counted_quick)
+    monkeypatch.setattr(JournalConnection, "_synced", counted_synced)
+    fake.script_next(JobScript(queue_seconds=30, processing_seconds=200))
+    summary = await run_batch(
+        pb, [kling(1), kling(2)], journal=journal, out_dir=tmp_path
+    ).summary()
+    assert summary.completed == 2
+    each = {
+        "_submitting_sync": 1,
+        "_submitted_sync": 1,
+        "_status_sync": 1,  # processing; the end rides with the file
+        "_downloaded_sync": 1,
+    }
+    keys = [item.key for item in summary.items]
+    assert {key: dict(writes[key]) for key in keys} == dict.fromkeys(keys, each)
+    row = read_rows(journal)[summary.items[0].key]
+    assert (row.state, row.job_status) == ("downloaded", "completed")
+    assert row.output_url is not None
 
 
 async def test_local_frames_are_uploaded_and_journaled_as_paths(

@@ -94,8 +94,15 @@ class Outputs:
             return False
         return stat.st_size == row.output_bytes
 
-    async def download(self, entry: Entry, job: Job) -> None:
-        """Download *job*'s output for *entry*, journal and report it."""
+    async def download(
+        self, entry: Entry, job: Job, *, ended_at: float | None = None
+    ) -> None:
+        """
+        Download *job*'s output for *entry*, journal and report it.
+
+        *job* is completed; its end (seen at *ended_at*) is journaled with the
+        file in one commit, or alone if the download fails.
+        """
         target = self.target(entry, job.video_url)
         await self._sweep_leftovers()  # a killed run's temporary files
         # The poster comes meanwhile (a small file: its latency, not its bytes).
@@ -105,12 +112,14 @@ class Outputs:
             size = (await on_disk(path.stat)).st_size
         except MissingOutputError as exc:
             await _cancel(poster)
+            await self._ended(entry, job, ended_at)
             self._outcomes.emit(
                 entry, BatchItemStatus.FAILED, job_id=job.id, error=str(exc)
             )
             return
         except (DownloadError, TransportError, OSError) as exc:
             await _cancel(poster)
+            await self._ended(entry, job, ended_at)
             self._outcomes.emit(
                 entry,
                 BatchItemStatus.UNFINISHED,
@@ -123,7 +132,12 @@ class Outputs:
             await _cancel(poster)
             raise
         await self._journal.downloaded(
-            entry.key, path=str(path), size=size, poster=await poster
+            entry.key,
+            path=str(path),
+            size=size,
+            poster=await poster,
+            output_url=job.video_url,
+            ended_at=ended_at,
         )
         self._outcomes.emit(
             entry,
@@ -131,6 +145,12 @@ class Outputs:
             job_id=job.id,
             output_url=job.video_url,
             path=path,
+        )
+
+    async def _ended(self, entry: Entry, job: Job, at: float | None) -> None:
+        """Journal that *job* completed (its output is not on disk)."""
+        await self._journal.status(
+            entry.key, status=job.status.value, output_url=job.video_url, at=at
         )
 
     async def _poster(self, entry: Entry, job: Job) -> str | None:

@@ -102,7 +102,8 @@ class Steps:
             try:
                 async with contextlib.aclosing(watch) as snapshots:
                     async for info in snapshots:
-                        if info.status is not last:
+                        if info.status is not last and not info.status.is_terminal:
+                            # The end is journaled once, below (with the output).
                             last = info.status
                             await journal.status(
                                 entry.key,
@@ -121,13 +122,19 @@ class Steps:
             # Jobs found by reconcile come from the job list, which has no output.
             await job.refresh()
         info = job.info
+        ended_at = self._pb.clock.time()
+        if info.status is JobStatus.COMPLETED and self._outputs is not None:
+            # Journaled with its file, one commit: a run killed before then
+            # finds the row 'submitted' and downloads it by its job id.
+            await self._outputs.download(entry, job, ended_at=ended_at)
+            return
         error = _job_error(info)
         await journal.status(
             entry.key,
             status=info.status.value,
             output_url=info.video_url,
             error=error,
-            at=self._pb.clock.time(),
+            at=ended_at,
         )
         if info.status is JobStatus.FAILED:
             self._budget.refund(entry.key)
@@ -141,15 +148,9 @@ class Steps:
                 entry, BatchItemStatus.CANCELLED, job_id=job.id, error=error
             )
             return
-        if self._outputs is None:
-            self._outcomes.emit(
-                entry,
-                BatchItemStatus.COMPLETED,
-                job_id=job.id,
-                output_url=info.video_url,
-            )
-            return
-        await self._outputs.download(entry, job)
+        self._outcomes.emit(
+            entry, BatchItemStatus.COMPLETED, job_id=job.id, output_url=info.video_url
+        )
 
 
 def _job_error(info: JobInfo) -> str | None:

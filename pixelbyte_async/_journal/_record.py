@@ -339,24 +339,62 @@ class Journal(JournalConnection):
             )
 
     async def downloaded(
-        self, key: str, *, path: str, size: int, poster: str | None = None
+        self,
+        key: str,
+        *,
+        path: str,
+        size: int,
+        poster: str | None = None,
+        output_url: str | None = None,
+        ended_at: float | None = None,
     ) -> None:
         """
         Record that the output of *key* was written to *path* (*size* bytes).
 
-        *poster*: where its poster image was written, if it has one.
+        The job completed: this also records it (as `status` would), so a
+        finished row costs one commit, not two.
+
+        Args:
+            key: The row.
+            path: The output file.
+            size: Its size in bytes.
+            poster: Where its poster image was written, if it has one.
+            output_url: The URL it was downloaded from.
+            ended_at: When the job was seen completed (Unix time, the client's
+                clock); the first one recorded is kept.
+
         """
-        await self._quick(self._downloaded_sync, key, path, size, poster)
+        await self._quick(
+            functools.partial(
+                self._downloaded_sync,
+                key,
+                path=path,
+                size=size,
+                poster=poster,
+                output_url=output_url,
+                ended_at=ended_at,
+            )
+        )
 
     def _downloaded_sync(
-        self, key: str, path: str, size: int, poster: str | None
+        self,
+        key: str,
+        *,
+        path: str,
+        size: int,
+        poster: str | None,
+        output_url: str | None,
+        ended_at: float | None,
     ) -> None:
         with self._conn:
             self._conn.execute(
-                "UPDATE items SET state = 'downloaded', output_path = ?, "
-                "output_bytes = ?, poster_path = COALESCE(?, poster_path), "
+                "UPDATE items SET state = 'downloaded', job_status = 'completed', "
+                "output_path = ?, output_bytes = ?, "
+                "poster_path = COALESCE(?, poster_path), "
+                "output_url = COALESCE(?, output_url), "
+                "ended_at = COALESCE(ended_at, ?), "
                 "error = NULL, updated_at = ? WHERE key = ?",
-                (path, size, poster, time.time(), key),
+                (path, size, poster, output_url, ended_at, time.time(), key),
             )
 
     async def record_run(
