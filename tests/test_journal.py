@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
+import threading
 
 import anyio
 import pytest
 from pixelbyte_async import JournalError
-from pixelbyte_async._journal import SCHEMA_VERSION, Journal, read_rows
+from pixelbyte_async._journal import SCHEMA_VERSION, Journal, _connection, read_rows
+from pixelbyte_async._journal._connection import JournalConnection
+
+from conftest import until
 
 
 pytestmark = pytest.mark.anyio
@@ -209,3 +214,74 @@ async def test_closed_journal_refuses_writes(path):
     await journal.aclose()
     with pytest.raises(JournalError, match="closed"):
         await journal.rows()
+
+
+async def test_a_write_queued_behind_the_thread_lands_if_its_caller_is_cancelled(path):
+    """A one-row write waiting for a synced commit still lands after a cancel."""
+    journal = await Journal.open(path)
+    try:
+        await journal.plan([("a", SLUG, doc(1))])
+        gate = threading.Event()
+        busy = asyncio.ensure_future(journal._call(gate.wait))
+        await until(lambda: journal._limiter.borrowed_tokens)
+        write = asyncio.ensure_future(journal.status("a", status="processing", at=5.0))
+        await until(
+            lambda: not write.done() and journal._limiter.statistics().tasks_waiting
+        )
+        write.cancel()
+        gate.set()
+        with pytest.raises(asyncio.CancelledError):
+            await write
+        await busy
+        row = await journal.get("a")
+        assert row.job_status == "processing"
+    finally:
+        await journal.aclose()
+
+
+async def test_synced_commits_run_on_the_loop_until_one_is_slow(path, monkeypatch):
+    """No worker-thread hop while the disk syncs quickly; a slow sync sends them there."""
+    journal = await Journal.open(path)
+    hops: list[str] = []
+    call = JournalConnection._call
+
+    async def counted(self, fn, *args, **kw):
+        hops.append(getattr(fn, "__name__", ""))
+        return await call(self, fn, *args, **kw)
+
+    monkeypatch.setattr(JournalConnection, "_call", counted)
+    try:
+        await journal.plan([(k, SLUG, doc(n)) for n, k in enumerate("abc")])
+        hops.clear()
+        await journal.submitting("a", started_at=1.0, sent_input=doc(0))
+        assert hops == []
+        monkeypatch.setattr(_connection, "_SLOW_SYNC", -1.0)  # every sync is slow
+        await journal.submitting("b", started_at=2.0, sent_input=doc(1))
+        assert hops == []  # found slow only now
+        await journal.submitting("c", started_at=3.0, sent_input=doc(2))
+        assert hops == ["_submitting_sync"]
+    finally:
+        await journal.aclose()
+    assert {k: r.state for k, r in read_rows(path).items()} == dict.fromkeys(
+        "abc", "submitting"
+    )
+
+
+async def test_a_failed_synced_commit_fails_its_callers(path, monkeypatch):
+    """A sync that fails (a full disk) raises in every call it held, nothing kept."""
+    journal = await Journal.open(path)
+    try:
+        await journal.plan([("a", SLUG, doc(1)), ("b", SLUG, doc(2))])
+
+        def full(rows):
+            raise sqlite3.OperationalError("database or disk is full")
+
+        monkeypatch.setattr(journal, "_submitting_sync", full)
+        results = await asyncio.gather(
+            *(journal.submitting(k, started_at=1.0, sent_input={}) for k in "ab"),
+            return_exceptions=True,
+        )
+        assert [type(r) for r in results] == [sqlite3.OperationalError] * 2
+        assert {(await journal.get(k)).state for k in "ab"} == {"planned"}
+    finally:
+        await journal.aclose()

@@ -197,17 +197,14 @@ class Outcomes:
             entry.key, cost or 0, assumed=not known and entry.estimate_assumed
         )
         entry.job = job
-        await finish_anyway(
-            asyncio.ensure_future(
-                self._journal.submitted(
-                    entry.key,
-                    job_id=job.id,
-                    cost_micro_cents=cost,
-                    cost_known=known,
-                    status=job.status.value,
-                    how=how,
-                )
-            )
+        # Lands even if we are cancelled meanwhile (see `Journal` writes).
+        await self._journal.submitted(
+            entry.key,
+            job_id=job.id,
+            cost_micro_cents=cost,
+            cost_known=known,
+            status=job.status.value,
+            how=how,
         )
 
     async def park(
