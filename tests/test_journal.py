@@ -239,8 +239,16 @@ async def test_a_write_queued_behind_the_thread_lands_if_its_caller_is_cancelled
         await journal.aclose()
 
 
-async def test_synced_commits_run_on_the_loop_until_one_is_slow(path, monkeypatch):
-    """No worker-thread hop while the disk syncs quickly; a slow sync sends them there."""
+@pytest.mark.parametrize("slow", ["_STALL", "_SLOW_SYNC"])
+async def test_synced_commits_run_on_the_loop_until_the_disk_is_slow(
+    path, monkeypatch, slow
+):
+    """
+    No worker-thread hop while the disk syncs quickly; then the thread.
+
+    One sync that stalls (``_STALL``) sends them there at once; syncs that are
+    slow by their median (``_SLOW_SYNC``) after eight of them.
+    """
     journal = await Journal.open(path)
     hops: list[str] = []
     call = JournalConnection._call
@@ -250,21 +258,20 @@ async def test_synced_commits_run_on_the_loop_until_one_is_slow(path, monkeypatc
         return await call(self, fn, *args, **kw)
 
     monkeypatch.setattr(JournalConnection, "_call", counted)
+    keys = [f"r{n}" for n in range(12)]
     try:
-        await journal.plan([(k, SLUG, doc(n)) for n, k in enumerate("abc")])
+        await journal.plan([(k, SLUG, doc(n)) for n, k in enumerate(keys)])
         hops.clear()
-        await journal.submitting("a", started_at=1.0, sent_input=doc(0))
+        await journal.submitting(keys[0], started_at=1.0, sent_input={})
         assert hops == []
-        monkeypatch.setattr(_connection, "_SLOW_SYNC", -1.0)  # every sync is slow
-        await journal.submitting("b", started_at=2.0, sent_input=doc(1))
-        assert hops == []  # found slow only now
-        await journal.submitting("c", started_at=3.0, sent_input=doc(2))
-        assert hops == ["_submitting_sync"]
+        monkeypatch.setattr(_connection, slow, -1.0)  # every sync is slow now
+        on_loop = 1 if slow == "_STALL" else 7  # the eighth sync measured
+        for n, key in enumerate(keys[1:], start=1):
+            await journal.submitting(key, started_at=1.0 + n, sent_input={})
+            assert len(hops) == max(0, n - on_loop), (n, hops)
     finally:
         await journal.aclose()
-    assert {k: r.state for k, r in read_rows(path).items()} == dict.fromkeys(
-        "abc", "submitting"
-    )
+    assert {r.state for r in read_rows(path).values()} == {"submitting"}
 
 
 async def test_a_failed_synced_commit_fails_its_callers(path, monkeypatch):

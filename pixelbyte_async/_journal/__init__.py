@@ -20,10 +20,12 @@ The database uses WAL mode.  Every commit survives the process being killed
 which guards a paid request, is also synced to the disk before the request is
 sent (``synchronous=FULL`` for that one), so not even a power cut can send a row
 twice.  A ``submitted`` lost to a power cut leaves the row ``submitting``: the
-next run reconciles it.  The calls that sync the disk or read every
-row run in a worker thread, one at a time; a one-row write (tens of microseconds:
-the writer holds the file alone, and such commits wait for no disk) runs on the
-event loop, after those already queued.  The journal never holds the API key.
+next run reconciles it.  The ``submitting`` rows of one turn of the event
+loop share one synced commit at its end, on the loop while the disk syncs in
+under 2 ms, else in a worker thread; the calls that read every row run in that
+thread, one at a time.  A one-row write (tens of microseconds: the writer holds
+the file alone, and such commits wait for no disk) runs on the event loop, after
+those already queued.  The journal never holds the API key.
 
 One writer per journal file, however it is named, held until the writer closes it or
 dies (``kill -9`` included):

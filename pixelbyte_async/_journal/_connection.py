@@ -9,9 +9,11 @@ docstring), and runs every call in one worker thread, one at a time, until close
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import os
 import sqlite3
+import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -29,9 +31,12 @@ __all__ = ["JournalConnection"]
 
 _T = TypeVar("_T")
 
-#: A synced commit slower than this (a disk that spins, a network file system)
-#: sends them to the worker thread for `_SLOW_FOR` seconds.
+#: Synced commits go to the worker thread for `_SLOW_FOR` seconds after one that
+#: took longer than `_STALL` (a network file system), or when the median of the
+#: last eight took longer than `_SLOW_SYNC` (a disk that spins); a rare slow
+#: sync of a quick disk does neither.
 _SLOW_SYNC = 0.002
+_STALL = 0.02
 _SLOW_FOR = 60.0
 
 
@@ -58,6 +63,8 @@ class JournalConnection:
         self._flush: asyncio.Handle | None = None
         #: Until when synced commits go to the worker thread (a slow disk).
         self._slow_until = 0.0
+        #: How long the last synced commits on the loop took (seconds).
+        self._sync_times: collections.deque[float] = collections.deque(maxlen=8)
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -233,10 +240,10 @@ class JournalConnection:
         written together at its end, one transaction and one sync, on the loop
         while syncs are quick (under 2 ms: a local SSD syncs in a fraction of
         one, where a hop to the worker thread and back costs a row going out
-        one at a time two turns of a busy loop).  After a slow sync (a disk
-        that spins, a network file system) they go to the worker thread for a
-        minute, where the calls that arrive while one commit runs are written
-        by the next.  Each call returns once its own row is on the disk; a
+        one at a time two turns of a busy loop).  Where syncs are slow (a disk
+        that spins, a network file system: see `_SLOW_SYNC`) they go to the
+        worker thread for a minute, where the calls that arrive while one
+        commit runs are written by the next.  Each call returns once its own row is on the disk; a
         failed commit fails every call in it.
         """
         if self._closed:
@@ -272,12 +279,19 @@ class JournalConnection:
                     done.set_exception(exc)
             return
         finally:
-            took = time.monotonic() - began
-            if took > _SLOW_SYNC:
-                self._slow_until = began + took + _SLOW_FOR
+            self._timed_sync(time.monotonic() - began)
         for _, done in group:
             if not done.done():
                 done.set_result(None)
+
+    def _timed_sync(self, took: float) -> None:
+        """Send synced commits to the thread if this one stalled or most are slow."""
+        recent = self._sync_times
+        recent.append(took)
+        slow = len(recent) == recent.maxlen and statistics.median(recent) > _SLOW_SYNC
+        if took > _STALL or slow:
+            self._slow_until = time.monotonic() + _SLOW_FOR
+            recent.clear()
 
     async def _commit_queued(
         self, many: Callable[[list[tuple[Any, ...]]], None]
