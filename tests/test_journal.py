@@ -292,3 +292,19 @@ async def test_a_failed_synced_commit_fails_its_callers(path, monkeypatch):
         assert {(await journal.get(k)).state for k in "ab"} == {"planned"}
     finally:
         await journal.aclose()
+
+
+async def test_a_lone_synced_commit_takes_no_turn_of_the_loop(path):
+    """The first `submitting` of a turn is on the disk before the loop moves on."""
+    journal = await Journal.open(path)
+    try:
+        await journal.plan([("a", SLUG, doc(1)), ("b", SLUG, doc(2))])
+        turned: list[str] = []
+        asyncio.get_running_loop().call_soon(turned.append, "turn")
+        await journal.submitting("a", started_at=1.0, sent_input={})
+        assert turned == []
+        assert (await journal.get("a")).state == "submitting"
+        await journal.submitting("b", started_at=2.0, sent_input={})  # same turn
+        assert turned == ["turn"]  # queued for the turn's end
+    finally:
+        await journal.aclose()
