@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import json
 import logging
 from collections.abc import Awaitable, Callable, Collection
@@ -299,7 +300,12 @@ class Tracker:
                 self._tasks.pop(attempt, None)
                 self._jobs.pop(attempt, None)
 
-        self._tasks[attempt] = asyncio.ensure_future(run())
+        task = asyncio.ensure_future(run())
+        if inspect.iscoroutine(work):
+            # Cancelled before it started (the client closed at once), `run`
+            # never awaits *work*: close it, or it is collected unawaited.
+            task.add_done_callback(lambda _: work.close())
+        self._tasks[attempt] = task
         self._beat()
 
     async def _reconciled(
