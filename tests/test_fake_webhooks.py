@@ -22,6 +22,7 @@ from pixelbyte_async.testing import (
     JobScript,
     WebhookDelivery,
 )
+from pixelbyte_async.webhooks import WebhookReceiver, signature_headers
 
 from conftest import until
 from fake_helpers import (
@@ -462,3 +463,30 @@ async def test_a_fast_clock_gives_an_attempt_half_a_real_second_at_least(session
     }
     assert 35 <= took["late"] < REAL_TIMEOUT_FLOOR * 1000
     assert REAL_TIMEOUT_FLOOR * 1000 <= took["hung"] < 3 * REAL_TIMEOUT_FLOOR * 1000
+
+
+@pytest.mark.parametrize("scale", [0.0, 60.0, 6000.0])
+async def test_receiver_options_judge_a_fast_sandboxs_deliveries_in_real_time(scale):
+    """At x6,000 the API's 300 s are 50 ms: the options stretch them by 5 real s."""
+    async with FakePixelByte(time_scale=scale) as fake:
+        options = fake.receiver_options
+        assert options["clock"] is fake.clock
+        assert options["tolerance"] == 300 + 5 * max(1.0, scale)
+        assert options["retention"] > options["tolerance"]
+        stretched = WebhookReceiver(fake.webhook_secret, **options)
+        plain = WebhookReceiver(fake.webhook_secret, clock=fake.clock)
+        body = json.dumps({"jobId": "job_late", "status": "completed"})
+        # Sent a real 1.5 s ago: 9,000 virtual seconds at x6,000.
+        late = int(fake.clock.time() - 300 - 1.5 * max(1.0, scale))
+        headers = signature_headers(body, fake.webhook_secret, timestamp=late)
+        assert stretched.handle(body, headers)[0] == 200
+        assert plain.handle(body, headers)[0] == 401
+
+
+def test_the_sandboxs_receiver_defaults_are_the_receivers():
+    """`receiver_options` starts from the receiver's own defaults."""
+    from pixelbyte_async import _receiver, _signing
+    from pixelbyte_async._fake import _server
+
+    assert _server._API_TOLERANCE == _signing.DEFAULT_TOLERANCE
+    assert _server._RETENTION == _receiver._DEFAULT_RETENTION

@@ -64,7 +64,7 @@ async def _client(
             if listen is not None:
                 host, port = listen
                 server = WebhookServer(
-                    fake.webhook_secret, host=host, port=port, clock=fake.clock
+                    fake.webhook_secret, host=host, port=port, **fake.receiver_options
                 )
         if listen is not None:
             # Bound before the client exists, so a busy port costs no submit.

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import random
 import types
-from typing import Literal, Self
+from typing import Any, Literal, Self
 
 from aiohttp import web
 
@@ -34,6 +34,14 @@ SANDBOX_API_KEY = "pb_test_sandbox_key"
 
 _AUTO_WEBHOOK_INTERVAL = 0.05
 _SHUTDOWN_TIMEOUT = 1.0
+#: Real seconds of delay a delivery's timestamp may have beyond the API's
+#: tolerance, however fast the sandbox's clock runs (`receiver_options`).
+_REAL_DELAY = 5.0
+#: The API's timestamp tolerance for deliveries, and how long a receiver keeps
+#: delivered events by default: `DEFAULT_TOLERANCE` and `WebhookReceiver`'s
+#: *retention* (the fake uses layers 0-1 only; a test holds them equal).
+_API_TOLERANCE = 300.0
+_RETENTION = 1800.0
 
 
 class FakePixelByte(FakeSettings, FakeControls):
@@ -284,6 +292,31 @@ class FakePixelByte(FakeSettings, FakeControls):
     def webhook_secret(self) -> str:
         """Return the secret webhooks are signed with."""
         return self._state.webhook_secret
+
+    @property
+    def receiver_options(self) -> dict[str, Any]:
+        """
+        Return the options of a webhook receiver for this fake's deliveries.
+
+        Its clock, and the receiver's timestamp tolerance stretched with the
+        clock's speed: the API's 300 s are 50 ms of real time at
+        ``time_scale=6000``, less than a busy event loop can delay a delivery,
+        which would be rejected as stale.  The tolerance is 300 s plus five
+        real seconds, and the retention of delivered events (which must outlast
+        it) grows to match::
+
+            server = WebhookServer(
+                fake.webhook_secret, host="127.0.0.1", port=0, **fake.receiver_options
+            )
+
+        .. versionadded:: 0.5.0
+        """
+        stretch = _REAL_DELAY * max(1.0, self.clock.time_scale)
+        return {
+            "clock": self.clock,
+            "tolerance": _API_TOLERANCE + stretch,
+            "retention": _RETENTION + 2 * stretch,
+        }
 
     def __repr__(self) -> str:
         where = self._url or "not started"
