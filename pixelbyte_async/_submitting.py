@@ -240,9 +240,14 @@ class Submitter:
             trace=trace,
         )
         # Recorded even if the caller is cancelled meanwhile: the job is paid for.
-        await to_the_end(reconciler.created(attempt, job.id))
+        finish = (
+            to_the_end
+            if getattr(reconciler.ledger, "writes_on_loop", False) is True
+            else _shielded
+        )
+        await finish(reconciler.created(attempt, job.id))
         if tracked is not None:
-            await to_the_end(self._tracker.submitted(job, attempt, context))
+            await finish(self._tracker.submitted(job, attempt, context))
         return job
 
     async def _announce(
@@ -353,14 +358,21 @@ class Submitter:
         )
 
 
+async def _shielded(step: Coroutine[Any, Any, _T]) -> _T:
+    return await asyncio.shield(step)
+
+
 async def to_the_end(step: Coroutine[Any, Any, _T]) -> _T:
     """
     Await *step* to its end, even if the caller is cancelled meanwhile.
 
-    It runs inline while it need not wait (the memory and SQLite ledgers write
-    on the loop): no task and no turn of the loop, where `asyncio.shield` costs
-    three, in the chain of a batch's one-at-a-time submits.  A step that waits
-    (a Redis ledger) goes on in a task of its own, shielded from the caller.
+    It runs inline until it first waits: no task and no turn of the loop where
+    it need not wait (the memory and SQLite ledgers write on the loop), where
+    `asyncio.shield` costs three, in the chain of a batch's one-at-a-time
+    submits.  If it waits, the rest goes on in a task of its own, shielded
+    from the caller; so only for steps whose waits are tied to no task (no
+    ``asyncio.timeout`` or anyio cancel scope open across a wait, as in
+    redis-py): ledgers say so with ``writes_on_loop = True``.
     """
     try:
         pending = step.send(None)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 
+import anyio
 import pytest
 from pixelbyte_async import KlingO1StartEndFrame, MemoryLedger
 from pixelbyte_async._submitting import to_the_end
@@ -112,3 +113,31 @@ async def test_a_submits_job_is_claimed_in_the_ledger_even_if_the_caller_gives_u
                 break
             await asyncio.sleep(0)
         assert claims[job.id].how == "submitted"
+
+
+async def test_a_ledger_whose_waits_are_tied_to_its_task_is_shielded_as_a_whole(fake):
+    """
+    A ledger that does not say ``writes_on_loop`` (as the Redis one, whose reads
+    wait inside timeouts of their task) runs in a task of its own from the start.
+    """
+
+    class ScopedLedger(MemoryLedger):
+        writes_on_loop = False
+
+        async def claim(self, job_id, **kw):  # type: ignore[no-untyped-def]
+            with anyio.CancelScope():  # must be left by the task that entered it
+                await asyncio.sleep(0)
+            return await super().claim(job_id, **kw)
+
+    ledger = ScopedLedger()
+    async with bound_client(fake, ledger=ledger) as pb:
+        job = await pb.submit(kling(1))
+        assert (await ledger.claims([job.id]))[job.id].how == "submitted"
+
+
+def test_the_ledgers_that_write_on_the_loop_say_so():
+    from pixelbyte_async import SqliteLedger
+    from pixelbyte_async.redis import RedisLedger
+
+    assert MemoryLedger.writes_on_loop is SqliteLedger.writes_on_loop is True
+    assert getattr(RedisLedger, "writes_on_loop", False) is False

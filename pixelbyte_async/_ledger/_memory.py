@@ -27,6 +27,10 @@ class MemoryLedger:
     .. versionadded:: 0.3.0
     """
 
+    #: Its writes run on the event loop and wait for nothing tied to a task
+    #: (see `to_the_end` in ``_submitting``).
+    writes_on_loop = True
+
     def __init__(self, *, retention: float = 86_400.0) -> None:
         self.retention = retention
         self._attempts: dict[str, Attempt] = {}

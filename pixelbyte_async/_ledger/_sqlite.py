@@ -229,6 +229,10 @@ class SqliteLedger:
     .. versionadded:: 0.3.0
     """
 
+    #: Its writes run on the event loop; the one wait (a pause while another
+    #: process holds the file) is tied to no task (see `to_the_end`).
+    writes_on_loop = True
+
     def __init__(
         self,
         path: str | os.PathLike[str],
