@@ -25,7 +25,14 @@ class SubmitLedger(Protocol):
 
     Entries are forgotten after the ledger's retention, so it is bounded by time.
 
+    An implementation may set the class attribute ``writes_on_loop = True`` when
+    its writes run on the event loop and never wait inside anything tied to
+    their task (an ``asyncio.timeout``, an anyio cancel scope): a submit then
+    records its job inline, with no task of its own (`MemoryLedger` and
+    `SqliteLedger` do; the Redis ledger does not).
+
     .. versionadded:: 0.3.0
+    .. versionchanged:: 0.5.0 ``writes_on_loop``.
     """
 
     @property
