@@ -7,11 +7,13 @@ any thread (``call_soon_threadsafe``; dropped if the loop is closed).  `HookRunn
 calls ``on_event``/``on_unknown`` hooks and runs the awaitables they return as tasks
 on the right loop, keeping each task until it ends.  `DelayedCalls` runs callbacks
 a fixed delay later with one timer per loop (the ``unknown_grace`` checks).
+`finish_anyway` awaits a task to its end even if the caller is cancelled.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import inspect
 import logging
@@ -31,6 +33,7 @@ __all__ = [
     "HookRunner",
     "WebhookObserver",
     "call_on",
+    "finish_anyway",
     "hand_out",
 ]
 
@@ -284,3 +287,13 @@ class DelayedCalls(Generic[T]):
         if queue:
             delay = queue[0][0] - self._clock.monotonic() - _ROUNDING
             self._clock.call_later(delay, functools.partial(self._run_due, queue))
+
+
+async def finish_anyway(awaitable: asyncio.Future[T]) -> T:
+    """Await *awaitable* to its end even if we are cancelled meanwhile."""
+    try:
+        return await asyncio.shield(awaitable)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await asyncio.wait({awaitable})
+        raise

@@ -5,9 +5,8 @@ A running batch's outcomes: what happened to each row, journaled, charged and re
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING
 
 from pixelbyte_async._journal import Journal
 
@@ -20,9 +19,7 @@ if TYPE_CHECKING:
     from pixelbyte_async._job import Job
 
 
-__all__ = ["Outcomes", "finish_anyway"]
-
-_T = TypeVar("_T")
+__all__ = ["Outcomes"]
 
 
 class Outcomes:
@@ -221,13 +218,3 @@ class Outcomes:
             candidates=candidates,
             job_id=entry.job.id if entry.job else None,
         )
-
-
-async def finish_anyway(awaitable: asyncio.Future[_T]) -> _T:
-    """Await *awaitable* to its end even if we are cancelled meanwhile."""
-    try:
-        return await asyncio.shield(awaitable)
-    except asyncio.CancelledError:
-        with contextlib.suppress(Exception):
-            await asyncio.wait({awaitable})
-        raise

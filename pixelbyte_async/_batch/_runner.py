@@ -19,13 +19,14 @@ from typing import TYPE_CHECKING, Literal, Self
 import anyio
 
 from pixelbyte_async._errors import ValidationError
+from pixelbyte_async._handoff import finish_anyway
 from pixelbyte_async._journal import Journal, JournalError
 from pixelbyte_async._reconcile import check_settle
 from pixelbyte_async._report import report_from
 
 from ._audit import Audit, audit
 from ._budget import Budget
-from ._outcomes import Outcomes, finish_anyway
+from ._outcomes import Outcomes
 from ._outputs import Outputs
 from ._plan import Planner, changed
 from ._rows import Entry, collect_entries

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import os
 import sqlite3
 import statistics
@@ -21,6 +20,8 @@ from typing import Any, Self, TypeVar
 
 import anyio
 import anyio.to_thread
+
+from pixelbyte_async._handoff import finish_anyway
 
 from ._errors import JournalError, busy, in_use, not_ours, unusable
 from ._file import connect, create, existing, lock, refuse_hard_links, unlock
@@ -366,13 +367,7 @@ class JournalConnection:
             return fn(*args)  # nothing awaited: no task, no loop turn
         # Queued behind the thread's calls: the write still lands if the caller
         # is cancelled meanwhile (what it records was true when it was asked).
-        queued = asyncio.ensure_future(self._after_queue(fn, *args))
-        try:
-            return await asyncio.shield(queued)
-        except asyncio.CancelledError:
-            with contextlib.suppress(Exception):
-                await asyncio.wait({queued})
-            raise
+        return await finish_anyway(asyncio.ensure_future(self._after_queue(fn, *args)))
 
     async def _after_queue(self, fn: Callable[..., _T], *args: Any) -> _T:
         async with self._limiter:
