@@ -534,9 +534,9 @@ async def test_a_finished_row_is_four_journal_writes(
             writes[key][name] += 1
         return await quick(self, fn, *args)
 
-    async def counted_synced(self, many, args):
+    async def counted_synced(self, many, args, **kw):
         writes[args[0]][many.__name__] += 1
-        return await synced(self, many, args)
+        return await synced(self, many, args, **kw)
 
     monkeypatch.setattr(JournalConnection, "_quick", counted_quick)
     monkeypatch.setattr(JournalConnection, "_synced", counted_synced)

@@ -244,7 +244,7 @@ async def test_synced_commits_run_on_the_loop_until_the_disk_is_slow(
     path, monkeypatch, slow
 ):
     """
-    No worker-thread hop while the disk syncs quickly; then the thread.
+    A row alone: no worker-thread hop while the disk syncs quickly; then the thread.
 
     One sync that stalls (``_STALL``) sends them there at once; syncs that are
     slow by their median (``_SLOW_SYNC``) after eight of them.
@@ -262,12 +262,12 @@ async def test_synced_commits_run_on_the_loop_until_the_disk_is_slow(
     try:
         await journal.plan([(k, SLUG, doc(n)) for n, k in enumerate(keys)])
         hops.clear()
-        await journal.submitting(keys[0], started_at=1.0, sent_input={})
+        await journal.submitting(keys[0], started_at=1.0, sent_input={}, alone=True)
         assert hops == []
         monkeypatch.setattr(_connection, slow, -1.0)  # every sync is slow now
         on_loop = 1 if slow == "_STALL" else 7  # the eighth sync measured
         for n, key in enumerate(keys[1:], start=1):
-            await journal.submitting(key, started_at=1.0 + n, sent_input={})
+            await journal.submitting(key, started_at=1.0 + n, sent_input={}, alone=True)
             assert len(hops) == max(0, n - on_loop), (n, hops)
     finally:
         await journal.aclose()
@@ -294,17 +294,18 @@ async def test_a_failed_synced_commit_fails_its_callers(path, monkeypatch):
         await journal.aclose()
 
 
-async def test_a_lone_synced_commit_takes_no_turn_of_the_loop(path):
-    """The first `submitting` of a turn is on the disk before the loop moves on."""
+async def test_a_row_alone_is_synced_without_a_turn_of_the_loop(path):
+    """`submitting(alone=True)` is on the disk before the loop moves on; others hop."""
     journal = await Journal.open(path)
     try:
         await journal.plan([("a", SLUG, doc(1)), ("b", SLUG, doc(2))])
         turned: list[str] = []
         asyncio.get_running_loop().call_soon(turned.append, "turn")
-        await journal.submitting("a", started_at=1.0, sent_input={})
+        await journal.submitting("a", started_at=1.0, sent_input={}, alone=True)
         assert turned == []
         assert (await journal.get("a")).state == "submitting"
-        await journal.submitting("b", started_at=2.0, sent_input={})  # same turn
-        assert turned == ["turn"]  # queued for the turn's end
+        await journal.submitting("b", started_at=2.0, sent_input={})  # may group
+        assert turned == ["turn"]  # through the worker thread
+        assert (await journal.get("b")).state == "submitting"
     finally:
         await journal.aclose()

@@ -146,7 +146,9 @@ class Submits:
                 break
             sent_outcome: Job | AmbiguousSubmitError | Literal[False] = False
             try:
-                sent_outcome = await self._send(entry, request, sent)
+                sent_outcome = await self._send(
+                    entry, request, sent, alone=window.limit == 1
+                )
             finally:
                 window.release(
                     # Only a job its webhook delivery will name (the attempt's
@@ -215,13 +217,19 @@ class Submits:
         return typed, typed.to_input()
 
     async def _send(
-        self, entry: Entry, request: ModelInput | dict[str, Any], sent: dict[str, Any]
+        self,
+        entry: Entry,
+        request: ModelInput | dict[str, Any],
+        sent: dict[str, Any],
+        *,
+        alone: bool,
     ) -> Job | AmbiguousSubmitError | Literal[False]:
         """
         Journal and send one submit of *entry*, and journal its answer.
 
         The row is journaled 'submitting' (synced to the disk; rows going out at
-        once share one commit) by the client's *on_sending*: once the client's
+        once share one commit, and a row *alone* on its model's wire is synced
+        on the loop at once) by the client's *on_sending*: once the client's
         job slot is taken, right before the request leaves, with that moment as
         the attempt's start.  Journaled before the slot wait, a row waiting
         long for a slot would count its settle horizon from too early a start.
@@ -237,7 +245,11 @@ class Submits:
         async def journal(started_at: float) -> None:
             nonlocal journaled
             await self._journal.submitting(
-                entry.key, started_at=started_at, sent_input=sent, attempt=attempt
+                entry.key,
+                started_at=started_at,
+                sent_input=sent,
+                attempt=attempt,
+                alone=alone,
             )
             journaled = True
 

@@ -20,10 +20,10 @@ The database uses WAL mode.  Every commit survives the process being killed
 which guards a paid request, is also synced to the disk before the request is
 sent (``synchronous=FULL`` for that one), so not even a power cut can send a row
 twice.  A ``submitted`` lost to a power cut leaves the row ``submitting``: the
-next run reconciles it.  The ``submitting`` rows of one turn of the event
-loop share one synced commit at its end, on the loop while the disk syncs in
-under 2 ms, else in a worker thread; the calls that read every row run in that
-thread, one at a time.  A one-row write (tens of microseconds: the writer holds
+next run reconciles it.  ``submitting`` rows share synced commits in a worker
+thread (a group commit), except a row alone on its model's wire, synced on the
+loop at once while the disk syncs quickly; the calls that read every row run in
+that thread, one at a time.  A one-row write (tens of microseconds: the writer holds
 the file alone, and such commits wait for no disk) runs on the event loop, after
 those already queued.  The journal never holds the API key.
 

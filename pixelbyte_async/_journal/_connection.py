@@ -14,7 +14,7 @@ import os
 import sqlite3
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Self, TypeVar
 
@@ -60,10 +60,6 @@ class JournalConnection:
         #: Rows waiting for the next synced commit of many (see `_synced`).
         self._queued: list[tuple[tuple[Any, ...], asyncio.Future[None]]] = []
         self._committing: asyncio.Future[None] | None = None
-        #: The end-of-turn commit of `_queued` on the loop, once scheduled.
-        self._flush: asyncio.Handle | None = None
-        #: Whether a synced commit ran at once in this turn of the loop.
-        self._synced_this_turn = False
         #: Until when synced commits go to the worker thread (a slow disk).
         self._slow_until = 0.0
         #: How long the last synced commits on the loop took (seconds).
@@ -234,88 +230,48 @@ class JournalConnection:
         return await anyio.to_thread.run_sync(fn, *args, limiter=self._limiter)
 
     async def _synced(
-        self, many: Callable[[list[tuple[Any, ...]]], None], args: tuple[Any, ...]
+        self,
+        many: Callable[[list[tuple[Any, ...]]], None],
+        args: tuple[Any, ...],
+        *,
+        alone: bool = False,
     ) -> None:
         """
-        Commit *args* with `many` in a transaction synced to the disk, shared.
+        Commit *args* with `many` in a transaction synced to the disk.
 
-        On the loop while syncs are quick (a local SSD syncs in a fraction of a
-        millisecond, where a hop to the worker thread and back costs two turns
-        of a busy loop, in the chain of a model's one-at-a-time submits): the
-        first call of a turn of the event loop is committed at once, the other
-        calls of that turn together at its end, one transaction and one sync.
-        Where syncs are slow (a disk that spins, a network file system: see
-        `_SLOW_SYNC`) they go to the worker thread for a minute, where the
-        calls that arrive while one commit runs are written by the next.  Each
-        call returns once its own row is on the disk; a failed commit fails
-        every call in it.
+        A group commit in the worker thread: calls that arrive while one commit
+        runs are written together by the next, one transaction and one sync for
+        all of them, while the loop goes on.  A call *alone* (nothing else can
+        join it: a model's submits going one at a time) is committed on the
+        loop at once instead while syncs are quick (a local SSD syncs in a
+        fraction of a millisecond, where the hop to the thread and back costs
+        two turns of a busy loop in the chain of those submits); where they are
+        slow (see `_SLOW_SYNC`) it goes to the thread for a minute.  Each call
+        returns once its own row is on the disk; a failed commit fails every
+        call in it.
         """
         if self._closed:
             raise JournalError("the journal is closed")
-        loop = asyncio.get_running_loop()
-        if not (self._queued or self._synced_this_turn) and self._quick_syncs():
-            self._synced_this_turn = True
-            loop.call_soon(self._turn_over)
-            self._commit_now(many, [(args, None)])
+        if alone and not self._queued and self._quick_syncs():
+            began = time.monotonic()
+            try:
+                many([args])
+            finally:
+                self._timed_sync(time.monotonic() - began)
             return
-        done: asyncio.Future[None] = loop.create_future()
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._queued.append((args, done))
-        if self._committing is not None and not self._committing.done():
-            pass  # the thread's commit loop takes it next
-        elif self._flush is None:
-            self._flush = loop.call_soon(self._flush_now, many)
+        if self._committing is None or self._committing.done():
+            self._committing = asyncio.ensure_future(self._commit_queued(many))
         await done
-
-    def _turn_over(self) -> None:
-        self._synced_this_turn = False
 
     def _quick_syncs(self) -> bool:
         """Whether a synced commit may run on the loop now."""
         return (
-            not self._closed
-            and (self._committing is None or self._committing.done())
+            (self._committing is None or self._committing.done())
             and not self._limiter.borrowed_tokens
             and time.monotonic() >= self._slow_until
         )
-
-    def _flush_now(self, many: Callable[[list[tuple[Any, ...]]], None]) -> None:
-        """Commit the calls queued this turn, on the loop if the disk is quick."""
-        self._flush = None
-        if not self._queued:
-            return
-        if not self._quick_syncs():
-            if self._committing is None or self._committing.done():
-                self._committing = asyncio.ensure_future(self._commit_queued(many))
-            return
-        group, self._queued = self._queued, []
-        self._commit_now(many, group)
-
-    def _commit_now(
-        self,
-        many: Callable[[list[tuple[Any, ...]]], None],
-        group: Sequence[tuple[tuple[Any, ...], asyncio.Future[None] | None]],
-    ) -> None:
-        """
-        Commit *group* on the loop and settle its calls' futures.
-
-        A call without a future (committed at once) gets the error raised.
-        """
-        began = time.monotonic()
-        try:
-            many([args for args, _ in group])
-        except Exception as exc:
-            waiting = [done for _, done in group if done is not None]
-            for done in waiting:
-                if not done.done():
-                    done.set_exception(exc)
-            if len(waiting) < len(group):
-                raise
-            return
-        finally:
-            self._timed_sync(time.monotonic() - began)
-        for _, call in group:
-            if call is not None and not call.done():
-                call.set_result(None)
 
     def _timed_sync(self, took: float) -> None:
         """Send synced commits to the thread if this one stalled or most are slow."""

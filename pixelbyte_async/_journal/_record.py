@@ -150,6 +150,7 @@ class Journal(JournalConnection):
         started_at: float,
         sent_input: Mapping[str, Any] | None,
         attempt: str | None = None,
+        alone: bool = False,
     ) -> None:
         """
         Record that a submit of *key* is about to be sent (its fate is unknown now).
@@ -160,11 +161,15 @@ class Journal(JournalConnection):
                 settle horizon of a submit of unknown fate counts from it.
             sent_input: The exact input about to be sent (uploaded frames as URLs).
             attempt: The attempt's nonce (``pb_attempt``), if webhooks tag it.
+            alone: No other row can be journaled with it (its model's submits
+                go one at a time): synced on the loop at once, disk permitting.
 
         """
         sent = None if sent_input is None else _dumps(dict(sent_input))
         # Rows journaling at once share one synced commit (`_synced`).
-        await self._synced(self._submitting_sync, (key, started_at, sent, attempt))
+        await self._synced(
+            self._submitting_sync, (key, started_at, sent, attempt), alone=alone
+        )
 
     def _submitting_sync(self, rows: list[tuple[Any, ...]]) -> None:
         # On the disk before the request goes out, power cut included: a row
