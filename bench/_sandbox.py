@@ -12,7 +12,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
-from pixelbyte_async import KlingO1StartEndFrame, PixelByte
+from pixelbyte_async import ClientConfig, KlingO1StartEndFrame, PixelByte
 from pixelbyte_async.testing import FakePixelByte
 from pixelbyte_async.webhooks import WebhookServer
 
@@ -45,11 +45,16 @@ async def sandbox(
             # x6,000 the API's 300 s are 50 ms, less than a busy loop delays a
             # delivery (see FakePixelByte.receiver_options).
             server = WebhookServer(
-                fake.webhook_secret, host="127.0.0.1", port=0, **fake.receiver_options
+                fake.webhook_secret, host="127.0.0.1", port=0, **_receiving(fake)
             )
             await server.start()
             stack.push_async_callback(server.close)
             extra["webhook"] = server
+        # The client's deadlines are on the sandbox's clock: at x6,000 the 60 s of
+        # an API call are 10 ms of real time, and a garbage collection of the
+        # process's heap fails calls that never went out.  They stay the real
+        # API's in real seconds here.
+        speed = max(1.0, time_scale or 1.0)
         pb = await stack.enter_async_context(
             PixelByte(
                 api_key=fake.api_key,
@@ -57,7 +62,24 @@ async def sandbox(
                 clock=fake.clock,
                 max_concurrent_jobs=limit,
                 ledger=None,
+                timeout=60.0 * speed,
+                config=ClientConfig(
+                    submit_timeout=900.0 * speed, download_timeout=600.0 * speed
+                ),
                 **extra,
             )
         )
         yield fake, pb
+
+
+def _receiving(fake: FakePixelByte) -> dict[str, Any]:
+    """`FakePixelByte.receiver_options` (the same by hand for an older tree)."""
+    options = getattr(fake, "receiver_options", None)
+    if options is not None:
+        return dict(options)
+    stretch = 5.0 * max(1.0, fake.clock.time_scale)
+    return {
+        "clock": fake.clock,
+        "tolerance": 300.0 + stretch,
+        "retention": 1800.0 + 2 * stretch,
+    }
