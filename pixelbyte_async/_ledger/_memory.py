@@ -28,7 +28,7 @@ class MemoryLedger:
     """
 
     #: Its writes run on the event loop and wait for nothing tied to a task
-    #: (see `to_the_end` in ``_submitting``).
+    #: (see `SubmitLedger`).
     writes_on_loop = True
 
     def __init__(self, *, retention: float = 86_400.0) -> None:

@@ -230,7 +230,7 @@ class SqliteLedger:
     """
 
     #: Its writes run on the event loop; the one wait (a pause while another
-    #: process holds the file) is tied to no task (see `to_the_end`).
+    #: process holds the file) is tied to no task (see `SubmitLedger`).
     writes_on_loop = True
 
     def __init__(
