@@ -10,10 +10,9 @@ unknown (`is_ambiguous`) becomes an `AmbiguousSubmitError` remembered by the
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Coroutine, Generator, Mapping
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
@@ -25,6 +24,7 @@ from ._errors import (
     TransportError,
     ValidationError,
 )
+from ._handoff import to_the_end
 from ._inputs import (
     ModelInput,
     check_input,
@@ -56,8 +56,6 @@ if TYPE_CHECKING:
 __all__ = ["Submitter", "is_ambiguous"]
 
 log = logging.getLogger("pixelbyte_async")
-
-_T = TypeVar("_T")
 
 #: How long recording an attempt in the ledger may take before it is sent (its
 #: deadline starts after the write): part of how long it may be on the wire.
@@ -240,14 +238,12 @@ class Submitter:
             trace=trace,
         )
         # Recorded even if the caller is cancelled meanwhile: the job is paid for.
-        finish = (
-            to_the_end
-            if getattr(reconciler.ledger, "writes_on_loop", False) is True
-            else _shielded
-        )
-        await finish(reconciler.created(attempt, job.id))
+        inline = getattr(reconciler.ledger, "writes_on_loop", False) is True
+        await to_the_end(reconciler.created(attempt, job.id), inline=inline)
         if tracked is not None:
-            await finish(self._tracker.submitted(job, attempt, context))
+            await to_the_end(
+                self._tracker.submitted(job, attempt, context), inline=inline
+            )
         return job
 
     async def _announce(
@@ -356,50 +352,6 @@ class Submitter:
             f"model must be a slug or a typed input, not {type(model).__name__}",
             field="model",
         )
-
-
-async def _shielded(step: Coroutine[Any, Any, _T]) -> _T:
-    return await asyncio.shield(step)
-
-
-async def to_the_end(step: Coroutine[Any, Any, _T]) -> _T:
-    """
-    Await *step* to its end, even if the caller is cancelled meanwhile.
-
-    It runs inline until it first waits: no task and no turn of the loop where
-    it need not wait (the memory and SQLite ledgers write on the loop), where
-    `asyncio.shield` costs three, in the chain of a batch's one-at-a-time
-    submits.  If it waits, the rest goes on in a task of its own, shielded
-    from the caller; so only for steps whose waits are tied to no task (no
-    ``asyncio.timeout`` or anyio cancel scope open across a wait, as in
-    redis-py): ledgers say so with ``writes_on_loop = True``.
-    """
-    try:
-        pending = step.send(None)
-    except StopIteration as done:
-        return cast("_T", done.value)
-    return await asyncio.shield(asyncio.ensure_future(_Rest(step, pending)))
-
-
-class _Rest(Generic[_T]):
-    """The rest of a coroutine that ran up to its first wait, on *pending*."""
-
-    def __init__(self, coro: Coroutine[Any, Any, _T], pending: Any) -> None:
-        self._coro = coro
-        self._pending = pending
-
-    def __await__(self) -> Generator[Any, None, _T]:
-        coro, value = self._coro, self._pending
-        while True:
-            thrown: BaseException | None = None
-            try:
-                yield value  # what the coroutine waits for, to the task
-            except BaseException as exc:  # noqa: BLE001 -- thrown in by the task
-                thrown = exc
-            try:
-                value = coro.send(None) if thrown is None else coro.throw(thrown)
-            except StopIteration as done:
-                return cast("_T", done.value)
 
 
 def _body(

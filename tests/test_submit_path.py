@@ -11,7 +11,7 @@ import asyncio
 import anyio
 import pytest
 from pixelbyte_async import KlingO1StartEndFrame, MemoryLedger
-from pixelbyte_async._submitting import to_the_end
+from pixelbyte_async._handoff import to_the_end
 
 from conftest import bound_client, until
 
@@ -49,7 +49,7 @@ async def test_a_step_that_need_not_wait_runs_inline():
 
     made = counting_tasks()
     try:
-        assert await to_the_end(step()) == 7
+        assert await to_the_end(step(), inline=True) == 7
     finally:
         asyncio.get_running_loop().set_task_factory(None)
     assert (made, done) == ([], [1])
@@ -66,7 +66,7 @@ async def test_a_step_that_waits_ends_even_if_its_caller_is_cancelled():
         done.append("ended")
         return "x"
 
-    caller = asyncio.ensure_future(to_the_end(step()))
+    caller = asyncio.ensure_future(to_the_end(step(), inline=True))
     await until(lambda: done == ["began"])
     caller.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -83,7 +83,7 @@ async def test_a_steps_error_reaches_its_caller(waits):
         raise KeyError("k")
 
     with pytest.raises(KeyError):
-        await to_the_end(step())
+        await to_the_end(step(), inline=True)
 
 
 async def test_a_submits_job_is_claimed_in_the_ledger_even_if_the_caller_gives_up(
